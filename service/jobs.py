@@ -1,0 +1,134 @@
+"""The job contract between ingestion, processing and fan-out.
+
+Every job is stored in arq's own format, serialized as JSON (never pickle), so a stock arq
+``Worker`` runs what ingestion and processing write directly with Lua. Function names, argument
+shapes and Redis key names live here, and both sides import them from here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+# arq's key prefixes (arq.constants); repeated here so Lua scripts can write arq jobs directly.
+ARQ_JOB_PREFIX = "arq:job:"
+ARQ_RESULT_PREFIX = "arq:result:"
+ARQ_RETRY_PREFIX = "arq:retry:"
+ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"
+# arq keeps a job key this long beyond its run time (arq's ``expires_extra_ms``).
+ARQ_EXPIRES_EXTRA_MS = 86_400_000
+
+PROCESS_EVENT = "process_event"
+FANOUT_TRANSITION = "fanout_transition"
+
+KEY_PREFIX = "kh:"
+
+
+def serialize(obj: Any) -> bytes:
+    """arq ``job_serializer``: JSON via orjson."""
+    return orjson.dumps(obj)
+
+
+def deserialize(data: bytes) -> Any:
+    """arq ``job_deserializer``: JSON via orjson."""
+    return orjson.loads(data)
+
+
+def arq_job_bytes(
+    function: str, args: list[Any], enqueue_time_ms: int, job_try: int | None = None
+) -> bytes:
+    """A job body exactly as ``arq.jobs.serialize_job`` writes it, with the JSON serializer."""
+    return serialize({"t": job_try, "f": function, "a": args, "k": {}, "et": enqueue_time_ms})
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class EventHint:
+    """A stored, verified webhook: a hint that a payment may have changed. Nothing more."""
+
+    source: str
+    event_id: str
+    payment_id: str
+    received_at_ms: int
+
+    @property
+    def job_id(self) -> str:
+        return event_job_id(self.source, self.event_id)
+
+    def to_job_args(self) -> list[Any]:
+        return [asdict(self)]
+
+    @classmethod
+    def from_job_arg(cls, arg: dict[str, Any]) -> EventHint:
+        return cls(
+            source=str(arg["source"]),
+            event_id=str(arg["event_id"]),
+            payment_id=str(arg["payment_id"]),
+            received_at_ms=int(arg["received_at_ms"]),
+        )
+
+
+def event_job_id(source: str, event_id: str) -> str:
+    """The arq job id of a stored event, the same for every copy of the event."""
+    return "evt:" + _digest(source, event_id)
+
+
+def dedupe_key(source: str, event_id: str) -> str:
+    return f"{KEY_PREFIX}dedupe:{_digest(source, event_id)}"
+
+
+def raw_event_key(source: str, event_id: str) -> str:
+    return f"{KEY_PREFIX}raw:{_digest(source, event_id)}"
+
+
+def transition_id(payment_id: str, status: str) -> str:
+    """The ``webhook-id`` of a transition: derived from (payment id, status), so stable forever."""
+    return "msg_" + _digest(payment_id, status)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One lifecycle step of one payment, handed from processing to fan-out."""
+
+    payment_id: str
+    status: str
+    seq: int
+    """Position of ``status`` in the lifecycle order; orders a payment's transitions."""
+    occurred_at: str
+    """The payment's own timestamp for this status (``capturedAt`` for ``captured``)."""
+    source: str
+    event_id: str
+    received_at_ms: int
+    """When the webhook that revealed this transition was received (for end-to-end latency)."""
+    payment: dict[str, Any] = field(default_factory=dict)
+    """The payment as fetched, with its ``id``."""
+
+    @property
+    def id(self) -> str:
+        return transition_id(self.payment_id, self.status)
+
+    @property
+    def event_type(self) -> str:
+        return f"payment.{self.status}"
+
+    def to_job_args(self) -> list[Any]:
+        return [asdict(self)]
+
+    @classmethod
+    def from_job_arg(cls, arg: dict[str, Any]) -> Transition:
+        return cls(
+            payment_id=str(arg["payment_id"]),
+            status=str(arg["status"]),
+            seq=int(arg["seq"]),
+            occurred_at=str(arg["occurred_at"]),
+            source=str(arg["source"]),
+            event_id=str(arg["event_id"]),
+            received_at_ms=int(arg["received_at_ms"]),
+            payment=dict(arg.get("payment") or {}),
+        )

@@ -1,0 +1,101 @@
+"""Standard Webhooks signing and verification (https://www.standardwebhooks.com/).
+
+Used on both sides: the ``kartapay`` source verifies inbound webhooks, delivery signs outbound
+ones, and the sandbox and the demo subscriber do the same in their roles.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets as _secrets
+import time
+from collections.abc import Iterable, Mapping
+
+SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
+DEFAULT_TOLERANCE_S = 300
+
+
+class SignatureError(Exception):
+    """The request does not carry a valid signature. The message is for logs, never for bodies."""
+
+
+class MissingHeaderError(SignatureError):
+    """A required Standard Webhooks header is missing or malformed."""
+
+
+class TimestampError(SignatureError):
+    """The timestamp is outside the tolerance."""
+
+
+def generate_secret() -> str:
+    """A fresh ``whsec_`` secret of 32 random bytes."""
+    return SECRET_PREFIX + base64.b64encode(_secrets.token_bytes(32)).decode()
+
+
+def decode_secret(secret: str) -> bytes:
+    """The key bytes of a ``whsec_`` secret (a bare base64 string is accepted too)."""
+    raw = secret.removeprefix(SECRET_PREFIX)
+    try:
+        return base64.b64decode(raw, validate=True)
+    except ValueError as exc:
+        raise ValueError("a webhook secret must be whsec_ followed by base64") from exc
+
+
+def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``v1,<base64>`` signature of one message."""
+    to_sign = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(key, to_sign, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def sign_headers(
+    secret: str, msg_id: str, body: bytes, timestamp: int | None = None
+) -> dict[str, str]:
+    """The three Standard Webhooks headers for ``body``."""
+    ts = int(time.time()) if timestamp is None else timestamp
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(ts),
+        "webhook-signature": sign(decode_secret(secret), msg_id, ts, body),
+    }
+
+
+def verify(
+    keys: Iterable[bytes],
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    tolerance_s: int = DEFAULT_TOLERANCE_S,
+    now: float | None = None,
+) -> str:
+    """Check a message against any of ``keys`` and return its ``webhook-id``.
+
+    Raises :class:`MissingHeaderError`, :class:`TimestampError` or :class:`SignatureError`.
+    """
+    msg_id = headers.get("webhook-id")
+    ts_raw = headers.get("webhook-timestamp")
+    sig_header = headers.get("webhook-signature")
+    if not msg_id or not ts_raw or not sig_header:
+        raise MissingHeaderError("missing webhook-id, webhook-timestamp or webhook-signature")
+    try:
+        timestamp = int(ts_raw)
+    except ValueError as exc:
+        raise MissingHeaderError("webhook-timestamp is not an integer") from exc
+    current = time.time() if now is None else now
+    if abs(current - timestamp) > tolerance_s:
+        raise TimestampError("timestamp outside tolerance")
+    offered = [
+        part.split(",", 1)[1].encode()
+        for part in sig_header.split()
+        if part.startswith("v1,") and len(part) > 3
+    ]
+    if not offered:
+        raise SignatureError("no v1 signature")
+    for key in keys:
+        expected = sign(key, msg_id, timestamp, body).split(",", 1)[1].encode()
+        for candidate in offered:
+            if hmac.compare_digest(expected, candidate):
+                return msg_id
+    raise SignatureError("no signature matched")

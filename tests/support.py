@@ -1,0 +1,50 @@
+"""Helpers the tests share: real HTTP servers on 127.0.0.1 and waiting for conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import uvicorn
+
+from service.redis_server import free_port
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: Any, port: int | None = None, **config: Any) -> AsyncIterator[str]:
+    """Serve an ASGI app with a real uvicorn server on 127.0.0.1; yield its base URL."""
+    port = port or free_port()
+    cfg = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on", **config
+    )
+    server = uvicorn.Server(cfg)
+    task = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("server stopped before it started")
+        if time.monotonic() > deadline:
+            raise TimeoutError("server did not start")
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def wait_for(
+    predicate: Callable[[], Awaitable[bool]], timeout_s: float = 10.0, interval_s: float = 0.02
+) -> None:
+    """Wait until ``predicate`` is true; fail the test when it does not become true in time."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if await predicate():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval_s)
