@@ -56,6 +56,8 @@ class EventHint:
     event_id: str
     payment_id: str
     received_at_ms: int
+    attempt: int = 0
+    """How many times processing has been tried before (0 for the job ingestion writes)."""
 
     @property
     def job_id(self) -> str:
@@ -71,6 +73,7 @@ class EventHint:
             event_id=str(arg["event_id"]),
             payment_id=str(arg["payment_id"]),
             received_at_ms=int(arg["received_at_ms"]),
+            attempt=int(arg.get("attempt", 0)),
         )
 
 
