@@ -54,6 +54,20 @@ class Settings(BaseSettings):
     # Queue
     queue_name: str = "arq:queue"
 
+    # Processing (workers)
+    worker_max_jobs: int = Field(200, gt=0, description="Jobs one worker process runs at once.")
+    worker_poll_delay_s: float = Field(0.05, gt=0, description="Queue poll interval when idle.")
+    worker_health_check_s: int = Field(15, ge=10, le=30)
+    worker_job_timeout_s: int = Field(60, gt=0, description="arq kills a job after this.")
+    worker_drain_s: int = Field(25, ge=0, description="SIGTERM grace for jobs in flight.")
+    worker_metrics_port: int | None = Field(None, description="Serve /metrics on this port.")
+    process_timeout_s: float = Field(30.0, gt=0, description="Deadline of one processing run.")
+    process_backoff_base_s: float = Field(1.0, gt=0)
+    process_backoff_cap_s: float = Field(300.0, gt=0)
+    process_max_age_s: float = Field(24 * 3600.0, gt=0, description="Then dead-lettered.")
+    process_not_found_tries: int = Field(5, gt=0, description="404s before dead-lettering.")
+    process_not_found_delay_s: float = Field(5.0, gt=0, description="First 404 retry delay.")
+
     # Delivery
     subscriber_allowlist: CommaList = Field(
         default_factory=lambda: ["127.0.0.0/8", "::1/128", "localhost"]
