@@ -1,0 +1,38 @@
+"""``kartahook demo-subscriber``: a subscriber that verifies, deduplicates and lists deliveries."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import uvicorn
+
+from service.logging import configure_logging
+from service.settings import Settings
+
+SECRET_ENV = "KARTAHOOK_DEMO_SUBSCRIBER_SECRET"  # noqa: S105 (a variable name, not a secret)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8702, help="port to listen on")
+    parser.add_argument(
+        "--secret",
+        default=os.environ.get(SECRET_ENV),
+        help=f"the whsec_ secret deliveries are signed with (default: ${SECRET_ENV})",
+    )
+    parser.add_argument("--keep", type=int, default=1000, help="how many deliveries to list")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sandbox.demo_subscriber import create_app
+
+    if not args.secret:
+        raise SystemExit(f"demo-subscriber: give --secret whsec_… or set {SECRET_ENV}")
+    settings = Settings()
+    configure_logging(settings.log_format, settings.log_level)
+    app = create_app(args.secret, keep=args.keep)
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_config=None, access_log=False, lifespan="off"
+    )
+    return 0

@@ -1,0 +1,190 @@
+"""A demo subscriber: receives kartahook deliveries, verifies them, and shows what arrived.
+
+Deliveries are POSTed to any path (``/hooks/payments`` in the examples). Each one is checked
+against the Standard Webhooks signature made with the subscriber's ``whsec_`` secret:
+
+- missing or malformed headers: 400; a wrong signature or a stale timestamp: 401;
+- a body that is not a JSON object: 400;
+- a ``webhook-id`` seen before: 200 with ``"duplicate": true``, counted, not listed again;
+- otherwise: 200, logged, and listed by ``GET /received``.
+
+``GET /received`` answers, in arrival order, the last ``keep`` deliveries: ``seq``,
+``webhook_id``, ``type``, ``payment_id``, ``status``, ``received_at`` (ISO 8601, UTC),
+``duplicates`` (extra copies of that ``webhook-id``) and ``path``. ``?since=SEQ`` lists only those
+with a larger ``seq`` (for polling); ``?payment_id=ID`` only those of one payment.
+``GET /healthz`` answers 200.
+
+The log line of a delivery carries its ids, type and status; never its signature or the payer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import structlog
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service.signing import MissingHeaderError, SignatureError, decode_secret, verify
+
+log = structlog.get_logger("kartahook.demo_subscriber")
+
+# How many webhook-ids are remembered for deduplication, at least: more than the list keeps, so a
+# late duplicate of an entry that has scrolled out of the list is still recognised.
+MIN_DEDUPE_WINDOW = 100_000
+
+
+def _json(body: Any, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status_code, media_type="application/json")
+
+
+@dataclass(slots=True)
+class Received:
+    """One delivery, as the demo subscriber saw it first."""
+
+    seq: int
+    webhook_id: str
+    type: str | None
+    payment_id: str | None
+    status: str | None
+    received_at: str
+    path: str
+    duplicates: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "webhook_id": self.webhook_id,
+            "type": self.type,
+            "payment_id": self.payment_id,
+            "status": self.status,
+            "received_at": self.received_at,
+            "duplicates": self.duplicates,
+            "path": self.path,
+        }
+
+
+class ReceivedLog:
+    """The last ``keep`` deliveries in arrival order, deduplicated on ``webhook-id``."""
+
+    def __init__(self, keep: int = 1000) -> None:
+        if keep < 1:
+            raise ValueError("keep must be at least 1")
+        self.keep = keep
+        self.entries: deque[Received] = deque(maxlen=keep)
+        self._seen: OrderedDict[str, Received] = OrderedDict()
+        self._window = max(keep, MIN_DEDUPE_WINDOW)
+        self.count = 0
+        self.duplicates = 0
+
+    def add(self, webhook_id: str, body: dict[str, Any], path: str) -> tuple[Received, bool]:
+        """Record a delivery; return it and whether it was a duplicate."""
+        seen = self._seen.get(webhook_id)
+        if seen is not None:
+            seen.duplicates += 1
+            self.duplicates += 1
+            return seen, True
+        data = body.get("data")
+        data = data if isinstance(data, dict) else {}
+        event_type = body.get("type")
+        status = data.get("status")
+        if not isinstance(status, str) and isinstance(event_type, str) and "." in event_type:
+            status = event_type.rsplit(".", 1)[1]
+        payment_id = data.get("id")
+        self.count += 1
+        entry = Received(
+            seq=self.count,
+            webhook_id=webhook_id,
+            type=event_type if isinstance(event_type, str) else None,
+            payment_id=str(payment_id) if payment_id is not None else None,
+            status=status if isinstance(status, str) else None,
+            received_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            path=path,
+        )
+        self.entries.append(entry)
+        self._seen[webhook_id] = entry
+        if len(self._seen) > self._window:
+            self._seen.popitem(last=False)
+        return entry, False
+
+    def listing(self, since: int = 0, payment_id: str | None = None) -> dict[str, Any]:
+        received = [
+            entry.as_dict()
+            for entry in self.entries
+            if entry.seq > since and (payment_id is None or entry.payment_id == payment_id)
+        ]
+        return {
+            "count": self.count,
+            "duplicates": self.duplicates,
+            "kept": len(self.entries),
+            "received": received,
+        }
+
+
+def create_app(secret: str, keep: int = 1000) -> Starlette:
+    """The demo subscriber's ASGI app, verifying with ``secret`` and listing the last ``keep``."""
+    keys = [decode_secret(secret)]
+    received = ReceivedLog(keep)
+
+    async def deliver(request: Request) -> Response:
+        started = time.perf_counter()
+        body = await request.body()
+        try:
+            webhook_id = verify(keys, request.headers, body)
+        except MissingHeaderError:
+            log.warning("delivery_rejected", reason="missing_headers", path=request.url.path)
+            return _json({"error": "missing or malformed webhook headers"}, 400)
+        except SignatureError:
+            log.warning(
+                "delivery_rejected",
+                reason="bad_signature",
+                webhook_id=request.headers.get("webhook-id"),
+                path=request.url.path,
+            )
+            return _json({"error": "invalid signature"}, 401)
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            log.warning("delivery_rejected", reason="not_json", webhook_id=webhook_id)
+            return _json({"error": "the body must be a JSON object"}, 400)
+        entry, duplicate = received.add(webhook_id, parsed, request.url.path)
+        log.info(
+            "delivery_received",
+            webhook_id=webhook_id,
+            type=entry.type,
+            payment_id=entry.payment_id,
+            status=entry.status,
+            duplicate=duplicate,
+            seq=entry.seq,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        return _json({"received": webhook_id, "duplicate": duplicate})
+
+    async def list_received(request: Request) -> Response:
+        try:
+            since = int(request.query_params.get("since", "0"))
+        except ValueError:
+            return _json({"error": "since must be an integer"}, 400)
+        return _json(received.listing(since, request.query_params.get("payment_id")))
+
+    async def healthz(_: Request) -> Response:
+        return _json({"status": "ok"})
+
+    app = Starlette(
+        routes=[
+            Route("/received", list_received, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/{path:path}", deliver, methods=["POST"]),
+        ]
+    )
+    app.state.received = received
+    return app
