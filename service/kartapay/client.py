@@ -1,0 +1,306 @@
+"""An async client of the KartaPay REST API: five endpoints, one pooled httpx connection pool.
+
+Use it as an async context manager (or call :meth:`KartaPayClient.aclose`)::
+
+    async with KartaPayClient.from_settings(settings) as kartapay:
+        record = await kartapay.get(payment_id)
+
+Every request carries ``Authorization: Bearer <token>`` and ``Accept-Language``. Error statuses,
+undecodable bodies and network failures raise the tree in :mod:`service.kartapay.errors`.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import AsyncIterator, Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+from urllib.parse import quote, unquote, urlsplit
+
+import httpx
+import orjson
+from pydantic import SecretStr, ValidationError
+
+from service.kartapay.errors import (
+    InvalidResponseError,
+    RequestTimeoutError,
+    TransportError,
+    error_class_for,
+    parse_retry_after,
+    short_detail,
+)
+from service.kartapay.models import (
+    Claim,
+    GatewayCode,
+    KartaPayModel,
+    Page,
+    Payment,
+    PaymentEnvelope,
+    PaymentRecord,
+)
+
+if TYPE_CHECKING:
+    from service.settings import Settings
+
+PAYMENTS_PATH = "/v1/payments"
+DEFAULT_TIMEOUT_S = 5.0
+DEFAULT_LIMITS = httpx.Limits(
+    max_connections=100, max_keepalive_connections=20, keepalive_expiry=30
+)
+DEFAULT_PAGE_SIZE = 100
+_USER_AGENT = "kartahook-kartapay-client/1"
+
+M = TypeVar("M", bound=KartaPayModel)
+
+
+def explicit_timeout(seconds: float) -> httpx.Timeout:
+    """One deadline for each phase of a request: connect, read, write and pool checkout."""
+    return httpx.Timeout(connect=seconds, read=seconds, write=seconds, pool=seconds)
+
+
+def payment_path(payment_id: str, action: str = "") -> str:
+    """The path of one payment, its id percent-encoded so it stays one path segment."""
+    if not payment_id:
+        raise ValueError("payment_id must not be empty")
+    path = f"{PAYMENTS_PATH}/{quote(payment_id, safe='')}"
+    return f"{path}/{action}" if action else path
+
+
+def id_from_location(location: str | None) -> str | None:
+    """The payment id at the end of a ``Location`` header (``…/v1/payments/<id>``)."""
+    if not location:
+        return None
+    segment = urlsplit(location).path.rstrip("/").rpartition("/")[2]
+    return unquote(segment) or None
+
+
+class KartaPayClient:
+    """Async client of the KartaPay REST API (``kartapay-api-spec.json``).
+
+    ``timeout`` is seconds for each of connect, read, write and pool, or an ``httpx.Timeout``.
+    ``transport`` replaces the network (tests use ``httpx.MockTransport``). The token is never
+    shown by ``repr`` nor put in any error.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | SecretStr,
+        *,
+        language: str = "en-US",
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT_S,
+        transport: httpx.AsyncBaseTransport | None = None,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+    ) -> None:
+        secret = token.get_secret_value() if isinstance(token, SecretStr) else token
+        self.base_url = base_url.rstrip("/")
+        self.language = language
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers={
+                "Authorization": f"Bearer {secret}",
+                "Accept-Language": language,
+                "Accept": "application/json",
+                "User-Agent": _USER_AGENT,
+            },
+            timeout=timeout if isinstance(timeout, httpx.Timeout) else explicit_timeout(timeout),
+            limits=limits,
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> Self:
+        """A client for ``KARTAHOOK_KARTAPAY_URL`` / ``_TOKEN`` / ``_LANGUAGE`` / ``_TIMEOUT_S``."""
+        return cls(
+            settings.kartapay_url,
+            settings.kartapay_token,
+            language=settings.kartapay_language,
+            timeout=settings.kartapay_timeout_s,
+            transport=transport,
+        )
+
+    def __repr__(self) -> str:
+        return f"KartaPayClient(base_url={self.base_url!r}, language={self.language!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    # -- endpoints ---------------------------------------------------------------------------
+
+    async def create(self, claim: Claim | Mapping[str, Any]) -> PaymentRecord:
+        """``POST /v1/payments``: create a payment (status ``init``).
+
+        A mapping is sent as is, unchecked. The id comes from the ``Location`` header of the
+        201, or else from ``data.id``; with neither, ``InvalidResponseError``.
+        """
+        body = claim.to_json() if isinstance(claim, Claim) else dict(claim)
+        response = await self._request("POST", PAYMENTS_PATH, json_body=body)
+        envelope = self._decode(response, PaymentEnvelope)
+        payment_id = id_from_location(response.headers.get("Location"))
+        payment_id = payment_id or envelope.data.reported_id
+        if payment_id is None:
+            raise InvalidResponseError(
+                "created payment has no Location header and no data.id",
+                status_code=response.status_code,
+                method="POST",
+                path=PAYMENTS_PATH,
+            )
+        return PaymentRecord(id=payment_id, payment=envelope.data, next=envelope.next)
+
+    async def list(
+        self,
+        *,
+        sort: Sequence[str] = (),
+        desc: Sequence[str] = (),
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> Page:
+        """``GET /v1/payments``: one page, sorted by the ``sort`` and ``desc`` attributes.
+
+        Each name is sent as its own query parameter (``sort=a&sort=b``); the order is the API's.
+        """
+        params: dict[str, str | builtins.list[str]] = {}
+        if sort:
+            params["sort"] = builtins.list(sort)
+        if desc:
+            params["desc"] = builtins.list(desc)
+        if limit is not None:
+            params["limit"] = str(limit)
+        if offset is not None:
+            params["offset"] = str(offset)
+        response = await self._request("GET", PAYMENTS_PATH, params=httpx.QueryParams(params))
+        return self._decode(response, Page)
+
+    async def iter_all(
+        self,
+        *,
+        sort: Sequence[str] = (),
+        desc: Sequence[str] = (),
+        page_size: int = DEFAULT_PAGE_SIZE,
+    ) -> AsyncIterator[Payment]:
+        """Every payment, page after page (by ``offset``/``limit``), in the requested order.
+
+        It stops at an empty page or once ``offset`` reaches the reported ``total``. Payments
+        created or removed while it walks may be seen twice or missed, as with any offset paging.
+        """
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        offset = 0
+        while True:
+            page = await self.list(sort=sort, desc=desc, limit=page_size, offset=offset)
+            for payment in page.data:
+                yield payment
+            offset += len(page.data)
+            if not page.data or (page.total is not None and offset >= page.total):
+                return
+
+    async def get(self, payment_id: str) -> PaymentRecord:
+        """``GET /v1/payments/{id}``: the payment's current state, with the id asked for."""
+        response = await self._request("GET", payment_path(payment_id))
+        return PaymentRecord(id=payment_id, payment=self._decode(response, Payment))
+
+    async def cancel(self, payment_id: str) -> PaymentRecord:
+        """``POST /v1/payments/{id}/cancel``: cancel a payment (400 once it is approved)."""
+        response = await self._request("POST", payment_path(payment_id, "cancel"))
+        envelope = self._decode(response, PaymentEnvelope)
+        return PaymentRecord(id=payment_id, payment=envelope.data, next=envelope.next)
+
+    async def submit(self, payment_id: str, source: GatewayCode) -> PaymentRecord:
+        """``POST /v1/payments/{id}/submit`` with the plan ``{"source": source}``."""
+        path = payment_path(payment_id, "submit")
+        response = await self._request("POST", path, json_body={"source": source})
+        envelope = self._decode(response, PaymentEnvelope)
+        return PaymentRecord(id=payment_id, payment=envelope.data, next=envelope.next)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: httpx.QueryParams | None = None,
+        json_body: Mapping[str, Any] | None = None,
+    ) -> httpx.Response:
+        """Send one request; return a 2xx response or raise the matching ``KartaPayError``."""
+        content = None
+        headers = None
+        if json_body is not None:
+            content = orjson.dumps(json_body)
+            headers = {"Content-Type": "application/json"}
+        try:
+            response = await self._http.request(
+                method, path, params=params, content=content, headers=headers
+            )
+        except httpx.TimeoutException as exc:
+            raise RequestTimeoutError(
+                f"{method} {path}: timed out ({type(exc).__name__})", method=method, path=path
+            ) from exc
+        except httpx.TransportError as exc:
+            raise TransportError(
+                f"{method} {path}: {type(exc).__name__}: {exc}", method=method, path=path
+            ) from exc
+        if response.is_success:
+            return response
+        raise error_class_for(response.status_code)(
+            response.status_code,
+            method=method,
+            path=path,
+            detail=_error_detail(response),
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        )
+
+    @staticmethod
+    def _decode(response: httpx.Response, model: type[M]) -> M:
+        """The body of a 2xx response as ``model``, or ``InvalidResponseError``."""
+        request = response.request
+        try:
+            data = orjson.loads(response.content)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidResponseError(
+                "body is not JSON",
+                status_code=response.status_code,
+                method=request.method,
+                path=request.url.path,
+            ) from exc
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            # Only the locations of the errors: the values may be payer data.
+            where = ", ".join(".".join(map(str, err["loc"])) or "body" for err in exc.errors())
+            raise InvalidResponseError(
+                f"body is not a {model.__name__} (bad: {short_detail(where)})",
+                status_code=response.status_code,
+                method=request.method,
+                path=request.url.path,
+            ) from exc
+
+
+def _error_detail(response: httpx.Response) -> str | None:
+    """A short reason from an error body: its JSON ``message``/``error``/``detail``, or text."""
+    text = response.text
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return short_detail(text)
+    if isinstance(data, Mapping):
+        for key in ("message", "error", "detail"):
+            value = data.get(key)
+            if isinstance(value, str):
+                return short_detail(value)
+    return short_detail(text)
