@@ -17,6 +17,7 @@ import pytest
 from service.kartapay import (
     ApiError,
     AuthError,
+    BadRequestError,
     Claim,
     ForbiddenError,
     InvalidResponseError,
@@ -306,3 +307,17 @@ def test_record_to_json_is_the_payment_as_fetched_with_its_id() -> None:
         "createdAt": "2026-01-01T00:00:00.000Z",
         "vendorField": {"x": 1},
     }
+
+
+async def test_nestjs_list_of_messages_becomes_one_detail() -> None:
+    """A 400 whose NestJS body lists several messages gets them joined in ``detail``."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = {"statusCode": 400, "message": ["a is bad", "b is bad"], "error": "Bad Request"}
+        return json_response(400, body)
+
+    async with client_for(handler) as client:
+        with pytest.raises(BadRequestError) as caught:
+            await client.create({"purchase": {}})
+    assert caught.value.status_code == 400
+    assert caught.value.detail == "a is bad; b is bad"

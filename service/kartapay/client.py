@@ -303,4 +303,6 @@ def _error_detail(response: httpx.Response) -> str | None:
             value = data.get(key)
             if isinstance(value, str):
                 return short_detail(value)
+            if isinstance(value, builtins.list) and all(isinstance(v, str) for v in value):
+                return short_detail("; ".join(value))  # NestJS validation: a list of messages
     return short_detail(text)
