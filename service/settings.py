@@ -72,8 +72,24 @@ class Settings(BaseSettings):
     subscriber_allowlist: CommaList = Field(
         default_factory=lambda: ["127.0.0.0/8", "::1/128", "localhost"]
     )
+    delivery_timeout_s: float = Field(10.0, gt=0)
+    delivery_retry_schedule_s: CommaList = Field(
+        default_factory=lambda: ["5", "30", "120", "600", "1800", "3600", "7200", "14400", "28800"]
+    )
+    delivery_retry_repeat_s: float = Field(43_200, ge=0, description="After the schedule: every…")
+    delivery_retry_horizon_s: float = Field(259_200, ge=0, description="…until this much passed.")
+    delivery_jitter: float = Field(0.2, ge=0, lt=1)
+    delivery_retry_after_max_s: float = Field(43_200, ge=0)
+    delivery_concurrency: int = Field(4, ge=1, description="Default per-subscriber cap.")
+    delivery_max_connections: int = Field(200, ge=1)
+    delivery_breaker_failures: int = Field(5, ge=1)
+    delivery_breaker_cooldown_s: float = Field(60.0, gt=0)
+    delivery_attempt_log_size: int = Field(500, ge=1)
+    delivery_done_ttl_s: int = Field(7 * 24 * 3600, gt=0)
 
-    @field_validator("trusted_proxies", "subscriber_allowlist", mode="before")
+    @field_validator(
+        "trusted_proxies", "subscriber_allowlist", "delivery_retry_schedule_s", mode="before"
+    )
     @classmethod
     def _comma_lists(cls, value: object) -> object:
         return _split_commas(value)
