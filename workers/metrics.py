@@ -1,0 +1,27 @@
+"""Prometheus metrics of the processing worker (served by ``kartahook worker`` when a metrics
+port is set)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+EVENTS_PROCESSED = Counter(
+    "kartahook_events_processed_total",
+    "process_event runs by outcome.",
+    ["outcome"],
+)
+TRANSITIONS_EMITTED = Counter(
+    "kartahook_transitions_emitted_total",
+    "Transitions handed to fan-out, by status.",
+    ["status"],
+)
+FETCH_SECONDS = Histogram(
+    "kartahook_kartapay_fetch_seconds",
+    "Latency of GET /v1/payments/{id}.",
+    ["result"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+KARTAPAY_AUTH_FAILURES = Counter(
+    "kartahook_kartapay_auth_failures_total",
+    "401/403 answers from the KartaPay API: the token needs attention.",
+)
