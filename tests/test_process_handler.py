@@ -1,0 +1,163 @@
+"""EventProcessor against a real Redis, with an in-process payment reader for the edge cases a
+real API cannot produce on demand (a fetch held open while other hints arrive)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from service.jobs import ARQ_JOB_PREFIX, EventHint
+from service.kartapay import errors
+from service.kartapay.models import Payment, PaymentRecord
+from workers.dead_letters import EventDeadLetters
+from workers.payment_state import TRANSITIONS_LOG_KEY, PaymentStateStore
+from workers.process_event import EventProcessor
+from workers.retry_policy import FetchRetryPolicy
+
+QUEUE = "arq:queue"
+COMPLETED: dict[str, Any] = {
+    "status": "completed",
+    "purchase": {"total": {"value": "10", "currency": "EUR"}},
+    "createdAt": "2026-01-01T00:00:00.000Z",
+    "submittedAt": "2026-01-01T00:00:01.000Z",
+    "approvedAt": "2026-01-01T00:00:02.000Z",
+    "capturedAt": "2026-01-01T00:00:03.000Z",
+    "completedAt": "2026-01-01T00:00:04.000Z",
+}
+
+
+class HeldReader:
+    """Answers GETs with a fixed payment; the first GET waits until released."""
+
+    def __init__(self, payment: dict[str, Any]) -> None:
+        self.payment = payment
+        self.calls = 0
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def get(self, payment_id: str) -> PaymentRecord:
+        self.calls += 1
+        if self.calls == 1:
+            self.entered.set()
+            await self.release.wait()
+        return PaymentRecord(payment_id, Payment.model_validate(self.payment))
+
+
+class FailingReader:
+    """Raises the given error on every GET."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    async def get(self, payment_id: str) -> PaymentRecord:
+        raise self.exc
+
+
+def hint(n: int, payment_id: str = "pay_1", attempt: int = 0) -> EventHint:
+    return EventHint("kartapay", f"evt_{n}", payment_id, int(time.time() * 1000), attempt)
+
+
+def make_processor(
+    redis: aioredis.Redis, reader: Any, scheduled: list[tuple[EventHint, float]]
+) -> EventProcessor:
+    async def schedule(h: EventHint, delay: float) -> None:
+        scheduled.append((h, delay))
+
+    policy = FetchRetryPolicy(base_s=0.5, cap_s=10, max_age_s=60, not_found_tries=3)
+    store = PaymentStateStore(redis, QUEUE, lock_ttl_ms=30_000)
+    return EventProcessor(store, reader, EventDeadLetters(redis), schedule, policy, timeout_s=5)
+
+
+async def test_burst_of_hints_coalesces_into_two_fetches(redis: aioredis.Redis) -> None:
+    """20 hints during one held fetch cost exactly one more fetch, and emit each step once."""
+    reader = HeldReader(COMPLETED)
+    processor = make_processor(redis, reader, [])
+    first = asyncio.create_task(processor.handle(hint(0), "job-0"))
+    await reader.entered.wait()
+    others = await asyncio.gather(*(processor.handle(hint(n), f"job-{n}") for n in range(1, 20)))
+    assert {o.outcome for o in others} == {"coalesced"}
+    reader.release.set()
+    outcome = await first
+    assert outcome.outcome == "processed"
+    assert outcome.fetches == 2
+    assert reader.calls == 2
+    assert outcome.emitted == ("submitted", "approved", "captured", "completed")
+    log = await redis.xrange(TRANSITIONS_LOG_KEY)
+    assert [entry[b"status"] for _, entry in log] == [
+        b"submitted",
+        b"approved",
+        b"captured",
+        b"completed",
+    ]
+    queued = await redis.zrange(QUEUE, 0, -1, withscores=True)
+    assert len(queued) == 4
+    for job_id, _ in queued:
+        assert await redis.exists(ARQ_JOB_PREFIX + job_id.decode())
+
+
+async def test_stale_state_emits_nothing(redis: aioredis.Redis) -> None:
+    """Once completed is recorded, a fetch showing an older state emits nothing."""
+    processor = make_processor(redis, HeldReader(COMPLETED), [])
+    reader: Any = processor._reader
+    reader.release.set()
+    assert (await processor.handle(hint(1), "a")).emitted == (
+        "submitted",
+        "approved",
+        "captured",
+        "completed",
+    )
+    older = {**COMPLETED, "status": "approved", "capturedAt": None, "completedAt": None}
+    reader.payment = older
+    outcome = await processor.handle(hint(2), "b")
+    assert outcome.outcome == "processed"
+    assert outcome.emitted == ()
+    assert await redis.xlen(TRANSITIONS_LOG_KEY) == 4
+
+
+async def test_rate_limit_retry_honours_retry_after(redis: aioredis.Redis) -> None:
+    """A 429 schedules the next try no sooner than Retry-After, and frees the fetch lock."""
+    scheduled: list[tuple[EventHint, float]] = []
+    exc = errors.RateLimitedError(429, retry_after=7.0)
+    processor = make_processor(redis, FailingReader(exc), scheduled)
+    outcome = await processor.handle(hint(1), "a")
+    assert outcome.outcome == "retry"
+    assert scheduled[0][0].attempt == 1
+    assert scheduled[0][1] >= 7.0
+    assert await processor._store.acquire("pay_1", "someone-else")
+
+
+async def test_not_found_is_dead_lettered_after_configured_tries(redis: aioredis.Redis) -> None:
+    """404 retries until the configured number of tries, then dead-letters with the reason."""
+    scheduled: list[tuple[EventHint, float]] = []
+    processor = make_processor(redis, FailingReader(errors.NotFoundError(404)), scheduled)
+    assert (await processor.handle(hint(1, attempt=0), "a")).outcome == "retry"
+    assert (await processor.handle(hint(1, attempt=1), "b")).outcome == "retry"
+    outcome = await processor.handle(hint(1, attempt=2), "c")
+    assert outcome.outcome == "dead_lettered"
+    entries = await EventDeadLetters(redis).list()
+    assert [(e["reason"], e["hint"]["event_id"]) for e in entries] == [("not_found", "evt_1")]
+
+
+async def test_auth_failure_is_retried_even_past_max_age(redis: aioredis.Redis) -> None:
+    """401 never dead-letters, however old the hint; it logs an error-level alert."""
+    from structlog.testing import capture_logs
+
+    scheduled: list[tuple[EventHint, float]] = []
+    processor = make_processor(redis, FailingReader(errors.UnauthorizedError(401)), scheduled)
+    old = EventHint("kartapay", "evt_old", "pay_1", int((time.time() - 3600) * 1000), 50)
+    with capture_logs() as logs:
+        outcome = await processor.handle(old, "a")
+    assert outcome.outcome == "retry"
+    assert await EventDeadLetters(redis).count() == 0
+    assert any(e["log_level"] == "error" and e["event"] == "kartapay_auth_failed" for e in logs)
+
+
+async def test_server_errors_dead_letter_past_max_age(redis: aioredis.Redis) -> None:
+    """A 5xx on a hint older than the maximum age dead-letters it instead of retrying."""
+    processor = make_processor(redis, FailingReader(errors.ServerError(503)), [])
+    old = EventHint("kartapay", "evt_old", "pay_1", int((time.time() - 120) * 1000), 9)
+    outcome = await processor.handle(old, "a")
+    assert (outcome.outcome, outcome.reason) == ("dead_lettered", "max_age_exceeded")
