@@ -32,8 +32,8 @@ end
 return 0
 """
 
-# KEYS: state, dirty, lock, queue, transitions log. ARGV: seq, status, at, now_ms, token,
-# lock_ttl_ms, state_ttl_s, job_prefix, job_expiry_ms, payment_id, log_maxlen, then
+# KEYS: state, dirty, lock, queue, transitions log. ARGV: seq, status, at, token, lock_ttl_ms,
+# state_ttl_s, job_prefix, job_expiry_ms, payment_id, log_maxlen, then
 # (seq, status, job_id, job_bytes) for each candidate transition, in lifecycle order.
 _RECORD = """
 local cur = tonumber(redis.call('HGET', KEYS[1], 'seq') or '-1')
@@ -41,23 +41,25 @@ local new = tonumber(ARGV[1])
 local emitted = 0
 if new > cur then
   redis.call('HSET', KEYS[1], 'seq', new, 'status', ARGV[2], 'at', ARGV[3])
-  local now = tonumber(ARGV[4])
-  for i = 12, #ARGV, 4 do
+  -- Scores from the server's clock: emissions of one payment are ordered across runs.
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  for i = 11, #ARGV, 4 do
     if tonumber(ARGV[i]) > cur then
-      redis.call('SET', ARGV[8] .. ARGV[i + 2], ARGV[i + 3], 'PX', ARGV[9], 'NX')
+      redis.call('SET', ARGV[7] .. ARGV[i + 2], ARGV[i + 3], 'PX', ARGV[8], 'NX')
       redis.call('ZADD', KEYS[4], 'NX', now + emitted, ARGV[i + 2])
-      redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[11], '*',
-        'payment_id', ARGV[10], 'status', ARGV[i + 1], 'job_id', ARGV[i + 2])
+      redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[10], '*',
+        'payment_id', ARGV[9], 'status', ARGV[i + 1], 'job_id', ARGV[i + 2])
       emitted = emitted + 1
     end
   end
 end
-redis.call('EXPIRE', KEYS[1], ARGV[7])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
 local again = 0
-if redis.call('GET', KEYS[3]) == ARGV[5] then
+if redis.call('GET', KEYS[3]) == ARGV[4] then
   if redis.call('DEL', KEYS[2]) == 1 then
     again = 1
-    redis.call('PEXPIRE', KEYS[3], ARGV[6])
+    redis.call('PEXPIRE', KEYS[3], ARGV[5])
   else
     redis.call('DEL', KEYS[3])
   end
@@ -146,7 +148,6 @@ class PaymentStateStore:
         seq: int,
         status: str,
         at: str,
-        now_ms: int,
         candidates: list[Candidate],
     ) -> RecordResult:
         """Record ``seq`` if newer, enqueue the candidates past the old state, drop the lock."""
@@ -154,7 +155,6 @@ class PaymentStateStore:
             seq,
             status,
             at,
-            now_ms,
             token,
             self._lock_ttl_ms,
             self._state_ttl_s,

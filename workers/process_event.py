@@ -134,7 +134,6 @@ class EventProcessor:
             seq=SEQ[status],
             status=status,
             at=str(payment.get(TIMESTAMP_FIELD.get(status, ""), "") or ""),
-            now_ms=now_ms,
             candidates=candidates,
         )
         statuses = [s.status for s in steps_after(payment, result.previous_seq)][: result.emitted]
