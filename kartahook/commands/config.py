@@ -1,0 +1,50 @@
+"""``kartahook config check``: validate the configuration files without starting anything.
+
+Checks the sources file (``KARTAHOOK_SOURCES_FILE`` or ``--sources``): YAML, ``${ENV}``
+references set, known source types, valid options (secrets decode). Prints one line per problem
+and exits 1 when there is any. Secrets are never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+Check = Callable[[argparse.Namespace], list[str]]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    check = sub.add_parser("check", help="validate the sources (and subscribers) files")
+    check.add_argument("--sources", type=Path, help="sources file (default KARTAHOOK_SOURCES_FILE)")
+
+
+def check_sources(args: argparse.Namespace) -> list[str]:
+    """Problems of the sources file, or [] (an 'ok' line is printed when it is valid)."""
+    from service.settings import Settings
+    from service.sources_config import ConfigFileError, SourceConfigError, load_sources
+
+    path: Path | None = args.sources or Settings().sources_file
+    if path is None:
+        return ["sources: no file given (set KARTAHOOK_SOURCES_FILE or pass --sources)"]
+    try:
+        sources = load_sources(path)
+    except (ConfigFileError, SourceConfigError) as exc:
+        return [f"sources: {exc}"]
+    if not sources:
+        return [f"sources: {path} defines no source"]
+    print(f"sources: {path}: ok ({', '.join(sorted(sources))})")
+    return []
+
+
+# Each check returns its problems; other files' checks are appended here.
+CHECKS: list[Check] = [check_sources]
+
+
+def run(args: argparse.Namespace) -> int:
+    problems = [problem for check in CHECKS for problem in check(args)]
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return 1 if problems else 0

@@ -1,0 +1,194 @@
+"""Durable enqueue of a verified webhook: dedupe, arq job, queue entry and raw archive, atomically.
+
+One Lua script does all four in one round trip (and Redis runs it atomically, so nothing is
+ever half-written):
+
+- ``SET kh:dedupe:<digest> <job id> NX EX dedupe_ttl_s``; when the key exists the event is a
+  duplicate and nothing else happens;
+- ``PSETEX arq:job:<job id>`` with the job in arq's own format (JSON), as ``arq`` writes it;
+- ``ZADD <queue> <enqueue ms> <job id>``, so a stock arq ``Worker`` picks it up;
+- ``SET kh:raw:<digest> <raw record> EX raw_ttl_s``: body plus minimal metadata, for audit and
+  replay.
+
+An authentic event without a payment id is pushed onto the capped list ``kh:unroutable``
+instead, and nothing is enqueued. The scripts of concurrent requests share one pipeline
+(:mod:`service.ingest_batcher`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import enum
+from collections.abc import Mapping
+
+import orjson
+import redis.asyncio as aioredis
+
+from service.ingest_batcher import LuaScript, RedisUnavailable, ScriptBatcher
+from service.jobs import (
+    ARQ_EXPIRES_EXTRA_MS,
+    ARQ_JOB_PREFIX,
+    PROCESS_EVENT,
+    EventHint,
+    arq_job_bytes,
+    dedupe_key,
+    raw_event_key,
+)
+from service.settings import Settings
+from service.sources.base import VerifiedEvent
+
+UNROUTABLE_KEY = "kh:unroutable"
+UNROUTABLE_CAP = 10_000
+
+# Header names (or parts of names) never archived: signatures and credentials.
+_SENSITIVE_HEADER_PARTS = ("signature", "authorization", "secret", "token", "cookie", "api-key")
+
+STORE_EVENT = LuaScript(
+    """
+-- KEYS: 1 dedupe, 2 arq job, 3 arq queue, 4 raw archive
+-- ARGV: 1 job id, 2 dedupe ttl s, 3 job bytes, 4 job ttl ms, 5 enqueue ms, 6 raw, 7 raw ttl s
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  return 0
+end
+redis.call('PSETEX', KEYS[2], ARGV[4], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
+redis.call('SET', KEYS[4], ARGV[6], 'EX', ARGV[7])
+return 1
+"""
+)
+
+KEEP_UNROUTABLE = LuaScript(
+    """
+-- KEYS: 1 unroutable list; ARGV: 1 raw record, 2 cap
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+return 1
+"""
+)
+
+
+class StoreResult(enum.Enum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+
+
+def archived_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The request headers minus signatures, credentials and cookies."""
+    return {
+        name: value
+        for name, value in headers.items()
+        if not any(part in name for part in _SENSITIVE_HEADER_PARTS)
+    }
+
+
+def raw_record(
+    source: str, event_id: str, received_at_ms: int, headers: Mapping[str, str], body: bytes
+) -> bytes:
+    """The archived form of one request: JSON with the body as text (or base64 if not UTF-8)."""
+    record: dict[str, object] = {
+        "source": source,
+        "event_id": event_id,
+        "received_at_ms": received_at_ms,
+        "headers": archived_headers(headers),
+    }
+    try:
+        record["body"] = body.decode("utf-8")
+    except UnicodeDecodeError:
+        record["body_b64"] = base64.b64encode(body).decode()
+    return orjson.dumps(record)
+
+
+class EventStore:
+    """Writes verified events to Redis; answers readiness questions about the queue."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        queue_name: str,
+        dedupe_ttl_s: int,
+        raw_ttl_s: int,
+        timeout_s: float,
+        unroutable_cap: int = UNROUTABLE_CAP,
+    ) -> None:
+        self.client = client
+        self.queue_name = queue_name
+        self.dedupe_ttl_s = dedupe_ttl_s
+        self.raw_ttl_s = raw_ttl_s
+        self.timeout_s = timeout_s
+        self.unroutable_cap = unroutable_cap
+        self.batcher = ScriptBatcher(client, timeout_s=timeout_s)
+
+    @classmethod
+    def from_settings(cls, client: aioredis.Redis, settings: Settings) -> EventStore:
+        return cls(
+            client,
+            queue_name=settings.queue_name,
+            dedupe_ttl_s=settings.dedupe_ttl_s,
+            raw_ttl_s=settings.raw_ttl_s,
+            timeout_s=settings.redis_timeout_s,
+        )
+
+    async def store(self, event: VerifiedEvent, headers: Mapping[str, str]) -> StoreResult:
+        """Store and enqueue ``event`` unless a duplicate; raises :class:`RedisUnavailable`."""
+        hint = EventHint(event.source, event.event_id, event.payment_id, event.received_at_ms)
+        job_id = hint.job_id
+        now_ms = event.received_at_ms
+        reply = await self.batcher.call(
+            STORE_EVENT,
+            (
+                dedupe_key(event.source, event.event_id),
+                ARQ_JOB_PREFIX + job_id,
+                self.queue_name,
+                raw_event_key(event.source, event.event_id),
+            ),
+            (
+                job_id,
+                self.dedupe_ttl_s,
+                arq_job_bytes(PROCESS_EVENT, hint.to_job_args(), now_ms),
+                ARQ_EXPIRES_EXTRA_MS,
+                now_ms,
+                raw_record(event.source, event.event_id, now_ms, headers, event.body),
+                self.raw_ttl_s,
+            ),
+        )
+        return StoreResult.STORED if reply == 1 else StoreResult.DUPLICATE
+
+    async def keep_unroutable(
+        self,
+        source: str,
+        event_id: str,
+        received_at_ms: int,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> None:
+        """Keep an authentic event that names no payment. Raises :class:`RedisUnavailable`."""
+        await self.batcher.call(
+            KEEP_UNROUTABLE,
+            (UNROUTABLE_KEY,),
+            (raw_record(source, event_id, received_at_ms, headers, body), self.unroutable_cap),
+        )
+
+    async def backlog(self) -> int:
+        """Jobs waiting in the queue (ZCARD). Raises :class:`RedisUnavailable`."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return int(await self.client.zcard(self.queue_name))
+        except Exception as exc:
+            raise RedisUnavailable(f"redis unavailable: {type(exc).__name__}") from exc
+
+    async def close(self) -> None:
+        await self.batcher.close()
+
+
+__all__ = [
+    "KEEP_UNROUTABLE",
+    "STORE_EVENT",
+    "UNROUTABLE_KEY",
+    "EventStore",
+    "RedisUnavailable",
+    "StoreResult",
+    "archived_headers",
+    "raw_record",
+]

@@ -1,0 +1,168 @@
+"""Pure-ASGI middleware: request ids and the one log line per request, the body-size limit,
+and proxy headers trusted only from configured addresses.
+
+Order in :func:`service.app.create_app` (outermost first): proxy headers, request context,
+body limit. Handlers bind ``source``, ``event_id``, ``payment_id``, ``outcome`` and ``reason``
+with ``structlog.contextvars``; the request line carries them.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
+REQUEST_ID_HEADER = b"x-request-id"
+QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def trusted_proxy_headers(app: ASGIApp, trusted: Sequence[str]) -> ASGIApp:
+    """Honour ``X-Forwarded-For``/``-Proto`` only from the ``trusted`` addresses or CIDRs."""
+    if not trusted:
+        return app
+    return ProxyHeadersMiddleware(app, trusted_hosts=list(trusted))  # type: ignore[arg-type,return-value]
+
+
+class RequestContextMiddleware:
+    """Request id (``X-Request-ID`` honoured when sane, else generated, echoed in the response)
+    and exactly one structured log line per request, written when the request ends.
+
+    Probe and scrape paths log at debug level so they do not drown the request log.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.log = structlog.get_logger("kartahook.request")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        request_id = None
+        for name, value in scope["headers"]:
+            if name == REQUEST_ID_HEADER:
+                if _REQUEST_ID.fullmatch(value):
+                    request_id = value.decode("ascii")
+                break
+        if request_id is None:
+            request_id = uuid.uuid4().hex
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+        header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            path = scope["path"]
+            method = self.log.debug if path in QUIET_PATHS else self.log.info
+            method(
+                "request",
+                method=scope["method"],
+                path=path,
+                status=status,
+                duration_ms=round((time.perf_counter() - start) * 1000, 3),
+                client=(scope.get("client") or ("-",))[0],
+            )
+            structlog.contextvars.clear_contextvars()
+
+
+class BodyTooLarge(Exception):
+    """Raised from ``receive`` once more than the limit has arrived."""
+
+
+def json_response_messages(
+    status: int, body: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = ()
+) -> tuple[Message, Message]:
+    """The two ASGI messages of a small JSON answer."""
+    payload = orjson.dumps(body)
+    start: Message = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+            *headers,
+        ],
+    }
+    return start, {"type": "http.response.body", "body": payload}
+
+
+class BodySizeLimitMiddleware:
+    """Refuse bodies over ``max_bytes`` with 413 while streaming: a too-large ``Content-Length``
+    is refused before any byte is read, and a chunked body as soon as it passes the limit.
+
+    ``on_reject(scope)`` records the rejection (metric, log context).
+    """
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, on_reject: Callable[[Scope], None] | None = None
+    ) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.on_reject = on_reject
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared > self.max_bytes:
+                    await self._refuse(scope, send)
+                    return
+                break
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if started:
+                raise
+            await self._refuse(scope, send)
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        if self.on_reject is not None:
+            self.on_reject(scope)
+        # Connection: close, so the server drops the unread rest of the body.
+        for message in json_response_messages(
+            413, {"error": "payload too large"}, [(b"connection", b"close")]
+        ):
+            await send(message)
