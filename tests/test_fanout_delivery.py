@@ -1,0 +1,105 @@
+"""Fan-out end to end: real arq workers, real Redis, real subscribers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+from standardwebhooks.webhooks import Webhook
+
+from service.deliveries import DeliveryAdmin
+from service.subscribers import SubscriberStore
+from tests.fanout_support import (
+    Recorder,
+    arq_pool,
+    enqueue,
+    make_worker,
+    run_worker,
+    settings_for,
+    subscriber,
+    transition,
+)
+from tests.support import serve_app
+
+
+async def test_delivery_is_signed_and_verifies_with_standardwebhooks(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    """A delivery carries the documented body and headers and verifies with standardwebhooks."""
+    settings = settings_for(redis_url)
+    recorder = Recorder()
+    async with serve_app(recorder.app()) as base, arq_pool(redis_url) as pool:
+        sub = subscriber("ledger", base, headers={"X-Team": "ledger"})
+        await SubscriberStore(redis).put(sub)
+        item = transition("pay_1", "captured")
+        await enqueue(pool, item)
+        await run_worker(make_worker(settings))
+    [request] = recorder.requests
+    Webhook(sub.secret).verify(request.body, request.headers)
+    assert request.headers["webhook-id"] == item.id
+    assert request.headers["idempotency-key"] == item.id
+    assert request.headers["x-team"] == "ledger"
+    body = request.json
+    assert body["id"] == item.id
+    assert body["type"] == "payment.captured"
+    assert body["timestamp"] == item.occurred_at
+    assert body["data"]["id"] == "pay_1"
+    assert body["data"]["amount"] == 1000
+    attempts = await DeliveryAdmin(redis, settings.queue_name).attempts("ledger")
+    assert [(a["status"], a["outcome"], a["attempt"]) for a in attempts] == [(200, "delivered", 1)]
+
+
+async def test_duplicate_fanout_jobs_deliver_once(redis_url: str, redis: aioredis.Redis) -> None:
+    """The same transition fanned out three times (arq at-least-once) is delivered once."""
+    settings = settings_for(redis_url)
+    recorder = Recorder()
+    async with serve_app(recorder.app()) as base, arq_pool(redis_url) as pool:
+        await SubscriberStore(redis).put(subscriber("ledger", base))
+        item = transition("pay_dup", "captured")
+        await enqueue(pool, item)
+        await enqueue(pool, item, job_id=f"fan:{item.id}:copy")
+        await run_worker(make_worker(settings))
+        await enqueue(pool, item, job_id=f"fan:{item.id}:late")
+        await run_worker(make_worker(settings))
+    assert recorder.ids() == [item.id]
+
+
+async def test_later_status_waits_for_an_earlier_fanout_job(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    """captured never overtakes approved, even when approved's fan-out job runs later."""
+    settings = settings_for(redis_url)
+    recorder = Recorder()
+    async with serve_app(recorder.app()) as base, arq_pool(redis_url) as pool:
+        await SubscriberStore(redis).put(subscriber("ledger", base))
+        approved, captured = transition("pay_o", "approved"), transition("pay_o", "captured")
+        await pool.enqueue_job(
+            "fanout_transition",
+            approved.to_job_args()[0],
+            _job_id=f"fan:{approved.id}",
+            _defer_by=0.5,
+        )
+        await enqueue(pool, captured)
+        await run_worker(make_worker(settings))
+    assert [r.json["type"] for r in recorder.requests] == ["payment.approved", "payment.captured"]
+
+
+async def test_filters_select_subscribers(redis_url: str, redis: aioredis.Redis) -> None:
+    """Event patterns, channel and source filters decide who gets a transition."""
+    settings = settings_for(redis_url)
+    recorder = Recorder()
+    async with serve_app(recorder.app()) as base, arq_pool(redis_url) as pool:
+        store = SubscriberStore(redis)
+        await store.put(subscriber("all", base))
+        await store.put(subscriber("captures", base, events=["payment.captured"]))
+        await store.put(subscriber("pos", base, channels=["pos"]))
+        await store.put(subscriber("stripe", base, sources=["stripe"]))
+        await store.put(subscriber("off", base, enabled=False))
+        await enqueue(pool, transition("pay_f", "approved"))
+        await enqueue(pool, transition("pay_f", "captured"))
+        await run_worker(make_worker(settings))
+    admin = DeliveryAdmin(redis, settings.queue_name)
+    got = {sub: [a["type"] for a in await admin.attempts(sub)] for sub in ("all", "captures")}
+    assert sorted(got["all"]) == ["payment.approved", "payment.captured"]
+    assert got["captures"] == ["payment.captured"]
+    for sub in ("pos", "stripe", "off"):
+        assert await admin.attempts(sub) == []
+    assert len(recorder.requests) == 3

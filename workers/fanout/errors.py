@@ -1,0 +1,16 @@
+"""Errors of the fan-out side.
+
+``service.subscribers.SubscriberError`` covers invalid subscriber definitions (file, admin API).
+Everything a subscriber's endpoint does wrong is an outcome recorded on the attempt, never an
+exception; the errors below are for the fan-out machinery itself.
+"""
+
+from __future__ import annotations
+
+
+class FanoutError(Exception):
+    """Base of fan-out errors."""
+
+
+class FanoutNotStarted(FanoutError):
+    """A fan-out job ran in a worker whose on_startup did not run ``workers.fanout.on_startup``."""

@@ -1,0 +1,335 @@
+"""The worker's side of the delivery state: three Lua scripts over the layout of
+:mod:`service.deliveries`.
+
+- :meth:`FanoutStore.insert` creates the deliveries of one transition (idempotent: a delivery
+  that exists is never created twice) and activates each one that is first in its
+  (subscriber, payment) line. It refuses while an earlier transition of the payment still has a
+  fan-out job in arq, so a later status can never overtake an earlier one.
+- :meth:`FanoutStore.acquire` lets an attempt start, or parks the delivery: over the concurrency
+  cap, breaker open, probe in flight, or subscriber disabled. A parked delivery holds no worker.
+- :meth:`FanoutStore.finish` records the attempt and moves the delivery on: delivered, retried
+  later (a fresh job), dead-lettered, or parked (410); then it wakes parked deliveries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from service.deliveries import FO_PREFIX, LUA_COMMON
+from service.jobs import ARQ_JOB_PREFIX
+
+# KEYS: queue. ARGV: prefix, job_prefix, now, tid, pid, seq, type, transition_json,
+#   n_pred, pred_job_keys..., subs...
+INSERT_LUA = (
+    LUA_COMMON
+    + """
+local queue = KEYS[1]
+local prefix, job_prefix, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local tid, pid, seq, etype, body = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local n_pred = tonumber(ARGV[9])
+for i = 10, 9 + n_pred do
+  if redis.call('EXISTS', ARGV[i]) == 1 then return {'wait'} end
+end
+local created = {'ok'}
+for i = 10 + n_pred, #ARGV do
+  local sub = ARGV[i]
+  local dkey = prefix .. 'd:' .. sub .. ':' .. tid
+  if redis.call('EXISTS', dkey) == 0 then
+    redis.call('HSET', dkey, 'sub', sub, 'tid', tid, 'payment_id', pid, 'seq', seq,
+      'type', etype, 'state', 'queued', 'gen', 0, 'attempts', 0, 'transition', body,
+      'created_ms', now)
+    redis.call('ZADD', prefix .. 'o:' .. sub .. ':' .. pid, seq, tid)
+    activate_next(prefix, queue, job_prefix, sub, pid, now)
+    table.insert(created, sub)
+  end
+end
+return created
+"""
+)
+
+# KEYS: queue. ARGV: prefix, job_prefix, now, sub, tid, gen, job_id, enabled, cap, lease_ms,
+#   open_jitter_ms.
+ACQUIRE_LUA = (
+    LUA_COMMON
+    + """
+local queue = KEYS[1]
+local prefix, job_prefix, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local sub, tid, gen, job_id = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local enabled, cap, lease = ARGV[8] == '1', tonumber(ARGV[9]), tonumber(ARGV[10])
+local open_jitter = tonumber(ARGV[11])
+local dkey = prefix .. 'd:' .. sub .. ':' .. tid
+if redis.call('HGET', dkey, 'state') ~= 'active' or redis.call('HGET', dkey, 'gen') ~= gen then
+  return {'stale', 0}
+end
+local function park(at)
+  local g = redis.call('HINCRBY', dkey, 'gen', 1)
+  redis.call('ZADD', prefix .. 'w:' .. sub, 'NX', now, tid)
+  if at then enqueue(queue, job_prefix, sub, tid, g, at, now) end
+end
+if not enabled then park(nil) return {'disabled', 0} end
+local fkey = prefix .. 'f:' .. sub
+local bkey = prefix .. 'b:' .. sub
+redis.call('ZREMRANGEBYSCORE', fkey, '-inf', now)
+if redis.call('ZSCORE', fkey, job_id) then
+  redis.call('ZADD', fkey, now + lease, job_id)
+  return {'ok', 0}
+end
+local open_until = tonumber(redis.call('HGET', bkey, 'open_until')) or 0
+if open_until > now then
+  park(open_until + open_jitter)
+  return {'open', open_until}
+end
+if open_until > 0 then
+  local probe = redis.call('HGET', bkey, 'probe')
+  local probe_until = tonumber(redis.call('HGET', bkey, 'probe_until')) or 0
+  if probe and probe ~= '' and probe ~= job_id and probe_until > now then
+    park(probe_until)
+    return {'probing', probe_until}
+  end
+  redis.call('HSET', bkey, 'probe', job_id, 'probe_until', now + lease)
+  redis.call('ZADD', fkey, now + lease, job_id)
+  return {'probe', 0}
+end
+if redis.call('ZCARD', fkey) >= cap then
+  park(now + lease)
+  return {'cap', 0}
+end
+redis.call('ZADD', fkey, now + lease, job_id)
+return {'ok', 0}
+"""
+)
+
+# KEYS: queue. ARGV: prefix, job_prefix, now, sub, tid, gen, job_id, outcome (ok|fail|gone|removed),
+#   next (retry|dead|''), retry_at_ms, threshold, cooldown_ms, cap, enabled, done_ttl_s,
+#   log_entry, log_cap, status, error.
+FINISH_LUA = (
+    LUA_COMMON
+    + """
+local queue = KEYS[1]
+local prefix, job_prefix, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local sub, tid, gen, job_id = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local outcome, nxt, retry_at = ARGV[8], ARGV[9], tonumber(ARGV[10])
+local threshold, cooldown, cap = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
+local enabled, done_ttl = ARGV[14] == '1', tonumber(ARGV[15])
+local log_entry, log_cap, status, err = ARGV[16], tonumber(ARGV[17]), ARGV[18], ARGV[19]
+local dkey = prefix .. 'd:' .. sub .. ':' .. tid
+local fkey = prefix .. 'f:' .. sub
+local bkey = prefix .. 'b:' .. sub
+redis.call('ZREM', fkey, job_id)
+if log_entry ~= '' then
+  local lkey = prefix .. 'log:' .. sub
+  redis.call('LPUSH', lkey, log_entry)
+  redis.call('LTRIM', lkey, 0, log_cap - 1)
+end
+local breaker_open = false
+if outcome == 'ok' then
+  redis.call('HSET', bkey, 'fails', 0, 'open_until', 0, 'probe', '')
+elseif outcome == 'fail' then
+  local fails = redis.call('HINCRBY', bkey, 'fails', 1)
+  local open_until = tonumber(redis.call('HGET', bkey, 'open_until')) or 0
+  if redis.call('HGET', bkey, 'probe') == job_id then
+    redis.call('HSET', bkey, 'open_until', now + cooldown, 'probe', '')
+    breaker_open = true
+  elseif open_until > 0 then
+    breaker_open = true
+  elseif fails >= threshold then
+    redis.call('HSET', bkey, 'open_until', now + cooldown)
+    breaker_open = true
+  end
+end
+local result = 'stale'
+local state = redis.call('HGET', dkey, 'state')
+if state == 'active' and redis.call('HGET', dkey, 'gen') == gen then
+  local pid = redis.call('HGET', dkey, 'payment_id')
+  if outcome ~= 'removed' then
+    redis.call('HINCRBY', dkey, 'attempts', 1)
+    redis.call('HSET', dkey, 'last_status', status, 'last_error', err, 'last_ms', now)
+  end
+  if outcome == 'ok' then
+    redis.call('HSET', dkey, 'state', 'delivered', 'delivered_ms', now)
+    redis.call('EXPIRE', dkey, done_ttl)
+    advance(prefix, queue, job_prefix, sub, pid, tid, now)
+    result = 'delivered'
+  elseif outcome == 'removed' then
+    redis.call('HSET', dkey, 'state', 'dropped')
+    redis.call('EXPIRE', dkey, done_ttl)
+    advance(prefix, queue, job_prefix, sub, pid, tid, now)
+    result = 'dropped'
+  elseif outcome == 'gone' then
+    redis.call('HINCRBY', dkey, 'gen', 1)
+    redis.call('ZADD', prefix .. 'w:' .. sub, 'NX', now, tid)
+    result = 'parked'
+  elseif nxt == 'retry' then
+    local g = redis.call('HINCRBY', dkey, 'gen', 1)
+    enqueue(queue, job_prefix, sub, tid, g, retry_at, now)
+    result = 'retry'
+  else
+    redis.call('HSET', dkey, 'state', 'dead', 'dead_ms', now)
+    redis.call('ZADD', prefix .. 'dead', now, sub .. '/' .. tid)
+    redis.call('ZADD', prefix .. 'dead:' .. sub, now, tid)
+    advance(prefix, queue, job_prefix, sub, pid, tid, now)
+    result = 'dead'
+  end
+end
+local woken = 0
+if (enabled or outcome == 'removed') and not breaker_open and outcome ~= 'gone' then
+  local open_until = tonumber(redis.call('HGET', bkey, 'open_until')) or 0
+  if open_until == 0 then
+    local free = cap - redis.call('ZCARD', fkey)
+    if outcome == 'removed' then free = 1 end
+    if free > 0 then woken = wake(prefix, queue, job_prefix, sub, free, now) end
+  end
+end
+return {result, woken, redis.call('ZCARD', prefix .. 'dead')}
+"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Acquired:
+    """What :meth:`FanoutStore.acquire` decided: ``ok``/``probe`` start; the rest park or skip."""
+
+    verdict: str
+    until_ms: int
+
+    @property
+    def may_send(self) -> bool:
+        return self.verdict in ("ok", "probe")
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    result: str
+    """delivered, retry, dead, parked, dropped, or stale."""
+    woken: int
+    dead_letters: int
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class FanoutStore:
+    """Atomic delivery state changes for the workers."""
+
+    def __init__(self, redis: aioredis.Redis, queue_name: str) -> None:
+        self.redis = redis
+        self.queue_name = queue_name
+        self._insert = redis.register_script(INSERT_LUA)
+        self._acquire = redis.register_script(ACQUIRE_LUA)
+        self._finish = redis.register_script(FINISH_LUA)
+
+    async def insert(
+        self,
+        *,
+        transition_id: str,
+        payment_id: str,
+        seq: int,
+        event_type: str,
+        transition: dict[str, Any],
+        predecessor_job_keys: list[str],
+        subscriber_ids: list[str],
+        now_ms: int,
+    ) -> list[str] | None:
+        """Create the deliveries; the ids of subscribers given a new one, or None to wait."""
+        reply = await self._insert(
+            keys=[self.queue_name],
+            args=[
+                FO_PREFIX,
+                ARQ_JOB_PREFIX,
+                now_ms,
+                transition_id,
+                payment_id,
+                seq,
+                event_type,
+                orjson.dumps(transition),
+                len(predecessor_job_keys),
+                *predecessor_job_keys,
+                *subscriber_ids,
+            ],
+        )
+        words = [_text(word) for word in reply]
+        if words[0] == "wait":
+            return None
+        return words[1:]
+
+    async def acquire(
+        self,
+        *,
+        subscriber_id: str,
+        transition_id: str,
+        gen: int,
+        job_id: str,
+        enabled: bool,
+        cap: int,
+        lease_ms: int,
+        open_jitter_ms: int,
+        now_ms: int,
+    ) -> Acquired:
+        reply = await self._acquire(
+            keys=[self.queue_name],
+            args=[
+                FO_PREFIX,
+                ARQ_JOB_PREFIX,
+                now_ms,
+                subscriber_id,
+                transition_id,
+                gen,
+                job_id,
+                "1" if enabled else "0",
+                cap,
+                lease_ms,
+                open_jitter_ms,
+            ],
+        )
+        return Acquired(verdict=_text(reply[0]), until_ms=int(reply[1]))
+
+    async def finish(
+        self,
+        *,
+        subscriber_id: str,
+        transition_id: str,
+        gen: int,
+        job_id: str,
+        outcome: str,
+        retry_at_ms: int | None,
+        breaker_failures: int,
+        breaker_cooldown_ms: int,
+        cap: int,
+        enabled: bool,
+        done_ttl_s: int,
+        log_entry: dict[str, Any] | None,
+        log_cap: int,
+        status: str,
+        error: str,
+        now_ms: int,
+    ) -> Finished:
+        reply = await self._finish(
+            keys=[self.queue_name],
+            args=[
+                FO_PREFIX,
+                ARQ_JOB_PREFIX,
+                now_ms,
+                subscriber_id,
+                transition_id,
+                gen,
+                job_id,
+                outcome,
+                "retry" if retry_at_ms is not None else "dead",
+                retry_at_ms or 0,
+                breaker_failures,
+                breaker_cooldown_ms,
+                cap,
+                "1" if enabled else "0",
+                done_ttl_s,
+                b"" if log_entry is None else orjson.dumps(log_entry),
+                log_cap,
+                status,
+                error,
+            ],
+        )
+        return Finished(result=_text(reply[0]), woken=int(reply[1]), dead_letters=int(reply[2]))
