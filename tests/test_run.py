@@ -108,8 +108,9 @@ def assert_all_stopped(run: RunProcess, code: int) -> None:
 
 @pytest.mark.timeout(300)
 def test_run_starts_redis_and_the_demo_stack_and_sigint_stops_all(tmp_path: Path) -> None:
-    """run --no-demo: Redis, the demo subscriber (and the sandbox if built) answer; SIGINT
-    stops every child, nothing keeps listening, and Redis kept its AOF under var/redis."""
+    """run --no-demo: Redis, the demo subscriber (and the sandbox if built) answer, and
+    `kartahook demo` drives payments against it; SIGINT stops every child, nothing keeps
+    listening, and Redis kept its AOF under var/redis."""
     with kartahook_run(tmp_path, "--no-demo") as run:
         state = run.wait_ready()
         assert state["children"]["redis"]
@@ -125,6 +126,18 @@ def test_run_starts_redis_and_the_demo_stack_and_sigint_stops_all(tmp_path: Path
         if state["service_url"]:
             assert httpx.get(state["service_url"] + "/healthz", timeout=10).status_code == 200
         assert "ready:" in run.output
+        if state["sandbox_url"]:  # `kartahook demo` finds the running stack through var/run.json
+            demo = subprocess.run(
+                [sys.executable, "-m", "kartahook.cli", "demo", "--payments", "2"],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=150,
+                check=False,
+            )
+            assert demo.returncode == 0, demo.stdout + demo.stderr
+            assert "2 payments (" in demo.stdout
+            assert demo.stdout.count("delivered") >= 2
         code = run.stop(signal.SIGINT)
         assert_all_stopped(run, code)
     assert list((tmp_path / "var" / "redis").glob("appendonly*"))

@@ -207,9 +207,11 @@ class Stack:
             return ChildSpec(name, [*cli, "worker"], env, self._worker_ready())
         secret = self.source_secret if self.pipeline else self.subscriber_secret
         argv = [*cli, "sandbox", "--host", host, "--port", str(self.ports["sandbox"])]
-        argv += ["--webhook-url", self.webhook_url, "--webhook-secret", secret]
+        argv += ["--webhook-url", self.webhook_url]
         ready = tcp_open("127.0.0.1" if host == "0.0.0.0" else host, self.ports["sandbox"])
-        return ChildSpec(name, argv, env, ready)
+        # The secret goes through the environment (the sandbox's default for --webhook-secret),
+        # so it does not show in the process list.
+        return ChildSpec(name, argv, {**env, "KARTAHOOK_SANDBOX_WEBHOOK_SECRET": secret}, ready)
 
     def _worker_ready(self) -> ReadyCheck:
         """Ready once arq has written its health-check key (or has run for a while)."""
