@@ -139,8 +139,10 @@ async def enqueue(pool: ArqRedis, item: Transition, job_id: str | None = None) -
     )
 
 
-def make_worker(settings: Settings, max_jobs: int = 10, **extra_ctx: Any) -> Worker:
-    """A real arq worker running the fan-out functions, in burst mode."""
+def make_worker(
+    settings: Settings, max_jobs: int = 10, burst: bool = True, **extra_ctx: Any
+) -> Worker:
+    """A real arq worker running the fan-out functions (burst mode unless told)."""
 
     async def startup(ctx: dict[str, Any]) -> None:
         ctx["settings"] = settings
@@ -152,7 +154,7 @@ def make_worker(settings: Settings, max_jobs: int = 10, **extra_ctx: Any) -> Wor
         functions=fanout.FUNCTIONS,
         on_startup=startup,
         on_shutdown=fanout.on_shutdown,
-        burst=True,
+        burst=burst,
         poll_delay=0.02,
         max_jobs=max_jobs,
         keep_result=0,
