@@ -65,6 +65,7 @@ class DemoResult:
     statuses: dict[str, list[str]]
     duplicates: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    last_seq: int = 0  # the demo subscriber's seq of the last delivery looked at
 
     @property
     def unfinished(self) -> list[str]:
@@ -149,6 +150,7 @@ async def follow(
         if result.unfinished:
             await asyncio.sleep(0.2)
     result.elapsed_s = time.monotonic() - started
+    result.last_seq = watcher.last_seq
     for pid in payment_ids:
         entries = await watcher.for_payment(pid)
         result.duplicates[pid] = sum(int(entry["duplicates"]) for entry in entries)

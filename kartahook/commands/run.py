@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import redis.asyncio as aioredis
 
+from kartahook.demo import ReceivedWatcher
 from kartahook.supervisor import (
     ChildFailed,
     ChildSpec,
@@ -365,10 +366,11 @@ async def _start_and_demo(
     )
 
     async with httpx.AsyncClient(timeout=5.0) as http:
-        watch = asyncio.create_task(_show_deliveries(stack.url("subscriber"), http, supervisor))
+        watcher = ReceivedWatcher(stack.url("subscriber"), http)
+        watch = asyncio.create_task(_show_deliveries(watcher, supervisor))
         try:
             if not args.no_demo and "sandbox" not in stack.skipped:
-                await _demo(args, stack)
+                await _demo(args, stack, watcher)
             return await watch
         finally:
             watch.cancel()
@@ -376,7 +378,7 @@ async def _start_and_demo(
                 await watch
 
 
-async def _demo(args: argparse.Namespace, stack: Stack) -> None:
+async def _demo(args: argparse.Namespace, stack: Stack, shown: ReceivedWatcher) -> None:
     from kartahook.demo import run_demo
     from service.kartapay import KartaPayClient, KartaPayError
 
@@ -389,6 +391,11 @@ async def _demo(args: argparse.Namespace, stack: Stack) -> None:
     except (KartaPayError, httpx.HTTPError) as exc:
         print(f"demo: failed: {exc}", flush=True)
         return
+    # Let the delivery lines catch up with what the demo saw, so the summary comes after them.
+    for _ in range(60):  # at most 3 s
+        if shown.last_seq >= result.last_seq:
+            break
+        await asyncio.sleep(0.05)
     print("demo summary:", flush=True)
     for line in result.summary_lines():
         print(line, flush=True)
@@ -396,13 +403,10 @@ async def _demo(args: argparse.Namespace, stack: Stack) -> None:
         print(f"demo: {len(result.unfinished)} payments did not finish in time", flush=True)
 
 
-async def _show_deliveries(
-    subscriber_url: str, http: httpx.AsyncClient, supervisor: Supervisor
-) -> int:
+async def _show_deliveries(watcher: ReceivedWatcher, supervisor: Supervisor) -> int:
     """Print each delivery the demo subscriber receives; return 1 when a child dies."""
-    from kartahook.demo import ReceivedWatcher, delivery_line
+    from kartahook.demo import delivery_line
 
-    watcher = ReceivedWatcher(subscriber_url, http)
     while True:
         dead = supervisor.first_exited()
         if dead is not None:
