@@ -98,4 +98,8 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
         stdlib_logger.propagate = True
     # The access log is replaced by our own one line per request.
     logging.getLogger("uvicorn.access").disabled = True
+    # arq logs every job start with a repr of its arguments, which can hold payer data; our own
+    # jobs log one line each instead, so only arq's warnings and errors are kept.
+    logging.getLogger("arq.worker").setLevel(max(numeric_level, logging.WARNING))
+    logging.getLogger("arq.jobs").setLevel(max(numeric_level, logging.WARNING))
     logging.getLogger("httpx").setLevel(logging.WARNING)
