@@ -1,0 +1,67 @@
+"""The arq worker: processing and fan-out in one stock ``arq.worker.Worker``.
+
+``ctx`` carries every resource (settings, the KartaPay client, the stores, the processor, the
+delivery client), built by ``on_startup``; there are no import-time globals.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from arq.connections import RedisSettings
+from arq.worker import Function, Worker
+
+from service.jobs import deserialize, serialize
+from service.settings import Settings
+from workers import fanout
+from workers.processing import processing_function, processing_shutdown, processing_startup
+
+
+async def on_startup(ctx: dict[str, Any]) -> None:
+    """Build the resources of one worker process into ``ctx``: processing, then fan-out."""
+    await processing_startup(ctx)
+    await fanout.on_startup(ctx)
+
+
+async def on_shutdown(ctx: dict[str, Any]) -> None:
+    await fanout.on_shutdown(ctx)
+    await processing_shutdown(ctx)
+
+
+def functions(settings: Settings) -> list[Function]:
+    return [processing_function(settings), *fanout.FUNCTIONS]
+
+
+def build_worker(
+    settings: Settings,
+    *,
+    redis_url: str | None = None,
+    burst: bool = False,
+    handle_signals: bool = True,
+    extra_ctx: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> Worker:
+    """A stock arq ``Worker`` with JSON jobs, tuned from ``settings``."""
+    url = redis_url or settings.redis_url
+    if not url:
+        raise ValueError("a Redis URL is needed: set KARTAHOOK_REDIS_URL")
+    options: dict[str, Any] = {
+        "functions": functions(settings),
+        "queue_name": settings.queue_name,
+        "redis_settings": RedisSettings.from_dsn(url),
+        "on_startup": on_startup,
+        "on_shutdown": on_shutdown,
+        "job_serializer": serialize,
+        "job_deserializer": deserialize,
+        "max_jobs": settings.worker_max_jobs,
+        "poll_delay": settings.worker_poll_delay_s,
+        "health_check_interval": settings.worker_health_check_s,
+        "job_timeout": settings.worker_job_timeout_s,
+        "job_completion_wait": settings.worker_drain_s,
+        "keep_result": 0,
+        "burst": burst,
+        "handle_signals": handle_signals,
+        "ctx": {"settings": settings, **(extra_ctx or {})},
+    }
+    options.update(overrides)
+    return Worker(**options)
