@@ -17,8 +17,9 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
 
+from service.admin import admin_app
 from service.enqueue import EventStore
 from service.health import healthz, readyz
 from service.ingest import WebhookEndpoint
@@ -81,6 +82,7 @@ def create_app(settings: Settings, sources: Mapping[str, Source] | None = None) 
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Mount("/admin", app=admin_app()),
     ]
     app = Starlette(
         routes=routes,
