@@ -269,7 +269,27 @@ def run(args: argparse.Namespace) -> int:
     # Absolute: redis-server changes into its data directory before it opens its log file.
     args.var_dir = args.var_dir.resolve()
     args.var_dir.mkdir(parents=True, exist_ok=True)
+    other = running_elsewhere(args.var_dir)
+    if other:
+        print(f"kartahook run: another run (pid {other}) uses {args.var_dir}; stop it or give "
+              "--var-dir", flush=True)  # fmt: skip
+        return 1
     return asyncio.run(_run(args))
+
+
+def running_elsewhere(var_dir: Path) -> int | None:
+    """The pid of a live ``kartahook run`` that owns ``var_dir``, if any."""
+    try:
+        pid = int(json.loads((var_dir / "run.json").read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid if pid != os.getpid() else None
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -313,6 +333,9 @@ async def _run(args: argparse.Namespace) -> int:
     except ChildFailed as exc:
         print(f"kartahook run: {exc}; last lines of {exc.child.log_path}:", flush=True)
         print(exc.child.log_tail(), flush=True)
+        code = 1
+    except (OSError, RuntimeError, TimeoutError) as exc:  # e.g. no redis-server, port taken
+        print(f"kartahook run: {type(exc).__name__}: {exc}", flush=True)
         code = 1
     finally:
         stopper.cancel()
