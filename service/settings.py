@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     delivery_retry_after_max_s: float = Field(43_200, ge=0)
     delivery_concurrency: int = Field(4, ge=1, description="Default per-subscriber cap.")
     delivery_max_connections: int = Field(200, ge=1)
+    delivery_http_transport: Literal["aiohttp", "httpx"] = "aiohttp"
     delivery_breaker_failures: int = Field(5, ge=1)
     delivery_breaker_cooldown_s: float = Field(60.0, gt=0)
     delivery_attempt_log_size: int = Field(500, ge=1)

@@ -169,3 +169,36 @@ async def test_always_failing_subscriber_uses_every_step(
         await run_worker(make_worker(settings))
     assert len(recorder.requests) == 5
     assert await DeliveryAdmin(redis, settings.queue_name).dead_letter_count("ledger") == 1
+
+
+async def test_redirects_are_not_followed_and_slow_answers_time_out(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    """A 302 is a failed attempt (never followed); a too-slow answer is a timeout."""
+    settings = settings_for(redis_url, delivery_retry_schedule_s=[], delivery_timeout_s=0.5)
+    target = Recorder()
+    redirecting = Recorder(always(302))
+    hanging = Recorder(lambda _n, _b: (200, {}, 3.0))
+    async with (
+        serve_app(target.app()) as target_url,
+        serve_app(redirecting.app()) as redirect_url,
+        serve_app(hanging.app()) as hanging_url,
+        arq_pool(redis_url) as pool,
+    ):
+        redirecting.behaviour = lambda _n, _b: (302, {"location": f"{target_url}/hook"}, 0.0)
+        store = SubscriberStore(redis)
+        await store.put(subscriber("redirect", redirect_url))
+        await store.put(subscriber("hang", hanging_url))
+        await enqueue(pool, transition("pay_x", "captured"))
+        await run_worker(make_worker(settings))
+    admin = DeliveryAdmin(redis, settings.queue_name)
+    [redirected] = await admin.attempts("redirect")
+    assert (redirected["status"], redirected["outcome"]) == (302, "dead")
+    assert target.requests == []
+    [timed_out] = await admin.attempts("hang")
+    assert (timed_out["status"], timed_out["error"], timed_out["outcome"]) == (
+        None,
+        "timeout",
+        "dead",
+    )
+    assert timed_out["latency_ms"] < 2000

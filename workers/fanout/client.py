@@ -1,9 +1,11 @@
 """The delivery HTTP client and one attempt.
 
-httpx with keep-alive for every pooled connection (``max_keepalive_connections`` equals
-``max_connections``), redirects never followed, and one overall deadline per attempt (httpx's own
-timeouts are per phase; a subscriber that trickles bytes must not hold a worker past 10 s).
-``bench/delivery_client.py`` measures this client against raw aiohttp.
+httpx's API with keep-alive for every pooled connection, redirects never followed, and one
+overall deadline per attempt (httpx's own timeouts are per phase; a subscriber that trickles
+bytes must not hold a worker past 10 s). The bytes move on :class:`AiohttpTransport` by default
+(``KARTAHOOK_DELIVERY_HTTP_TRANSPORT=httpx`` for httpx's own pool, with
+``max_keepalive_connections`` = ``max_connections``): ``bench/delivery_client.py`` measured httpx's
+pool far behind raw aiohttp (docs/fanout.md).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 import httpx
 
 from service.settings import Settings
+from workers.fanout.transport import AiohttpTransport
 
 BODY_HEAD_BYTES = 1024
 
@@ -23,6 +26,8 @@ def build_client(
     settings: Settings, transport: httpx.AsyncBaseTransport | None = None
 ) -> httpx.AsyncClient:
     """The shared delivery client; ``transport`` is the test seam."""
+    if transport is None and settings.delivery_http_transport == "aiohttp":
+        transport = AiohttpTransport(settings.delivery_max_connections, keepalive_s=30.0)
     limits = httpx.Limits(
         max_connections=settings.delivery_max_connections,
         max_keepalive_connections=settings.delivery_max_connections,
