@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 from standardwebhooks.webhooks import Webhook
+from structlog.testing import capture_logs
 
 from service.deliveries import DeliveryAdmin
 from service.subscribers import SubscriberStore
@@ -103,3 +105,37 @@ async def test_filters_select_subscribers(redis_url: str, redis: aioredis.Redis)
     for sub in ("pos", "stripe", "off"):
         assert await admin.attempts(sub) == []
     assert len(recorder.requests) == 3
+
+
+async def test_one_log_line_and_metrics_per_attempt_without_secrets(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    """Each attempt logs one line with its context (never the secret or signature) and counts."""
+    settings = settings_for(redis_url, delivery_retry_schedule_s=["0.02"])
+    recorder = Recorder(lambda n, _b: (500 if n == 1 else 200, {}, 0.0))
+    before = REGISTRY.get_sample_value(
+        "kartahook_deliveries_total", {"subscriber": "metered", "outcome": "delivered"}
+    )
+    async with serve_app(recorder.app()) as base, arq_pool(redis_url) as pool:
+        sub = subscriber("metered", base)
+        await SubscriberStore(redis).put(sub)
+        await enqueue(pool, transition("pay_m", "captured"))
+        with capture_logs() as logs:
+            await run_worker(make_worker(settings))
+    lines = [entry for entry in logs if entry["event"] == "delivery_attempt"]
+    assert [(e["attempt"], e["status"], e["outcome"]) for e in lines] == [
+        (1, 500, "retry"),
+        (2, 200, "delivered"),
+    ]
+    for entry in lines:
+        assert {"subscriber", "payment_id", "event_type", "duration_ms"} <= set(entry)
+    text = repr(logs)
+    assert sub.secret not in text
+    assert recorder.requests[0].headers["webhook-signature"] not in text
+    after = REGISTRY.get_sample_value(
+        "kartahook_deliveries_total", {"subscriber": "metered", "outcome": "delivered"}
+    )
+    assert (after or 0) - (before or 0) == 1
+    assert REGISTRY.get_sample_value(
+        "kartahook_received_to_delivered_seconds_count", {"subscriber": "metered"}
+    )
