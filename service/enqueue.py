@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import enum
+import functools
 from collections.abc import Mapping
 
 import orjson
@@ -30,9 +31,9 @@ from service.jobs import (
     ARQ_EXPIRES_EXTRA_MS,
     ARQ_JOB_PREFIX,
     PROCESS_EVENT,
-    EventHint,
     arq_job_bytes,
     dedupe_key,
+    event_job_id,
     raw_event_key,
 )
 from service.settings import Settings
@@ -73,13 +74,15 @@ class StoreResult(enum.Enum):
     DUPLICATE = "duplicate"
 
 
+@functools.lru_cache(maxsize=1024)
+def is_sensitive_header(name: str) -> bool:
+    """Whether a (lower-case) header name holds a signature, credential or cookie."""
+    return any(part in name for part in _SENSITIVE_HEADER_PARTS)
+
+
 def archived_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """The request headers minus signatures, credentials and cookies."""
-    return {
-        name: value
-        for name, value in headers.items()
-        if not any(part in name for part in _SENSITIVE_HEADER_PARTS)
-    }
+    return {name: value for name, value in headers.items() if not is_sensitive_header(name)}
 
 
 def raw_record(
@@ -132,9 +135,17 @@ class EventStore:
 
     async def store(self, event: VerifiedEvent, headers: Mapping[str, str]) -> StoreResult:
         """Store and enqueue ``event`` unless a duplicate; raises :class:`RedisUnavailable`."""
-        hint = EventHint(event.source, event.event_id, event.payment_id, event.received_at_ms)
-        job_id = hint.job_id
+        job_id = event_job_id(event.source, event.event_id)
         now_ms = event.received_at_ms
+        # EventHint.to_job_args(), built directly: dataclasses.asdict is slow on the hot path.
+        job_args = [
+            {
+                "source": event.source,
+                "event_id": event.event_id,
+                "payment_id": event.payment_id,
+                "received_at_ms": event.received_at_ms,
+            }
+        ]
         reply = await self.batcher.call(
             STORE_EVENT,
             (
@@ -146,7 +157,7 @@ class EventStore:
             (
                 job_id,
                 self.dedupe_ttl_s,
-                arq_job_bytes(PROCESS_EVENT, hint.to_job_args(), now_ms),
+                arq_job_bytes(PROCESS_EVENT, job_args, now_ms),
                 ARQ_EXPIRES_EXTRA_MS,
                 now_ms,
                 raw_record(event.source, event.event_id, now_ms, headers, event.body),

@@ -1,12 +1,19 @@
-"""Coalesce the Redis script calls of concurrent requests into one pipelined round trip.
+"""Coalesce the Redis script calls of concurrent requests into pipelined writes on one connection.
 
-Each request calls :meth:`ScriptBatcher.call` and awaits its own result. Calls that arrive
-while a pipeline is in flight wait for the next one, so under load each round trip to Redis
-carries many requests' writes, and at low load a call goes out on the next loop iteration.
-Every call still gets its own answer: a 2xx is only sent after Redis confirmed that write.
+Each request calls :meth:`ScriptBatcher.call` and awaits its own reply: a 2xx is only sent after
+Redis confirmed that write. Calls made during one turn of the event loop go out together in one
+socket write of ``EVALSHA`` commands; the next batch may be sent before the previous replies are
+back (Redis answers in order), and a reader task hands each reply to its caller.
 
-Scripts go out as ``EVALSHA``; after a ``NOSCRIPT`` (Redis restarted or flushed its script
-cache) the script is loaded and only those calls are sent again. Nothing ran for them.
+Why not redis-py's ``Pipeline``: every ``execute()`` checks a connection out of the pool, which
+in redis-py 5.3 takes a lock and polls the socket with ``timeout(0)`` (one more event-loop turn),
+and with ``socket_timeout`` set each send runs in a task of its own. Here one dedicated
+connection (made by the client's pool, so URL, auth, TLS and Sentinel settings apply) is kept,
+commands are packed once, and deadlines are ``asyncio.timeout`` scopes.
+
+After ``NOSCRIPT`` (Redis restarted or flushed its script cache) the script is loaded and the
+call sent again; nothing ran for it. On any connection error or timeout every call in flight
+fails with :class:`RedisUnavailable` (503), and the next batch reconnects.
 """
 
 from __future__ import annotations
@@ -14,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import NoScriptError, ResponseError
 
 from service import metrics
 
@@ -30,86 +39,201 @@ class RedisUnavailable(Exception):
     """Redis could not take a write in time; the caller answers 503."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class LuaScript:
     """A Lua script and its SHA1, as ``EVALSHA`` wants it."""
 
     source: str
+    sha: str = field(init=False)
 
-    @property
-    def sha(self) -> str:
-        return hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
+    def __post_init__(self) -> None:
+        digest = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
+        object.__setattr__(self, "sha", digest)
 
 
-_Call = tuple[LuaScript, Sequence[Arg], Sequence[Arg], "asyncio.Future[Any]"]
+def pack_command(*args: Arg) -> bytes:
+    """One command in the Redis protocol (RESP)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, int):
+            data = b"%d" % arg
+        else:
+            data = arg
+        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+@dataclass(slots=True)
+class _Call:
+    script: LuaScript
+    command: bytes
+    future: asyncio.Future[Any]
+    deadline: float
+    reloaded: bool = False
 
 
 class ScriptBatcher:
-    """Pipelines concurrent ``EVALSHA`` calls: up to ``max_batch`` per round trip, one in flight."""
+    """Pipelines concurrent ``EVALSHA`` calls over one dedicated connection."""
 
-    def __init__(self, client: aioredis.Redis, *, timeout_s: float, max_batch: int = 256) -> None:
+    def __init__(self, client: aioredis.Redis, *, timeout_s: float, max_batch: int = 1024) -> None:
         self._client = client
         self._timeout_s = timeout_s
         self._max_batch = max_batch
         self._pending: list[_Call] = []
-        self._runner: asyncio.Task[None] | None = None
-        self._shas: dict[str, str] = {}
+        self._in_flight: deque[_Call] = deque()
+        self._wake = asyncio.Event()
+        self._replies_due = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._conn: AbstractConnection | None = None
+        self._closed = False
+        self._background: set[asyncio.Task[None]] = set()
 
     async def call(self, script: LuaScript, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
-        """Run ``script`` with ``keys`` and ``args`` in the next pipeline; its reply.
+        """Run ``script`` with ``keys`` and ``args`` in the next batch; its reply.
 
         Raises :class:`RedisUnavailable` when Redis fails or the deadline passes.
         """
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((script, keys, args, future))
-        if self._runner is None:
-            self._runner = asyncio.create_task(self._run())
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                return await future
-        except TimeoutError as exc:
-            raise RedisUnavailable("redis write timed out") from exc
+        if self._closed:
+            raise RedisUnavailable("ingestion is shutting down")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        command = pack_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        self._submit(_Call(script, command, future, loop.time() + self._timeout_s))
+        # The deadline is enforced by the watchdog (one timer for all calls, not one per call).
+        return await future
+
+    def _submit(self, call: _Call) -> None:
+        self._pending.append(call)
+        self._wake.set()
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send_loop())
+            self._watchdog = asyncio.create_task(self._watch_deadlines())
 
     async def close(self) -> None:
-        """Wait for the writes already handed over."""
-        if self._runner is not None:
-            with contextlib.suppress(Exception):
-                await self._runner
+        """Let the calls already handed over finish, then drop the connection."""
+        self._closed = True
+        waiting = [call.future for call in (*self._pending, *self._in_flight)]
+        if waiting:
+            await asyncio.wait(waiting, timeout=self._timeout_s * 2)
+        for task in (self._sender, self._reader, self._watchdog):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._conn is not None:
+            await self._conn.disconnect()
+            self._conn = None
 
-    async def _run(self) -> None:
-        try:
+    async def _connection(self) -> AbstractConnection:
+        if self._conn is None:
+            pool = self._client.connection_pool
+            # No socket_timeout on this connection: deadlines are asyncio.timeout scopes, and
+            # redis-py would otherwise run every send in a task of its own.
+            conn: AbstractConnection = pool.connection_class(
+                **{**pool.connection_kwargs, "socket_timeout": None}
+            )
+            async with asyncio.timeout(self._timeout_s):
+                await conn.connect()  # type: ignore[no-untyped-call]
+            self._conn = conn
+            self._reader = asyncio.create_task(self._read_loop(conn))
+        return self._conn
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
             while self._pending:
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
+                batch = [call for call in batch if not call.future.done()]
+                if not batch:
+                    continue
                 metrics.REDIS_BATCH_SIZE.observe(len(batch))
                 try:
-                    async with asyncio.timeout(self._timeout_s):
-                        await self._send(batch, reload=True)
-                except Exception as exc:  # connection errors, timeouts: the whole batch failed
-                    failure = RedisUnavailable(f"redis write failed: {type(exc).__name__}")
-                    for *_, future in batch:
-                        if not future.done():
-                            future.set_exception(failure)
-        finally:
-            self._runner = None
+                    conn = await self._connection()
+                    self._in_flight.extend(batch)
+                    self._replies_due.set()
+                    await conn.send_packed_command(
+                        [call.command for call in batch], check_health=False
+                    )
+                except Exception as exc:
+                    self._fail(batch, exc)
+                    self._broken(exc)
 
-    async def _send(self, batch: list[_Call], *, reload: bool) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        for script, keys, args, _ in batch:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[arg-type]
-        replies = await pipe.execute(raise_on_error=False)
-        missing: list[_Call] = []
-        for call, reply in zip(batch, replies, strict=True):
-            future = call[3]
-            if isinstance(reply, NoScriptError) and reload:
-                missing.append(call)
-            elif future.done():
-                continue
-            elif isinstance(reply, Exception):
-                future.set_exception(RedisUnavailable(f"redis error: {reply}"))
-            else:
-                future.set_result(reply)
-        if missing:
-            for source in {call[0].source for call in missing}:
-                await self._client.script_load(source)
-            await self._send(missing, reload=False)
+    async def _read_loop(self, conn: AbstractConnection) -> None:
+        try:
+            while True:
+                if not self._in_flight:
+                    self._replies_due.clear()
+                    await self._replies_due.wait()
+                    continue
+                try:
+                    reply = await conn.read_response(disconnect_on_error=False)
+                except ResponseError as exc:
+                    self._error_reply(self._in_flight.popleft(), exc)
+                    continue
+                call = self._in_flight.popleft()
+                if not call.future.done():
+                    call.future.set_result(reply)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if self._conn is conn:
+                self._broken(exc)
+
+    async def _watch_deadlines(self) -> None:
+        """Fail calls past their deadline; a call in flight past it means Redis is stuck, so the
+        connection is dropped (which also ends a blocked read or send)."""
+        loop = asyncio.get_running_loop()
+        interval = max(self._timeout_s / 10, 0.005)
+        expired = RedisUnavailable("redis write timed out")
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for call in self._pending:
+                if call.deadline <= now and not call.future.done():
+                    call.future.set_exception(expired)
+            if self._in_flight and self._in_flight[0].deadline <= now:
+                self._broken(expired)
+
+    def _error_reply(self, call: _Call, exc: ResponseError) -> None:
+        if isinstance(exc, NoScriptError) and not call.reloaded and not call.future.done():
+            call.reloaded = True
+            self._spawn(self._reload_and_resend(call))
+        elif not call.future.done():
+            call.future.set_exception(RedisUnavailable(f"redis error: {exc}"))
+
+    async def _reload_and_resend(self, call: _Call) -> None:
+        try:
+            await self._client.script_load(call.script.source)
+        except Exception as exc:
+            self._fail([call], exc)
+            return
+        self._submit(call)
+
+    def _fail(self, calls: Sequence[_Call], exc: BaseException) -> None:
+        failure = RedisUnavailable(f"redis write failed: {type(exc).__name__}")
+        for call in calls:
+            if not call.future.done():
+                call.future.set_exception(failure)
+
+    def _broken(self, exc: BaseException) -> None:
+        """The connection is unusable: fail everything in flight and reconnect next time."""
+        in_flight = list(self._in_flight)
+        self._in_flight.clear()
+        self._fail(in_flight, exc)
+        conn, self._conn = self._conn, None
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+        if conn is not None:
+            self._spawn(conn.disconnect(nowait=True))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

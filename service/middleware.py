@@ -128,11 +128,13 @@ class BodySizeLimitMiddleware:
                 try:
                     declared = int(value)
                 except ValueError:
-                    declared = -1
+                    break  # malformed: count while streaming
                 if declared > self.max_bytes:
                     await self._refuse(scope, send)
                     return
-                break
+                # The HTTP server never delivers more than the declared length.
+                await self.app(scope, receive, send)
+                return
         received = 0
         started = False
 
