@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import enum
 import functools
 from collections.abc import Mapping
@@ -31,15 +32,16 @@ from service.jobs import (
     ARQ_EXPIRES_EXTRA_MS,
     ARQ_JOB_PREFIX,
     PROCESS_EVENT,
+    EventHint,
     arq_job_bytes,
     dedupe_key,
-    event_job_id,
     raw_event_key,
 )
 from service.settings import Settings
 from service.sources.base import VerifiedEvent
 
 UNROUTABLE_KEY = "kh:unroutable"
+_HINT_FIELDS = tuple(f.name for f in dataclasses.fields(EventHint))
 UNROUTABLE_CAP = 10_000
 
 # Header names (or parts of names) never archived: signatures and credentials.
@@ -135,17 +137,12 @@ class EventStore:
 
     async def store(self, event: VerifiedEvent, headers: Mapping[str, str]) -> StoreResult:
         """Store and enqueue ``event`` unless a duplicate; raises :class:`RedisUnavailable`."""
-        job_id = event_job_id(event.source, event.event_id)
+        hint = EventHint(event.source, event.event_id, event.payment_id, event.received_at_ms)
+        job_id = hint.job_id
         now_ms = event.received_at_ms
-        # EventHint.to_job_args(), built directly: dataclasses.asdict is slow on the hot path.
-        job_args = [
-            {
-                "source": event.source,
-                "event_id": event.event_id,
-                "payment_id": event.payment_id,
-                "received_at_ms": event.received_at_ms,
-            }
-        ]
+        # Equal to hint.to_job_args() (its fields are flat scalars); dataclasses.asdict deep-copies
+        # and is slow on the hot path.
+        job_args = [{name: getattr(hint, name) for name in _HINT_FIELDS}]
         reply = await self.batcher.call(
             STORE_EVENT,
             (

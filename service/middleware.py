@@ -8,9 +8,9 @@ with ``structlog.contextvars``; the request line carries them.
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -54,7 +54,7 @@ class RequestContextMiddleware:
                     request_id = value.decode("ascii")
                 break
         if request_id is None:
-            request_id = uuid.uuid4().hex
+            request_id = os.urandom(16).hex()
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         scope.setdefault("state", {})["request_id"] = request_id
@@ -81,7 +81,6 @@ class RequestContextMiddleware:
                 duration_ms=round((time.perf_counter() - start) * 1000, 3),
                 client=(scope.get("client") or ("-",))[0],
             )
-            structlog.contextvars.clear_contextvars()
 
 
 class BodyTooLarge(Exception):

@@ -103,7 +103,10 @@ async def test_accepted_event_is_stored_as_arq_job_dedupe_and_raw(
     job_id = jobs.event_job_id("kartapay", "msg_accept")
     assert await redis.zscore("arq:queue", job_id) is not None
     job = orjson.loads(await redis.get(jobs.ARQ_JOB_PREFIX + job_id))
-    assert job["f"] == jobs.PROCESS_EVENT and job["a"][0]["payment_id"] == "pay_42"
+    assert job["f"] == jobs.PROCESS_EVENT and job["t"] is None and job["k"] == {}
+    received_at_ms = job["a"][0]["received_at_ms"]
+    hint = jobs.EventHint("kartapay", "msg_accept", "pay_42", received_at_ms)
+    assert job["a"] == hint.to_job_args() and job["et"] == received_at_ms
     assert 0 < await redis.pttl(jobs.ARQ_JOB_PREFIX + job_id) <= jobs.ARQ_EXPIRES_EXTRA_MS
     assert await redis.ttl(jobs.dedupe_key("kartapay", "msg_accept")) > 72 * 3600
     raw = orjson.loads(await redis.get(jobs.raw_event_key("kartapay", "msg_accept")))
@@ -359,3 +362,15 @@ async def test_forwarded_for_only_from_trusted_proxies(
     (line,) = [e for e in entries if e["event"] == "request"]
     assert line["status"] == 404
     assert line["client"] == (expected or "127.0.0.1")
+
+
+async def test_script_cache_flush_is_survived(
+    client: httpx.AsyncClient, redis: aioredis.Redis
+) -> None:
+    """After SCRIPT FLUSH (NOSCRIPT), the script is reloaded and the event still gets 202."""
+    first = event_body("pay_s1")
+    assert (await post(client, first, signed(first, "msg_s1"))).status_code == 202
+    await redis.script_flush()
+    second = event_body("pay_s2")
+    assert (await post(client, second, signed(second, "msg_s2"))).status_code == 202
+    assert await redis.zcard("arq:queue") == 2
