@@ -22,11 +22,12 @@ from starlette.routing import BaseRoute, Mount, Route
 from service.admin import admin_app
 from service.enqueue import EventStore
 from service.health import healthz, readyz
-from service.ingest import WebhookEndpoint
+from service.ingest import WEBHOOK_PATH_PREFIX, WebhookEndpoint
 from service.logging import configure_logging
 from service.metrics import metrics_endpoint
 from service.middleware import (
     BodySizeLimitMiddleware,
+    FastPathMiddleware,
     RequestContextMiddleware,
     trusted_proxy_headers,
 )
@@ -93,6 +94,12 @@ def create_app(settings: Settings, sources: Mapping[str, Source] | None = None) 
                 BodySizeLimitMiddleware,
                 max_bytes=settings.max_body_bytes,
                 on_reject=webhooks.record_too_large,
+            ),
+            Middleware(
+                FastPathMiddleware,
+                prefix=WEBHOOK_PATH_PREFIX,
+                endpoint=webhooks,
+                param="source",
             ),
         ],
         exception_handlers={HTTPException: _http_error},

@@ -167,3 +167,27 @@ class BodySizeLimitMiddleware:
             413, {"error": "payload too large"}, [(b"connection", b"close")]
         ):
             await send(message)
+
+
+class FastPathMiddleware:
+    """Hand requests under ``prefix`` straight to a pure-ASGI ``endpoint``, as the route
+    ``<prefix>{param}`` would, skipping the router and Starlette's exception layer (the endpoint
+    raises no ``HTTPException``). This is the ingestion hot path; other paths route as usual.
+    """
+
+    def __init__(self, app: ASGIApp, prefix: str, endpoint: ASGIApp, param: str) -> None:
+        self.app = app
+        self.prefix = prefix
+        self.endpoint = endpoint
+        self.param = param
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path.startswith(self.prefix):
+                rest = path[len(self.prefix) :]
+                if rest and "/" not in rest:
+                    scope["path_params"] = {self.param: rest}
+                    await self.endpoint(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
