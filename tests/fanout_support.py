@@ -151,7 +151,7 @@ def make_worker(
 
     assert settings.redis_url
     return Worker(
-        functions=fanout.FUNCTIONS,
+        functions=fanout.functions(settings),
         on_startup=startup,
         on_shutdown=fanout.on_shutdown,
         burst=burst,

@@ -29,7 +29,7 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
 
 
 def functions(settings: Settings) -> list[Function]:
-    return [processing_function(settings), *fanout.FUNCTIONS]
+    return [processing_function(settings), *fanout.functions(settings)]
 
 
 def build_worker(

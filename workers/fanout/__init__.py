@@ -1,7 +1,7 @@
 """Fan-out: signed, ordered, idempotent delivery of transitions to subscribers (DESIGN
 "Delivery (fan-out)"; docs/fanout.md).
 
-The lead's ``workers/main.py`` registers :data:`FUNCTIONS` and calls :func:`on_startup` /
+``workers/main.py`` registers :func:`functions` and calls :func:`on_startup` /
 :func:`on_shutdown`. Two jobs:
 
 - ``fanout_transition(transition)``: enqueued by processing, job id ``fan:<webhook-id>``.
@@ -33,7 +33,6 @@ CTX_KEY = "fanout"
 # arq counts every run, Retry included; fan-out jobs wait for predecessors with Retry, and a run
 # that hits a Redis error is retried. Neither may ever drop a transition.
 MAX_TRIES = 10_000
-DELIVER_TIMEOUT_S = 60
 
 
 def _deps(ctx: dict[str, Any]) -> FanoutDeps:
@@ -67,16 +66,26 @@ async def fanout_deliver(ctx: dict[str, Any], subscriber_id: str, webhook_id: st
         raise Retry(defer=_backoff(ctx, base=0.5, cap=30)) from exc
 
 
-FUNCTIONS: list[Function] = [
-    func(fanout_transition, name=FANOUT_TRANSITION, keep_result=0, max_tries=MAX_TRIES, timeout=30),
-    func(
-        fanout_deliver,
-        name=FANOUT_DELIVER,
-        keep_result=0,
-        max_tries=MAX_TRIES,
-        timeout=DELIVER_TIMEOUT_S,
-    ),
-]
+def functions(settings: Settings) -> list[Function]:
+    """The fan-out jobs as arq registers them.
+
+    Their timeout is the worker's job timeout (at least twice the HTTP timeout): arq re-runs the
+    jobs of a dead worker only after the longest function timeout + 10 s, so no fan-out job may
+    hold that recovery back beyond what processing needs.
+    """
+    timeout = max(settings.worker_job_timeout_s, int(settings.delivery_timeout_s * 2))
+    return [
+        func(
+            fanout_transition,
+            name=FANOUT_TRANSITION,
+            keep_result=0,
+            max_tries=MAX_TRIES,
+            timeout=timeout,
+        ),
+        func(
+            fanout_deliver, name=FANOUT_DELIVER, keep_result=0, max_tries=MAX_TRIES, timeout=timeout
+        ),
+    ]
 
 
 async def on_startup(ctx: dict[str, Any]) -> None:
