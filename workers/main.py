@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from arq.connections import RedisSettings
 from arq.worker import Function, Worker
 
 from service.jobs import deserialize, serialize
+from service.redis_connection import arq_redis_settings
 from service.settings import Settings
 from workers import fanout
 from workers.processing import processing_function, processing_shutdown, processing_startup
@@ -48,7 +48,7 @@ def build_worker(
     options: dict[str, Any] = {
         "functions": functions(settings),
         "queue_name": settings.queue_name,
-        "redis_settings": RedisSettings.from_dsn(url),
+        "redis_settings": arq_redis_settings(url),
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
         "job_serializer": serialize,
