@@ -9,10 +9,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from service.event_dead_letters import EventDeadLetters
 from service.jobs import ARQ_JOB_PREFIX, EventHint
 from service.kartapay import errors
 from service.kartapay.models import Payment, PaymentRecord
-from workers.dead_letters import EventDeadLetters
 from workers.payment_state import TRANSITIONS_LOG_KEY, PaymentStateStore
 from workers.process_event import EventProcessor
 from workers.retry_policy import FetchRetryPolicy
@@ -137,7 +137,7 @@ async def test_not_found_is_dead_lettered_after_configured_tries(redis: aioredis
     assert (await processor.handle(hint(1, attempt=1), "b")).outcome == "retry"
     outcome = await processor.handle(hint(1, attempt=2), "c")
     assert outcome.outcome == "dead_lettered"
-    entries = await EventDeadLetters(redis).list()
+    entries = await EventDeadLetters(redis).entries()
     assert [(e["reason"], e["hint"]["event_id"]) for e in entries] == [("not_found", "evt_1")]
 
 

@@ -20,6 +20,7 @@ from starlette.routing import Route
 from structlog.testing import capture_logs
 
 from sandbox.kartapay_api import SandboxConfig, create_app
+from service.event_dead_letters import EventDeadLetters
 from service.jobs import (
     FANOUT_TRANSITION,
     PROCESS_EVENT,
@@ -31,7 +32,6 @@ from service.jobs import (
 from service.kartapay.client import KartaPayClient
 from service.settings import Settings
 from tests.support import serve_app, wait_for
-from workers.dead_letters import EventDeadLetters
 from workers.processing import processing_function, processing_shutdown, processing_startup
 
 TOKEN = "test-token"
@@ -255,12 +255,12 @@ async def test_not_found_dead_letters_then_retry_succeeds(redis_url: str, sandbo
         runs = [e for e in logs if e["event"] == "event_processed"]
         assert [e["outcome"] for e in runs] == ["retry", "retry", "dead_lettered"]
         dead = EventDeadLetters(pool)
-        [entry] = await dead.list()
+        [entry] = await dead.entries()
         assert entry["reason"] == "not_found"
         assert recorder.seen == []
 
         hidden["on"] = False
-        assert await dead.retry(entry["id"], pool.enqueue_job)
+        assert await dead.retry(entry["id"])
         await run_burst(settings, recorder)
         assert await dead.count() == 0
     assert recorder.statuses(payment_id) == FULL_PATH

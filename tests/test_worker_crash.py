@@ -16,10 +16,10 @@ import redis.asyncio as aioredis
 from arq.connections import RedisSettings, create_pool
 
 from sandbox.kartapay_api import SandboxConfig, create_app
+from service.event_dead_letters import EventDeadLetters
 from service.jobs import PROCESS_EVENT, EventHint, deserialize, serialize
 from service.kartapay.client import KartaPayClient
 from tests.support import serve_app, wait_for
-from workers.dead_letters import EventDeadLetters
 from workers.payment_state import TRANSITIONS_LOG_KEY
 
 TOKEN = "test-token"

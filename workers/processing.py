@@ -9,10 +9,10 @@ import httpx
 from arq.worker import Function, Retry, func
 from prometheus_client import start_http_server
 
+from service.event_dead_letters import EventDeadLetters
 from service.jobs import PROCESS_EVENT, EventHint
 from service.kartapay.client import KartaPayClient
 from service.settings import Settings
-from workers.dead_letters import EventDeadLetters
 from workers.payment_state import PaymentStateStore
 from workers.process_event import EventProcessor, process_event
 from workers.retry_policy import FetchRetryPolicy
@@ -65,7 +65,7 @@ async def processing_startup(ctx: dict[str, Any]) -> None:
     )
     ctx["kartapay"] = client
     ctx["retry_policy"] = policy
-    ctx["event_dead_letters"] = EventDeadLetters(redis)
+    ctx["event_dead_letters"] = EventDeadLetters(redis, settings.queue_name)
     ctx["event_processor"] = EventProcessor(
         store,
         client,
