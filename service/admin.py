@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -21,7 +22,7 @@ import orjson
 import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, Router
+from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.deliveries import DeliveryAdmin
@@ -321,6 +322,6 @@ def admin_routes() -> list[Route]:
     ]
 
 
-def admin_app() -> ASGIApp:
-    """The admin routes behind the token check; mount at ``/admin``."""
-    return AdminAuth(Router(routes=admin_routes(), default=not_found))
+def admin_app(extra_routes: Sequence[BaseRoute] = ()) -> ASGIApp:
+    """The admin routes (plus ``extra_routes``) behind the token check; mount at ``/admin``."""
+    return AdminAuth(Router(routes=[*admin_routes(), *extra_routes], default=not_found))

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from service.admin import admin_app
+from service.admin_events import event_dead_letter_routes
 from service.enqueue import EventStore
 from service.health import healthz, readyz
 from service.ingest import WEBHOOK_PATH_PREFIX, WebhookEndpoint
@@ -83,7 +84,7 @@ def create_app(settings: Settings, sources: Mapping[str, Source] | None = None) 
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
-        Mount("/admin", app=admin_app()),
+        Mount("/admin", app=admin_app(event_dead_letter_routes())),
     ]
     app = Starlette(
         routes=routes,

@@ -146,7 +146,7 @@ async def test_dead_letters_list_show_and_replay_via_api_and_cli(
         assert "2 replayed" in capsys.readouterr().out
         assert await _cli("dlq", *conn, "show", "a", "msg_missing") == 1
         assert "404" in capsys.readouterr().err
-        assert await _cli("dlq", "--kind", "events", *conn, "list") == 1
+        assert await _cli("dlq", "--kind", "bogus", *conn, "list") == 1
         await run_worker(make_worker(settings))
     delivered = {(r.headers["webhook-id"]) for r in recorder.delivered()}
     assert delivered == {item.id for item in items}

@@ -1,7 +1,8 @@
 """``kartahook dlq list|show|replay`` over the admin API.
 
-``--kind deliveries`` (the default) is the delivery dead letters of fan-out. The ``events`` kind
-(processing's dead letters) plugs in here by adding an entry to :data:`KINDS`.
+``--kind deliveries`` (the default) is the delivery dead letters of fan-out; ``--kind events`` is
+processing's dead letters (events whose payment could not be read), where ``show`` and
+``replay`` take the entry id in place of SUBSCRIBER and ``replay`` queues the event again.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     listing.add_argument("--since", help="ISO 8601 time with timezone, or epoch ms")
     listing.add_argument("--limit", type=int, default=100)
     show = sub.add_parser("show", help="show one dead letter")
-    show.add_argument("subscriber")
-    show.add_argument("webhook_id")
+    show.add_argument("subscriber", help="subscriber id (deliveries) or entry id (events)")
+    show.add_argument("webhook_id", nargs="?")
     replay = sub.add_parser(
         "replay", help="replay one (SUBSCRIBER WEBHOOK_ID), a subscriber's, or all since a time"
     )
@@ -59,6 +60,8 @@ def _deliveries(client: AdminClient, args: argparse.Namespace) -> int:
             )
         return 0
     if args.action == "show":
+        if not args.webhook_id:
+            raise AdminCallError("show needs SUBSCRIBER WEBHOOK_ID")
         print_json(client.call("GET", f"/dead-letters/{args.subscriber}/{args.webhook_id}"))
         return 0
     data = _replay(client, args)
@@ -86,7 +89,46 @@ def _replay(client: AdminClient, args: argparse.Namespace) -> Any:
     return client.call("POST", "/dead-letters/replay", body)
 
 
-KINDS: dict[str, Callable[[AdminClient, argparse.Namespace], int]] = {"deliveries": _deliveries}
+def _events(client: AdminClient, args: argparse.Namespace) -> int:
+    out = sys.stdout
+    if args.action == "list":
+        data = client.call("GET", "/events/dead-letters", since=args.since, limit=args.limit)
+        if args.json:
+            print_json(data)
+            return 0
+        out.write(f"{data['total']} dead-lettered event(s)\n")
+        for entry in data["dead_letters"]:
+            hint = entry["hint"]
+            out.write(
+                f"{entry['id']}  {hint['source']:<10} {hint['event_id']}  {hint['payment_id']}  "
+                f"{entry['reason']}: {entry['last_error']}\n"
+            )
+        return 0
+    entry_id = args.subscriber
+    if args.action == "show":
+        if not entry_id:
+            raise AdminCallError("show needs the entry id")
+        print_json(client.call("GET", f"/events/dead-letters/{entry_id}"))
+        return 0
+    if entry_id:
+        data = client.call("POST", f"/events/dead-letters/{entry_id}/retry")
+    elif args.since or args.all:
+        data = client.call("POST", "/events/dead-letters/retry", {"since": args.since or 0})
+    else:
+        raise AdminCallError("replay needs an entry id, --since TIME, or --all")
+    if args.json:
+        print_json(data)
+    else:
+        for retried in data["retried"]:
+            out.write(f"queued again {retried}\n")
+        out.write(f"{len(data['retried'])} queued again\n")
+    return 0
+
+
+KINDS: dict[str, Callable[[AdminClient, argparse.Namespace], int]] = {
+    "deliveries": _deliveries,
+    "events": _events,
+}
 
 
 def run(args: argparse.Namespace) -> int:
