@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,8 @@ import aiohttp
 import orjson
 
 NOOP = "bench_noop"
+# A delivery as the receiver saw it: arrival time, path (subscriber), webhook-id, payment id, type.
+Record = tuple[float, str, str, str, str]
 STATUSES_PER_PAYMENT = 4  # submitted, approved, captured, completed
 TOKEN = "bench-sandbox-token"
 RESULTS_PATH = Path(__file__).with_name("results.md")
@@ -61,7 +64,7 @@ class Receiver:
     """A fast subscriber endpoint (raw ASGI): records each delivery's arrival, answers 204."""
 
     def __init__(self) -> None:
-        self.records: list[tuple[float, str, str, str]] = []
+        self.records: list[Record] = []
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -83,7 +86,13 @@ class Receiver:
             headers = dict(scope["headers"])
             body = orjson.loads(b"".join(chunks))
             self.records.append(
-                (arrived, path, headers.get(b"webhook-id", b"").decode(), body["data"]["id"])
+                (
+                    arrived,
+                    path,
+                    headers.get(b"webhook-id", b"").decode(),
+                    body["data"]["id"],
+                    body["type"],
+                )
             )
             await self._answer(send, 204, b"")
         elif path == "/count":
@@ -195,8 +204,14 @@ def arq_ceiling(workdir: Path, count: int) -> dict[str, float]:
 # --- 2. the pipeline ------------------------------------------------------------------------------
 
 
+# ``--set NAME=VALUE`` settings, given to every process of both the ceiling and the pipeline.
+OVERRIDES: dict[str, str] = {}
+
+
 def child_env(extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a child: no inherited ``KARTAHOOK_*``, only ``--set`` and ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KARTAHOOK_")}
+    env.update(OVERRIDES)
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["PYTHONUNBUFFERED"] = "1"
@@ -264,7 +279,7 @@ async def pipeline_stack(
                 return argv
             out = profile_dir / f"{role}-{subscribers}sub"
             return [
-                shutil.which("py-spy") or "py-spy",
+                py_spy(),
                 "record",
                 "--format",
                 "raw",
@@ -328,12 +343,32 @@ async def pipeline_stack(
             subscribers,
             source_secret,
             supervisor,
-            {c.name: c.pid for c in supervisor.children},
+            {"redis": redis.process.pid if redis.process else 0}
+            | {c.name: c.pid for c in supervisor.children},
         )
     finally:
-        # py-spy writes its profile when its child exits: SIGINT reaches py-spy, which stops it.
+        if profile_dir is not None:
+            await stop_profiled(supervisor)
         await supervisor.stop_all(lambda _: None)
         redis.stop()
+
+
+def py_spy() -> str:
+    """py-spy beside this Python (the venv), else on PATH."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else shutil.which("py-spy") or "py-spy"
+
+
+async def stop_profiled(supervisor: Any) -> None:
+    """SIGINT to py-spy and its child (one process group): py-spy then writes its profile."""
+    for child in supervisor.children:
+        if child.name in ("worker", "service") and child.exited() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGINT)
+    for child in supervisor.children:
+        if child.name in ("worker", "service"):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(child.process.wait, 30)
 
 
 async def wait_worker_ready(redis_url: str, timeout_s: float = 60.0) -> None:
@@ -434,7 +469,7 @@ async def receiver_get(http: aiohttp.ClientSession, stack: Stack, path: str) -> 
 
 async def wait_deliveries(
     http: aiohttp.ClientSession, stack: Stack, expected: int, timeout_s: float
-) -> list[tuple[float, str, str, str]]:
+) -> list[Record]:
     deadline = time.monotonic() + timeout_s
     while int(await receiver_get(http, stack, "/count")) < expected:
         exited = stack.supervisor.first_exited()
@@ -444,14 +479,14 @@ async def wait_deliveries(
             got = int(await receiver_get(http, stack, "/count"))
             raise TimeoutError(f"only {got} of {expected} deliveries arrived")
         await asyncio.sleep(0.05)
-    records: list[tuple[float, str, str, str]] = [
+    records: list[Record] = [
         tuple(r) for r in orjson.loads(await receiver_get(http, stack, "/records"))
     ]
     await receiver_get(http, stack, "/reset")
     return records
 
 
-def unique(records: list[tuple[float, str, str, str]]) -> list[tuple[float, str, str, str]]:
+def unique(records: list[Record]) -> list[Record]:
     """First arrival of each (subscriber path, webhook-id)."""
     seen: set[tuple[str, str]] = set()
     first = []
@@ -461,6 +496,27 @@ def unique(records: list[tuple[float, str, str, str]]) -> list[tuple[float, str,
             seen.add(key)
             first.append(record)
     return first
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU time (user + system) of each process so far, and of this one as ``bench``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        used[name] = (int(fields[11]) + int(fields[12])) / tick
+    times = os.times()
+    used["bench"] = times.user + times.system
+    return used
+
+
+def event_order(event_type: str) -> int:
+    from workers.lifecycle import SEQ
+
+    return SEQ.get(event_type.removeprefix("payment."), 99)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -484,6 +540,10 @@ class PipelineResult:
     max_ms: float = 0.0
     duplicates: int = 0
     rejected: int = 0
+    by_type: dict[str, tuple[float, float]] = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    """Throughput run: CPU seconds used by each process (``bench`` is the load generator)."""
+    """Latency run, per event type: (p50, p99) in ms."""
 
 
 async def measure_pipeline(
@@ -499,11 +559,15 @@ async def measure_pipeline(
             await injector.flood(warmup)
             await wait_deliveries(http, stack, len(warmup) * per_payment, args.timeout)
 
+            cpu_before = cpu_seconds(stack.pids)
             started = time.time()
             await injector.flood(throughput_ids)
             records = await wait_deliveries(
                 http, stack, len(throughput_ids) * per_payment, args.timeout
             )
+            cpu_used = {
+                name: used - cpu_before[name] for name, used in cpu_seconds(stack.pids).items()
+            }
             firsts = unique(records)
             elapsed = max(r[0] for r in firsts) - started
             result = PipelineResult(
@@ -514,6 +578,7 @@ async def measure_pipeline(
                 delivered_per_s=len(firsts) / elapsed,
                 webhooks_per_s=len(throughput_ids) / elapsed,
                 duplicates=len(records) - len(firsts),
+                cpu_s=cpu_used,
             )
             if profile_dir is not None:
                 return result
@@ -526,7 +591,13 @@ async def measure_pipeline(
             records = await wait_deliveries(
                 http, stack, len(latency_ids) * per_payment, args.timeout
             )
-            latencies = [(r[0] - injector.sent_at[r[3]]) * 1000 for r in unique(records)]
+            firsts = unique(records)
+            latencies = [(r[0] - injector.sent_at[r[3]]) * 1000 for r in firsts]
+            for event_type in sorted({r[4] for r in firsts}, key=event_order):
+                of_type = [
+                    (r[0] - injector.sent_at[r[3]]) * 1000 for r in firsts if r[4] == event_type
+                ]
+                result.by_type[event_type] = (percentile(of_type, 50), percentile(of_type, 99))
             result.latency_rate = rate
             result.latency_deliveries = len(latencies)
             result.p50_ms = percentile(latencies, 50)
@@ -535,6 +606,79 @@ async def measure_pipeline(
             result.duplicates += len(records) - len(latencies)
             result.rejected = injector.rejected
             return result
+
+
+# --- profile summary ---------------------------------------------------------------------------
+
+# Stages of a py-spy sample, by the frames on its stack: the first rule that matches wins.
+WORKER_STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("startup (imports, on_startup)", ("_find_and_load", "on_startup", "build_parser")),
+    ("processing: fetch GET /v1/payments (httpx)", ("EventProcessor._fetch",)),
+    ("processing: compare-and-set Lua + fan-out handoff", ("EventProcessor._record",)),
+    ("processing: other (lock, job)", ("process_event_job",)),
+    ("fan-out: match subscribers, create deliveries", ("fanout_transition",)),
+    ("delivery: HTTP POST to the subscriber", ("post_once",)),
+    ("delivery: cap/order/breaker Lua, bookkeeping", ("fanout_deliver",)),
+    ("arq: poll, start, finish jobs", ("arq/worker.py",)),
+)
+SERVICE_STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("startup (imports)", ("_find_and_load", "build_parser")),
+    ("ingest: batched Redis writes", ("ingest_batcher.py",)),
+    ("ingest: verify, parse, answer", ("WebhookEndpoint.__call__",)),
+    ("logging", ("structlog",)),
+    ("HTTP: uvicorn, middleware", ("uvicorn/", "service/middleware.py", "starlette/")),
+)
+
+
+def profile_summary(
+    path: Path, stages: tuple[tuple[str, tuple[str, ...]], ...]
+) -> list[tuple[str, float]]:
+    """Share of the samples of a py-spy ``--format raw`` profile per stage, largest first.
+
+    A sample whose leaf is the event loop's own ``run`` frame is time in uvloop (I/O, callbacks).
+    """
+    counts: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, number = line.rpartition(" ")
+        if not number.isdigit():
+            continue
+        total += int(number)
+        frames = stack.split(";")
+        if frames[-1].startswith(("Worker.run ", "Runner.run ")):
+            stage = "event loop (uvloop: I/O, callbacks)"
+        else:
+            stage = next(
+                (name for name, needles in stages if any(n in stack for n in needles)), "other"
+            )
+        counts[stage] = counts.get(stage, 0) + int(number)
+    return sorted(((n, c / max(total, 1)) for n, c in counts.items()), key=lambda x: -x[1])
+
+
+def top_functions(path: Path, count: int = 12) -> list[tuple[str, float]]:
+    """The functions with the most samples at the leaf (self time)."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, number = line.rpartition(" ")
+        if not number.isdigit():
+            continue
+        total += int(number)
+        leaf = stack.rsplit(";", 1)[-1]
+        counts[leaf] = counts.get(leaf, 0) + int(number)
+    ranked = sorted(counts.items(), key=lambda x: -x[1])[:count]
+    return [(name, c / max(total, 1)) for name, c in ranked]
+
+
+def print_profiles(profile_dir: Path) -> list[str]:
+    lines = []
+    for role, stages in (("worker", WORKER_STAGES), ("service", SERVICE_STAGES)):
+        for path in sorted(profile_dir.glob(f"{role}-*.txt")):
+            lines += [f"{path.name}: share of samples by stage"]
+            lines += [f"  {share:6.1%}  {stage}" for stage, share in profile_summary(path, stages)]
+            lines += [f"{path.name}: top functions (self)"]
+            lines += [f"  {share:6.1%}  {name}" for name, share in top_functions(path)]
+    return lines
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -600,7 +744,13 @@ def write_results(
         f"- {r.subscribers} subscriber(s): throughput run {r.payments} webhooks -> "
         f"{r.deliveries} unique deliveries in {r.elapsed_s:.2f} s; latency run "
         f"{r.latency_deliveries} deliveries; duplicate deliveries {r.duplicates}; "
-        f"webhooks not answered 202: {r.rejected}"
+        f"webhooks not answered 202: {r.rejected}; latency run by event type, p50/p99 ms: "
+        + ", ".join(f"{t} {p50:.0f}/{p99:.0f}" for t, (p50, p99) in r.by_type.items())
+        + "; CPU seconds in the throughput run: "
+        + ", ".join(
+            f"{name} {cpu:.2f}" for name, cpu in sorted(r.cpu_s.items(), key=lambda x: -x[1])
+        )
+        + f" (wall {r.elapsed_s:.2f} s, {os.cpu_count()} CPUs)"
         for r in results
     ]
     text = "\n".join(
@@ -619,8 +769,9 @@ def write_results(
             f"arq no-op ceiling: {ceiling['jobs']:.0f} jobs in {ceiling['elapsed_s']:.2f} s, one "
             "worker process, `build_worker` settings.",
             *details,
-            f"- subscriber concurrency cap: {args.concurrency or 'default'} "
-            "(default: KARTAHOOK_DELIVERY_CONCURRENCY)",
+            f"- settings given to every process: {', '.join(args.set) or 'none (defaults)'}",
+            f"- per-subscriber concurrency cap: {args.concurrency or 'the default'} "
+            "(default: KARTAHOOK_DELIVERY_CONCURRENCY, 4)",
             "",
             "Goals (issue 6):",
             *verdict(ceiling, results),
@@ -651,6 +802,7 @@ async def run_all(args: argparse.Namespace) -> int:
             for subscribers in args.subscribers[:1]:
                 print(f"profiled throughput run, {subscribers} subscriber(s) ...", flush=True)
                 await measure_pipeline(workdir, subscribers, args, args.profile.resolve())
+            print("\n".join(print_profiles(args.profile)), flush=True)
         text = write_results(ceiling, results, args)
         print()
         print(text)
@@ -680,15 +832,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run, at most")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy profiles go here")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KARTAHOOK_NAME=VALUE",
+        help="a setting for every process (ceiling and pipeline alike); repeatable",
+    )
+    parser.add_argument("--summarize", type=Path, help="only summarize the profiles in this dir")
     parser.add_argument("--receiver", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--noop-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.receiver:
         serve_receiver(args.receiver)
         return 0
+    if args.summarize:
+        print("\n".join(print_profiles(args.summarize)))
+        return 0
     if args.noop_worker:
         run_noop_worker(args.noop_worker)
         return 0
+    for setting in args.set:
+        name, _, value = setting.partition("=")
+        if not name.startswith("KARTAHOOK_") or not value:
+            parser.error(f"--set {setting}: expected KARTAHOOK_NAME=VALUE")
+        OVERRIDES[name] = value
     return asyncio.run(run_all(args))
 
 
