@@ -1,8 +1,9 @@
 """``kartahook config check``: validate the configuration files without starting anything.
 
 Checks the sources file (``KARTAHOOK_SOURCES_FILE`` or ``--sources``): YAML, ``${ENV}``
-references set, known source types, valid options (secrets decode). Prints one line per problem
-and exits 1 when there is any. Secrets are never printed.
+references set, known source types, valid options (secrets decode); and the subscribers file
+(``KARTAHOOK_SUBSCRIBERS_FILE`` or ``--subscribers``): ids, URLs inside the allowlist, secrets.
+Prints one line per problem and exits 1 when there is any. Secrets are never printed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     check = sub.add_parser("check", help="validate the sources (and subscribers) files")
     check.add_argument("--sources", type=Path, help="sources file (default KARTAHOOK_SOURCES_FILE)")
+    check.add_argument(
+        "--subscribers", type=Path, help="subscribers file (default KARTAHOOK_SUBSCRIBERS_FILE)"
+    )
 
 
 def check_sources(args: argparse.Namespace) -> list[str]:
@@ -39,8 +43,29 @@ def check_sources(args: argparse.Namespace) -> list[str]:
     return []
 
 
-# Each check returns its problems; other files' checks are appended here.
-CHECKS: list[Check] = [check_sources]
+def check_subscribers(args: argparse.Namespace) -> list[str]:
+    """Problems of the subscribers file (URLs, allowlist, secrets, ids); none when not set."""
+    import yaml
+
+    from service.settings import Settings
+    from service.subscribers import SubscriberError, load_subscribers_file
+
+    settings = Settings()
+    path: Path | None = args.subscribers or settings.subscribers_file
+    if path is None:
+        return []
+    try:
+        subscribers = load_subscribers_file(path, settings.subscriber_allowlist)
+    except SubscriberError as exc:
+        return [f"subscribers: {exc.message}"]
+    except (OSError, yaml.YAMLError) as exc:
+        return [f"subscribers: {path}: {exc}"]
+    print(f"subscribers: {path}: ok ({', '.join(s.id for s in subscribers) or 'none'})")
+    return []
+
+
+# Each check returns its problems.
+CHECKS: list[Check] = [check_sources, check_subscribers]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,78 @@
+"""``kartahook status``: backlog, dead letters, subscriber health and the workers' heartbeat,
+read straight from Redis (``KARTAHOOK_REDIS_URL``). ``--json`` for scripts.
+
+Exits 0 when healthy, 1 when something needs attention: no worker heartbeat, a subscriber
+disabled or with an open breaker, or dead letters present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+import orjson
+
+from service.redis_connection import redis_client
+from service.settings import Settings
+from service.status import snapshot
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--redis-url", help="default KARTAHOOK_REDIS_URL")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+async def _read(url: str, queue_name: str) -> dict[str, Any]:
+    client = redis_client(url)
+    try:
+        return await snapshot(client, queue_name)
+    finally:
+        await client.aclose()
+
+
+def problems(state: dict[str, Any]) -> list[str]:
+    """What needs an operator's attention, one line each."""
+    found = []
+    if not state["worker_health"]:
+        found.append("no worker heartbeat (is a worker running?)")
+    for kind, count in state["dead_letters"].items():
+        if count:
+            found.append(f"{count} dead-lettered {kind} (kartahook dlq --kind {kind} list)")
+    for sub in state["subscribers"]:
+        if not sub["enabled"]:
+            found.append(f"subscriber {sub['id']} is disabled ({sub['disabled_reason'] or '-'})")
+        elif sub["breaker"] == "open":
+            found.append(f"subscriber {sub['id']}: circuit breaker open")
+    return found
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = Settings()
+    url = args.redis_url or settings.redis_url
+    if not url:
+        print("kartahook: set KARTAHOOK_REDIS_URL or pass --redis-url", file=sys.stderr)
+        return 2
+    state = asyncio.run(_read(url, settings.queue_name))
+    issues = problems(state)
+    if args.json:
+        sys.stdout.write(orjson.dumps({**state, "problems": issues}).decode() + "\n")
+        return 1 if issues else 0
+    backlog = state["backlog"]
+    print(
+        f"backlog: {backlog['ready']} ready (oldest {backlog['oldest_ready_age_s']} s), "
+        f"{backlog['deferred']} deferred"
+    )
+    dead = state["dead_letters"]
+    print(f"dead letters: {dead['events']} events, {dead['deliveries']} deliveries")
+    print(f"worker heartbeat: {state['worker_health'] or 'none'}")
+    for sub in state["subscribers"]:
+        print(
+            f"subscriber {sub['id']}: {'enabled' if sub['enabled'] else 'disabled'}, "
+            f"breaker {sub['breaker']}, waiting {sub['waiting']}, in flight {sub['in_flight']}, "
+            f"dead {sub['dead_letters']}"
+        )
+    for line in issues:
+        print(f"attention: {line}")
+    return 1 if issues else 0
