@@ -25,7 +25,7 @@ from service.enqueue import EventStore
 from service.health import healthz, readyz
 from service.ingest import WEBHOOK_PATH_PREFIX, WebhookEndpoint
 from service.logging import configure_logging
-from service.metrics import metrics_endpoint
+from service.metrics_state import metrics_endpoint
 from service.middleware import (
     BodySizeLimitMiddleware,
     FastPathMiddleware,
