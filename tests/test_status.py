@@ -92,12 +92,11 @@ async def test_service_metrics_include_queue_depth_dead_letters_and_subscribers(
     now_ms = int(time.time() * 1000)
     await redis.zadd("arq:queue", {"a": now_ms - 1000, "b": now_ms + 60_000})
     await EventDeadLetters(redis).add(EventHint("kartapay", "e", "p", now_ms), "not_found", "404")
-    await SubscriberStore(redis).put(
-        Subscriber(id="crm", url="http://127.0.0.1:2/x", enabled=False)
-    )
-    async with serve_app(create_app(Settings(redis_url=redis_url), sources={})) as base:
-        async with httpx.AsyncClient() as http:
-            text = (await http.get(base + "/metrics")).text
+    crm = Subscriber(id="crm", url="http://127.0.0.1:2/x", enabled=False)
+    await SubscriberStore(redis).put(crm)
+    app = create_app(Settings(redis_url=redis_url), sources={})
+    async with serve_app(app) as base, httpx.AsyncClient() as http:
+        text = (await http.get(base + "/metrics")).text
     assert 'kartahook_queue_jobs{state="ready"} 1.0' in text
     assert 'kartahook_queue_jobs{state="deferred"} 1.0' in text
     assert 'kartahook_dead_letters{kind="events"} 1.0' in text
