@@ -61,7 +61,9 @@ class Settings(BaseSettings):
     worker_job_timeout_s: int = Field(60, gt=0, description="arq kills a job after this.")
     worker_drain_s: int = Field(25, ge=0, description="SIGTERM grace for jobs in flight.")
     worker_metrics_host: str = "127.0.0.1"
-    worker_metrics_port: int | None = Field(None, description="Serve /metrics on this port.")
+    worker_metrics_port: int | None = Field(
+        None, description="Serve /healthz, /readyz and /metrics on this port."
+    )
     process_timeout_s: float = Field(30.0, gt=0, description="Deadline of one processing run.")
     process_backoff_base_s: float = Field(1.0, gt=0)
     process_backoff_cap_s: float = Field(300.0, gt=0)

@@ -6,24 +6,54 @@ delivery client), built by ``on_startup``; there are no import-time globals.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import structlog
 from arq.worker import Function, Worker
+from redis.exceptions import RedisError
 
 from service.jobs import deserialize, serialize
 from service.redis_connection import arq_redis_settings
 from service.settings import Settings
 from workers import fanout
+from workers.probe_server import ProbeServer
 from workers.processing import processing_function, processing_shutdown, processing_startup
+
+log = structlog.get_logger("kartahook.worker")
+
+
+class ResilientWorker(Worker):
+    """arq's ``Worker``, but a Redis outage does not end it: a poll that fails is logged and
+    tried again a second later, so the worker rides out a Redis restart or failover instead of
+    exiting. Jobs cut off by the outage run again when their in-progress key expires."""
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except (RedisError, OSError) as exc:
+            log.warning("worker_redis_unavailable", error=type(exc).__name__, retry_in_s=1.0)
+            await asyncio.sleep(1.0)
 
 
 async def on_startup(ctx: dict[str, Any]) -> None:
-    """Build the resources of one worker process into ``ctx``: processing, then fan-out."""
+    """Build the resources of one worker process into ``ctx``: processing, fan-out, and the
+    probe server when a port is set."""
+    settings: Settings = ctx["settings"]
     await processing_startup(ctx)
     await fanout.on_startup(ctx)
+    if settings.worker_metrics_port is not None:
+        probes = ProbeServer(
+            ctx["redis"], settings.worker_metrics_host, settings.worker_metrics_port
+        )
+        await probes.start()
+        ctx["probe_server"] = probes
 
 
 async def on_shutdown(ctx: dict[str, Any]) -> None:
+    probes: ProbeServer | None = ctx.pop("probe_server", None)
+    if probes is not None:
+        await probes.stop()
     await fanout.on_shutdown(ctx)
     await processing_shutdown(ctx)
 
@@ -64,4 +94,4 @@ def build_worker(
         "ctx": {"settings": settings, **(extra_ctx or {})},
     }
     options.update(overrides)
-    return Worker(**options)
+    return ResilientWorker(**options)

@@ -7,7 +7,6 @@ from typing import Any
 
 import httpx
 from arq.worker import Function, Retry, func
-from prometheus_client import start_http_server
 
 from service.event_dead_letters import EventDeadLetters
 from service.jobs import PROCESS_EVENT, EventHint
@@ -74,9 +73,6 @@ async def processing_startup(ctx: dict[str, Any]) -> None:
         policy,
         timeout_s=min(settings.process_timeout_s, settings.worker_job_timeout_s * 0.8),
     )
-    if settings.worker_metrics_port and not ctx.get("metrics_started"):
-        start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
-        ctx["metrics_started"] = True
 
 
 async def processing_shutdown(ctx: dict[str, Any]) -> None:
