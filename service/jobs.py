@@ -121,7 +121,19 @@ class Transition:
         return f"payment.{self.status}"
 
     def to_job_args(self) -> list[Any]:
-        return [asdict(self)]
+        # By hand, not dataclasses.asdict: that deep-copies the whole payment every time.
+        return [
+            {
+                "payment_id": self.payment_id,
+                "status": self.status,
+                "seq": self.seq,
+                "occurred_at": self.occurred_at,
+                "source": self.source,
+                "event_id": self.event_id,
+                "received_at_ms": self.received_at_ms,
+                "payment": self.payment,
+            }
+        ]
 
     @classmethod
     def from_job_arg(cls, arg: dict[str, Any]) -> Transition:

@@ -25,13 +25,13 @@ from service.subscribers import SubscriberStore, load_subscribers_into
 from workers.fanout import metrics
 from workers.fanout.client import build_client
 from workers.fanout.errors import FanoutNotStarted
-from workers.fanout.handlers import WAIT, FanoutDeps, deliver, fan_out
+from workers.fanout.handlers import FanoutDeps, deliver, fan_out
 from workers.fanout.schedule import RetrySchedule
 from workers.fanout.store import FanoutStore
 
 CTX_KEY = "fanout"
-# arq counts every run, Retry included; fan-out jobs wait for predecessors with Retry, and a run
-# that hits a Redis error is retried. Neither may ever drop a transition.
+# arq counts every run, Retry included; a run that hits a Redis error is retried, and must never
+# drop a transition.
 MAX_TRIES = 10_000
 
 
@@ -53,8 +53,6 @@ async def fanout_transition(ctx: dict[str, Any], arg: dict[str, Any]) -> str:
         result = await fan_out(_deps(ctx), Transition.from_job_arg(arg))
     except RedisError as exc:
         raise Retry(defer=_backoff(ctx, base=0.5, cap=30)) from exc
-    if result == WAIT:
-        raise Retry(defer=_backoff(ctx))
     return result
 
 

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from service.deliveries import delivery_key, parse_deliver_job_id
-from service.jobs import ARQ_JOB_PREFIX, Transition, transition_id
+from service.jobs import ARQ_JOB_PREFIX, Transition, deserialize, transition_id
 from service.settings import Settings
 from service.subscribers import Subscriber, SubscriberStore
 from workers.fanout import metrics
@@ -37,7 +37,6 @@ LIFECYCLE_SEQ = {
     "failed": 6,
 }
 FANOUT_JOB_PREFIX = "fan:"
-WAIT = "wait"
 
 
 def now_ms() -> int:
@@ -71,12 +70,41 @@ def predecessor_job_keys(transition: Transition) -> list[str]:
     ]
 
 
+async def pending_predecessors(deps: FanoutDeps, transition: Transition) -> list[Transition]:
+    """The earlier transitions of the payment whose fan-out jobs have not finished, by seq.
+
+    Processing emits a payment's transitions in lifecycle order in one atomic step, so every
+    earlier transition's fan-out job exists (queued or running) or has finished.
+    """
+    keys = predecessor_job_keys(transition)
+    bodies: list[bytes | None] = await deps.redis.mget(keys)
+    pending = []
+    for body in bodies:
+        if body is not None:
+            job = deserialize(body)
+            pending.append(Transition.from_job_arg(job["a"][0]))
+    return sorted(pending, key=lambda t: t.seq)
+
+
 async def fan_out(deps: FanoutDeps, transition: Transition) -> str:
-    """Create one delivery per subscriber that wants ``transition``; ``WAIT`` while an earlier
-    transition of the payment has not been fanned out yet."""
+    """Create one delivery per subscriber that wants ``transition``.
+
+    Earlier transitions of the payment whose fan-out jobs have not finished yet are fanned out
+    first, in order, by this very job (their own jobs then find the deliveries there and do
+    nothing): a later transition never waits, and never overtakes an earlier one.
+    """
+    subscribers = await deps.subscribers.all()
+    for earlier in await pending_predecessors(deps, transition):
+        await _fan_out_one(deps, earlier, subscribers)
+    return await _fan_out_one(deps, transition, subscribers)
+
+
+async def _fan_out_one(
+    deps: FanoutDeps, transition: Transition, subscribers: list[Subscriber]
+) -> str:
     wanted = [
         s.id
-        for s in await deps.subscribers.all()
+        for s in subscribers
         if s.enabled and s.wants(transition.event_type, transition.source, transition.payment)
     ]
     if not wanted:
@@ -88,13 +116,12 @@ async def fan_out(deps: FanoutDeps, transition: Transition) -> str:
         seq=transition.seq,
         event_type=transition.event_type,
         transition=transition.to_job_args()[0],
-        predecessor_job_keys=predecessor_job_keys(transition),
+        predecessor_job_keys=[],
         subscriber_ids=wanted,
         now_ms=now_ms(),
     )
-    if created is None:
-        metrics.TRANSITIONS_FANNED_OUT.labels("waited").inc()
-        return WAIT
+    if created is None:  # only with predecessor keys, which fan_out no longer passes
+        raise RuntimeError("fan-out insert asked to wait without predecessors")
     metrics.TRANSITIONS_FANNED_OUT.labels("created" if created else "duplicate").inc()
     log.info(
         "fanout",
