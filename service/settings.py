@@ -56,7 +56,7 @@ class Settings(BaseSettings):
 
     # Processing (workers)
     worker_max_jobs: int = Field(200, gt=0, description="Jobs one worker process runs at once.")
-    worker_poll_delay_s: float = Field(0.05, gt=0, description="Queue poll interval when idle.")
+    worker_poll_delay_s: float = Field(0.01, gt=0, description="Queue poll interval.")
     worker_health_check_s: int = Field(15, ge=10, le=30)
     worker_job_timeout_s: int = Field(60, gt=0, description="arq kills a job after this.")
     worker_drain_s: int = Field(25, ge=0, description="SIGTERM grace for jobs in flight.")

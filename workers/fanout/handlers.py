@@ -91,12 +91,24 @@ async def fan_out(deps: FanoutDeps, transition: Transition) -> str:
 
     Earlier transitions of the payment whose fan-out jobs have not finished yet are fanned out
     first, in order, by this very job (their own jobs then find the deliveries there and do
-    nothing): a later transition never waits, and never overtakes an earlier one.
+    nothing, or are taken out of the queue): a later transition never waits, and never
+    overtakes an earlier one.
     """
     subscribers = await deps.subscribers.all()
     for earlier in await pending_predecessors(deps, transition):
         await _fan_out_one(deps, earlier, subscribers)
+        await _unqueue_fanout_job(deps, earlier)
     return await _fan_out_one(deps, transition, subscribers)
+
+
+async def _unqueue_fanout_job(deps: FanoutDeps, transition: Transition) -> None:
+    """Take a fanned-out transition's own job out of the queue: its work is done. arq skips a
+    job that is no longer queued; one already running finds its deliveries there."""
+    job_id = FANOUT_JOB_PREFIX + transition.id
+    async with deps.redis.pipeline(transaction=True) as pipe:
+        pipe.zrem(deps.settings.queue_name, job_id)
+        pipe.delete(ARQ_JOB_PREFIX + job_id)
+        await pipe.execute()
 
 
 async def _fan_out_one(
