@@ -19,29 +19,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import enum
-import functools
 from collections.abc import Mapping
 
 import orjson
 import redis.asyncio as aioredis
 
-from service.ingest_batcher import LuaScript, RedisUnavailable, ScriptBatcher
+from service.ingest_batcher import LuaScript, RedisUnavailable, ScriptBatcher, bulk_string
 from service.jobs import (
     ARQ_EXPIRES_EXTRA_MS,
     ARQ_JOB_PREFIX,
+    KEY_PREFIX,
     PROCESS_EVENT,
-    EventHint,
     arq_job_bytes,
-    dedupe_key,
-    raw_event_key,
+    event_job_id,
 )
 from service.settings import Settings
 from service.sources.base import VerifiedEvent
 
 UNROUTABLE_KEY = "kh:unroutable"
-_HINT_FIELDS = tuple(f.name for f in dataclasses.fields(EventHint))
 UNROUTABLE_CAP = 10_000
 
 # Header names (or parts of names) never archived: signatures and credentials.
@@ -71,12 +67,26 @@ return 1
 )
 
 
+# Key prefixes of one event: each is followed by the same digest of (source, event id).
+# A test checks them against service.jobs' dedupe_key, raw_event_key and event_job_id.
+_JOB_ID_PREFIX = "evt:"
+_DEDUPE_PREFIX = f"{KEY_PREFIX}dedupe:".encode()
+_RAW_PREFIX = f"{KEY_PREFIX}raw:".encode()
+_ARQ_JOB_ID_PREFIX = f"{ARQ_JOB_PREFIX}{_JOB_ID_PREFIX}".encode()
+_JOB_TTL_BULK = bulk_string(b"%d" % ARQ_EXPIRES_EXTRA_MS)
+
+
 class StoreResult(enum.Enum):
     STORED = "stored"
     DUPLICATE = "duplicate"
 
 
-@functools.lru_cache(maxsize=1024)
+# Header names seen before, split into sensitive and not: most requests need no other check.
+_SENSITIVE_HEADERS: set[str] = set()
+_PLAIN_HEADERS: set[str] = set()
+_KNOWN_HEADERS_MAX = 4096
+
+
 def is_sensitive_header(name: str) -> bool:
     """Whether a (lower-case) header name holds a signature, credential or cookie."""
     return any(part in name for part in _SENSITIVE_HEADER_PARTS)
@@ -84,6 +94,11 @@ def is_sensitive_header(name: str) -> bool:
 
 def archived_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """The request headers minus signatures, credentials and cookies."""
+    sensitive = _SENSITIVE_HEADERS
+    if len(sensitive) + len(_PLAIN_HEADERS) < _KNOWN_HEADERS_MAX:
+        for name in headers.keys() - _PLAIN_HEADERS - sensitive:
+            (sensitive if is_sensitive_header(name) else _PLAIN_HEADERS).add(name)
+        return {name: value for name, value in headers.items() if name not in sensitive}
     return {name: value for name, value in headers.items() if not is_sensitive_header(name)}
 
 
@@ -124,6 +139,13 @@ class EventStore:
         self.timeout_s = timeout_s
         self.unroutable_cap = unroutable_cap
         self.batcher = ScriptBatcher(client, timeout_s=timeout_s)
+        # The parts of STORE_EVENT's command that are the same for every event.
+        self._store_head = b"*14\r\n" + b"".join(
+            bulk_string(part) for part in (b"EVALSHA", STORE_EVENT.sha.encode(), b"4")
+        )
+        self._queue_bulk = bulk_string(queue_name.encode())
+        self._dedupe_ttl_bulk = bulk_string(b"%d" % dedupe_ttl_s)
+        self._raw_ttl_bulk = bulk_string(b"%d" % raw_ttl_s)
 
     @classmethod
     def from_settings(cls, client: aioredis.Redis, settings: Settings) -> EventStore:
@@ -137,31 +159,48 @@ class EventStore:
 
     async def store(self, event: VerifiedEvent, headers: Mapping[str, str]) -> StoreResult:
         """Store and enqueue ``event`` unless a duplicate; raises :class:`RedisUnavailable`."""
-        hint = EventHint(event.source, event.event_id, event.payment_id, event.received_at_ms)
-        job_id = hint.job_id
-        now_ms = event.received_at_ms
-        # Equal to hint.to_job_args() (its fields are flat scalars); dataclasses.asdict deep-copies
-        # and is slow on the hot path.
-        job_args = [{name: getattr(hint, name) for name in _HINT_FIELDS}]
-        reply = await self.batcher.call(
-            STORE_EVENT,
-            (
-                dedupe_key(event.source, event.event_id),
-                ARQ_JOB_PREFIX + job_id,
-                self.queue_name,
-                raw_event_key(event.source, event.event_id),
-            ),
-            (
-                job_id,
-                self.dedupe_ttl_s,
-                arq_job_bytes(PROCESS_EVENT, job_args, now_ms),
-                ARQ_EXPIRES_EXTRA_MS,
-                now_ms,
-                raw_record(event.source, event.event_id, now_ms, headers, event.body),
-                self.raw_ttl_s,
-            ),
-        )
+        reply = await self.batcher.send(STORE_EVENT, self.store_command(event, headers))
         return StoreResult.STORED if reply == 1 else StoreResult.DUPLICATE
+
+    def store_command(self, event: VerifiedEvent, headers: Mapping[str, str]) -> bytes:
+        """``EVALSHA`` of :data:`STORE_EVENT` for ``event``, packed (RESP).
+
+        Equal to ``pack_command("EVALSHA", sha, 4, dedupe_key(...), ARQ_JOB_PREFIX + job_id,
+        queue, raw_event_key(...), job_id, dedupe_ttl_s, arq_job_bytes(PROCESS_EVENT,
+        EventHint(...).to_job_args(), now_ms), ARQ_EXPIRES_EXTRA_MS, now_ms, raw_record(...),
+        raw_ttl_s)`` (a test holds it to that), built with one digest instead of three and with
+        the constant parts packed once.
+        """
+        source, event_id, payment_id, now_ms, body = event
+        job_id = event_job_id(source, event_id)
+        digest = job_id.removeprefix(_JOB_ID_PREFIX).encode()
+        # The job argument is EventHint(source, event_id, payment_id, now_ms).to_job_args();
+        # dataclasses.asdict deep-copies and is slow on the hot path.
+        job_args = [
+            {
+                "source": source,
+                "event_id": event_id,
+                "payment_id": payment_id,
+                "received_at_ms": now_ms,
+                "attempt": 0,
+            }
+        ]
+        return b"".join(
+            (
+                self._store_head,
+                bulk_string(_DEDUPE_PREFIX + digest),
+                bulk_string(_ARQ_JOB_ID_PREFIX + digest),
+                self._queue_bulk,
+                bulk_string(_RAW_PREFIX + digest),
+                bulk_string(job_id.encode()),
+                self._dedupe_ttl_bulk,
+                bulk_string(arq_job_bytes(PROCESS_EVENT, job_args, now_ms)),
+                _JOB_TTL_BULK,
+                bulk_string(b"%d" % now_ms),
+                bulk_string(raw_record(source, event_id, now_ms, headers, body)),
+                self._raw_ttl_bulk,
+            )
+        )
 
     async def keep_unroutable(
         self,

@@ -51,17 +51,21 @@ class LuaScript:
         object.__setattr__(self, "sha", digest)
 
 
+def bulk_string(data: bytes) -> bytes:
+    """One bulk string of the Redis protocol (RESP)."""
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
 def pack_command(*args: Arg) -> bytes:
     """One command in the Redis protocol (RESP)."""
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
         if isinstance(arg, str):
-            data = arg.encode()
+            parts.append(bulk_string(arg.encode()))
         elif isinstance(arg, int):
-            data = b"%d" % arg
+            parts.append(bulk_string(b"%d" % arg))
         else:
-            data = arg
-        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+            parts.append(bulk_string(arg))
     return b"".join(parts)
 
 
@@ -97,11 +101,14 @@ class ScriptBatcher:
 
         Raises :class:`RedisUnavailable` when Redis fails or the deadline passes.
         """
+        return await self.send(script, pack_command("EVALSHA", script.sha, len(keys), *keys, *args))
+
+    async def send(self, script: LuaScript, command: bytes) -> Any:
+        """Like :meth:`call`, with the ``EVALSHA`` of ``script`` already packed (RESP)."""
         if self._closed:
             raise RedisUnavailable("ingestion is shutting down")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        command = pack_command("EVALSHA", script.sha, len(keys), *keys, *args)
         self._submit(_Call(script, command, future, loop.time() + self._timeout_s))
         # The deadline is enforced by the watchdog (one timer for all calls, not one per call).
         return await future

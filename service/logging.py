@@ -2,14 +2,26 @@
 
 Call :func:`configure_logging` once per process. Context such as ``request_id``, ``event_id`` and
 ``payment_id`` is bound with ``structlog.contextvars`` and merged into every line.
+
+The ingestion server writes one line per request, so the pipeline is kept cheap: loggers are
+cached after first use, the timestamp is formatted once per second, redaction only copies when a
+line has something to redact, lines are rendered to bytes by orjson, and
+:class:`LineWriter` writes the lines of one event-loop turn in one ``write`` (a process that dies
+loses at most the lines of the turn it died in; outside a running loop every line is written at
+once).
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import io
 import logging
 import sys
+import threading
+import time
 from collections.abc import MutableMapping
-from typing import Any
+from typing import IO, Any
 
 import orjson
 import structlog
@@ -35,8 +47,31 @@ REDACTED_KEYS = frozenset(
 REDACTED = "[redacted]"
 
 
+# Value types that never hold a nested dict to redact.
+_SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})
+# Keys seen before that are not sensitive in any letter case: most lines need no other check.
+_SAFE_KEYS: set[str] = set()
+_SAFE_KEYS_MAX = 4096
+
+
+def _needs_redaction(event_dict: MutableMapping[str, Any]) -> bool:
+    if not _SAFE_KEYS.issuperset(event_dict):
+        for key in event_dict:
+            if key.lower() in REDACTED_KEYS:
+                return True
+        if len(_SAFE_KEYS) < _SAFE_KEYS_MAX:
+            _SAFE_KEYS.update(event_dict)
+    return not _SCALAR_TYPES.issuperset(map(type, event_dict.values()))
+
+
 def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Replace the values of sensitive keys, at any depth of dicts, with a marker."""
+    """Replace the values of sensitive keys, at any depth of dicts, with a marker.
+
+    Nested dicts are copied before redaction, never changed in place. A line whose keys are all
+    known to be safe and whose values are all scalars is returned as it is, after two set checks.
+    """
+    if not _needs_redaction(event_dict):
+        return event_dict
     for key in list(event_dict):
         if key.lower() in REDACTED_KEYS:
             event_dict[key] = REDACTED
@@ -45,39 +80,125 @@ def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapp
     return event_dict
 
 
+class UTCTimeStamper:
+    """``timestamp``: ISO 8601 UTC with microseconds and ``Z`` (as structlog's
+    ``TimeStamper(fmt="iso", utc=True)``), the date and time part formatted once per second."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, _: Any, __: str, event_dict: MutableMapping[str, Any]) -> Any:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
+        return event_dict
+
+
+def render_json_line(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> bytes:
+    """The final processor: one JSON line, as bytes, newline included."""
+    return orjson.dumps(event_dict, default=str, option=orjson.OPT_APPEND_NEWLINE)
+
+
 def _orjson_dumps(obj: Any, **_: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
+
+
+class LineWriter:
+    """A structlog logger writing whole lines to a stream (binary, or text without a buffer).
+
+    In a running event loop the lines of one loop turn are joined and written (and flushed) by
+    one callback scheduled at the end of the turn; elsewhere each line is written at once. Lines
+    still pending at exit are written by an ``atexit`` hook.
+    """
+
+    def __init__(self, file: IO[str] | IO[bytes]) -> None:
+        stream: Any = getattr(file, "buffer", file)
+        self._stream = stream
+        self._text = isinstance(stream, io.TextIOBase)
+        self._pending: list[bytes] = []
+        self._scheduled_on: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        atexit.register(self.flush)
+
+    def msg(self, message: str | bytes) -> None:
+        line = message if isinstance(message, bytes) else (message + "\n").encode()
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        with self._lock:
+            self._pending.append(line)
+            if loop is not None:
+                if self._scheduled_on is loop:
+                    return  # the flush already scheduled on this loop writes it
+                self._scheduled_on = loop
+        if loop is None:
+            self.flush()
+        else:
+            loop.call_soon(self.flush)
+
+    log = debug = info = warn = warning = error = err = critical = fatal = exception = msg
+
+    def flush(self) -> None:
+        """Write every pending line now."""
+        with self._lock:
+            lines, self._pending = self._pending, []
+            self._scheduled_on = None
+            if lines:
+                data = lines[0] if len(lines) == 1 else b"".join(lines)
+                self._stream.write(data.decode() if self._text else data)
+                self._stream.flush()
+
+
+_writers: dict[int, LineWriter] = {}
+
+
+def line_writer(file: IO[str] | IO[bytes]) -> LineWriter:
+    """The one :class:`LineWriter` of ``file`` (kept across reconfiguration)."""
+    writer = _writers.get(id(file))
+    if writer is None:
+        writer = _writers[id(file)] = LineWriter(file)
+    return writer
 
 
 def _shared_processors() -> list[structlog.types.Processor]:
     return [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        UTCTimeStamper(),
         redact,
     ]
 
 
 def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
-    """Configure structlog and route the stdlib loggers (uvicorn, arq) through it."""
+    """Configure structlog and route the stdlib loggers (uvicorn, arq) through it.
+
+    Loggers are cached on first use. Reconfiguring updates the processor list in place, so
+    cached loggers and ``structlog.testing.capture_logs`` see the new processors.
+    """
     renderer: structlog.types.Processor
+    line_renderer: structlog.types.Processor
     if log_format == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+        renderer = line_renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
     else:
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+        line_renderer = render_json_line
     numeric_level = logging.getLevelName(level.upper())
     if not isinstance(numeric_level, int):
         numeric_level = logging.INFO
+    processors = structlog.get_config()["processors"]
+    processors[:] = [*_shared_processors(), structlog.processors.format_exc_info, line_renderer]
     structlog.configure(
-        processors=[
-            *_shared_processors(),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
-        # Not cached: structlog.testing.capture_logs must keep working after configuration.
-        cache_logger_on_first_use=False,
+        logger_factory=lambda *_: line_writer(sys.stdout),
+        cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_logger_name, *_shared_processors()],

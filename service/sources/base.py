@@ -10,15 +10,18 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 
-@dataclass(frozen=True, slots=True)
-class InboundRequest:
-    """One webhook request as the sources see it. Header names are lower case."""
+class InboundRequest(NamedTuple):
+    """One webhook request as the sources see it. Header names are lower case.
+
+    Immutable; a NamedTuple rather than a frozen dataclass because it is built for every request
+    and a frozen dataclass's ``__init__`` costs twice as much.
+    """
 
     method: str
     headers: Mapping[str, str]
@@ -28,8 +31,7 @@ class InboundRequest:
     received_at_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class VerifiedEvent:
+class VerifiedEvent(NamedTuple):
     """An authentic webhook that names a payment: what ingestion stores and enqueues."""
 
     source: str

@@ -1,0 +1,201 @@
+"""The ingestion hot path's shortcuts give exactly what the plain versions give: the packed store
+command, archived headers, redaction, timestamps, and the log line writer."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from service import jobs, signing
+from service.enqueue import STORE_EVENT, EventStore, archived_headers, raw_record
+from service.ingest_batcher import pack_command
+from service.logging import REDACTED, LineWriter, UTCTimeStamper, redact
+from service.sources.base import VerifiedEvent
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def reference_store_command(store: EventStore, event: VerifiedEvent, headers: Any) -> bytes:
+    """STORE_EVENT's EVALSHA packed the plain way, from service.jobs' own helpers."""
+    hint = jobs.EventHint(event.source, event.event_id, event.payment_id, event.received_at_ms)
+    return pack_command(
+        "EVALSHA",
+        STORE_EVENT.sha,
+        4,
+        jobs.dedupe_key(event.source, event.event_id),
+        jobs.ARQ_JOB_PREFIX + hint.job_id,
+        store.queue_name,
+        jobs.raw_event_key(event.source, event.event_id),
+        hint.job_id,
+        store.dedupe_ttl_s,
+        jobs.arq_job_bytes(jobs.PROCESS_EVENT, hint.to_job_args(), event.received_at_ms),
+        jobs.ARQ_EXPIRES_EXTRA_MS,
+        event.received_at_ms,
+        raw_record(event.source, event.event_id, event.received_at_ms, headers, event.body),
+        store.raw_ttl_s,
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "event_id", "body"),
+    [
+        ("kartapay", "msg_1", b'{"data":{"id":"pay_1"}}'),
+        ("kp-eu", "évènement/ü 42", '{"x":"ü"}'.encode()),
+        ("kartapay", "msg_bin", b"\xff\xfe not utf-8"),
+    ],
+)
+def test_packed_store_command_equals_the_plain_one(source: str, event_id: str, body: bytes) -> None:
+    """store_command() packs byte for byte what pack_command() with service.jobs' keys packs."""
+    client = aioredis.Redis()
+    store = EventStore(client, queue_name="q:%s", dedupe_ttl_s=345_600, raw_ttl_s=7, timeout_s=1)
+    event = VerifiedEvent(source, event_id, "pay_1", 1_700_000_000_123, body)
+    headers = {"content-type": "application/json", "webhook-signature": "v1,abc", "x-a": "b"}
+    assert store.store_command(event, headers) == reference_store_command(store, event, headers)
+
+
+def test_archived_headers_drop_credentials_on_every_call() -> None:
+    """Signature, credential and cookie headers are dropped, the first time and once known."""
+    headers = {
+        "content-type": "application/json",
+        "webhook-signature": "v1,abc",
+        "authorization": "Bearer x",
+        "x-api-key": "k",
+        "x-custom-token": "t",
+        "cookie": "c",
+        "webhook-id": "msg_1",
+    }
+    expected = {"content-type": "application/json", "webhook-id": "msg_1"}
+    for _ in range(3):
+        assert archived_headers(headers) == expected
+    assert archived_headers({"x-new-secret-header": "s", "x-new": "n"}) == {"x-new": "n"}
+
+
+def test_redaction_of_known_and_new_keys_at_any_depth() -> None:
+    """Sensitive keys are redacted in any case and depth; a clean line is returned unchanged,
+    and nested dicts are copied rather than changed."""
+    clean = {"event": "request", "status": 202, "duration_ms": 1.5, "client": None}
+    assert redact(None, "", dict(clean)) == clean
+    assert redact(None, "", dict(clean)) == clean  # keys now known to be safe
+    payer = {"email": "a@b.c", "inner": {"Token": "t", "ok": 1}}
+    line = redact(None, "", {**clean, "payer_info": payer, "Webhook-Signature": "v1,x"})
+    assert line["Webhook-Signature"] == REDACTED
+    assert line["payer_info"] == {"email": REDACTED, "inner": {"Token": REDACTED, "ok": 1}}
+    assert payer == {"email": "a@b.c", "inner": {"Token": "t", "ok": 1}}
+    assert redact(None, "", {**clean, "secret": "s"})["secret"] == REDACTED
+
+
+def test_timestamp_is_iso_utc_with_microseconds() -> None:
+    """The timestamp is ISO 8601 UTC with microseconds and Z, and tells the current time."""
+    stamper = UTCTimeStamper()
+    before = time.time()
+    stamps = [stamper(None, "info", {})["timestamp"] for _ in range(3)]
+    after = time.time()
+    for stamp in stamps:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
+        when = time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        assert before - 1 <= when + float("0" + stamp[19:26]) <= after + 1
+
+
+class CountingStream(io.RawIOBase):
+    """A binary stream recording each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.writes.append(bytes(data))
+        return len(data)
+
+
+def test_line_writer_outside_a_loop_writes_each_line_at_once() -> None:
+    """Without a running event loop every line is written when it is logged."""
+    stream = CountingStream()
+    writer = LineWriter(stream)  # type: ignore[arg-type]
+    writer.msg(b'{"a":1}\n')
+    writer.info("text line")
+    assert stream.writes == [b'{"a":1}\n', b"text line\n"]
+
+
+async def test_line_writer_in_a_loop_writes_one_turn_in_one_write() -> None:
+    """Lines logged during one event-loop turn reach the stream together, by the next turn."""
+    stream = CountingStream()
+    writer = LineWriter(stream)  # type: ignore[arg-type]
+    for i in range(3):
+        writer.msg(b"%d\n" % i)
+    assert stream.writes == []
+    await asyncio.sleep(0)
+    assert stream.writes == [b"0\n1\n2\n"]
+    writer.msg(b"3\n")
+    await asyncio.sleep(0)
+    assert stream.writes == [b"0\n1\n2\n", b"3\n"]
+
+
+def test_line_writer_on_a_text_stream() -> None:
+    """A text stream without a binary buffer (StringIO) gets the lines as text."""
+    stream = io.StringIO()
+    writer = LineWriter(stream)
+    writer.msg(b'{"a":1}\n')
+    assert stream.getvalue() == '{"a":1}\n'
+
+
+def test_configured_logging_writes_json_lines_and_still_captures() -> None:
+    """After configure_logging (cached loggers): one JSON line per call on stdout, with context,
+    level and timestamp, secrets redacted, lines of a loop turn kept; capture_logs still sees
+    lines of an already cached logger."""
+    script = textwrap.dedent(
+        """
+        import asyncio, structlog
+        from service.logging import configure_logging
+        configure_logging("json", "INFO")
+        log = structlog.get_logger("t")
+        log.info("before", n=0)
+        async def main():
+            structlog.contextvars.bind_contextvars(request_id="r1")
+            for i in range(3):
+                log.info("request", n=i, secret="s3cr3t", nested={"email": "e@x"})
+            log.debug("hidden")
+        asyncio.run(main())
+        with structlog.testing.capture_logs() as entries:
+            log.info("captured", n=9)
+        assert [e["event"] for e in entries] == ["captured"], entries
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, env=env, timeout=60, check=True
+    )
+    lines = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert [line["event"] for line in lines] == ["before", "request", "request", "request"]
+    assert [line["n"] for line in lines[1:]] == [0, 1, 2]
+    for line in lines[1:]:
+        assert line["request_id"] == "r1" and line["level"] == "info"
+        assert line["secret"] == REDACTED and line["nested"] == {"email": REDACTED}
+        assert line["timestamp"].endswith("Z")
+    assert b"s3cr3t" not in result.stdout and b"e@x" not in result.stdout
+
+
+def test_signatures_from_cached_keys_match_a_fresh_hmac() -> None:
+    """sign() with a key used before still gives the HMAC of this message, not a stale one."""
+    import base64
+    import hashlib
+    import hmac
+
+    key = signing.decode_secret(signing.generate_secret())
+    for msg_id, body in (("m1", b"{}"), ("m2", b'{"a":1}'), ("m1", b"{}")):
+        mac = hmac.new(key, f"{msg_id}.5.".encode() + body, hashlib.sha256).digest()
+        assert signing.sign(key, msg_id, 5, body) == "v1," + base64.b64encode(mac).decode()
