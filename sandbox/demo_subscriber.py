@@ -94,8 +94,10 @@ class ReceivedLog:
         data = body.get("data")
         data = data if isinstance(data, dict) else {}
         event_type = body.get("type")
-        status = data.get("status")
-        if not isinstance(status, str) and isinstance(event_type, str) and "." in event_type:
+        # The status the event announces: its type says it. ``data`` is the payment as fetched,
+        # which can already be further along (one fetch can reveal several transitions).
+        status: Any = None
+        if isinstance(event_type, str) and "." in event_type:
             status = event_type.rsplit(".", 1)[1]
         payment_id = data.get("id")
         self.count += 1

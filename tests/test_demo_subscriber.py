@@ -19,7 +19,10 @@ SECRET = generate_secret()
 
 
 def delivery(
-    payment_id: str, status: str, webhook_id: str | None = None
+    payment_id: str,
+    status: str,
+    webhook_id: str | None = None,
+    payment_status: str | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """A delivery body as fan-out sends it, with headers signed by ``standardwebhooks``."""
     msg_id = webhook_id or f"tr_{payment_id}_{status}"
@@ -30,7 +33,7 @@ def delivery(
             "timestamp": datetime.now(UTC).isoformat(),
             "data": {
                 "id": payment_id,
-                "status": status,
+                "status": payment_status or status,
                 "payer": {"fullName": "Ada Lovelace", "email": "ada@example.com"},
             },
         }
@@ -76,6 +79,18 @@ async def test_valid_delivery_is_accepted_and_listed() -> None:
     assert entry["status"] == "captured"
     assert entry["path"] == "/hooks/payments"
     assert datetime.fromisoformat(entry["received_at"]).tzinfo is not None
+
+
+async def test_status_is_the_events_not_the_payments_current_one() -> None:
+    """A payment.submitted event whose fetched payment is already completed lists submitted."""
+    async with (
+        serve_app(create_app(SECRET)) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        body, headers = delivery("pay_1", "submitted", payment_status="completed")
+        assert (await post(client, body, headers)).status_code == 200
+        [entry] = (await received(client))["received"]
+    assert (entry["type"], entry["status"]) == ("payment.submitted", "submitted")
 
 
 async def test_tampered_body_and_wrong_secret_are_rejected() -> None:
