@@ -2,8 +2,8 @@
 
 A pure-ASGI endpoint (the hot path builds no Request object). Each answer is one of DESIGN's
 status codes; each rejection is counted in ``kartahook_webhooks_total{source,outcome}`` and
-appears in the request's log line with its ``outcome`` and a ``reason`` for operators. Bodies
-never say why verification failed.
+appears in the request's log line (:func:`service.middleware.request_log_fields`) with its
+``outcome`` and a ``reason`` for operators. Bodies never say why verification failed.
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
-import structlog
 from starlette.types import Receive, Scope, Send
 
 from service import metrics
 from service.enqueue import EventStore, RedisUnavailable, StoreResult
-from service.middleware import json_response_messages
+from service.middleware import json_response_messages, request_log_fields
 from service.sources.base import InboundRequest, Rejection, Source, Unroutable
 
 UNKNOWN_SOURCE = "unknown"
@@ -69,69 +68,71 @@ class WebhookEndpoint:
         path: str = scope["path"]
         if path.startswith(WEBHOOK_PATH_PREFIX):
             label = self.source_label(path)
-            structlog.contextvars.bind_contextvars(
+            request_log_fields(scope).update(
                 source=label, outcome="too_large", reason="body over the limit"
             )
             self.outcomes.count(label, "too_large")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
+        fields = request_log_fields(scope)
         name: str = scope["path_params"]["source"]
         source = self.sources.get(name)
         if source is None:
-            structlog.contextvars.bind_contextvars(
+            fields.update(
                 source=UNKNOWN_SOURCE, outcome="unknown_source", reason=f"no source {name[:64]!r}"
             )
             self.outcomes.count(UNKNOWN_SOURCE, "unknown_source")
             await _answer(send, 404, {"error": "unknown source"})
             return
         if scope["method"] not in source.methods:
-            self._rejected(name, "method_not_allowed", f"method {scope['method']}")
+            self._rejected(fields, name, "method_not_allowed", f"method {scope['method']}")
             allow = ", ".join(sorted(source.methods)).encode()
             await _answer(send, 405, {"error": "method not allowed"}, [(b"allow", allow)])
             return
         try:
             body = await _read_body(receive)
         except ClientGone:
-            self._rejected(name, "client_gone", "client disconnected")
+            self._rejected(fields, name, "client_gone", "client disconnected")
             return
         request = _inbound_request(scope, body)
         store: EventStore = scope["state"]["event_store"]
         try:
             event = source.verify(request)
         except Unroutable as exc:
-            await self._unroutable(send, store, exc, request, start)
+            await self._unroutable(send, fields, store, exc, request, start)
             return
         except Rejection as exc:
-            self._rejected(name, exc.outcome, exc.reason)
+            self._rejected(fields, name, exc.outcome, exc.reason)
             await _answer(send, exc.status, {"error": exc.public_message})
             return
+        fields["event_id"] = event.event_id
+        fields["payment_id"] = event.payment_id
         try:
             result = await store.store(event, request.headers)
         except RedisUnavailable as exc:
-            structlog.contextvars.bind_contextvars(
-                event_id=event.event_id, payment_id=event.payment_id
-            )
-            await self._unavailable(send, name, str(exc))
+            await self._unavailable(send, fields, name, str(exc))
             return
         if result is StoreResult.STORED:
             outcome, status = "accepted", 202
         else:
             outcome, status = "duplicate", 200
-        # One bind for every field of the request line: binding is not free on the hot path.
-        structlog.contextvars.bind_contextvars(
-            source=name, event_id=event.event_id, payment_id=event.payment_id, outcome=outcome
-        )
+        fields["source"] = name
+        fields["outcome"] = outcome
         self.outcomes.count(name, outcome)
         await _answer(send, status, {"status": outcome, "event_id": event.event_id})
         self.outcomes.observe_ack(name, time.perf_counter() - start)
 
-    def _rejected(self, source: str, outcome: str, reason: str) -> None:
-        structlog.contextvars.bind_contextvars(source=source, outcome=outcome, reason=reason)
+    def _rejected(self, fields: dict[str, Any], source: str, outcome: str, reason: str) -> None:
+        fields["source"] = source
+        fields["outcome"] = outcome
+        fields["reason"] = reason
         self.outcomes.count(source, outcome)
 
-    async def _unavailable(self, send: Send, source: str, reason: str) -> None:
-        self._rejected(source, "unavailable", reason)
+    async def _unavailable(
+        self, send: Send, fields: dict[str, Any], source: str, reason: str
+    ) -> None:
+        self._rejected(fields, source, "unavailable", reason)
         await _answer(
             send, 503, {"error": "temporarily unavailable"}, [(b"retry-after", self.retry_after)]
         )
@@ -139,20 +140,21 @@ class WebhookEndpoint:
     async def _unroutable(
         self,
         send: Send,
+        fields: dict[str, Any],
         store: EventStore,
         exc: Unroutable,
         request: InboundRequest,
         start: float,
     ) -> None:
-        structlog.contextvars.bind_contextvars(event_id=exc.event_id)
+        fields["event_id"] = exc.event_id
         try:
             await store.keep_unroutable(
                 exc.source, exc.event_id, exc.received_at_ms, request.headers, request.body
             )
         except RedisUnavailable as unavailable:
-            await self._unavailable(send, exc.source, str(unavailable))
+            await self._unavailable(send, fields, exc.source, str(unavailable))
             return
-        self._rejected(exc.source, exc.outcome, exc.reason)
+        self._rejected(fields, exc.source, exc.outcome, exc.reason)
         await _answer(send, 422, {"error": exc.public_message, "event_id": exc.event_id})
         self.outcomes.observe_ack(exc.source, time.perf_counter() - start)
 

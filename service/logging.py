@@ -128,20 +128,22 @@ class LineWriter:
 
     def msg(self, message: str | bytes) -> None:
         line = message if isinstance(message, bytes) else (message + "\n").encode()
-        try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
         with self._lock:
-            self._pending.append(line)
-            if loop is not None:
-                if self._scheduled_on is loop:
-                    return  # the flush already scheduled on this loop writes it
-                self._scheduled_on = loop
-        if loop is None:
+            pending = self._pending
+            pending.append(line)
+            scheduled = self._scheduled_on
+            if len(pending) > 1 and scheduled is not None and not scheduled.is_closed():
+                return  # the flush already scheduled writes it
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
             self.flush()
-        else:
-            loop.call_soon(self.flush)
+            return
+        with self._lock:
+            if self._scheduled_on is loop or not self._pending:
+                return
+            self._scheduled_on = loop
+        loop.call_soon(self.flush)
 
     log = debug = info = warn = warning = error = err = critical = fatal = exception = msg
 

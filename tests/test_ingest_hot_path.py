@@ -4,6 +4,9 @@ command, archived headers, redaction, timestamps, and the log line writer."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import io
 import os
 import re
@@ -14,15 +17,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 import redis.asyncio as aioredis
+import structlog
 
 from service import jobs, signing
+from service.app import create_app
 from service.enqueue import STORE_EVENT, EventStore, archived_headers, raw_record
 from service.ingest_batcher import pack_command
 from service.logging import REDACTED, LineWriter, UTCTimeStamper, redact
+from service.settings import Settings
+from service.sources import build_sources
 from service.sources.base import VerifiedEvent
+from tests.support import serve_app
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -191,11 +200,26 @@ def test_configured_logging_writes_json_lines_and_still_captures() -> None:
 
 def test_signatures_from_cached_keys_match_a_fresh_hmac() -> None:
     """sign() with a key used before still gives the HMAC of this message, not a stale one."""
-    import base64
-    import hashlib
-    import hmac
-
     key = signing.decode_secret(signing.generate_secret())
     for msg_id, body in (("m1", b"{}"), ("m2", b'{"a":1}'), ("m1", b"{}")):
         mac = hmac.new(key, f"{msg_id}.5.".encode() + body, hashlib.sha256).digest()
         assert signing.sign(key, msg_id, 5, body) == "v1," + base64.b64encode(mac).decode()
+
+
+async def test_rejection_lines_carry_endpoint_fields_and_bound_context(redis_url: str) -> None:
+    """Fields the endpoint and the body limit add reach the request line of a 404 and a 413,
+    and context bound with structlog.contextvars still reaches it (request_id)."""
+    sources = build_sources({"kartapay": {"secrets": [signing.generate_secret()]}})
+    app = create_app(Settings(redis_url=redis_url, sources_file=None), sources)
+    with structlog.testing.capture_logs(
+        processors=[structlog.contextvars.merge_contextvars]
+    ) as entries:
+        async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+            missing = await http.post("/v1/webhooks/nope", content=b"{}")
+            too_large = await http.post("/v1/webhooks/kartapay", content=b"x" * 300_000)
+    assert (missing.status_code, too_large.status_code) == (404, 413)
+    lines = {e["status"]: e for e in entries if e["event"] == "request"}
+    assert lines[404]["outcome"] == "unknown_source" and lines[404]["source"] == "unknown"
+    assert lines[404]["reason"] and lines[404]["request_id"] == missing.headers["x-request-id"]
+    assert (lines[413]["outcome"], lines[413]["source"]) == ("too_large", "kartapay")
+    assert lines[413]["request_id"] == too_large.headers["x-request-id"]
