@@ -3,8 +3,8 @@
 
 - :meth:`FanoutStore.insert` creates the deliveries of one transition (idempotent: a delivery
   that exists is never created twice) and activates each one that is first in its
-  (subscriber, payment) line. It refuses while an earlier transition of the payment still has a
-  fan-out job in arq, so a later status can never overtake an earlier one.
+  (subscriber, payment) line. Given predecessor job keys it refuses while any exists; fan-out
+  passes none, because it fans out a payment's unfinished earlier transitions itself, first.
 - :meth:`FanoutStore.acquire` lets an attempt start, or parks the delivery: over the concurrency
   cap, breaker open, probe in flight, or subscriber disabled. A parked delivery holds no worker.
 - :meth:`FanoutStore.finish` records the attempt and moves the delivery on: delivered, retried
