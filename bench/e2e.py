@@ -514,7 +514,7 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
 
 
 def event_order(event_type: str) -> int:
-    from workers.lifecycle import SEQ
+    from service.lifecycle import SEQ
 
     return SEQ.get(event_type.removeprefix("payment."), 99)
 

@@ -12,17 +12,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from service.lifecycle import TIMESTAMP_FIELD
+
 # Lifecycle: init -> (pending) -> submitted -> approved -> captured -> completed;
 # canceled before approval, failed from any state that is not final.
-TIMESTAMP_FIELDS = {
-    "init": "createdAt",
-    "submitted": "submittedAt",
-    "approved": "approvedAt",
-    "captured": "capturedAt",
-    "completed": "completedAt",
-    "canceled": "canceledAt",
-    "failed": "failedAt",
-}
 ALLOWED_MOVES: dict[str, frozenset[str]] = {
     "init": frozenset({"submitted", "canceled", "failed"}),
     "pending": frozenset({"submitted", "canceled", "failed"}),
@@ -159,7 +152,7 @@ class PaymentStore:
         now = self._clock()
         body = record.body
         body["status"] = status
-        body[TIMESTAMP_FIELDS[status]] = now
+        body[TIMESTAMP_FIELD[status]] = now
         if status == "captured":
             body["captured"] = True
         body.update(updates)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.lifecycle import SEQ, UnknownStatusError, passed_steps, steps_after
+from service.lifecycle import SEQ, UnknownStatusError, passed_steps, steps_after
 
 COMPLETED = {
     "status": "completed",

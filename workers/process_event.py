@@ -18,8 +18,8 @@ from service.event_dead_letters import EventDeadLetters
 from service.jobs import FANOUT_TRANSITION, EventHint, Transition, arq_job_bytes
 from service.kartapay import errors
 from service.kartapay.models import PaymentRecord
+from service.lifecycle import SEQ, TIMESTAMP_FIELD, UnknownStatusError, steps_after
 from workers import metrics
-from workers.lifecycle import SEQ, TIMESTAMP_FIELD, UnknownStatusError, steps_after
 from workers.payment_state import Candidate, PaymentStateStore
 from workers.retry_policy import FetchRetryPolicy
 

@@ -15,6 +15,7 @@ import structlog
 
 from service.deliveries import delivery_key, parse_deliver_job_id
 from service.jobs import ARQ_JOB_PREFIX, Transition, deserialize, transition_id
+from service.lifecycle import SEQ
 from service.settings import Settings
 from service.subscribers import Subscriber, SubscriberStore
 from workers.fanout import metrics
@@ -25,17 +26,6 @@ from workers.fanout.store import FanoutStore
 
 log = structlog.get_logger("kartahook.fanout")
 
-# Lifecycle positions (DESIGN "Processing"); canceled and failed are terminal.
-LIFECYCLE_SEQ = {
-    "init": 0,
-    "pending": 1,
-    "submitted": 2,
-    "approved": 3,
-    "captured": 4,
-    "completed": 5,
-    "canceled": 6,
-    "failed": 6,
-}
 FANOUT_JOB_PREFIX = "fan:"
 
 
@@ -65,7 +55,7 @@ def predecessor_job_keys(transition: Transition) -> list[str]:
     """arq job keys of the fan-out jobs of every earlier status of the same payment."""
     return [
         ARQ_JOB_PREFIX + FANOUT_JOB_PREFIX + transition_id(transition.payment_id, status)
-        for status, seq in LIFECYCLE_SEQ.items()
+        for status, seq in SEQ.items()
         if seq < transition.seq
     ]
 

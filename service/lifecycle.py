@@ -1,4 +1,5 @@
-"""The payment lifecycle, and the steps a fetched payment shows as passed.
+"""The payment lifecycle (shared by processing, fan-out and the sandbox), and the steps a
+fetched payment shows as passed.
 
 Order: ``init`` → ``pending`` → ``submitted`` → ``approved`` → ``captured`` → ``completed``;
 ``canceled`` and ``failed`` are terminal and can follow any state before them. ``init`` is where
