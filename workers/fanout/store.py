@@ -105,7 +105,9 @@ return {'ok', 0}
 
 # KEYS: queue. ARGV: prefix, job_prefix, now, sub, tid, gen, job_id, outcome (ok|fail|gone|removed),
 #   next (retry|dead|''), retry_at_ms, threshold, cooldown_ms, cap, enabled, done_ttl_s,
-#   log_entry, log_cap, status, error.
+#   log_entry, log_cap, status, error, hold_ms.
+# With hold_ms > 0, a next delivery that a success activates is handed back to the caller to run
+# at once: its job stays queued, deferred by hold_ms, as the safety net if the caller dies.
 FINISH_LUA = (
     LUA_COMMON
     + """
@@ -116,10 +118,15 @@ local outcome, nxt, retry_at = ARGV[8], ARGV[9], tonumber(ARGV[10])
 local threshold, cooldown, cap = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
 local enabled, done_ttl = ARGV[14] == '1', tonumber(ARGV[15])
 local log_entry, log_cap, status, err = ARGV[16], tonumber(ARGV[17]), ARGV[18], ARGV[19]
+local hold = tonumber(ARGV[20])
 local dkey = prefix .. 'd:' .. sub .. ':' .. tid
 local fkey = prefix .. 'f:' .. sub
 local bkey = prefix .. 'b:' .. sub
+local handed = ''
 redis.call('ZREM', fkey, job_id)
+-- This attempt is over: its job (an arq run, or the safety job of an inline run) is spent.
+redis.call('ZREM', queue, job_id)
+redis.call('DEL', job_prefix .. job_id)
 if log_entry ~= '' then
   local lkey = prefix .. 'log:' .. sub
   redis.call('LPUSH', lkey, log_entry)
@@ -152,7 +159,12 @@ if state == 'active' and redis.call('HGET', dkey, 'gen') == gen then
   if outcome == 'ok' then
     redis.call('HSET', dkey, 'state', 'delivered', 'delivered_ms', now)
     redis.call('EXPIRE', dkey, done_ttl)
-    advance(prefix, queue, job_prefix, sub, pid, tid, now)
+    local nxt_tid = advance(prefix, queue, job_prefix, sub, pid, tid, now)
+    if nxt_tid and hold > 0 then
+      local ngen = redis.call('HGET', prefix .. 'd:' .. sub .. ':' .. nxt_tid, 'gen')
+      handed = 'fdl:' .. sub .. ':' .. nxt_tid .. ':' .. ngen
+      redis.call('ZADD', queue, 'XX', now + hold, handed)
+    end
     result = 'delivered'
   elseif outcome == 'removed' then
     redis.call('HSET', dkey, 'state', 'dropped')
@@ -184,7 +196,7 @@ if (enabled or outcome == 'removed') and not breaker_open and outcome ~= 'gone' 
     if free > 0 then woken = wake(prefix, queue, job_prefix, sub, free, now) end
   end
 end
-return {result, woken, redis.call('ZCARD', prefix .. 'dead')}
+return {result, woken, redis.call('ZCARD', prefix .. 'dead'), handed}
 """
 )
 
@@ -207,6 +219,9 @@ class Finished:
     """delivered, retry, dead, parked, dropped, or stale."""
     woken: int
     dead_letters: int
+    handed_job_id: str = ""
+    """The job id of the next delivery of the same (subscriber, payment), handed to the caller
+    to run at once (only with ``hold_ms``); its queued job is deferred as a safety net."""
 
 
 def _text(value: Any) -> str:
@@ -307,6 +322,7 @@ class FanoutStore:
         status: str,
         error: str,
         now_ms: int,
+        hold_ms: int = 0,
     ) -> Finished:
         reply = await self._finish(
             keys=[self.queue_name],
@@ -330,6 +346,12 @@ class FanoutStore:
                 log_cap,
                 status,
                 error,
+                hold_ms,
             ],
         )
-        return Finished(result=_text(reply[0]), woken=int(reply[1]), dead_letters=int(reply[2]))
+        return Finished(
+            result=_text(reply[0]),
+            woken=int(reply[1]),
+            dead_letters=int(reply[2]),
+            handed_job_id=_text(reply[3]),
+        )

@@ -1,0 +1,77 @@
+"""A delivery job that succeeds runs the payment's next waiting delivery at once (real worker,
+real Redis, a real subscriber on 127.0.0.1), with the next job kept queued as a safety net."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+from arq.connections import RedisSettings
+from arq.worker import Worker
+
+from service.jobs import deserialize, serialize
+from service.subscribers import SubscriberStore
+from tests.fanout_support import Recorder, arq_pool, enqueue, settings_for, subscriber, transition
+from tests.support import serve_app, wait_for
+from workers import fanout
+
+STEPS = ["submitted", "approved", "captured", "completed"]
+
+
+async def test_one_delivery_job_delivers_a_payments_waiting_steps_in_order(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    """Four waiting steps go out in order from one fanout_deliver job; while one is in flight,
+    the next one's job waits in the queue, deferred by the lease, in case the worker dies."""
+    settings = settings_for(redis_url)
+    started_jobs: list[str] = []
+    recorder = Recorder(lambda n, _b: (200, {}, 1.0 if n == 2 else 0.0))
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        ctx["settings"] = settings
+        await fanout.on_startup(ctx)
+
+    async def on_job_start(ctx: dict[str, Any]) -> None:
+        started_jobs.append(str(ctx["job_id"]))
+
+    worker = Worker(
+        functions=fanout.functions(settings),
+        on_startup=startup,
+        on_shutdown=fanout.on_shutdown,
+        on_job_start=on_job_start,
+        burst=True,
+        poll_delay=0.02,
+        max_jobs=1,
+        keep_result=0,
+        handle_signals=False,
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+        redis_settings=RedisSettings.from_dsn(redis_url),
+        queue_name=settings.queue_name,
+    )
+    items = [transition("pay_1", status) for status in STEPS]
+    async with serve_app(recorder.app()) as base, arq_pool(redis_url) as pool:
+        await SubscriberStore(redis).put(subscriber("ledger", base))
+        for item in items:
+            await enqueue(pool, item)
+        task = asyncio.create_task(worker.async_run())
+        try:
+
+            async def second_in_flight() -> bool:
+                return recorder.in_flight == 1 and len(recorder.requests) == 2
+
+            await wait_for(second_in_flight, timeout_s=20)
+            queued = await redis.zrange(settings.queue_name, 0, -1, withscores=True)
+            [(job_id, score)] = [(j.decode(), s) for j, s in queued if j.startswith(b"fdl:")]
+            assert items[1].id in job_id  # approved runs inline; its own job is the safety net
+            assert score > time.time() * 1000 + 5_000
+            await asyncio.wait_for(task, 30)
+        finally:
+            if not task.done():
+                task.cancel()
+            await worker.close()
+    assert recorder.ids() == [item.id for item in items]
+    assert [j for j in started_jobs if j.startswith("fdl:")] == [f"fdl:ledger:{items[0].id}:1"]
+    assert await redis.zcard(settings.queue_name) == 0
