@@ -11,6 +11,10 @@ wrk drives each with 64 connections and distinct, validly signed events (pre-sig
 ``bench/ingest.lua``), after a short warm-up, in alternating rounds (so a change of load on a
 shared machine hits both). It prints requests/s of every round, then for the median round of
 each target requests/s and p50/p99 latency, and the ratio. Goal: ratio >= 0.50, real p99 <= 10 ms.
+
+It also prints each server's CPU time per request (user + system, from ``/proc``; medians of the
+rounds) and their ratio. Both servers are CPU-bound on one core, so on a machine shared with
+other work that ratio is the steadier measure of the same thing.
 """
 
 from __future__ import annotations
@@ -117,6 +121,15 @@ def run_wrk(
     return stats
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux ``/proc``), or None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_server(target: str, port: int, env: dict[str, str], log_path: Path) -> Any:
     log_file = log_path.open("w")
     process = subprocess.Popen(
@@ -177,15 +190,21 @@ def bench(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                     measured = workdir / f"{target}-{round_no}.tsv"
                     prefix = f"{target}{round_no}"
                     write_requests(measured, secret, int(round_s * args.events_per_s), prefix)
-                    runs[target].append(
-                        run_wrk(port, measured, round_s, args.connections, args.threads)
-                    )
+                    cpu_before = cpu_seconds(processes[target].pid)
+                    stats = run_wrk(port, measured, round_s, args.connections, args.threads)
+                    cpu_after = cpu_seconds(processes[target].pid)
+                    if cpu_before is not None and cpu_after is not None and stats["requests"]:
+                        stats["cpu_us"] = (cpu_after - cpu_before) / stats["requests"] * 1e6
+                    runs[target].append(stats)
         finally:
             for process in processes.values():
                 stop_server(process)
         for target, target_runs in runs.items():
             ordered = sorted(target_runs, key=lambda stats: stats["rps"])
             results[target] = {**ordered[len(ordered) // 2], "rounds": target_runs}
+            cpu = sorted(run["cpu_us"] for run in target_runs if "cpu_us" in run)
+            if cpu:
+                results[target]["cpu_us_median"] = cpu[len(cpu) // 2]
     shutil.rmtree(workdir, ignore_errors=True)
     return results
 
@@ -200,6 +219,12 @@ def report(results: dict[str, dict[str, Any]]) -> None:
             f"non-2xx {stats['non2xx']}  socket errors {stats['socket_errors']}  "
             f"replayed {stats['wrapped']}"
         )
+        if "cpu_us_median" in stats:
+            each_cpu = ", ".join(f"{run['cpu_us']:.0f}" for run in stats["rounds"])
+            print(
+                f"{target:>5}: CPU per request {stats['cpu_us_median']:.0f} us "
+                f"(median; rounds {each_cpu} us)"
+            )
     if "real" in results and "bare" in results:
         ratio = results["real"]["rps"] / results["bare"]["rps"]
         p99_ms = results["real"]["p99_us"] / 1000
@@ -209,6 +234,9 @@ def report(results: dict[str, dict[str, Any]]) -> None:
             f"ratio real/bare (median rounds): {ratio:.2f} (goal >= 0.50: {ratio_verdict}); "
             f"real p99 {p99_ms:.2f} ms (goal <= 10 ms: {p99_verdict})"
         )
+        if "cpu_us_median" in results["real"] and "cpu_us_median" in results["bare"]:
+            cpu_ratio = results["bare"]["cpu_us_median"] / results["real"]["cpu_us_median"]
+            print(f"CPU per request, bare/real (median rounds): {cpu_ratio:.2f}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

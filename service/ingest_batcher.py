@@ -103,15 +103,19 @@ class ScriptBatcher:
         """
         return await self.send(script, pack_command("EVALSHA", script.sha, len(keys), *keys, *args))
 
-    async def send(self, script: LuaScript, command: bytes) -> Any:
-        """Like :meth:`call`, with the ``EVALSHA`` of ``script`` already packed (RESP)."""
-        if self._closed:
-            raise RedisUnavailable("ingestion is shutting down")
+    def send(self, script: LuaScript, command: bytes) -> asyncio.Future[Any]:
+        """Like :meth:`call`, with the ``EVALSHA`` of ``script`` already packed (RESP): hand it
+        to the next batch and return the future of its reply (a plain function, so the hot path
+        awaits one coroutine fewer).
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
+        if self._closed:
+            future.set_exception(RedisUnavailable("ingestion is shutting down"))
+            return future
         self._submit(_Call(script, command, future, loop.time() + self._timeout_s))
         # The deadline is enforced by the watchdog (one timer for all calls, not one per call).
-        return await future
+        return future
 
     def _submit(self, call: _Call) -> None:
         self._pending.append(call)

@@ -169,6 +169,13 @@ def line_writer(file: IO[str] | IO[bytes]) -> LineWriter:
     return writer
 
 
+def format_exc_info(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """structlog's ``format_exc_info``, called only for the lines that carry ``exc_info``."""
+    if "exc_info" in event_dict:
+        return structlog.processors.format_exc_info(logger, method_name, event_dict)
+    return event_dict
+
+
 def _shared_processors() -> list[structlog.types.Processor]:
     return [
         structlog.contextvars.merge_contextvars,
@@ -195,7 +202,7 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
     if not isinstance(numeric_level, int):
         numeric_level = logging.INFO
     processors = structlog.get_config()["processors"]
-    processors[:] = [*_shared_processors(), structlog.processors.format_exc_info, line_renderer]
+    processors[:] = [*_shared_processors(), format_exc_info, line_renderer]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),

@@ -178,6 +178,8 @@ class Source(ABC):
         self.content_types = frozenset(
             ct.lower() for ct in (options.content_types or self.default_content_types)
         )
+        # Content-Type header values seen and accepted (a handful per sender): one set lookup.
+        self._accepted_raw_content_types: set[str] = set()
 
     @classmethod
     def from_config(cls, name: str, raw: Mapping[str, Any]) -> Source:
@@ -192,9 +194,13 @@ class Source(ABC):
         if not self.content_types:
             return
         raw = request.headers.get("content-type", "")
+        if raw in self._accepted_raw_content_types:
+            return
         media_type = raw.split(";", 1)[0].strip().lower()
         if media_type not in self.content_types:
             raise WrongContentType(f"content type {media_type!r} not accepted")
+        if len(self._accepted_raw_content_types) < 64:
+            self._accepted_raw_content_types.add(raw)
 
     def parse(self, request: InboundRequest) -> Any:
         if not self.body_is_json:
