@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from arq.worker import Worker
 from starlette.applications import Starlette
@@ -22,7 +21,10 @@ from starlette.routing import Route
 from service.jobs import FANOUT_TRANSITION, Transition, deserialize, serialize
 from service.settings import Settings
 from service.subscribers import Subscriber
+from tests.support import arq_pool
 from workers import fanout
+
+__all__ = ["arq_pool"]
 
 LIFECYCLE = ["init", "pending", "submitted", "approved", "captured", "completed"]
 SEQ = {status: index for index, status in enumerate(LIFECYCLE)} | {"canceled": 6, "failed": 6}
@@ -120,17 +122,6 @@ def transition(payment_id: str, status: str, received_at_ms: int | None = None) 
             "context": {"channels": ["web"]},
         },
     )
-
-
-@contextlib.asynccontextmanager
-async def arq_pool(redis_url: str) -> AsyncIterator[ArqRedis]:
-    pool = await create_pool(
-        RedisSettings.from_dsn(redis_url), job_serializer=serialize, job_deserializer=deserialize
-    )
-    try:
-        yield pool
-    finally:
-        await pool.aclose()
 
 
 async def enqueue(pool: ArqRedis, item: Transition, job_id: str | None = None) -> None:

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import uvicorn
+from arq.connections import ArqRedis, RedisSettings, create_pool
 
+from service.jobs import deserialize, serialize
 from service.redis_server import free_port
 
 
@@ -48,3 +54,26 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval_s)
+
+
+def start_kartahook(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start ``kartahook ARGS`` as a real process with ``env`` added, its output in ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "kartahook.cli", *args],
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+@contextlib.asynccontextmanager
+async def arq_pool(redis_url: str) -> AsyncIterator[ArqRedis]:
+    """An arq pool with the project's JSON serializer on the tests' Redis."""
+    pool = await create_pool(
+        RedisSettings.from_dsn(redis_url), job_serializer=serialize, job_deserializer=deserialize
+    )
+    try:
+        yield pool
+    finally:
+        await pool.aclose()

@@ -5,10 +5,7 @@ its metrics."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -23,20 +20,10 @@ from service.jobs import PROCESS_EVENT, EventHint, deserialize, serialize
 from service.kartapay.client import KartaPayClient
 from service.redis_server import free_port
 from service.signing import generate_secret, sign_headers
-from tests.support import serve_app, wait_for
+from tests.support import serve_app, start_kartahook, wait_for
 from workers.payment_state import TRANSITIONS_LOG_KEY
 
 TOKEN = "drain-token"
-
-
-def kartahook(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "kartahook.cli", *args],
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
 
 
 async def test_sigterm_lets_the_job_in_flight_finish(
@@ -70,7 +57,7 @@ async def test_sigterm_lets_the_job_in_flight_finish(
             "KARTAHOOK_KARTAPAY_URL": url,
             "KARTAHOOK_KARTAPAY_TOKEN": TOKEN,
         }
-        worker = kartahook(["worker"], env, log)
+        worker = start_kartahook(["worker"], env, log)
         try:
 
             async def fetching() -> bool:
@@ -100,7 +87,7 @@ async def test_serve_with_two_processes_accepts_and_aggregates_metrics(
         "KP_SECRET": secret,
     }
     log = tmp_path / "serve.log"
-    server = kartahook(
+    server = start_kartahook(
         ["serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"], env, log
     )
     base = f"http://127.0.0.1:{port}"

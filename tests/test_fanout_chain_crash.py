@@ -4,34 +4,25 @@ queued as a safety net, delivers it after the lease (real `kartahook worker` pro
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from service.subscribers import SubscriberStore
 from tests.fanout_support import Recorder, arq_pool, enqueue, subscriber, transition
-from tests.support import serve_app, wait_for
+from tests.support import serve_app, start_kartahook, wait_for
 
 STEPS = ["submitted", "approved", "captured", "completed"]
 
 
 def start_worker(redis_url: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
     env = {
-        **os.environ,
         "KARTAHOOK_REDIS_URL": redis_url,
         "KARTAHOOK_DELIVERY_TIMEOUT_S": "1",
         "KARTAHOOK_WORKER_JOB_TIMEOUT_S": "3",
     }
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "kartahook.cli", "worker", *extra],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    return start_kartahook(["worker", *extra], env, log)
 
 
 async def test_chain_cut_by_sigkill_is_finished_by_the_safety_job(

@@ -6,12 +6,11 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import ArqRedis, RedisSettings
 from arq.worker import Worker, func
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -31,7 +30,7 @@ from service.jobs import (
 )
 from service.kartapay.client import KartaPayClient
 from service.settings import Settings
-from tests.support import serve_app, wait_for
+from tests.support import arq_pool, serve_app, wait_for
 from workers.processing import processing_function, processing_shutdown, processing_startup
 
 TOKEN = "test-token"
@@ -93,17 +92,6 @@ async def run_burst(settings: Settings, recorder: Recorder) -> None:
         await worker.main()
     finally:
         await worker.close()
-
-
-@asynccontextmanager
-async def arq_pool(redis_url: str) -> AsyncIterator[ArqRedis]:
-    pool = await create_pool(
-        RedisSettings.from_dsn(redis_url), job_serializer=serialize, job_deserializer=deserialize
-    )
-    try:
-        yield pool
-    finally:
-        await pool.aclose()
 
 
 async def enqueue_hint(pool: ArqRedis, payment_id: str, event_id: str | None = None) -> None:

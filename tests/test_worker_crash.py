@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -19,7 +17,7 @@ from sandbox.kartapay_api import SandboxConfig, create_app
 from service.event_dead_letters import EventDeadLetters
 from service.jobs import PROCESS_EVENT, EventHint, deserialize, serialize
 from service.kartapay.client import KartaPayClient
-from tests.support import serve_app, wait_for
+from tests.support import serve_app, start_kartahook, wait_for
 from workers.payment_state import TRANSITIONS_LOG_KEY
 
 TOKEN = "test-token"
@@ -31,7 +29,6 @@ def start_worker(
     redis_url: str, kartapay_url: str, log: Path, *extra: str
 ) -> subprocess.Popen[bytes]:
     env = {
-        **os.environ,
         "KARTAHOOK_REDIS_URL": redis_url,
         "KARTAHOOK_KARTAPAY_URL": kartapay_url,
         "KARTAHOOK_KARTAPAY_TOKEN": TOKEN,
@@ -41,13 +38,7 @@ def start_worker(
         "KARTAHOOK_WORKER_POLL_DELAY_S": "0.05",
         "KARTAHOOK_PROCESS_BACKOFF_BASE_S": "0.05",
     }
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "kartahook.cli", "worker", *extra],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    return start_kartahook(["worker", *extra], env, log)
 
 
 async def test_sigkill_mid_batch_then_restart_processes_all_and_emits_once(
