@@ -13,7 +13,7 @@ import orjson
 import redis.asyncio as aioredis
 import structlog
 
-from service.deliveries import delivery_key, parse_deliver_job_id
+from service.deliveries import parse_deliver_job_id
 from service.jobs import ARQ_JOB_PREFIX, Transition, deserialize, transition_id
 from service.lifecycle import SEQ
 from service.settings import Settings
@@ -194,13 +194,10 @@ async def _deliver_one(
             if acquired.verdict == "open":
                 metrics.set_subscriber_state(subscriber_id, "paused")
         return acquired.verdict, ""
-    key = delivery_key(subscriber_id, tid)
-    fields: list[bytes | None] = await deps.redis.hmget(key, ["transition", "attempts"])  # type: ignore[misc]
-    raw, attempts = fields
-    if raw is None:
+    if acquired.transition is None:
         return "stale", ""
-    transition = Transition.from_job_arg(orjson.loads(raw))
-    attempt = int(attempts or 0) + 1
+    transition = Transition.from_job_arg(orjson.loads(acquired.transition))
+    attempt = acquired.attempts + 1
     hold_ms = deps.lease_ms if chain else 0
     return await _attempt(deps, subscriber, transition, attempt, gen, job_id, cap, hold_ms)
 

@@ -76,7 +76,7 @@ local bkey = prefix .. 'b:' .. sub
 redis.call('ZREMRANGEBYSCORE', fkey, '-inf', now)
 if redis.call('ZSCORE', fkey, job_id) then
   redis.call('ZADD', fkey, now + lease, job_id)
-  return {'ok', 0}
+  return {'ok', 0, unpack(redis.call('HMGET', dkey, 'transition', 'attempts'))}
 end
 local open_until = tonumber(redis.call('HGET', bkey, 'open_until')) or 0
 if open_until > now then
@@ -92,14 +92,14 @@ if open_until > 0 then
   end
   redis.call('HSET', bkey, 'probe', job_id, 'probe_until', now + lease)
   redis.call('ZADD', fkey, now + lease, job_id)
-  return {'probe', 0}
+  return {'probe', 0, unpack(redis.call('HMGET', dkey, 'transition', 'attempts'))}
 end
 if redis.call('ZCARD', fkey) >= cap then
   park(now + lease)
   return {'cap', 0}
 end
 redis.call('ZADD', fkey, now + lease, job_id)
-return {'ok', 0}
+return {'ok', 0, unpack(redis.call('HMGET', dkey, 'transition', 'attempts'))}
 """
 )
 
@@ -203,10 +203,16 @@ return {result, woken, redis.call('ZCARD', prefix .. 'dead'), handed}
 
 @dataclass(frozen=True, slots=True)
 class Acquired:
-    """What :meth:`FanoutStore.acquire` decided: ``ok``/``probe`` start; the rest park or skip."""
+    """What :meth:`FanoutStore.acquire` decided: ``ok``/``probe`` start; the rest park or skip.
+
+    When the attempt may start, ``transition`` (JSON) and ``attempts`` (so far) come along, read
+    in the same script.
+    """
 
     verdict: str
     until_ms: int
+    transition: bytes | None = None
+    attempts: int = 0
 
     @property
     def may_send(self) -> bool:
@@ -301,7 +307,9 @@ class FanoutStore:
                 open_jitter_ms,
             ],
         )
-        return Acquired(verdict=_text(reply[0]), until_ms=int(reply[1]))
+        transition = reply[2] if len(reply) > 2 and reply[2] else None
+        attempts = int(reply[3]) if len(reply) > 3 and reply[3] else 0
+        return Acquired(_text(reply[0]), int(reply[1]), transition, attempts)
 
     async def finish(
         self,
