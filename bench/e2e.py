@@ -21,7 +21,7 @@
 
 It prints a table and writes ``bench/results.md`` with the machine's description.
 ``--profile DIR`` also records py-spy profiles of the worker and the service during an extra
-throughput run (py-spy is not in the lock: ``pip install py-spy`` by hand).
+throughput run (py-spy, a dev dependency in the lock).
 """
 
 from __future__ import annotations
