@@ -317,6 +317,16 @@ async def test_every_subscriber_gets_each_transition_once_in_order_despite_dupli
         disordered = {pid: seen for pid, seen in got.items() if seen != want[pid]}
         assert not disordered, f"{subscriber.id}: out of order {first(disordered)}"
         assert len(entries) == sum(map(len, want.values()))
+    assert_logs_hold_no_secrets_or_payer_data(tmp_path / "log")
+
+
+def assert_logs_hold_no_secrets_or_payer_data(log_dir: Path) -> None:
+    """No process logged a payer's name or email, a whsec_ secret, a signature or the token."""
+    logs = {path.name: path.read_text(errors="replace") for path in log_dir.glob("*.log")}
+    assert {"service.log", "worker.log", "sandbox.log"} <= set(logs), sorted(logs)
+    for name, text in logs.items():
+        for needle in ("@example.com", "Demo Payer", "whsec_", "v1,", TOKEN):
+            assert needle not in text, f"{name} holds {needle!r}"
 
 
 def first(mapping: dict[str, list[str]], n: int = 5) -> dict[str, list[str]]:
