@@ -76,7 +76,8 @@ async def test_sigterm_lets_the_job_in_flight_finish(
 async def test_serve_with_two_processes_accepts_and_aggregates_metrics(
     redis_url: str, tmp_path: Path
 ) -> None:
-    """`serve --workers 2` answers 202 to signed webhooks; /metrics counts them all."""
+    """`serve --workers 2` answers 202 to signed webhooks; /metrics counts them all; its
+    metrics directory is gone after SIGTERM."""
     secret = generate_secret()
     sources = tmp_path / "sources.yaml"
     sources.write_text('sources:\n  kartapay: {secrets: ["${KP_SECRET}"]}\n')
@@ -85,6 +86,7 @@ async def test_serve_with_two_processes_accepts_and_aggregates_metrics(
         "KARTAHOOK_REDIS_URL": redis_url,
         "KARTAHOOK_SOURCES_FILE": str(sources),
         "KP_SECRET": secret,
+        "TMPDIR": str(tmp_path),
     }
     log = tmp_path / "serve.log"
     server = start_kartahook(
@@ -121,3 +123,5 @@ async def test_serve_with_two_processes_accepts_and_aggregates_metrics(
         if line.startswith("kartahook_webhooks_total") and 'outcome="accepted"' in line
     ]
     assert accepted and float(accepted[0].rsplit(" ", 1)[1]) == 20.0, text[:2000]
+    assert server.returncode is not None
+    assert not await asyncio.to_thread(lambda: list(tmp_path.glob("kartahook-metrics-*")))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 from typing import Any
 
@@ -47,10 +48,16 @@ def serve(app: str, options: dict[str, Any]) -> None:
     """Run uvicorn on the factory ``app`` (``module:function``) with ``options``."""
     import uvicorn
 
+    made_dir: str | None = None
     if options.get("workers", 1) > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Several processes: metrics are aggregated through files (service.metrics).
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="kartahook-metrics-")
-    uvicorn.run(app, factory=True, **options)
+        made_dir = tempfile.mkdtemp(prefix="kartahook-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = made_dir
+    try:
+        uvicorn.run(app, factory=True, **options)
+    finally:
+        if made_dir is not None:
+            shutil.rmtree(made_dir, ignore_errors=True)
 
 
 def run(args: argparse.Namespace) -> int:
