@@ -18,8 +18,11 @@ ARQ_JOB_PREFIX = "arq:job:"
 ARQ_RESULT_PREFIX = "arq:result:"
 ARQ_RETRY_PREFIX = "arq:retry:"
 ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"
-# arq keeps a job key this long beyond its run time (arq's ``expires_extra_ms``).
-ARQ_EXPIRES_EXTRA_MS = 86_400_000
+# How long a job key lives beyond its run time (arq's ``expires_extra_ms``; arq's default is one
+# day). A job whose key expires before a worker reaches it is lost ("job expired"), so this is
+# how long a backlog may last without losing a stored webhook or a delivery: seven days, longer
+# than the providers' retry windows. Every writer of jobs uses it, arq's pools and workers too.
+ARQ_EXPIRES_EXTRA_MS = 7 * 86_400_000
 
 PROCESS_EVENT = "process_event"
 FANOUT_TRANSITION = "fanout_transition"

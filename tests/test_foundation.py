@@ -68,3 +68,13 @@ async def test_embedded_redis_persists_with_aof(tmp_path: Path) -> None:
     finally:
         await client.aclose()
         server.stop()
+
+
+async def test_job_keys_outlive_a_multi_day_backlog(redis_url: str) -> None:
+    """Jobs written by Lua and by the worker's arq pool live for days, not arq's one day."""
+    from service.settings import Settings
+    from workers.main import build_worker
+
+    assert jobs.ARQ_EXPIRES_EXTRA_MS >= 3 * 86_400_000
+    worker = build_worker(Settings(redis_url=redis_url), handle_signals=False)
+    assert worker.expires_extra_ms == jobs.ARQ_EXPIRES_EXTRA_MS

@@ -13,7 +13,7 @@ import structlog
 from arq.worker import Function, Worker
 from redis.exceptions import RedisError
 
-from service.jobs import deserialize, serialize
+from service.jobs import ARQ_EXPIRES_EXTRA_MS, deserialize, serialize
 from service.redis_connection import arq_redis_settings
 from service.settings import Settings
 from workers import fanout
@@ -89,6 +89,7 @@ def build_worker(
         "job_timeout": settings.worker_job_timeout_s,
         "job_completion_wait": settings.worker_drain_s,
         "keep_result": 0,
+        "expires_extra_ms": ARQ_EXPIRES_EXTRA_MS,
         "burst": burst,
         "handle_signals": handle_signals,
         "ctx": {"settings": settings, **(extra_ctx or {})},
