@@ -136,7 +136,8 @@ class EventProcessor:
             at=str(payment.get(TIMESTAMP_FIELD.get(status, ""), "") or ""),
             candidates=candidates,
         )
-        statuses = [s.status for s in steps_after(payment, result.previous_seq)][: result.emitted]
+        # The script emits, in order, the candidates past the state it found recorded.
+        statuses = [c.status for c in candidates if c.seq > result.previous_seq][: result.emitted]
         for emitted_status in statuses:
             metrics.TRANSITIONS_EMITTED.labels(emitted_status).inc()
         return not result.fetch_again, statuses

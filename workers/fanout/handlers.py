@@ -118,12 +118,9 @@ async def _fan_out_one(
         seq=transition.seq,
         event_type=transition.event_type,
         transition=transition.to_job_args()[0],
-        predecessor_job_keys=[],
         subscriber_ids=wanted,
         now_ms=now_ms(),
     )
-    if created is None:  # only with predecessor keys, which fan_out no longer passes
-        raise RuntimeError("fan-out insert asked to wait without predecessors")
     metrics.TRANSITIONS_FANNED_OUT.labels("created" if created else "duplicate").inc()
     log.info(
         "fanout",

@@ -3,8 +3,8 @@
 
 - :meth:`FanoutStore.insert` creates the deliveries of one transition (idempotent: a delivery
   that exists is never created twice) and activates each one that is first in its
-  (subscriber, payment) line. Given predecessor job keys it refuses while any exists; fan-out
-  passes none, because it fans out a payment's unfinished earlier transitions itself, first.
+  (subscriber, payment) line. Order across transitions is fan-out's part: it inserts a payment's
+  unfinished earlier transitions first (``workers.fanout.handlers.fan_out``).
 - :meth:`FanoutStore.acquire` lets an attempt start, or parks the delivery: over the concurrency
   cap, breaker open, probe in flight, or subscriber disabled. A parked delivery holds no worker.
 - :meth:`FanoutStore.finish` records the attempt and moves the delivery on: delivered, retried
@@ -22,20 +22,15 @@ import redis.asyncio as aioredis
 from service.deliveries import FO_PREFIX, LUA_COMMON
 from service.jobs import ARQ_JOB_PREFIX
 
-# KEYS: queue. ARGV: prefix, job_prefix, now, tid, pid, seq, type, transition_json,
-#   n_pred, pred_job_keys..., subs...
+# KEYS: queue. ARGV: prefix, job_prefix, now, tid, pid, seq, type, transition_json, subs...
 INSERT_LUA = (
     LUA_COMMON
     + """
 local queue = KEYS[1]
 local prefix, job_prefix, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local tid, pid, seq, etype, body = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local n_pred = tonumber(ARGV[9])
-for i = 10, 9 + n_pred do
-  if redis.call('EXISTS', ARGV[i]) == 1 then return {'wait'} end
-end
-local created = {'ok'}
-for i = 10 + n_pred, #ARGV do
+local created = {}
+for i = 9, #ARGV do
   local sub = ARGV[i]
   local dkey = prefix .. 'd:' .. sub .. ':' .. tid
   if redis.call('EXISTS', dkey) == 0 then
@@ -252,11 +247,10 @@ class FanoutStore:
         seq: int,
         event_type: str,
         transition: dict[str, Any],
-        predecessor_job_keys: list[str],
         subscriber_ids: list[str],
         now_ms: int,
-    ) -> list[str] | None:
-        """Create the deliveries; the ids of subscribers given a new one, or None to wait."""
+    ) -> list[str]:
+        """Create the deliveries; the ids of the subscribers given a new one."""
         reply = await self._insert(
             keys=[self.queue_name],
             args=[
@@ -268,15 +262,10 @@ class FanoutStore:
                 seq,
                 event_type,
                 orjson.dumps(transition),
-                len(predecessor_job_keys),
-                *predecessor_job_keys,
                 *subscriber_ids,
             ],
         )
-        words = [_text(word) for word in reply]
-        if words[0] == "wait":
-            return None
-        return words[1:]
+        return [_text(word) for word in reply]
 
     async def acquire(
         self,
