@@ -16,6 +16,7 @@ import uvicorn
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
 from service.jobs import deserialize, serialize
+from service.kartapay.client import KartaPayClient
 from service.redis_server import free_port
 
 
@@ -77,3 +78,19 @@ async def arq_pool(redis_url: str) -> AsyncIterator[ArqRedis]:
         yield pool
     finally:
         await pool.aclose()
+
+
+async def completed_payments(client: KartaPayClient, count: int = 1) -> list[str]:
+    """Create and submit ``count`` payments in the sandbox; their ids, once all are completed."""
+    ids = []
+    for _ in range(count):
+        record = await client.create({"purchase": {"total": {"value": "10.00", "currency": "EUR"}}})
+        await client.submit(record.id, "STR")
+        ids.append(record.id)
+
+    async def all_completed() -> bool:
+        statuses = [(await client.get(payment_id)).status for payment_id in ids]
+        return all(status == "completed" for status in statuses)
+
+    await wait_for(all_completed, timeout_s=20)
+    return ids

@@ -20,7 +20,7 @@ from service.jobs import PROCESS_EVENT, EventHint, deserialize, serialize
 from service.kartapay.client import KartaPayClient
 from service.redis_server import free_port
 from service.signing import generate_secret, sign_headers
-from tests.support import serve_app, start_kartahook, wait_for
+from tests.support import completed_payments, serve_app, start_kartahook, wait_for
 from workers.payment_state import TRANSITIONS_LOG_KEY
 
 TOKEN = "drain-token"
@@ -32,13 +32,7 @@ async def test_sigterm_lets_the_job_in_flight_finish(
     """SIGTERM during a slow fetch: the job completes (transitions emitted), then exit 0."""
     async with serve_app(create_app(SandboxConfig(token=TOKEN, step_delay_s=0.01))) as url:
         async with KartaPayClient(url, TOKEN) as client:
-            record = await client.create({"purchase": {"total": {"value": "1", "currency": "EUR"}}})
-            await client.submit(record.id, "STR")
-
-            async def completed() -> bool:
-                return (await client.get(record.id)).status == "completed"
-
-            await wait_for(completed, timeout_s=15)
+            [payment_id] = await completed_payments(client)
         async with httpx.AsyncClient(base_url=url) as control:
             await control.post("/_sandbox/faults", json={"latency_s": 2.0})
         pool = await create_pool(
@@ -47,7 +41,7 @@ async def test_sigterm_lets_the_job_in_flight_finish(
             job_deserializer=deserialize,
         )
         try:
-            hint = EventHint("kartapay", uuid.uuid4().hex, record.id, int(time.time() * 1000))
+            hint = EventHint("kartapay", uuid.uuid4().hex, payment_id, int(time.time() * 1000))
             await pool.enqueue_job(PROCESS_EVENT, hint.to_job_args()[0], _job_id=hint.job_id)
         finally:
             await pool.aclose()
@@ -61,7 +55,7 @@ async def test_sigterm_lets_the_job_in_flight_finish(
         try:
 
             async def fetching() -> bool:
-                return bool(await redis.exists(f"kh:pay:{record.id}:lock"))
+                return bool(await redis.exists(f"kh:pay:{payment_id}:lock"))
 
             await wait_for(fetching, timeout_s=20)
             worker.send_signal(signal.SIGTERM)

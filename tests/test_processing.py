@@ -30,11 +30,10 @@ from service.jobs import (
 )
 from service.kartapay.client import KartaPayClient
 from service.settings import Settings
-from tests.support import arq_pool, serve_app, wait_for
+from tests.support import arq_pool, completed_payments, serve_app, wait_for
 from workers.processing import processing_function, processing_shutdown, processing_startup
 
 TOKEN = "test-token"
-CLAIM = {"purchase": {"total": {"value": "10.00", "currency": "EUR"}}}
 FULL_PATH = ["submitted", "approved", "captured", "completed"]
 
 
@@ -100,14 +99,8 @@ async def enqueue_hint(pool: ArqRedis, payment_id: str, event_id: str | None = N
 
 
 async def completed_payment(client: KartaPayClient) -> str:
-    record = await client.create(CLAIM)
-    await client.submit(record.id, "STR")
-
-    async def done() -> bool:
-        return (await client.get(record.id)).status == "completed"
-
-    await wait_for(done, timeout_s=15)
-    return record.id
+    [payment_id] = await completed_payments(client)
+    return payment_id
 
 
 @pytest.fixture

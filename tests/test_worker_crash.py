@@ -17,7 +17,7 @@ from sandbox.kartapay_api import SandboxConfig, create_app
 from service.event_dead_letters import EventDeadLetters
 from service.jobs import PROCESS_EVENT, EventHint, deserialize, serialize
 from service.kartapay.client import KartaPayClient
-from tests.support import serve_app, start_kartahook, wait_for
+from tests.support import completed_payments, serve_app, start_kartahook, wait_for
 from workers.payment_state import TRANSITIONS_LOG_KEY
 
 TOKEN = "test-token"
@@ -48,19 +48,7 @@ async def test_sigkill_mid_batch_then_restart_processes_all_and_emits_once(
     config = SandboxConfig(token=TOKEN, step_delay_s=0.01)
     async with serve_app(create_app(config)) as sandbox_url:
         async with KartaPayClient(sandbox_url, TOKEN) as client:
-            ids = []
-            for _ in range(PAYMENTS):
-                record = await client.create(
-                    {"purchase": {"total": {"value": "1", "currency": "EUR"}}}
-                )
-                await client.submit(record.id, "STR")
-                ids.append(record.id)
-
-            async def all_completed() -> bool:
-                statuses = [(await client.get(p)).status for p in ids]
-                return all(status == "completed" for status in statuses)
-
-            await wait_for(all_completed, timeout_s=20)
+            ids = await completed_payments(client, PAYMENTS)
         async with httpx.AsyncClient(base_url=sandbox_url) as control:
             await control.post("/_sandbox/faults", json={"latency_s": 0.15})
         pool = await create_pool(
