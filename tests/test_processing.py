@@ -181,12 +181,18 @@ async def test_duplicate_and_out_of_order_webhooks_give_each_step_once(redis_url
 
 
 async def test_injected_500s_and_429s_end_processed_and_honour_retry_after(
-    redis_url: str, sandbox_url: str
+    redis_url: str,
 ) -> None:
     """With 30% 500s and 20% 429s every event ends processed; 429 retries wait Retry-After."""
-    settings = settings_for(redis_url, sandbox_url, worker_max_jobs=20)
-    async with KartaPayClient(sandbox_url, TOKEN) as client, arq_pool(redis_url) as pool:
-        ids = [await completed_payment(client) for _ in range(8)]
+    # 20 events (about 40 fetches) and a seeded sandbox, so that some fetches do meet a 429.
+    config = SandboxConfig(token=TOKEN, step_delay_s=0.02, seed=7)
+    async with (
+        serve_app(create_app(config)) as sandbox_url,
+        KartaPayClient(sandbox_url, TOKEN) as client,
+        arq_pool(redis_url) as pool,
+    ):
+        settings = settings_for(redis_url, sandbox_url, worker_max_jobs=20)
+        ids = await completed_payments(client, 20)
         async with httpx.AsyncClient(base_url=sandbox_url) as control:
             response = await control.post(
                 "/_sandbox/faults",
