@@ -614,11 +614,10 @@ async def measure_pipeline(
 WORKER_STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("startup (imports, on_startup)", ("_find_and_load", "on_startup", "build_parser")),
     ("processing: fetch GET /v1/payments (httpx)", ("EventProcessor._fetch",)),
-    ("processing: compare-and-set Lua + fan-out handoff", ("EventProcessor._record",)),
-    ("processing: other (lock, job)", ("process_event_job",)),
-    ("fan-out: match subscribers, create deliveries", ("fanout_transition",)),
+    ("processing: compare-and-set Lua, creating deliveries", ("EventProcessor._record",)),
     ("delivery: HTTP POST to the subscriber", ("post_once",)),
-    ("delivery: cap/order/breaker Lua, bookkeeping", ("fanout_deliver",)),
+    ("delivery: cap/order/breaker Lua, bookkeeping", ("fanout/handlers.py",)),
+    ("processing: other (lock, job, log line)", ("process_event_job",)),
     ("arq: poll, start, finish jobs", ("arq/worker.py",)),
 )
 SERVICE_STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (

@@ -106,7 +106,10 @@ local function cancel_job(queue, job_prefix, sub, tid, gen)
   redis.call('DEL', job_prefix .. job_id)
 end
 
-local function activate_next(prefix, queue, job_prefix, sub, pid, now)
+-- Makes the first pending delivery of (sub, pid) its head, unless it has one; returns the job
+-- id of the head's job, due at ``at`` (default now), and the head's key; or false. A caller
+-- that runs the head at once passes a later ``at``: the job is then its safety net.
+local function activate_next(prefix, queue, job_prefix, sub, pid, now, at)
   local hkey = prefix .. 'h:' .. sub .. ':' .. pid
   if redis.call('EXISTS', hkey) == 1 then return false end
   local okey = prefix .. 'o:' .. sub .. ':' .. pid
@@ -116,8 +119,19 @@ local function activate_next(prefix, queue, job_prefix, sub, pid, now)
   local dkey = prefix .. 'd:' .. sub .. ':' .. nxt
   redis.call('HSET', dkey, 'state', 'active', 'activated_ms', now)
   local gen = redis.call('HINCRBY', dkey, 'gen', 1)
-  enqueue(queue, job_prefix, sub, nxt, gen, now, now)
-  return nxt
+  return enqueue(queue, job_prefix, sub, nxt, gen, at or now, now), dkey
+end
+
+-- Creates the delivery of transition ``tid`` to ``sub`` unless it exists, and activates it when
+-- it is first in its (sub, pid) line. Returns the activated head's job id, or false.
+local function insert_delivery(prefix, queue, job_prefix, sub, tid, pid, seq, etype, body, now, at)
+  local dkey = prefix .. 'd:' .. sub .. ':' .. tid
+  if redis.call('EXISTS', dkey) == 1 then return false end
+  redis.call('HSET', dkey, 'sub', sub, 'tid', tid, 'payment_id', pid, 'seq', seq,
+    'type', etype, 'state', 'queued', 'gen', 0, 'attempts', 0, 'transition', body,
+    'created_ms', now)
+  redis.call('ZADD', prefix .. 'o:' .. sub .. ':' .. pid, seq, tid)
+  return activate_next(prefix, queue, job_prefix, sub, pid, now, at)
 end
 
 local function wake(prefix, queue, job_prefix, sub, count, now)
@@ -139,11 +153,11 @@ local function wake(prefix, queue, job_prefix, sub, count, now)
   return woken
 end
 
-local function advance(prefix, queue, job_prefix, sub, pid, tid, now)
+local function advance(prefix, queue, job_prefix, sub, pid, tid, now, at)
   redis.call('ZREM', prefix .. 'o:' .. sub .. ':' .. pid, tid)
   local hkey = prefix .. 'h:' .. sub .. ':' .. pid
   if redis.call('GET', hkey) == tid then redis.call('DEL', hkey) end
-  return activate_next(prefix, queue, job_prefix, sub, pid, now)
+  return activate_next(prefix, queue, job_prefix, sub, pid, now, at)
 end
 """.replace("EXPIRES_EXTRA", str(ARQ_EXPIRES_EXTRA_MS))
 

@@ -25,7 +25,6 @@ ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"
 ARQ_EXPIRES_EXTRA_MS = 7 * 86_400_000
 
 PROCESS_EVENT = "process_event"
-FANOUT_TRANSITION = "fanout_transition"
 
 KEY_PREFIX = "kh:"
 
@@ -100,7 +99,8 @@ def transition_id(payment_id: str, status: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Transition:
-    """One lifecycle step of one payment, handed from processing to fan-out."""
+    """One lifecycle step of one payment: what processing emits, and what each delivery sends
+    (stored as JSON in the delivery)."""
 
     payment_id: str
     status: str
@@ -123,9 +123,9 @@ class Transition:
     def event_type(self) -> str:
         return f"payment.{self.status}"
 
-    def to_job_args(self) -> list[Any]:
+    def to_json(self) -> bytes:
         # By hand, not dataclasses.asdict: that deep-copies the whole payment every time.
-        return [
+        return orjson.dumps(
             {
                 "payment_id": self.payment_id,
                 "status": self.status,
@@ -136,10 +136,11 @@ class Transition:
                 "received_at_ms": self.received_at_ms,
                 "payment": self.payment,
             }
-        ]
+        )
 
     @classmethod
-    def from_job_arg(cls, arg: dict[str, Any]) -> Transition:
+    def from_json(cls, raw: bytes | str) -> Transition:
+        arg = orjson.loads(raw)
         return cls(
             payment_id=str(arg["payment_id"]),
             status=str(arg["status"]),

@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     delivery_attempt_log_size: int = Field(500, ge=1)
     delivery_done_ttl_s: int = Field(7 * 24 * 3600, gt=0)
 
+    @property
+    def delivery_lease_ms(self) -> int:
+        """How long a delivery attempt holds its in-flight slot (or probe) before it is presumed
+        dead, and how long the job of a delivery sent at once waits as its safety net."""
+        return int((self.delivery_timeout_s + 20) * 1000)
+
     @field_validator(
         "trusted_proxies", "subscriber_allowlist", "delivery_retry_schedule_s", mode="before"
     )

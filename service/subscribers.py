@@ -27,6 +27,9 @@ from service.jobs import KEY_PREFIX
 from service.signing import decode_secret, generate_secret
 
 SUBSCRIBERS_KEY = f"{KEY_PREFIX}subscribers"
+# Bumped by every write to the registry, in the same transaction: a worker's cached copy is
+# current exactly when its version is this one (the delivery scripts check it).
+SUBSCRIBERS_VERSION_KEY = f"{KEY_PREFIX}subscribers:version"
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 # Headers that delivery sets itself; a subscriber's extra headers may not replace them.
 RESERVED_HEADERS = frozenset(
@@ -255,15 +258,24 @@ class SubscriberStore:
 
     async def put(self, subscriber: Subscriber) -> None:
         subscriber.updated_at = time.time()
-        await self.redis.hset(SUBSCRIBERS_KEY, subscriber.id, subscriber.to_json())  # type: ignore[misc]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(SUBSCRIBERS_KEY, subscriber.id, subscriber.to_json())
+            pipe.incr(SUBSCRIBERS_VERSION_KEY)
+            await pipe.execute()
 
     async def add(self, subscriber: Subscriber) -> bool:
         """Store a new subscriber; False when the id is taken."""
-        added = await self.redis.hsetnx(SUBSCRIBERS_KEY, subscriber.id, subscriber.to_json())  # type: ignore[misc]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(SUBSCRIBERS_KEY, subscriber.id, subscriber.to_json())
+            pipe.incr(SUBSCRIBERS_VERSION_KEY)
+            added, _ = await pipe.execute()
         return bool(added)
 
     async def remove(self, subscriber_id: str) -> bool:
-        removed = await self.redis.hdel(SUBSCRIBERS_KEY, subscriber_id)  # type: ignore[misc]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(SUBSCRIBERS_KEY, subscriber_id)
+            pipe.incr(SUBSCRIBERS_VERSION_KEY)
+            removed, _ = await pipe.execute()
         return bool(removed)
 
     async def set_enabled(
@@ -306,3 +318,43 @@ async def load_subscribers_into(
     subscribers = load_subscribers_file(path, allowlist)
     await SubscriberStore(redis).load(subscribers)
     return subscribers
+
+
+class SubscriberCache:
+    """A worker's copy of the registry, read in one transaction with its version.
+
+    Reading it costs nothing; the Lua scripts that act on it (processing's compare-and-set,
+    delivery's acquire and finish) get :attr:`version` and refuse to act when the registry has
+    changed since, so the caller :meth:`refresh`-es and tries again. A change made through
+    :class:`SubscriberStore` (admin API, CLI, a 410) therefore takes effect at the next script.
+    """
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self.version = ""
+        self._by_id: dict[str, Subscriber] = {}
+        self._sorted: list[Subscriber] = []
+
+    @property
+    def loaded(self) -> bool:
+        return self.version != ""
+
+    async def refresh(self) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(SUBSCRIBERS_VERSION_KEY)
+            pipe.hgetall(SUBSCRIBERS_KEY)
+            version, raw = await pipe.execute()
+        subscribers = sorted((Subscriber.from_json(v) for v in raw.values()), key=lambda s: s.id)
+        self._sorted = subscribers
+        self._by_id = {s.id: s for s in subscribers}
+        self.version = version.decode() if version else "0"
+
+    async def all(self) -> list[Subscriber]:
+        if not self.loaded:
+            await self.refresh()
+        return self._sorted
+
+    async def get(self, subscriber_id: str) -> Subscriber | None:
+        if not self.loaded:
+            await self.refresh()
+        return self._by_id.get(subscriber_id)

@@ -1,5 +1,5 @@
 """Helpers for the fan-out tests: a recording subscriber that fails on demand, a real arq worker
-running the fan-out functions, and transitions to enqueue."""
+running the fan-out functions, and transitions to emit as processing does."""
 
 from __future__ import annotations
 
@@ -11,18 +11,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from arq.connections import ArqRedis, RedisSettings
+import redis.asyncio as aioredis
+from arq.connections import RedisSettings
 from arq.worker import Worker
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.jobs import FANOUT_TRANSITION, Transition, deserialize, serialize
+from service.jobs import Transition, deserialize, serialize
 from service.settings import Settings
-from service.subscribers import Subscriber
+from service.subscribers import Subscriber, SubscriberCache
 from tests.support import arq_pool
 from workers import fanout
+from workers.payment_state import PaymentStateStore
+from workers.process_event import match_subscribers
 
 __all__ = ["arq_pool"]
 
@@ -124,10 +127,22 @@ def transition(payment_id: str, status: str, received_at_ms: int | None = None) 
     )
 
 
-async def enqueue(pool: ArqRedis, item: Transition, job_id: str | None = None) -> None:
-    await pool.enqueue_job(
-        FANOUT_TRANSITION, item.to_job_args()[0], _job_id=job_id or f"fan:{item.id}"
+async def emit(redis: aioredis.Redis, settings: Settings, item: Transition) -> tuple[str, ...]:
+    """Record ``item`` as processing does: the compare-and-set that creates its deliveries, with
+    the jobs of the heads due at once (nobody sends them inline). Returns those job ids."""
+    subscribers = SubscriberCache(redis)
+    await subscribers.refresh()
+    store = PaymentStateStore(redis, settings.queue_name, lock_ttl_ms=60_000)
+    result = await store.record(
+        item.payment_id,
+        "test",
+        seq=item.seq,
+        status=item.status,
+        at=item.occurred_at,
+        candidates=match_subscribers([item], await subscribers.all()),
+        subscribers_version=subscribers.version,
     )
+    return result.heads
 
 
 def make_worker(

@@ -15,8 +15,7 @@ from service.settings import Settings
 from service.subscribers import SubscriberStore
 from tests.fanout_support import (
     Recorder,
-    arq_pool,
-    enqueue,
+    emit,
     make_worker,
     run_worker,
     settings_for,
@@ -120,13 +119,13 @@ async def test_dead_letters_list_show_and_replay_via_api_and_cli(
     answers = {"status": 500}
     recorder = Recorder(lambda _n, _b: (answers["status"], {}, 0.0))
     conn = ["--admin-url", admin_url, "--token", TOKEN]
-    async with serve_app(recorder.app()) as base, arq_pool(redis_url) as pool:
+    async with serve_app(recorder.app()) as base:
         store = SubscriberStore(redis)
         await store.put(subscriber("a", base))
         await store.put(subscriber("b", base))
         items = [transition(f"pay_{i}", "captured") for i in range(3)]
         for item in items:
-            await enqueue(pool, item)
+            await emit(redis, settings, item)
         await run_worker(make_worker(settings))
         capsys.readouterr()
 

@@ -13,7 +13,7 @@ from arq.worker import Worker
 
 from service.jobs import deserialize, serialize
 from service.subscribers import SubscriberStore
-from tests.fanout_support import Recorder, arq_pool, enqueue, settings_for, subscriber, transition
+from tests.fanout_support import Recorder, emit, settings_for, subscriber, transition
 from tests.support import serve_app, wait_for
 from workers import fanout
 
@@ -52,10 +52,10 @@ async def test_one_delivery_job_delivers_a_payments_waiting_steps_in_order(
         queue_name=settings.queue_name,
     )
     items = [transition("pay_1", status) for status in STEPS]
-    async with serve_app(recorder.app()) as base, arq_pool(redis_url) as pool:
+    async with serve_app(recorder.app()) as base:
         await SubscriberStore(redis).put(subscriber("ledger", base))
         for item in items:
-            await enqueue(pool, item)
+            await emit(redis, settings, item)
         task = asyncio.create_task(worker.async_run())
         try:
 

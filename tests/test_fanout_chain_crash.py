@@ -10,7 +10,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from service.subscribers import SubscriberStore
-from tests.fanout_support import Recorder, arq_pool, enqueue, subscriber, transition
+from tests.fanout_support import Recorder, emit, settings_for, subscriber, transition
 from tests.support import serve_app, start_kartahook, wait_for
 
 STEPS = ["submitted", "approved", "captured", "completed"]
@@ -32,10 +32,10 @@ async def test_chain_cut_by_sigkill_is_finished_by_the_safety_job(
     recorder = Recorder(lambda n, _b: (200, {}, 5.0 if n == 2 else 0.0))
     items = [transition("pay_1", status) for status in STEPS]
     log = tmp_path / "worker.log"
-    async with serve_app(recorder.app()) as base, arq_pool(redis_url) as pool:
+    async with serve_app(recorder.app()) as base:
         await SubscriberStore(redis).put(subscriber("ledger", base))
         for item in items:
-            await enqueue(pool, item)
+            await emit(redis, settings_for(redis_url), item)
         first = start_worker(redis_url, log)
         try:
 

@@ -11,8 +11,7 @@ from service.deliveries import DeliveryAdmin
 from service.subscribers import SubscriberStore
 from tests.fanout_support import (
     Recorder,
-    arq_pool,
-    enqueue,
+    emit,
     make_worker,
     run_worker,
     settings_for,
@@ -28,11 +27,11 @@ async def test_delivery_is_signed_and_verifies_with_standardwebhooks(
     """A delivery carries the documented body and headers and verifies with standardwebhooks."""
     settings = settings_for(redis_url)
     recorder = Recorder()
-    async with serve_app(recorder.app()) as base, arq_pool(redis_url) as pool:
+    async with serve_app(recorder.app()) as base:
         sub = subscriber("ledger", base, headers={"X-Team": "ledger"})
         await SubscriberStore(redis).put(sub)
         item = transition("pay_1", "captured")
-        await enqueue(pool, item)
+        await emit(redis, settings, item)
         await run_worker(make_worker(settings))
     [request] = recorder.requests
     Webhook(sub.secret).verify(request.body, request.headers)
@@ -49,54 +48,55 @@ async def test_delivery_is_signed_and_verifies_with_standardwebhooks(
     assert [(a["status"], a["outcome"], a["attempt"]) for a in attempts] == [(200, "delivered", 1)]
 
 
-async def test_duplicate_fanout_jobs_deliver_once(redis_url: str, redis: aioredis.Redis) -> None:
-    """The same transition fanned out three times (arq at-least-once) is delivered once."""
+async def test_recording_the_same_state_again_delivers_once(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    """A transition recorded three times (duplicate or late processing runs) gets one delivery."""
     settings = settings_for(redis_url)
     recorder = Recorder()
-    async with serve_app(recorder.app()) as base, arq_pool(redis_url) as pool:
+    async with serve_app(recorder.app()) as base:
         await SubscriberStore(redis).put(subscriber("ledger", base))
         item = transition("pay_dup", "captured")
-        await enqueue(pool, item)
-        await enqueue(pool, item, job_id=f"fan:{item.id}:copy")
+        assert len(await emit(redis, settings, item)) == 1
+        assert await emit(redis, settings, item) == ()
         await run_worker(make_worker(settings))
-        await enqueue(pool, item, job_id=f"fan:{item.id}:late")
+        assert await emit(redis, settings, item) == ()
         await run_worker(make_worker(settings))
     assert recorder.ids() == [item.id]
 
 
-async def test_later_status_waits_for_an_earlier_fanout_job(
+async def test_later_status_waits_behind_an_undelivered_earlier_one(
     redis_url: str, redis: aioredis.Redis
 ) -> None:
-    """captured never overtakes approved, even when approved's fan-out job runs later."""
+    """captured, recorded while approved is still being retried, goes out only after it."""
     settings = settings_for(redis_url)
-    recorder = Recorder()
-    async with serve_app(recorder.app()) as base, arq_pool(redis_url) as pool:
+    recorder = Recorder(lambda n, _b: (500 if n == 1 else 200, {}, 0.0))
+    async with serve_app(recorder.app()) as base:
         await SubscriberStore(redis).put(subscriber("ledger", base))
         approved, captured = transition("pay_o", "approved"), transition("pay_o", "captured")
-        await pool.enqueue_job(
-            "fanout_transition",
-            approved.to_job_args()[0],
-            _job_id=f"fan:{approved.id}",
-            _defer_by=0.5,
-        )
-        await enqueue(pool, captured)
+        assert len(await emit(redis, settings, approved)) == 1
+        assert await emit(redis, settings, captured) == ()  # no head: approved is first in line
         await run_worker(make_worker(settings))
-    assert [r.json["type"] for r in recorder.requests] == ["payment.approved", "payment.captured"]
+    assert [(r.json["type"], r.status) for r in recorder.requests] == [
+        ("payment.approved", 500),
+        ("payment.approved", 200),
+        ("payment.captured", 200),
+    ]
 
 
 async def test_filters_select_subscribers(redis_url: str, redis: aioredis.Redis) -> None:
     """Event patterns, channel and source filters decide who gets a transition."""
     settings = settings_for(redis_url)
     recorder = Recorder()
-    async with serve_app(recorder.app()) as base, arq_pool(redis_url) as pool:
+    async with serve_app(recorder.app()) as base:
         store = SubscriberStore(redis)
         await store.put(subscriber("all", base))
         await store.put(subscriber("captures", base, events=["payment.captured"]))
         await store.put(subscriber("pos", base, channels=["pos"]))
         await store.put(subscriber("stripe", base, sources=["stripe"]))
         await store.put(subscriber("off", base, enabled=False))
-        await enqueue(pool, transition("pay_f", "approved"))
-        await enqueue(pool, transition("pay_f", "captured"))
+        await emit(redis, settings, transition("pay_f", "approved"))
+        await emit(redis, settings, transition("pay_f", "captured"))
         await run_worker(make_worker(settings))
     admin = DeliveryAdmin(redis, settings.queue_name)
     got = {sub: [a["type"] for a in await admin.attempts(sub)] for sub in ("all", "captures")}
@@ -116,10 +116,10 @@ async def test_one_log_line_and_metrics_per_attempt_without_secrets(
     before = REGISTRY.get_sample_value(
         "kartahook_deliveries_total", {"subscriber": "metered", "outcome": "delivered"}
     )
-    async with serve_app(recorder.app()) as base, arq_pool(redis_url) as pool:
+    async with serve_app(recorder.app()) as base:
         sub = subscriber("metered", base)
         await SubscriberStore(redis).put(sub)
-        await enqueue(pool, transition("pay_m", "captured"))
+        await emit(redis, settings, transition("pay_m", "captured"))
         with capture_logs() as logs:
             await run_worker(make_worker(settings))
     lines = [entry for entry in logs if entry["event"] == "delivery_attempt"]

@@ -15,8 +15,7 @@ from tests.fanout_support import (
     LIFECYCLE,
     SEQ,
     Recorder,
-    arq_pool,
-    enqueue,
+    emit,
     make_worker,
     run_until,
     run_worker,
@@ -35,11 +34,11 @@ async def test_order_holds_while_the_subscriber_fails_intermittently(
     rng = random.Random(5)
     recorder = Recorder(lambda _n, _b: (500 if rng.random() < 0.4 else 200, {}, 0.0))
     payments = [f"pay_{i}" for i in range(6)]
-    async with serve_app(recorder.app()) as base, arq_pool(redis_url) as pool:
+    async with serve_app(recorder.app()) as base:
         await SubscriberStore(redis).put(subscriber("ledger", base, concurrency=8))
         for status in LIFECYCLE[1:]:
             for payment in payments:
-                await enqueue(pool, transition(payment, status))
+                await emit(redis, settings, transition(payment, status))
         await run_worker(make_worker(settings), timeout_s=90)
     assert any(r.status == 500 for r in recorder.requests)
     by_payment: dict[str, list[tuple[int, int]]] = defaultdict(list)
@@ -61,10 +60,10 @@ async def test_concurrency_cap_bounds_requests_in_flight(
     """A subscriber with cap 2 never has more than 2 requests in flight; all are delivered."""
     settings = settings_for(redis_url)
     recorder = Recorder(lambda _n, _b: (200, {}, 0.2))
-    async with serve_app(recorder.app()) as base, arq_pool(redis_url) as pool:
+    async with serve_app(recorder.app()) as base:
         await SubscriberStore(redis).put(subscriber("capped", base, concurrency=2))
         for i in range(8):
-            await enqueue(pool, transition(f"pay_c{i}", "captured"))
+            await emit(redis, settings, transition(f"pay_c{i}", "captured"))
         await run_worker(make_worker(settings, max_jobs=10))
     assert len(recorder.delivered()) == 8
     assert recorder.max_in_flight == 2
@@ -81,10 +80,10 @@ async def test_circuit_breaker_pauses_then_probes_and_drops_nothing(
         delivery_breaker_cooldown_s=1.0,
     )
     recorder = Recorder(lambda n, _b: (503 if n <= 4 else 200, {}, 0.0))
-    async with serve_app(recorder.app()) as base, arq_pool(redis_url) as pool:
+    async with serve_app(recorder.app()) as base:
         await SubscriberStore(redis).put(subscriber("flaky", base, concurrency=1))
         for i in range(3):
-            await enqueue(pool, transition(f"pay_b{i}", "captured"))
+            await emit(redis, settings, transition(f"pay_b{i}", "captured"))
         await run_worker(make_worker(settings))
     times = [r.at for r in recorder.requests]
     statuses = [r.status for r in recorder.requests]
@@ -100,29 +99,25 @@ async def test_circuit_breaker_pauses_then_probes_and_drops_nothing(
 async def test_a_slow_subscriber_does_not_delay_a_fast_one(
     redis_url: str, redis: aioredis.Redis
 ) -> None:
-    """A fast subscriber's enqueue->delivered latency is unchanged beside a 5 s subscriber."""
+    """A fast subscriber's recorded->delivered latency is unchanged beside a 5 s subscriber."""
     settings = settings_for(redis_url)
     fast, slow = Recorder(), Recorder(lambda _n, _b: (200, {}, 5.0))
     count = 12
     enqueued: dict[str, float] = {}
 
     async def measure(prefix: str) -> list[float]:
-        async with arq_pool(redis_url) as pool:
+        async def feed() -> None:
+            for i in range(count):
+                enqueued[f"{prefix}{i}"] = time.time()
+                await emit(redis, settings, transition(f"{prefix}{i}", "captured"))
+                await asyncio.sleep(0.05)
 
-            async def feed() -> None:
-                for i in range(count):
-                    enqueued[f"{prefix}{i}"] = time.time()
-                    await enqueue(pool, transition(f"{prefix}{i}", "captured"))
-                    await asyncio.sleep(0.05)
+        async def fast_done() -> bool:
+            return sum(r.json["data"]["id"].startswith(prefix) for r in fast.requests) >= count
 
-            async def fast_done() -> bool:
-                return sum(r.json["data"]["id"].startswith(prefix) for r in fast.requests) >= count
-
-            feeder = asyncio.create_task(feed())
-            await run_until(
-                make_worker(settings, max_jobs=10, burst=False), fast_done, timeout_s=60
-            )
-            await feeder
+        feeder = asyncio.create_task(feed())
+        await run_until(make_worker(settings, max_jobs=10, burst=False), fast_done, timeout_s=60)
+        await feeder
         return [
             r.at - enqueued[r.json["data"]["id"]]
             for r in fast.requests

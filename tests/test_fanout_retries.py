@@ -14,8 +14,7 @@ from service.subscribers import Subscriber, SubscriberStore
 from tests.fanout_support import (
     Recorder,
     always,
-    arq_pool,
-    enqueue,
+    emit,
     make_worker,
     run_worker,
     settings_for,
@@ -38,9 +37,9 @@ async def test_retry_times_follow_the_schedule_with_jitter(
         redis_url, delivery_retry_schedule_s=[str(s) for s in schedule], delivery_jitter=0.2
     )
     recorder = Recorder(lambda n, _b: (500 if n <= 3 else 200, {}, 0.0))
-    async with serve_app(recorder.app()) as base, arq_pool(redis_url) as pool:
+    async with serve_app(recorder.app()) as base:
         await SubscriberStore(redis).put(subscriber("ledger", base))
-        await enqueue(pool, transition("pay_r", "captured"))
+        await emit(redis, settings, transition("pay_r", "captured"))
         await run_worker(make_worker(settings))
     assert [r.status for r in recorder.requests] == [500, 500, 500, 200]
     attempts = list(reversed(await DeliveryAdmin(redis, settings.queue_name).attempts("ledger")))
@@ -57,9 +56,9 @@ async def test_retry_after_is_honoured(redis_url: str, redis: aioredis.Redis) ->
     """A 503 with Retry-After: 1 delays the next attempt by a second, not the 0.1 s step."""
     settings = settings_for(redis_url, delivery_retry_schedule_s=["0.1", "0.1"])
     recorder = Recorder(lambda n, _b: (503, {"retry-after": "1"}, 0.0) if n == 1 else (200, {}, 0))
-    async with serve_app(recorder.app()) as base, arq_pool(redis_url) as pool:
+    async with serve_app(recorder.app()) as base:
         await SubscriberStore(redis).put(subscriber("ledger", base))
-        await enqueue(pool, transition("pay_ra", "captured"))
+        await emit(redis, settings, transition("pay_ra", "captured"))
         await run_worker(make_worker(settings))
     first, second = recorder.requests
     assert second.at - first.at >= 0.95
@@ -74,15 +73,15 @@ async def test_410_disables_the_subscriber_and_parks_its_delivery(
     recorder = Recorder(lambda _n, _b: (answers["status"], {}, 0.0))
     store = SubscriberStore(redis)
     admin = DeliveryAdmin(redis, settings.queue_name)
-    async with serve_app(recorder.app()) as base, arq_pool(redis_url) as pool:
+    async with serve_app(recorder.app()) as base:
         await store.put(subscriber("gone", base))
         first = transition("pay_g", "captured")
-        await enqueue(pool, first)
+        await emit(redis, settings, first)
         await run_worker(make_worker(settings))
         disabled = await store.get("gone")
         assert disabled is not None and not disabled.enabled
         assert disabled.disabled_reason and "410" in disabled.disabled_reason
-        await enqueue(pool, transition("pay_g2", "captured"))
+        await emit(redis, settings, transition("pay_g2", "captured"))
         await run_worker(make_worker(settings))
         assert len(recorder.requests) == 1
         assert (await admin.attempts("gone"))[0]["outcome"] == "gone"
@@ -100,9 +99,8 @@ async def test_network_errors_are_retried_then_dead_lettered(
     """A refused connection is an attempt with an error, retried, then dead-lettered."""
     settings = settings_for(redis_url, delivery_retry_schedule_s=["0.05", "0.05"])
     await SubscriberStore(redis).put(Subscriber(id="down", url=f"http://127.0.0.1:{free_port()}/"))
-    async with arq_pool(redis_url) as pool:
-        await enqueue(pool, transition("pay_n", "captured"))
-        await run_worker(make_worker(settings))
+    await emit(redis, settings, transition("pay_n", "captured"))
+    await run_worker(make_worker(settings))
     admin = DeliveryAdmin(redis, settings.queue_name)
     attempts = await admin.attempts("down")
     assert [a["outcome"] for a in attempts] == ["dead", "retry", "retry"]
@@ -128,11 +126,11 @@ async def test_dead_letter_releases_the_line_and_replay_keeps_the_webhook_id(
 
     recorder = Recorder(behaviour)
     admin = DeliveryAdmin(redis, settings.queue_name)
-    async with serve_app(recorder.app()) as base, arq_pool(redis_url) as pool:
+    async with serve_app(recorder.app()) as base:
         await SubscriberStore(redis).put(subscriber("ledger", base))
         captured, completed = transition("pay_d", "captured"), transition("pay_d", "completed")
-        await enqueue(pool, captured)
-        await enqueue(pool, completed)
+        await emit(redis, settings, captured)
+        await emit(redis, settings, completed)
         await run_worker(make_worker(settings))
         assert [(r.json["type"], r.status) for r in recorder.requests] == [
             ("payment.captured", 500),
@@ -163,9 +161,9 @@ async def test_always_failing_subscriber_uses_every_step(
     """With an always-failing subscriber, attempts = schedule steps + 1, then a dead letter."""
     settings = settings_for(redis_url, delivery_retry_schedule_s=["0.02"] * 4)
     recorder = Recorder(always(502))
-    async with serve_app(recorder.app()) as base, arq_pool(redis_url) as pool:
+    async with serve_app(recorder.app()) as base:
         await SubscriberStore(redis).put(subscriber("ledger", base))
-        await enqueue(pool, transition("pay_a", "captured"))
+        await emit(redis, settings, transition("pay_a", "captured"))
         await run_worker(make_worker(settings))
     assert len(recorder.requests) == 5
     assert await DeliveryAdmin(redis, settings.queue_name).dead_letter_count("ledger") == 1
@@ -183,13 +181,12 @@ async def test_redirects_are_not_followed_and_slow_answers_time_out(
         serve_app(target.app()) as target_url,
         serve_app(redirecting.app()) as redirect_url,
         serve_app(hanging.app()) as hanging_url,
-        arq_pool(redis_url) as pool,
     ):
         redirecting.behaviour = lambda _n, _b: (302, {"location": f"{target_url}/hook"}, 0.0)
         store = SubscriberStore(redis)
         await store.put(subscriber("redirect", redirect_url))
         await store.put(subscriber("hang", hanging_url))
-        await enqueue(pool, transition("pay_x", "captured"))
+        await emit(redis, settings, transition("pay_x", "captured"))
         await run_worker(make_worker(settings))
     admin = DeliveryAdmin(redis, settings.queue_name)
     [redirected] = await admin.attempts("redirect")

@@ -9,10 +9,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from service.deliveries import delivery_key
 from service.event_dead_letters import EventDeadLetters
-from service.jobs import ARQ_JOB_PREFIX, EventHint
+from service.jobs import ARQ_JOB_PREFIX, EventHint, transition_id
 from service.kartapay import errors
 from service.kartapay.models import Payment, PaymentRecord
+from service.subscribers import Subscriber, SubscriberCache, SubscriberStore
 from workers.payment_state import TRANSITIONS_LOG_KEY, PaymentStateStore
 from workers.process_event import EventProcessor
 from workers.retry_policy import FetchRetryPolicy
@@ -61,14 +63,35 @@ def hint(n: int, payment_id: str = "pay_1", attempt: int = 0) -> EventHint:
 
 
 def make_processor(
-    redis: aioredis.Redis, reader: Any, scheduled: list[tuple[EventHint, float]]
+    redis: aioredis.Redis,
+    reader: Any,
+    scheduled: list[tuple[EventHint, float]],
+    inline_hold_ms: int = 0,
 ) -> EventProcessor:
     async def schedule(h: EventHint, delay: float) -> None:
         scheduled.append((h, delay))
 
     policy = FetchRetryPolicy(base_s=0.5, cap_s=10, max_age_s=60, not_found_tries=3)
     store = PaymentStateStore(redis, QUEUE, lock_ttl_ms=30_000)
-    return EventProcessor(store, reader, EventDeadLetters(redis), schedule, policy, timeout_s=5)
+    return EventProcessor(
+        store,
+        reader,
+        SubscriberCache(redis),
+        EventDeadLetters(redis),
+        schedule,
+        policy,
+        timeout_s=5,
+        inline_hold_ms=inline_hold_ms,
+    )
+
+
+def released(payment: dict[str, Any]) -> HeldReader:
+    reader = HeldReader(payment)
+    reader.release.set()
+    return reader
+
+
+STEPS = ("submitted", "approved", "captured", "completed")
 
 
 async def test_burst_of_hints_coalesces_into_two_fetches(redis: aioredis.Redis) -> None:
@@ -92,10 +115,69 @@ async def test_burst_of_hints_coalesces_into_two_fetches(redis: aioredis.Redis) 
         b"captured",
         b"completed",
     ]
+    assert await redis.zcard(QUEUE) == 0  # nobody subscribed: no delivery, no job
+
+
+async def test_deliveries_are_created_with_the_transitions_first_one_queued(
+    redis: aioredis.Redis,
+) -> None:
+    """Recording a completed payment creates a delivery per step for each subscriber that wants
+    it, and queues (due now) only the first of each subscriber's line."""
+    store = SubscriberStore(redis)
+    await store.put(Subscriber(id="all", url="http://127.0.0.1:1/hook"))
+    await store.put(Subscriber(id="caps", url="http://127.0.0.1:1/hook", events=["payment.capt*"]))
+    await store.put(Subscriber(id="off", url="http://127.0.0.1:1/hook", enabled=False))
+    outcome = await make_processor(redis, released(COMPLETED), []).handle(hint(1), "a")
+    assert outcome.emitted == STEPS
+    assert outcome.deliveries == ()  # not asked to send inline
+    ids = {status: transition_id("pay_1", status) for status in STEPS}
+    for status in STEPS:
+        assert await redis.hget(delivery_key("all", ids[status]), "state") == (
+            b"active" if status == "submitted" else b"queued"
+        )
+        expected = b"active" if status == "captured" else None
+        assert await redis.hget(delivery_key("caps", ids[status]), "state") == expected
+        assert not await redis.exists(delivery_key("off", ids[status]))
     queued = await redis.zrange(QUEUE, 0, -1, withscores=True)
-    assert len(queued) == 4
-    for job_id, _ in queued:
+    assert sorted(j.decode() for j, _ in queued) == [
+        f"fdl:all:{ids['submitted']}:1",
+        f"fdl:caps:{ids['captured']}:1",
+    ]
+    now_ms = time.time() * 1000
+    for job_id, score in queued:
         assert await redis.exists(ARQ_JOB_PREFIX + job_id.decode())
+        assert score <= now_ms
+
+
+async def test_inline_run_gets_the_heads_and_their_jobs_wait_the_hold(
+    redis: aioredis.Redis,
+) -> None:
+    """Asked to send inline, the run returns the first delivery of each line, and its queued
+    job (the safety net) is deferred by the hold."""
+    await SubscriberStore(redis).put(Subscriber(id="all", url="http://127.0.0.1:1/hook"))
+    processor = make_processor(redis, released(COMPLETED), [], inline_hold_ms=30_000)
+    outcome = await processor.handle(hint(1), "a", inline_until=time.monotonic() + 60)
+    head = f"fdl:all:{transition_id('pay_1', 'submitted')}:1"
+    assert outcome.deliveries == (head,)
+    score = await redis.zscore(QUEUE, head)
+    assert score is not None and score >= time.time() * 1000 + 25_000
+
+
+async def test_a_subscriber_added_after_the_cache_was_read_still_gets_its_deliveries(
+    redis: aioredis.Redis,
+) -> None:
+    """The compare-and-set refuses a stale subscriber list; the run reloads it and matches
+    again, so a subscriber added a moment ago is not missed."""
+    store = SubscriberStore(redis)
+    await store.put(Subscriber(id="early", url="http://127.0.0.1:1/hook"))
+    processor = make_processor(redis, released(COMPLETED), [])
+    await processor._subscribers.refresh()
+    await store.put(Subscriber(id="late", url="http://127.0.0.1:1/hook"))
+    outcome = await processor.handle(hint(1), "a")
+    assert outcome.emitted == STEPS
+    for sub in ("early", "late"):
+        key = delivery_key(sub, transition_id("pay_1", "completed"))
+        assert await redis.hget(key, "state") == b"queued"
 
 
 async def test_stale_state_emits_nothing(redis: aioredis.Redis) -> None:

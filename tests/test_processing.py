@@ -10,8 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
-from arq.connections import ArqRedis, RedisSettings
-from arq.worker import Worker, func
+import redis.asyncio as aioredis
+from arq.connections import ArqRedis
+from arq.worker import Worker
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -20,18 +21,12 @@ from structlog.testing import capture_logs
 
 from sandbox.kartapay_api import SandboxConfig, create_app
 from service.event_dead_letters import EventDeadLetters
-from service.jobs import (
-    FANOUT_TRANSITION,
-    PROCESS_EVENT,
-    EventHint,
-    Transition,
-    deserialize,
-    serialize,
-)
+from service.jobs import PROCESS_EVENT, EventHint
 from service.kartapay.client import KartaPayClient
 from service.settings import Settings
+from service.subscribers import Subscriber, SubscriberStore
 from tests.support import arq_pool, completed_payments, serve_app, wait_for
-from workers.processing import processing_function, processing_shutdown, processing_startup
+from workers.main import build_worker
 
 TOKEN = "test-token"
 FULL_PATH = ["submitted", "approved", "captured", "completed"]
@@ -52,41 +47,40 @@ def settings_for(redis_url: str, kartapay_url: str, **extra: Any) -> Settings:
     return Settings(**values)
 
 
-class Recorder:
-    """Stands in for fan-out: records each transition job with its queue score."""
+class Deliveries:
+    """A subscriber that records (payment id, status) of each delivery, in arrival order."""
 
     def __init__(self) -> None:
-        self.seen: list[tuple[int, str, str]] = []
+        self.seen: list[tuple[str, str]] = []
 
-    async def record(self, ctx: dict[str, Any], arg: dict[str, Any]) -> None:
-        transition = Transition.from_job_arg(arg)
-        self.seen.append((int(ctx["score"]), transition.payment_id, transition.status))
+    def app(self) -> Starlette:
+        async def hook(request: Request) -> Response:
+            body = await request.json()
+            self.seen.append((body["data"]["id"], body["type"].removeprefix("payment.")))
+            return Response(status_code=204)
+
+        return Starlette(routes=[Route("/hook", hook, methods=["POST"])])
 
     def statuses(self, payment_id: str) -> list[str]:
-        return [status for _, pid, status in sorted(self.seen) if pid == payment_id]
+        return [status for pid, status in self.seen if pid == payment_id]
 
 
-def make_worker(settings: Settings, recorder: Recorder, burst: bool = True) -> Worker:
-    assert settings.redis_url
-    return Worker(
-        functions=[processing_function(settings), func(recorder.record, name=FANOUT_TRANSITION)],
-        queue_name=settings.queue_name,
-        redis_settings=RedisSettings.from_dsn(settings.redis_url),
-        on_startup=processing_startup,
-        on_shutdown=processing_shutdown,
-        job_serializer=serialize,
-        job_deserializer=deserialize,
-        max_jobs=settings.worker_max_jobs,
-        poll_delay=settings.worker_poll_delay_s,
-        keep_result=0,
-        burst=burst,
-        handle_signals=False,
-        ctx={"settings": settings},
-    )
+@pytest.fixture
+async def deliveries(redis: aioredis.Redis) -> AsyncIterator[Deliveries]:
+    """A live subscriber on 127.0.0.1, registered for every event."""
+    recorder = Deliveries()
+    async with serve_app(recorder.app()) as url:
+        await SubscriberStore(redis).put(Subscriber(id="ledger", url=f"{url}/hook"))
+        yield recorder
 
 
-async def run_burst(settings: Settings, recorder: Recorder) -> None:
-    worker = make_worker(settings, recorder)
+def make_worker(settings: Settings, burst: bool = True) -> Worker:
+    """The worker as ``kartahook worker`` builds it: processing and delivery."""
+    return build_worker(settings, burst=burst, handle_signals=False)
+
+
+async def run_burst(settings: Settings) -> None:
+    worker = make_worker(settings)
     try:
         await worker.main()
     finally:
@@ -111,20 +105,19 @@ async def sandbox_url() -> AsyncIterator[str]:
 
 
 async def test_only_completed_webhook_still_emits_every_step(
-    redis_url: str, sandbox_url: str
+    deliveries: Deliveries, redis_url: str, sandbox_url: str
 ) -> None:
     """One hint for a completed payment emits submitted, approved, captured, completed in order."""
     settings = settings_for(redis_url, sandbox_url)
     async with KartaPayClient(sandbox_url, TOKEN) as client, arq_pool(redis_url) as pool:
         payment_id = await completed_payment(client)
         await enqueue_hint(pool, payment_id)
-        recorder = Recorder()
-        await run_burst(settings, recorder)
-    assert recorder.statuses(payment_id) == FULL_PATH
+        await run_burst(settings)
+    assert deliveries.statuses(payment_id) == FULL_PATH
 
 
 async def test_twenty_concurrent_jobs_emit_each_transition_once(
-    redis_url: str, sandbox_url: str
+    deliveries: Deliveries, redis_url: str, sandbox_url: str
 ) -> None:
     """20 jobs for one payment at once emit each transition exactly once, in order."""
     settings = settings_for(redis_url, sandbox_url, worker_max_jobs=20)
@@ -132,12 +125,13 @@ async def test_twenty_concurrent_jobs_emit_each_transition_once(
         payment_id = await completed_payment(client)
         for _ in range(20):
             await enqueue_hint(pool, payment_id)
-        recorder = Recorder()
-        await run_burst(settings, recorder)
-    assert recorder.statuses(payment_id) == FULL_PATH
+        await run_burst(settings)
+    assert deliveries.statuses(payment_id) == FULL_PATH
 
 
-async def test_duplicate_and_out_of_order_webhooks_give_each_step_once(redis_url: str) -> None:
+async def test_duplicate_and_out_of_order_webhooks_give_each_step_once(
+    deliveries: Deliveries, redis_url: str
+) -> None:
     """With every webhook sent twice and shuffled, each payment still gets each step once, in
     order, while the worker runs concurrently with the lifecycle."""
     async with arq_pool(redis_url) as pool:
@@ -160,15 +154,14 @@ async def test_duplicate_and_out_of_order_webhooks_give_each_step_once(redis_url
             )
             async with serve_app(create_app(config)) as url:
                 settings = settings_for(redis_url, url)
-                recorder = Recorder()
-                worker = make_worker(settings, recorder, burst=False)
+                worker = make_worker(settings, burst=False)
                 task = asyncio.create_task(worker.async_run())
                 try:
                     async with KartaPayClient(url, TOKEN) as client:
                         ids = [await completed_payment(client) for _ in range(5)]
 
                         async def all_emitted() -> bool:
-                            return all(recorder.statuses(p) == FULL_PATH for p in ids)
+                            return all(deliveries.statuses(p) == FULL_PATH for p in ids)
 
                         await wait_for(all_emitted, timeout_s=20)
                         await asyncio.sleep(0.5)  # let any late duplicate hint be processed
@@ -177,10 +170,11 @@ async def test_duplicate_and_out_of_order_webhooks_give_each_step_once(redis_url
                     task.cancel()
                     await worker.close()
     for payment_id in ids:
-        assert recorder.statuses(payment_id) == FULL_PATH
+        assert deliveries.statuses(payment_id) == FULL_PATH
 
 
 async def test_injected_500s_and_429s_end_processed_and_honour_retry_after(
+    deliveries: Deliveries,
     redis_url: str,
 ) -> None:
     """With 30% 500s and 20% 429s every event ends processed; 429 retries wait Retry-After."""
@@ -201,19 +195,20 @@ async def test_injected_500s_and_429s_end_processed_and_honour_retry_after(
             assert response.status_code == 200
         for payment_id in ids:
             await enqueue_hint(pool, payment_id)
-        recorder = Recorder()
         with capture_logs() as logs:
-            await run_burst(settings, recorder)
+            await run_burst(settings)
         assert await EventDeadLetters(pool).count() == 0
     for payment_id in ids:
-        assert recorder.statuses(payment_id) == FULL_PATH
+        assert deliveries.statuses(payment_id) == FULL_PATH
     retries = [e for e in logs if e["event"] == "event_processed" and e["outcome"] == "retry"]
     assert retries, "with half the fetches failing, some runs must have been retried"
     limited = [e for e in retries if e["reason"].startswith("RateLimitedError")]
     assert limited and all(e["retry_in_s"] >= 1.0 for e in limited)
 
 
-async def test_not_found_dead_letters_then_retry_succeeds(redis_url: str, sandbox_url: str) -> None:
+async def test_not_found_dead_letters_then_retry_succeeds(
+    deliveries: Deliveries, redis_url: str, sandbox_url: str
+) -> None:
     """A payment the API does not know yet is dead-lettered after the configured tries; retrying
     the dead letter once the API knows it emits every step."""
     hidden = {"on": True}
@@ -236,18 +231,17 @@ async def test_not_found_dead_letters_then_retry_succeeds(redis_url: str, sandbo
         settings = settings_for(redis_url, front_url)
         payment_id = await completed_payment(client)
         await enqueue_hint(pool, payment_id)
-        recorder = Recorder()
         with capture_logs() as logs:
-            await run_burst(settings, recorder)
+            await run_burst(settings)
         runs = [e for e in logs if e["event"] == "event_processed"]
         assert [e["outcome"] for e in runs] == ["retry", "retry", "dead_lettered"]
         dead = EventDeadLetters(pool)
         [entry] = await dead.entries()
         assert entry["reason"] == "not_found"
-        assert recorder.seen == []
+        assert deliveries.seen == []
 
         hidden["on"] = False
         assert await dead.retry(entry["id"])
-        await run_burst(settings, recorder)
+        await run_burst(settings)
         assert await dead.count() == 0
-    assert recorder.statuses(payment_id) == FULL_PATH
+    assert deliveries.statuses(payment_id) == FULL_PATH

@@ -12,8 +12,13 @@ EVENTS_PROCESSED = Counter(
 )
 TRANSITIONS_EMITTED = Counter(
     "kartahook_transitions_emitted_total",
-    "Transitions handed to fan-out, by status.",
+    "Transitions recorded, with their deliveries, by status.",
     ["status"],
+)
+DELIVERIES_CREATED = Counter(
+    "kartahook_transition_deliveries_total",
+    "Deliveries created with the transitions (one per transition and subscriber wanting it).",
+    ["subscriber"],
 )
 FETCH_SECONDS = Histogram(
     "kartahook_kartapay_fetch_seconds",

@@ -1,5 +1,5 @@
 """Per-payment state in Redis: single flight of fetches, and the atomic compare-and-set that
-records a newer state and hands its transitions to fan-out in the same step.
+records a newer state and creates the deliveries of its transitions in the same step.
 
 Keys, for payment ``P``:
 
@@ -7,6 +7,12 @@ Keys, for payment ``P``:
 - ``kh:pay:P:lock``   the token of the job that is fetching ``P`` right now (single flight).
 - ``kh:pay:P:dirty``  set when a hint arrived that no fetch has answered yet.
 - ``kh:transitions``  a capped stream: one entry per transition emitted, for audit.
+
+The compare-and-set creates one delivery per (transition, subscriber that wants it), in the
+layout of :mod:`service.deliveries`, and activates the first one of each (subscriber, payment)
+line. Emitting and creating deliveries is one atomic step, so a transition is never recorded
+without its deliveries, nor delivered twice, and a payment's transitions enter each line in
+lifecycle order.
 
 A job that finds the lock taken leaves ``dirty`` set and stops: the holder fetches again before it
 lets go, so the hint is served by a fetch that started after it arrived.
@@ -19,7 +25,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from service.jobs import ARQ_EXPIRES_EXTRA_MS, ARQ_JOB_PREFIX, KEY_PREFIX
+from service.deliveries import FO_PREFIX, LUA_COMMON
+from service.jobs import ARQ_JOB_PREFIX, KEY_PREFIX
+from service.subscribers import SUBSCRIBERS_VERSION_KEY
 
 _ACQUIRE = """
 redis.call('SET', KEYS[1], '1', 'EX', ARGV[3])
@@ -32,26 +40,41 @@ end
 return 0
 """
 
-# KEYS: state, dirty, lock, queue, transitions log. ARGV: seq, status, at, token, lock_ttl_ms,
-# state_ttl_s, job_prefix, job_expiry_ms, payment_id, log_maxlen, then
-# (seq, status, job_id, job_bytes) for each candidate transition, in lifecycle order.
-_RECORD = """
+# KEYS: state, dirty, lock, queue, transitions log, subscribers version. ARGV: seq, status, at,
+# token, lock_ttl_ms, state_ttl_s, job_prefix, fan-out prefix, payment_id, log_maxlen,
+# subscribers version, hold_ms, then for each candidate transition, in
+# lifecycle order: seq, status, webhook-id, event type, transition JSON, n, n subscriber ids.
+# Returns {-2} when the subscriber list the caller matched against is stale (nothing written);
+# else {previous seq, emitted, fetch again, job ids of the deliveries activated}.
+_RECORD = (
+    LUA_COMMON
+    + """
+if (redis.call('GET', KEYS[6]) or '0') ~= ARGV[11] then return {-2} end
 local cur = tonumber(redis.call('HGET', KEYS[1], 'seq') or '-1')
 local new = tonumber(ARGV[1])
 local emitted = 0
+local heads = {}
 if new > cur then
   redis.call('HSET', KEYS[1], 'seq', new, 'status', ARGV[2], 'at', ARGV[3])
-  -- Scores from the server's clock: emissions of one payment are ordered across runs.
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  for i = 11, #ARGV, 4 do
-    if tonumber(ARGV[i]) > cur then
-      redis.call('SET', ARGV[7] .. ARGV[i + 2], ARGV[i + 3], 'PX', ARGV[8], 'NX')
-      redis.call('ZADD', KEYS[4], 'NX', now + emitted, ARGV[i + 2])
+  local job_prefix, prefix, pid = ARGV[7], ARGV[8], ARGV[9]
+  local at = now + tonumber(ARGV[12])
+  local i = 13
+  while i <= #ARGV do
+    local seq, n = tonumber(ARGV[i]), tonumber(ARGV[i + 5])
+    if seq > cur then
+      local tid = ARGV[i + 2]
+      for j = i + 6, i + 5 + n do
+        local head = insert_delivery(prefix, KEYS[4], job_prefix, ARGV[j], tid, pid, seq,
+          ARGV[i + 3], ARGV[i + 4], now, at)
+        if head then table.insert(heads, head) end
+      end
       redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[10], '*',
-        'payment_id', ARGV[9], 'status', ARGV[i + 1], 'job_id', ARGV[i + 2])
+        'payment_id', pid, 'status', ARGV[i + 1], 'webhook_id', tid, 'subscribers', n)
       emitted = emitted + 1
     end
+    i = i + 6 + n
   end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
@@ -64,8 +87,9 @@ if redis.call('GET', KEYS[3]) == ARGV[4] then
     redis.call('DEL', KEYS[3])
   end
 end
-return {cur, emitted, again}
+return {cur, emitted, again, unpack(heads)}
 """
+)
 
 _RELEASE = """
 redis.call('SET', KEYS[1], '1', 'EX', ARGV[2])
@@ -90,24 +114,33 @@ def _lock_key(payment_id: str) -> str:
     return f"{KEY_PREFIX}pay:{payment_id}:lock"
 
 
+class StaleSubscribers(Exception):
+    """The subscriber list the candidates were matched against has changed: nothing was written;
+    refresh it and match again."""
+
+
 @dataclass(frozen=True, slots=True)
 class RecordResult:
     previous_seq: int
     """The sequence number recorded before (``-1``: none)."""
     emitted: int
-    """How many transitions were handed to fan-out."""
+    """How many transitions were emitted (recorded, with their deliveries)."""
     fetch_again: bool
     """A hint arrived during the fetch: the holder must fetch once more."""
+    heads: tuple[str, ...] = ()
+    """Job ids of the deliveries this step activated (first in their line), due after the hold."""
 
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """A transition that the fetched payment shows, with its arq job ready to be written."""
+    """A transition that the fetched payment shows, and the subscribers that want it."""
 
     seq: int
     status: str
-    job_id: str
-    job_bytes: bytes
+    transition_id: str
+    event_type: str
+    transition_json: bytes
+    subscriber_ids: tuple[str, ...]
 
 
 class PaymentStateStore:
@@ -149,8 +182,14 @@ class PaymentStateStore:
         status: str,
         at: str,
         candidates: list[Candidate],
+        subscribers_version: str,
+        hold_ms: int = 0,
     ) -> RecordResult:
-        """Record ``seq`` if newer, enqueue the candidates past the old state, drop the lock."""
+        """Record ``seq`` if newer, create the deliveries of the candidates past the old state,
+        drop the lock. The heads it activates are due ``hold_ms`` from now: a caller that runs
+        them at once passes its lease, so their jobs only run should it die.
+
+        Raises :class:`StaleSubscribers` when ``subscribers_version`` is not the registry's."""
         args: list[Any] = [
             seq,
             status,
@@ -159,21 +198,30 @@ class PaymentStateStore:
             self._lock_ttl_ms,
             self._state_ttl_s,
             ARQ_JOB_PREFIX,
-            ARQ_EXPIRES_EXTRA_MS,
+            FO_PREFIX,
             payment_id,
             TRANSITIONS_LOG_MAXLEN,
+            subscribers_version,
+            hold_ms,
         ]
-        for candidate in candidates:
-            args += [candidate.seq, candidate.status, candidate.job_id, candidate.job_bytes]
+        for c in candidates:
+            args += [c.seq, c.status, c.transition_id, c.event_type, c.transition_json]
+            args += [len(c.subscriber_ids), *c.subscriber_ids]
         keys = [
             state_key(payment_id),
             _dirty_key(payment_id),
             _lock_key(payment_id),
             self._queue,
             TRANSITIONS_LOG_KEY,
+            SUBSCRIBERS_VERSION_KEY,
         ]
-        previous, emitted, again = await self._record(keys=keys, args=args)
-        return RecordResult(int(previous), int(emitted), bool(again))
+        reply = await self._record(keys=keys, args=args)
+        if int(reply[0]) == -2:
+            raise StaleSubscribers
+        previous, emitted, again, *heads = reply
+        return RecordResult(
+            int(previous), int(emitted), bool(again), tuple(h.decode() for h in heads)
+        )
 
     async def recorded(self, payment_id: str) -> dict[str, str]:
         """The last recorded state of a payment (empty when none)."""

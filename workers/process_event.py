@@ -1,4 +1,5 @@
-"""The ``process_event`` job: read the payment's true state, record it, emit its transitions.
+"""The ``process_event`` job: read the payment's true state, record it, emit its transitions
+with their deliveries, and run the first deliveries at once.
 
 :func:`process_event` is the thin arq job; :class:`EventProcessor` is the plain handler that the
 tests drive directly.
@@ -8,25 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import structlog
 
 from service.event_dead_letters import EventDeadLetters
-from service.jobs import FANOUT_TRANSITION, EventHint, Transition, arq_job_bytes
+from service.jobs import EventHint, Transition
 from service.kartapay import errors
 from service.kartapay.models import PaymentRecord
 from service.lifecycle import SEQ, TIMESTAMP_FIELD, UnknownStatusError, steps_after
-from workers import metrics
-from workers.payment_state import Candidate, PaymentStateStore
+from service.subscribers import Subscriber, SubscriberCache
+from workers import fanout, metrics
+from workers.fanout.handlers import deliver_now
+from workers.payment_state import Candidate, PaymentStateStore, RecordResult, StaleSubscribers
 from workers.retry_policy import FetchRetryPolicy
 
 log = structlog.get_logger("kartahook.process")
 
 # Reschedules ``process_event`` for a hint: (hint with its next attempt, delay in seconds).
 Scheduler = Callable[[EventHint, float], Awaitable[None]]
+# How many times the compare-and-set may find the subscriber list stale before the run fails.
+RELOAD_TRIES = 5
 
 
 class PaymentReader(Protocol):
@@ -42,6 +47,8 @@ class Outcome:
     fetches: int = 0
     reason: str = ""
     retry_in_s: float | None = None
+    deliveries: tuple[str, ...] = ()
+    """Job ids of the deliveries created and activated for this run to send at once."""
 
 
 class _GiveUp(Exception):
@@ -58,42 +65,72 @@ class EventProcessor:
         self,
         store: PaymentStateStore,
         reader: PaymentReader,
+        subscribers: SubscriberCache,
         dead_letters: EventDeadLetters,
         schedule: Scheduler,
         policy: FetchRetryPolicy,
         timeout_s: float = 30.0,
+        inline_hold_ms: int = 0,
     ) -> None:
         self._store = store
         self._reader = reader
+        self._subscribers = subscribers
         self._dead_letters = dead_letters
         self._schedule = schedule
         self._policy = policy
         self._timeout_s = timeout_s
+        self._inline_hold_ms = inline_hold_ms
 
-    async def handle(self, hint: EventHint, token: str) -> Outcome:
-        """Process one hint. ``token`` identifies this run (the arq job id) for the fetch lock."""
+    async def handle(self, hint: EventHint, token: str, inline_until: float = 0.0) -> Outcome:
+        """Process one hint. ``token`` identifies this run (the arq job id) for the fetch lock.
+
+        The deliveries it creates that are first in their line are returned in
+        :attr:`Outcome.deliveries` for the caller to send at once, with their jobs deferred by
+        ``inline_hold_ms`` as the safety net, when the compare-and-set happens before
+        ``inline_until`` (``time.monotonic()``); otherwise their jobs are due at once.
+        """
         if not await self._store.acquire(hint.payment_id, token):
             return Outcome("coalesced")
         fetches = 0
         emitted: list[str] = []
+        deliveries: list[str] = []
         try:
             async with asyncio.timeout(self._timeout_s):
                 while True:
                     fetches += 1
                     record = await self._fetch(hint.payment_id)
-                    done, statuses = await self._record(hint, token, record)
+                    inline = bool(self._inline_hold_ms) and time.monotonic() < inline_until
+                    hold_ms = self._inline_hold_ms if inline else 0
+                    result, statuses = await self._record(hint, token, record, hold_ms)
                     emitted += statuses
-                    if done:
-                        return Outcome("processed", tuple(emitted), fetches)
+                    if inline:
+                        deliveries += result.heads
+                    if not result.fetch_again:
+                        return Outcome(
+                            "processed", tuple(emitted), fetches, deliveries=tuple(deliveries)
+                        )
         except (errors.KartaPayError, UnknownStatusError, TimeoutError) as exc:
             await self._store.release_for_retry(hint.payment_id, token)
             try:
                 delay = self._retry_delay(hint, exc)
             except _GiveUp as give_up:
                 await self._dead_letters.add(hint, give_up.reason, give_up.last_error)
-                return Outcome("dead_lettered", tuple(emitted), fetches, give_up.reason)
+                return Outcome(
+                    "dead_lettered",
+                    tuple(emitted),
+                    fetches,
+                    give_up.reason,
+                    deliveries=tuple(deliveries),
+                )
             await self._schedule(replace(hint, attempt=hint.attempt + 1), delay)
-            return Outcome("retry", tuple(emitted), fetches, _describe(exc), round(delay, 3))
+            return Outcome(
+                "retry",
+                tuple(emitted),
+                fetches,
+                _describe(exc),
+                round(delay, 3),
+                deliveries=tuple(deliveries),
+            )
 
     async def _fetch(self, payment_id: str) -> PaymentRecord:
         started = time.perf_counter()
@@ -107,16 +144,15 @@ class EventProcessor:
             metrics.FETCH_SECONDS.labels(result).observe(time.perf_counter() - started)
 
     async def _record(
-        self, hint: EventHint, token: str, record: PaymentRecord
-    ) -> tuple[bool, list[str]]:
+        self, hint: EventHint, token: str, record: PaymentRecord, hold_ms: int
+    ) -> tuple[RecordResult, list[str]]:
         payment = record.to_json()
         status = payment.get("status")
         if status not in SEQ:
             raise UnknownStatusError(f"unknown payment status {status!r}")
-        now_ms = int(time.time() * 1000)
-        candidates: list[Candidate] = []
-        for step in steps_after(payment, -1):
-            transition = Transition(
+        steps = steps_after(payment, -1)
+        transitions = [
+            Transition(
                 payment_id=hint.payment_id,
                 status=step.status,
                 seq=step.seq,
@@ -126,21 +162,34 @@ class EventProcessor:
                 received_at_ms=hint.received_at_ms,
                 payment=payment,
             )
-            job = arq_job_bytes(FANOUT_TRANSITION, transition.to_job_args(), now_ms)
-            candidates.append(Candidate(step.seq, step.status, "fan:" + transition.id, job))
-        result = await self._store.record(
-            hint.payment_id,
-            token,
-            seq=SEQ[status],
-            status=status,
-            at=str(payment.get(TIMESTAMP_FIELD.get(status, ""), "") or ""),
-            candidates=candidates,
-        )
+            for step in steps
+        ]
+        for _ in range(RELOAD_TRIES):
+            candidates = match_subscribers(transitions, await self._subscribers.all())
+            try:
+                result = await self._store.record(
+                    hint.payment_id,
+                    token,
+                    seq=SEQ[status],
+                    status=status,
+                    at=str(payment.get(TIMESTAMP_FIELD.get(status, ""), "") or ""),
+                    candidates=candidates,
+                    subscribers_version=self._subscribers.version,
+                    hold_ms=hold_ms,
+                )
+            except StaleSubscribers:
+                await self._subscribers.refresh()
+                continue
+            break
+        else:
+            raise StaleSubscribers(f"the subscriber registry changed {RELOAD_TRIES} times")
         # The script emits, in order, the candidates past the state it found recorded.
-        statuses = [c.status for c in candidates if c.seq > result.previous_seq][: result.emitted]
-        for emitted_status in statuses:
-            metrics.TRANSITIONS_EMITTED.labels(emitted_status).inc()
-        return not result.fetch_again, statuses
+        emitted = [c for c in candidates if c.seq > result.previous_seq][: result.emitted]
+        for candidate in emitted:
+            metrics.TRANSITIONS_EMITTED.labels(candidate.status).inc()
+            for subscriber_id in candidate.subscriber_ids:
+                metrics.DELIVERIES_CREATED.labels(subscriber_id).inc()
+        return result, [c.status for c in emitted]
 
     def _retry_delay(self, hint: EventHint, exc: BaseException) -> float:
         """The delay before the next try, or :class:`_GiveUp` when the hint is spent."""
@@ -164,20 +213,45 @@ class EventProcessor:
         return policy.backoff_s(hint.attempt, retry_after)
 
 
+def match_subscribers(
+    transitions: Sequence[Transition], subscribers: Sequence[Subscriber]
+) -> list[Candidate]:
+    """Each transition with the enabled subscribers that want it (one delivery each)."""
+    enabled = [s for s in subscribers if s.enabled]
+    return [
+        Candidate(
+            seq=t.seq,
+            status=t.status,
+            transition_id=t.id,
+            event_type=t.event_type,
+            transition_json=t.to_json(),
+            subscriber_ids=tuple(
+                s.id for s in enabled if s.wants(t.event_type, t.source, t.payment)
+            ),
+        )
+        for t in transitions
+    ]
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 async def process_event(ctx: dict[str, Any], arg: dict[str, Any]) -> str:
-    """arq job: process one stored webhook (see :class:`EventProcessor`)."""
+    """arq job: process one stored webhook (see :class:`EventProcessor`), then send the
+    deliveries it created that are first in their line."""
+    started = time.monotonic()
     hint = EventHint.from_job_arg(arg)
     processor: EventProcessor = ctx["event_processor"]
-    started = time.perf_counter()
+    deps = fanout.deps_if_started(ctx)
+    settings = ctx["settings"]
+    until = 0.0 if deps is None else deps.attempts_until(started, settings.worker_job_timeout_s)
     with structlog.contextvars.bound_contextvars(
         event_id=hint.event_id, payment_id=hint.payment_id, source=hint.source
     ):
-        result = await processor.handle(hint, token=str(ctx.get("job_id", hint.job_id)))
+        token = str(ctx.get("job_id", hint.job_id))
+        result = await processor.handle(hint, token=token, inline_until=until)
         metrics.EVENTS_PROCESSED.labels(result.outcome).inc()
         log.info(
             "event_processed",
@@ -187,6 +261,8 @@ async def process_event(ctx: dict[str, Any], arg: dict[str, Any]) -> str:
             attempt=hint.attempt,
             reason=result.reason or None,
             retry_in_s=result.retry_in_s,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            duration_ms=round((time.monotonic() - started) * 1000, 2),
         )
+        if deps is not None and result.deliveries:
+            await deliver_now(deps, result.deliveries, until)
     return result.outcome

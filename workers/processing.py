@@ -12,6 +12,7 @@ from service.event_dead_letters import EventDeadLetters
 from service.jobs import PROCESS_EVENT, EventHint
 from service.kartapay.client import KartaPayClient
 from service.settings import Settings
+from workers.fanout import shared_subscriber_cache
 from workers.payment_state import PaymentStateStore
 from workers.process_event import EventProcessor, process_event
 from workers.retry_policy import FetchRetryPolicy
@@ -68,10 +69,12 @@ async def processing_startup(ctx: dict[str, Any]) -> None:
     ctx["event_processor"] = EventProcessor(
         store,
         client,
+        shared_subscriber_cache(ctx),
         ctx["event_dead_letters"],
         schedule,
         policy,
         timeout_s=min(settings.process_timeout_s, settings.worker_job_timeout_s * 0.8),
+        inline_hold_ms=settings.delivery_lease_ms,
     )
 
 

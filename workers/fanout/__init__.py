@@ -2,16 +2,18 @@
 "Delivery (fan-out)"; docs/fanout.md).
 
 ``workers/main.py`` registers :func:`functions` and calls :func:`on_startup` /
-:func:`on_shutdown`. Two jobs:
+:func:`on_shutdown`. Processing's compare-and-set creates the deliveries and runs the first ones
+at once (:func:`workers.fanout.handlers.deliver_now`); one job does the rest:
 
-- ``fanout_transition(transition)``: enqueued by processing, job id ``fan:<webhook-id>``.
 - ``fanout_deliver(subscriber_id, webhook_id)``: one attempt; job id ``fdl:<sub>:<id>:<gen>``,
-  written by the Lua in :mod:`workers.fanout.store` (a fresh job per attempt).
+  written by the Lua scripts (a fresh job per attempt; for a delivery run at once, the safety
+  net that runs only should that run die).
 """
 
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
 import httpx
@@ -19,25 +21,30 @@ from arq.worker import Function, Retry, func
 from redis.exceptions import RedisError
 
 from service.deliveries import FANOUT_DELIVER, DeliveryAdmin
-from service.jobs import FANOUT_TRANSITION, Transition
 from service.settings import Settings
-from service.subscribers import SubscriberStore, load_subscribers_into
+from service.subscribers import SubscriberCache, SubscriberStore, load_subscribers_into
 from workers.fanout import metrics
 from workers.fanout.client import build_client
 from workers.fanout.errors import FanoutNotStarted
-from workers.fanout.handlers import FanoutDeps, deliver, fan_out
+from workers.fanout.handlers import FanoutDeps, deliver
 from workers.fanout.schedule import RetrySchedule
 from workers.fanout.store import FanoutStore
 
 CTX_KEY = "fanout"
 # arq counts every run, Retry included; a run that hits a Redis error is retried, and must never
-# drop a transition.
+# drop a delivery.
 MAX_TRIES = 10_000
 
 
-def _deps(ctx: dict[str, Any]) -> FanoutDeps:
+def deps_if_started(ctx: dict[str, Any]) -> FanoutDeps | None:
+    """The fan-out resources of this worker, or None when :func:`on_startup` did not run."""
     deps = ctx.get(CTX_KEY)
-    if not isinstance(deps, FanoutDeps):
+    return deps if isinstance(deps, FanoutDeps) else None
+
+
+def _deps(ctx: dict[str, Any]) -> FanoutDeps:
+    deps = deps_if_started(ctx)
+    if deps is None:
         raise FanoutNotStarted("workers.fanout.on_startup did not run in this worker")
     return deps
 
@@ -47,43 +54,44 @@ def _backoff(ctx: dict[str, Any], base: float = 0.05, cap: float = 5.0) -> float
     return float(min(cap, base * 2 ** min(tries, 10)))
 
 
-async def fanout_transition(ctx: dict[str, Any], arg: dict[str, Any]) -> str:
-    """arq job: fan one transition out to its subscribers."""
-    try:
-        result = await fan_out(_deps(ctx), Transition.from_job_arg(arg))
-    except RedisError as exc:
-        raise Retry(defer=_backoff(ctx, base=0.5, cap=30)) from exc
-    return result
-
-
 async def fanout_deliver(ctx: dict[str, Any], subscriber_id: str, webhook_id: str) -> str:
-    """arq job: one attempt of one delivery."""
+    """arq job: one attempt of one delivery (and the line's next ones, while time allows)."""
+    deps = _deps(ctx)
+    until = deps.attempts_until(time.monotonic(), job_timeout_s(deps.settings))
     try:
-        return await deliver(_deps(ctx), subscriber_id, webhook_id, str(ctx["job_id"]))
+        return await deliver(deps, subscriber_id, webhook_id, str(ctx["job_id"]), until)
     except RedisError as exc:
         raise Retry(defer=_backoff(ctx, base=0.5, cap=30)) from exc
+
+
+def job_timeout_s(settings: Settings) -> int:
+    """The delivery job's timeout: the worker's job timeout, at least twice the HTTP timeout.
+
+    arq re-runs the jobs of a dead worker only after the longest function timeout + 10 s, so
+    no delivery job may hold that recovery back beyond what processing needs.
+    """
+    return max(settings.worker_job_timeout_s, int(settings.delivery_timeout_s * 2))
 
 
 def functions(settings: Settings) -> list[Function]:
-    """The fan-out jobs as arq registers them.
-
-    Their timeout is the worker's job timeout (at least twice the HTTP timeout): arq re-runs the
-    jobs of a dead worker only after the longest function timeout + 10 s, so no fan-out job may
-    hold that recovery back beyond what processing needs.
-    """
-    timeout = max(settings.worker_job_timeout_s, int(settings.delivery_timeout_s * 2))
+    """The fan-out job as arq registers it."""
     return [
         func(
-            fanout_transition,
-            name=FANOUT_TRANSITION,
+            fanout_deliver,
+            name=FANOUT_DELIVER,
             keep_result=0,
             max_tries=MAX_TRIES,
-            timeout=timeout,
-        ),
-        func(
-            fanout_deliver, name=FANOUT_DELIVER, keep_result=0, max_tries=MAX_TRIES, timeout=timeout
+            timeout=job_timeout_s(settings),
         ),
     ]
+
+
+def shared_subscriber_cache(ctx: dict[str, Any]) -> SubscriberCache:
+    """The worker's one copy of the subscriber registry (processing matches against it)."""
+    cache = ctx.get("subscribers")
+    if not isinstance(cache, SubscriberCache):
+        cache = ctx["subscribers"] = SubscriberCache(ctx["redis"])
+    return cache
 
 
 async def on_startup(ctx: dict[str, Any]) -> None:
@@ -94,13 +102,15 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     redis = ctx["redis"]
     transport: httpx.AsyncBaseTransport | None = ctx.get("delivery_transport")
-    subscribers = SubscriberStore(redis)
     await load_subscribers_into(redis, settings.subscribers_file, settings.subscriber_allowlist)
+    subscribers = shared_subscriber_cache(ctx)
+    await subscribers.refresh()
     ctx[CTX_KEY] = FanoutDeps(
         redis=redis,
         settings=settings,
         client=build_client(settings, transport),
         store=FanoutStore(redis, settings.queue_name),
+        registry=SubscriberStore(redis),
         subscribers=subscribers,
         schedule=RetrySchedule.from_settings(settings),
         rng=random.Random(),

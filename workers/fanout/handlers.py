@@ -1,32 +1,38 @@
-"""Plain handlers behind the two fan-out jobs: :func:`fan_out` (one transition -> one delivery
-per matching subscriber) and :func:`deliver` (one attempt of one delivery)."""
+"""Plain handlers behind delivery: :func:`deliver` runs one delivery's attempt and, when it
+succeeds, the next ones of the same (subscriber, payment) line; :func:`deliver_now` runs the
+deliveries that processing has just created, inside the processing job."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import httpx
-import orjson
 import redis.asyncio as aioredis
 import structlog
 
 from service.deliveries import parse_deliver_job_id
-from service.jobs import ARQ_JOB_PREFIX, Transition, deserialize, transition_id
-from service.lifecycle import SEQ
+from service.jobs import Transition
 from service.settings import Settings
-from service.subscribers import Subscriber, SubscriberStore
+from service.subscribers import Subscriber, SubscriberCache, SubscriberStore
 from workers.fanout import metrics
 from workers.fanout.client import AttemptResult, post_once
 from workers.fanout.message import delivery_body, delivery_headers
 from workers.fanout.schedule import RetrySchedule, parse_retry_after
-from workers.fanout.store import FanoutStore
+from workers.fanout.store import Acquired, FanoutStore
 
 log = structlog.get_logger("kartahook.fanout")
 
-FANOUT_JOB_PREFIX = "fan:"
+# How many deliveries of one (subscriber, payment) line one job runs back to back.
+INLINE_CHAIN_MAX = 16
+# Margin kept between the last attempt a job may start and the job's arq timeout.
+JOB_TIMEOUT_MARGIN_S = 5.0
+# How many times a script may answer "your subscriber list is stale" before giving up.
+RELOAD_TRIES = 5
 
 
 def now_ms() -> int:
@@ -35,102 +41,122 @@ def now_ms() -> int:
 
 @dataclass
 class FanoutDeps:
-    """Everything fan-out needs, built once per worker in ``on_startup``."""
+    """Everything delivery needs, built once per worker in ``on_startup``."""
 
     redis: aioredis.Redis
     settings: Settings
     client: httpx.AsyncClient
     store: FanoutStore
-    subscribers: SubscriberStore
+    registry: SubscriberStore
+    subscribers: SubscriberCache
     schedule: RetrySchedule
     rng: random.Random = field(default_factory=random.Random)
 
     @property
     def lease_ms(self) -> int:
         """How long an in-flight slot or a probe is held before it is presumed dead."""
-        return int((self.settings.delivery_timeout_s + 20) * 1000)
+        return self.settings.delivery_lease_ms
+
+    def attempts_until(self, job_started: float, job_timeout_s: float) -> float:
+        """The ``time.monotonic()`` after which a job started at ``job_started`` begins no
+        more attempts: the last one then ends before arq's timeout cancels the job."""
+        margin = self.settings.delivery_timeout_s + JOB_TIMEOUT_MARGIN_S
+        return job_started + job_timeout_s - margin
 
 
-def predecessor_job_keys(transition: Transition) -> list[str]:
-    """arq job keys of the fan-out jobs of every earlier status of the same payment."""
-    return [
-        ARQ_JOB_PREFIX + FANOUT_JOB_PREFIX + transition_id(transition.payment_id, status)
-        for status, seq in SEQ.items()
-        if seq < transition.seq
-    ]
+class SubscriberListChanging(RuntimeError):
+    """The registry changed under every one of :data:`RELOAD_TRIES` reloads."""
 
 
-async def pending_predecessors(deps: FanoutDeps, transition: Transition) -> list[Transition]:
-    """The earlier transitions of the payment whose fan-out jobs have not finished, by seq.
+def split_deliver_job_id(job_id: str) -> tuple[str, str]:
+    """(subscriber id, webhook-id) of a delivery job id ``fdl:<sub>:<id>:<gen>``."""
+    _, subscriber_id, tid, _ = job_id.split(":")
+    return subscriber_id, tid
 
-    Processing emits a payment's transitions in lifecycle order in one atomic step, so every
-    earlier transition's fan-out job exists (queued or running) or has finished.
+
+async def deliver_now(deps: FanoutDeps, job_ids: Sequence[str], until: float) -> None:
+    """Run the deliveries that processing's compare-and-set has just activated, concurrently.
+
+    Their own jobs wait in the queue, deferred by the lease, as the safety net: anything that
+    goes wrong here (Redis down, this worker killed) leaves them to those jobs.
     """
-    keys = predecessor_job_keys(transition)
-    bodies: list[bytes | None] = await deps.redis.mget(keys)
-    pending = []
-    for body in bodies:
-        if body is not None:
-            job = deserialize(body)
-            pending.append(Transition.from_job_arg(job["a"][0]))
-    return sorted(pending, key=lambda t: t.seq)
+    runs = [deliver(deps, *split_deliver_job_id(j), j, until) for j in job_ids]
+    outcomes = await asyncio.gather(*runs, return_exceptions=True)
+    for job_id, outcome in zip(job_ids, outcomes, strict=True):
+        if isinstance(outcome, Exception):
+            log.warning(
+                "inline_delivery_failed",
+                job_id=job_id,
+                error=type(outcome).__name__,
+                detail=str(outcome)[:200],
+                fallback="its job runs after the lease",
+            )
 
 
-async def fan_out(deps: FanoutDeps, transition: Transition) -> str:
-    """Create one delivery per subscriber that wants ``transition``.
+async def deliver(deps: FanoutDeps, subscriber_id: str, tid: str, job_id: str, until: float) -> str:
+    """Run one attempt of the delivery ``(subscriber_id, tid)`` if ``job_id`` is still its job.
 
-    Earlier transitions of the payment whose fan-out jobs have not finished yet are fanned out
-    first, in order, by this very job (their own jobs then find the deliveries there and do
-    nothing, or are taken out of the queue): a later transition never waits, and never
-    overtakes an earlier one.
+    When it succeeds and the payment's next transition is waiting for the same subscriber, the
+    same step acquires that one too and this call runs it at once (up to
+    :data:`INLINE_CHAIN_MAX` in a row, and only while ``time.monotonic() < until``): its own job
+    stays queued, deferred by the lease, in case this worker dies.
     """
-    subscribers = await deps.subscribers.all()
-    for earlier in await pending_predecessors(deps, transition):
-        await _fan_out_one(deps, earlier, subscribers)
-        await _unqueue_fanout_job(deps, earlier)
-    return await _fan_out_one(deps, transition, subscribers)
+    started = await _acquire(deps, subscriber_id, tid, job_id)
+    if isinstance(started, str):
+        return started
+    subscriber, acquired = started
+    cap = subscriber.cap(deps.settings.delivery_concurrency)
+    result = ""
+    for n in range(INLINE_CHAIN_MAX):
+        chain = n < INLINE_CHAIN_MAX - 1 and time.monotonic() < until
+        result, handed = await _attempt(deps, subscriber, acquired, job_id, cap, chain)
+        if handed is None:
+            break
+        acquired, job_id = handed, handed.job_id
+    return result
 
 
-async def _unqueue_fanout_job(deps: FanoutDeps, transition: Transition) -> None:
-    """Take a fanned-out transition's own job out of the queue: its work is done. arq skips a
-    job that is no longer queued; one already running finds its deliveries there."""
-    job_id = FANOUT_JOB_PREFIX + transition.id
-    async with deps.redis.pipeline(transaction=True) as pipe:
-        pipe.zrem(deps.settings.queue_name, job_id)
-        pipe.delete(ARQ_JOB_PREFIX + job_id)
-        await pipe.execute()
-
-
-async def _fan_out_one(
-    deps: FanoutDeps, transition: Transition, subscribers: list[Subscriber]
-) -> str:
-    wanted = [
-        s.id
-        for s in subscribers
-        if s.enabled and s.wants(transition.event_type, transition.source, transition.payment)
-    ]
-    if not wanted:
-        metrics.TRANSITIONS_FANNED_OUT.labels("no_subscriber").inc()
-        return "no_subscriber"
-    created = await deps.store.insert(
-        transition_id=transition.id,
-        payment_id=transition.payment_id,
-        seq=transition.seq,
-        event_type=transition.event_type,
-        transition=transition.to_job_args()[0],
-        subscriber_ids=wanted,
-        now_ms=now_ms(),
-    )
-    metrics.TRANSITIONS_FANNED_OUT.labels("created" if created else "duplicate").inc()
-    log.info(
-        "fanout",
-        payment_id=transition.payment_id,
-        event_type=transition.event_type,
-        webhook_id=transition.id,
-        subscribers=created,
-        duplicates=len(wanted) - len(created),
-    )
-    return f"created:{len(created)}"
+async def _acquire(
+    deps: FanoutDeps, subscriber_id: str, tid: str, job_id: str
+) -> str | tuple[Subscriber, Acquired]:
+    """Start the attempt, or say why not (the job's result)."""
+    gen = parse_deliver_job_id(job_id)
+    cache = deps.subscribers
+    for _ in range(RELOAD_TRIES):
+        subscriber = await cache.get(subscriber_id)
+        if subscriber is None:
+            await cache.refresh()
+            subscriber = await cache.get(subscriber_id)
+        if subscriber is None:
+            return await _drop(deps, subscriber_id, tid, gen, job_id)
+        jitter_ms = int(
+            deps.rng.uniform(0, min(1000.0, deps.settings.delivery_breaker_cooldown_s * 200))
+        )
+        acquired = await deps.store.acquire(
+            subscriber_id=subscriber_id,
+            transition_id=tid,
+            gen=gen,
+            job_id=job_id,
+            enabled=subscriber.enabled,
+            cap=subscriber.cap(deps.settings.delivery_concurrency),
+            lease_ms=deps.lease_ms,
+            open_jitter_ms=jitter_ms,
+            now_ms=now_ms(),
+            subscribers_version=cache.version,
+        )
+        if acquired.verdict == "reload":
+            await cache.refresh()
+            continue
+        if not acquired.may_send:
+            if acquired.verdict != "stale":
+                metrics.DEFERRED.labels(subscriber_id, acquired.verdict).inc()
+                if acquired.verdict == "open":
+                    metrics.set_subscriber_state(subscriber_id, "paused")
+            return acquired.verdict
+        if acquired.transition is None:
+            return "stale"
+        return subscriber, acquired
+    raise SubscriberListChanging(f"the subscriber registry changed {RELOAD_TRIES} times")
 
 
 def _attempt_outcome(result: AttemptResult, retry_at_ms: int | None) -> str:
@@ -141,75 +167,19 @@ def _attempt_outcome(result: AttemptResult, retry_at_ms: int | None) -> str:
     return "retry" if retry_at_ms is not None else "dead"
 
 
-# How many deliveries of one (subscriber, payment) line one job runs back to back.
-INLINE_CHAIN_MAX = 16
-
-
-async def deliver(deps: FanoutDeps, subscriber_id: str, tid: str, job_id: str) -> str:
-    """Run one attempt of the delivery ``(subscriber_id, tid)`` if this job is still its job.
-
-    When it succeeds and the payment's next transition is waiting for the same subscriber, that
-    one is run at once by this job too (up to :data:`INLINE_CHAIN_MAX` in a row), instead of by
-    a job of its own: that job stays queued, deferred by the lease, in case this worker dies.
-    """
-    result, handed = await _deliver_one(deps, subscriber_id, tid, job_id, chain=True)
-    for remaining in range(INLINE_CHAIN_MAX - 1, 0, -1):
-        if not handed:
-            break
-        _, _, next_tid, _ = handed.split(":")
-        result, handed = await _deliver_one(
-            deps, subscriber_id, next_tid, handed, chain=remaining > 1
-        )
-    return result
-
-
-async def _deliver_one(
-    deps: FanoutDeps, subscriber_id: str, tid: str, job_id: str, chain: bool
-) -> tuple[str, str]:
-    """One attempt: its result, and the job id of the next delivery handed over (or '')."""
-    settings = deps.settings
-    gen = parse_deliver_job_id(job_id)
-    subscriber = await deps.subscribers.get(subscriber_id)
-    if subscriber is None:
-        return await _drop(deps, subscriber_id, tid, gen, job_id), ""
-    cap = subscriber.cap(settings.delivery_concurrency)
-    jitter_ms = int(deps.rng.uniform(0, min(1000.0, settings.delivery_breaker_cooldown_s * 200)))
-    acquired = await deps.store.acquire(
-        subscriber_id=subscriber_id,
-        transition_id=tid,
-        gen=gen,
-        job_id=job_id,
-        enabled=subscriber.enabled,
-        cap=cap,
-        lease_ms=deps.lease_ms,
-        open_jitter_ms=jitter_ms,
-        now_ms=now_ms(),
-    )
-    if not acquired.may_send:
-        if acquired.verdict != "stale":
-            metrics.DEFERRED.labels(subscriber_id, acquired.verdict).inc()
-            if acquired.verdict == "open":
-                metrics.set_subscriber_state(subscriber_id, "paused")
-        return acquired.verdict, ""
-    if acquired.transition is None:
-        return "stale", ""
-    transition = Transition.from_job_arg(orjson.loads(acquired.transition))
-    attempt = acquired.attempts + 1
-    hold_ms = deps.lease_ms if chain else 0
-    return await _attempt(deps, subscriber, transition, attempt, gen, job_id, cap, hold_ms)
-
-
 async def _attempt(
     deps: FanoutDeps,
     subscriber: Subscriber,
-    transition: Transition,
-    attempt: int,
-    gen: int,
+    acquired: Acquired,
     job_id: str,
     cap: int,
-    hold_ms: int,
-) -> tuple[str, str]:
+    chain: bool,
+) -> tuple[str, Acquired | None]:
+    """POST once and record it: the result, and the line's next delivery if it was handed over."""
+    assert acquired.transition is not None
     settings = deps.settings
+    transition = Transition.from_json(acquired.transition)
+    attempt = acquired.attempts + 1
     body = delivery_body(transition)
     headers = delivery_headers(subscriber, transition.id, body)
     started_at = time.time()
@@ -225,7 +195,7 @@ async def _attempt(
     outcome = _attempt_outcome(result, retry_at)
     enabled = subscriber.enabled
     if result.gone:
-        await deps.subscribers.set_enabled(subscriber.id, False, "gone: answered 410")
+        await deps.registry.set_enabled(subscriber.id, False, "gone: answered 410")
         enabled = False
     status = "" if result.status is None else str(result.status)
     entry = {
@@ -245,7 +215,7 @@ async def _attempt(
     finished_state = await deps.store.finish(
         subscriber_id=subscriber.id,
         transition_id=transition.id,
-        gen=gen,
+        gen=parse_deliver_job_id(job_id),
         job_id=job_id,
         outcome="ok" if result.succeeded else "gone" if result.gone else "fail",
         retry_at_ms=retry_at,
@@ -259,7 +229,9 @@ async def _attempt(
         status=status,
         error=result.error or "",
         now_ms=finished,
-        hold_ms=hold_ms,
+        hold_ms=deps.lease_ms if chain else 0,
+        lease_ms=deps.lease_ms,
+        subscribers_version=deps.subscribers.version,
     )
     _observe(subscriber.id, transition, result, outcome, finished)
     metrics.DEAD_LETTERS.set(finished_state.dead_letters)
@@ -276,7 +248,7 @@ async def _attempt(
         duration_ms=round(result.latency_ms, 2),
         next_attempt_ms=retry_at,
     )
-    return finished_state.result, finished_state.handed_job_id
+    return finished_state.result, finished_state.handed
 
 
 def _observe(

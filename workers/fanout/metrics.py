@@ -39,12 +39,6 @@ SUBSCRIBER_STATE = Gauge(
     "1 for the current state of each subscriber: enabled, disabled or paused (breaker open).",
     ["subscriber", "state"],
 )
-TRANSITIONS_FANNED_OUT = Counter(
-    "kartahook_transitions_fanned_out_total",
-    "Fan-out jobs by result: created (deliveries made), duplicate, waited (predecessor pending).",
-    ["result"],
-)
-
 STATES = ("enabled", "disabled", "paused")
 
 

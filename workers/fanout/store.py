@@ -1,14 +1,16 @@
-"""The worker's side of the delivery state: three Lua scripts over the layout of
-:mod:`service.deliveries`.
+"""The worker's side of the delivery state: two Lua scripts over the layout of
+:mod:`service.deliveries`. Deliveries are created by processing's compare-and-set
+(:mod:`workers.payment_state`), in the same step that records the transition.
 
-- :meth:`FanoutStore.insert` creates the deliveries of one transition (idempotent: a delivery
-  that exists is never created twice) and activates each one that is first in its
-  (subscriber, payment) line. Order across transitions is fan-out's part: it inserts a payment's
-  unfinished earlier transitions first (``workers.fanout.handlers.fan_out``).
 - :meth:`FanoutStore.acquire` lets an attempt start, or parks the delivery: over the concurrency
   cap, breaker open, probe in flight, or subscriber disabled. A parked delivery holds no worker.
 - :meth:`FanoutStore.finish` records the attempt and moves the delivery on: delivered, retried
-  later (a fresh job), dead-lettered, or parked (410); then it wakes parked deliveries.
+  later (a fresh job), dead-lettered, or parked (410); then it wakes parked deliveries. After a
+  success it may acquire the line's next delivery for the caller in the same step.
+
+Both scripts refuse to act on a stale copy of the subscriber registry (see
+:class:`service.subscribers.SubscriberCache`): ``acquire`` answers ``reload``, and ``finish``
+hands nothing over.
 """
 
 from __future__ import annotations
@@ -21,33 +23,10 @@ import redis.asyncio as aioredis
 
 from service.deliveries import FO_PREFIX, LUA_COMMON
 from service.jobs import ARQ_JOB_PREFIX
+from service.subscribers import SUBSCRIBERS_VERSION_KEY
 
-# KEYS: queue. ARGV: prefix, job_prefix, now, tid, pid, seq, type, transition_json, subs...
-INSERT_LUA = (
-    LUA_COMMON
-    + """
-local queue = KEYS[1]
-local prefix, job_prefix, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local tid, pid, seq, etype, body = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local created = {}
-for i = 9, #ARGV do
-  local sub = ARGV[i]
-  local dkey = prefix .. 'd:' .. sub .. ':' .. tid
-  if redis.call('EXISTS', dkey) == 0 then
-    redis.call('HSET', dkey, 'sub', sub, 'tid', tid, 'payment_id', pid, 'seq', seq,
-      'type', etype, 'state', 'queued', 'gen', 0, 'attempts', 0, 'transition', body,
-      'created_ms', now)
-    redis.call('ZADD', prefix .. 'o:' .. sub .. ':' .. pid, seq, tid)
-    activate_next(prefix, queue, job_prefix, sub, pid, now)
-    table.insert(created, sub)
-  end
-end
-return created
-"""
-)
-
-# KEYS: queue. ARGV: prefix, job_prefix, now, sub, tid, gen, job_id, enabled, cap, lease_ms,
-#   open_jitter_ms.
+# KEYS: queue, subscribers version. ARGV: prefix, job_prefix, now, sub, tid, gen, job_id, enabled,
+#   cap, lease_ms, open_jitter_ms, subscribers version ('reload' when it is not the registry's).
 ACQUIRE_LUA = (
     LUA_COMMON
     + """
@@ -60,6 +39,7 @@ local dkey = prefix .. 'd:' .. sub .. ':' .. tid
 if redis.call('HGET', dkey, 'state') ~= 'active' or redis.call('HGET', dkey, 'gen') ~= gen then
   return {'stale', 0}
 end
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[12] then return {'reload', 0} end
 local function park(at)
   local g = redis.call('HINCRBY', dkey, 'gen', 1)
   redis.call('ZADD', prefix .. 'w:' .. sub, 'NX', now, tid)
@@ -98,11 +78,14 @@ return {'ok', 0, unpack(redis.call('HMGET', dkey, 'transition', 'attempts'))}
 """
 )
 
-# KEYS: queue. ARGV: prefix, job_prefix, now, sub, tid, gen, job_id, outcome (ok|fail|gone|removed),
-#   next (retry|dead|''), retry_at_ms, threshold, cooldown_ms, cap, enabled, done_ttl_s,
-#   log_entry, log_cap, status, error, hold_ms.
-# With hold_ms > 0, a next delivery that a success activates is handed back to the caller to run
-# at once: its job stays queued, deferred by hold_ms, as the safety net if the caller dies.
+# KEYS: queue, subscribers version. ARGV: prefix, job_prefix, now, sub, tid, gen, job_id,
+#   outcome (ok|fail|gone|removed), next (retry|dead|''), retry_at_ms, threshold, cooldown_ms,
+#   cap, enabled, done_ttl_s, log_entry, log_cap, status, error, hold_ms, lease_ms,
+#   subscribers version.
+# With hold_ms > 0, the next delivery of the line that a success activates is acquired for the
+# caller in the same step (when the caller's subscriber list is current and the cap allows) and
+# handed back to run at once: its job stays queued, deferred by hold_ms, as the safety net should
+# the caller die. Returns {result, woken, dead letters, handed job id, its transition, attempts}.
 FINISH_LUA = (
     LUA_COMMON
     + """
@@ -113,11 +96,11 @@ local outcome, nxt, retry_at = ARGV[8], ARGV[9], tonumber(ARGV[10])
 local threshold, cooldown, cap = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
 local enabled, done_ttl = ARGV[14] == '1', tonumber(ARGV[15])
 local log_entry, log_cap, status, err = ARGV[16], tonumber(ARGV[17]), ARGV[18], ARGV[19]
-local hold = tonumber(ARGV[20])
+local hold, lease = tonumber(ARGV[20]), tonumber(ARGV[21])
 local dkey = prefix .. 'd:' .. sub .. ':' .. tid
 local fkey = prefix .. 'f:' .. sub
 local bkey = prefix .. 'b:' .. sub
-local handed = ''
+local handed, handed_fields = '', {'', '0'}
 redis.call('ZREM', fkey, job_id)
 -- This attempt is over: its job (an arq run, or the safety job of an inline run) is spent.
 redis.call('ZREM', queue, job_id)
@@ -154,11 +137,20 @@ if state == 'active' and redis.call('HGET', dkey, 'gen') == gen then
   if outcome == 'ok' then
     redis.call('HSET', dkey, 'state', 'delivered', 'delivered_ms', now)
     redis.call('EXPIRE', dkey, done_ttl)
-    local nxt_tid = advance(prefix, queue, job_prefix, sub, pid, tid, now)
-    if nxt_tid and hold > 0 then
-      local ngen = redis.call('HGET', prefix .. 'd:' .. sub .. ':' .. nxt_tid, 'gen')
-      handed = 'fdl:' .. sub .. ':' .. nxt_tid .. ':' .. ngen
-      redis.call('ZADD', queue, 'XX', now + hold, handed)
+    if hold > 0 then
+      local nxt_job, nxt_dkey = advance(prefix, queue, job_prefix, sub, pid, tid, now, now + hold)
+      if nxt_job then
+        if enabled and (redis.call('GET', KEYS[2]) or '0') == ARGV[22]
+            and redis.call('ZCARD', fkey) < cap then
+          redis.call('ZADD', fkey, now + lease, nxt_job)
+          handed = nxt_job
+          handed_fields = redis.call('HMGET', nxt_dkey, 'transition', 'attempts')
+        else
+          redis.call('ZADD', queue, 'XX', now, nxt_job)
+        end
+      end
+    else
+      advance(prefix, queue, job_prefix, sub, pid, tid, now)
     end
     result = 'delivered'
   elseif outcome == 'removed' then
@@ -191,7 +183,7 @@ if (enabled or outcome == 'removed') and not breaker_open and outcome ~= 'gone' 
     if free > 0 then woken = wake(prefix, queue, job_prefix, sub, free, now) end
   end
 end
-return {result, woken, redis.call('ZCARD', prefix .. 'dead'), handed}
+return {result, woken, redis.call('ZCARD', prefix .. 'dead'), handed, unpack(handed_fields)}
 """
 )
 
@@ -208,6 +200,8 @@ class Acquired:
     until_ms: int
     transition: bytes | None = None
     attempts: int = 0
+    job_id: str = ""
+    """Set when :meth:`FanoutStore.finish` acquired the line's next delivery: its job id."""
 
     @property
     def may_send(self) -> bool:
@@ -220,9 +214,9 @@ class Finished:
     """delivered, retry, dead, parked, dropped, or stale."""
     woken: int
     dead_letters: int
-    handed_job_id: str = ""
-    """The job id of the next delivery of the same (subscriber, payment), handed to the caller
-    to run at once (only with ``hold_ms``); its queued job is deferred as a safety net."""
+    handed: Acquired | None = None
+    """The next delivery of the same (subscriber, payment), acquired for the caller to run at
+    once (only with ``hold_ms``); its queued job is deferred as a safety net."""
 
 
 def _text(value: Any) -> str:
@@ -235,37 +229,8 @@ class FanoutStore:
     def __init__(self, redis: aioredis.Redis, queue_name: str) -> None:
         self.redis = redis
         self.queue_name = queue_name
-        self._insert = redis.register_script(INSERT_LUA)
         self._acquire = redis.register_script(ACQUIRE_LUA)
         self._finish = redis.register_script(FINISH_LUA)
-
-    async def insert(
-        self,
-        *,
-        transition_id: str,
-        payment_id: str,
-        seq: int,
-        event_type: str,
-        transition: dict[str, Any],
-        subscriber_ids: list[str],
-        now_ms: int,
-    ) -> list[str]:
-        """Create the deliveries; the ids of the subscribers given a new one."""
-        reply = await self._insert(
-            keys=[self.queue_name],
-            args=[
-                FO_PREFIX,
-                ARQ_JOB_PREFIX,
-                now_ms,
-                transition_id,
-                payment_id,
-                seq,
-                event_type,
-                orjson.dumps(transition),
-                *subscriber_ids,
-            ],
-        )
-        return [_text(word) for word in reply]
 
     async def acquire(
         self,
@@ -279,9 +244,10 @@ class FanoutStore:
         lease_ms: int,
         open_jitter_ms: int,
         now_ms: int,
+        subscribers_version: str,
     ) -> Acquired:
         reply = await self._acquire(
-            keys=[self.queue_name],
+            keys=[self.queue_name, SUBSCRIBERS_VERSION_KEY],
             args=[
                 FO_PREFIX,
                 ARQ_JOB_PREFIX,
@@ -294,6 +260,7 @@ class FanoutStore:
                 cap,
                 lease_ms,
                 open_jitter_ms,
+                subscribers_version,
             ],
         )
         transition = reply[2] if len(reply) > 2 and reply[2] else None
@@ -320,9 +287,11 @@ class FanoutStore:
         error: str,
         now_ms: int,
         hold_ms: int = 0,
+        lease_ms: int = 0,
+        subscribers_version: str = "",
     ) -> Finished:
         reply = await self._finish(
-            keys=[self.queue_name],
+            keys=[self.queue_name, SUBSCRIBERS_VERSION_KEY],
             args=[
                 FO_PREFIX,
                 ARQ_JOB_PREFIX,
@@ -344,11 +313,14 @@ class FanoutStore:
                 status,
                 error,
                 hold_ms,
+                lease_ms,
+                subscribers_version,
             ],
         )
+        handed = _text(reply[3])
         return Finished(
             result=_text(reply[0]),
             woken=int(reply[1]),
             dead_letters=int(reply[2]),
-            handed_job_id=_text(reply[3]),
+            handed=Acquired("ok", 0, reply[4], int(reply[5] or 0), handed) if handed else None,
         )
