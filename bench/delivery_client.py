@@ -1,5 +1,5 @@
-"""Delivery HTTP client benchmark: the fan-out client (httpx API on the aiohttp transport),
-httpx with its default pool, and raw aiohttp.
+"""Delivery HTTP client benchmark: delivery's ``post_once`` on the aiohttp transport and on
+httpx's own pool, and raw aiohttp.
 
 ``python -m bench.delivery_client [--requests N] [--concurrency C]``: starts a fast receiver
 (uvicorn + httptools, its own process) on 127.0.0.1, sends N signed-size JSON POSTs with C in
@@ -24,7 +24,7 @@ import httpx
 
 from service.redis_server import free_port
 from service.settings import Settings
-from workers.fanout.client import build_client
+from workers.fanout.client import build_transport, post_once
 
 BODY = (
     b'{"id":"msg_x","type":"payment.captured","data":{"id":"p","amount":1000,"pad":"'
@@ -94,13 +94,14 @@ async def _drive(send_one: Callable[[], Awaitable[None]], requests: int, concurr
     return requests / (time.perf_counter() - started)
 
 
-async def bench_httpx(url: str, requests: int, concurrency: int, transport: str) -> float:
+async def bench_delivery(url: str, requests: int, concurrency: int, transport: str) -> float:
     settings = Settings(delivery_max_connections=concurrency, delivery_http_transport=transport)
-    async with build_client(settings) as client:
+    target = httpx.URL(url)
+    async with build_transport(settings) as pool:
 
         async def send_one() -> None:
-            response = await client.post(url, content=BODY, headers=HEADERS)
-            assert response.status_code == 204
+            result = await post_once(pool, target, HEADERS, BODY, 10.0)
+            assert result.status == 204, result
 
         await _drive(send_one, min(requests, 200), concurrency)  # warm the pool
         return await _drive(send_one, requests, concurrency)
@@ -124,8 +125,8 @@ async def run(requests: int, concurrency: int, rounds: int) -> dict[str, float]:
         best = {"delivery client": 0.0, "httpx default pool": 0.0, "raw aiohttp": 0.0}
         for _ in range(rounds):
             for name, rate in (
-                ("delivery client", await bench_httpx(url, requests, concurrency, "aiohttp")),
-                ("httpx default pool", await bench_httpx(url, requests, concurrency, "httpx")),
+                ("delivery client", await bench_delivery(url, requests, concurrency, "aiohttp")),
+                ("httpx default pool", await bench_delivery(url, requests, concurrency, "httpx")),
                 ("raw aiohttp", await bench_aiohttp(url, requests, concurrency)),
             ):
                 best[name] = max(best[name], rate)

@@ -21,6 +21,7 @@ import httpx
 import orjson
 from pydantic import SecretStr, ValidationError
 
+from service.http_transport import AiohttpTransport
 from service.kartapay.errors import (
     InvalidResponseError,
     RequestTimeoutError,
@@ -113,7 +114,10 @@ class KartaPayClient:
     def from_settings(
         cls, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
     ) -> Self:
-        """A client for ``KARTAHOOK_KARTAPAY_URL`` / ``_TOKEN`` / ``_LANGUAGE`` / ``_TIMEOUT_S``."""
+        """A client for ``KARTAHOOK_KARTAPAY_URL`` / ``_TOKEN`` / ``_LANGUAGE`` / ``_TIMEOUT_S``,
+        moving its bytes on :class:`~service.http_transport.AiohttpTransport` unless told."""
+        if transport is None:
+            transport = AiohttpTransport(DEFAULT_LIMITS.max_connections or 100)
         return cls(
             settings.kartapay_url,
             settings.kartapay_token,

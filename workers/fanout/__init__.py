@@ -24,7 +24,7 @@ from service.deliveries import FANOUT_DELIVER, DeliveryAdmin
 from service.settings import Settings
 from service.subscribers import SubscriberCache, SubscriberStore, load_subscribers_into
 from workers.fanout import metrics
-from workers.fanout.client import build_client
+from workers.fanout.client import build_transport
 from workers.fanout.errors import FanoutNotStarted
 from workers.fanout.handlers import FanoutDeps, deliver
 from workers.fanout.schedule import RetrySchedule
@@ -108,7 +108,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     ctx[CTX_KEY] = FanoutDeps(
         redis=redis,
         settings=settings,
-        client=build_client(settings, transport),
+        transport=build_transport(settings, transport),
         store=FanoutStore(redis, settings.queue_name),
         registry=SubscriberStore(redis),
         subscribers=subscribers,
@@ -121,7 +121,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
 
 
 async def on_shutdown(ctx: dict[str, Any]) -> None:
-    """Close the delivery client."""
+    """Close the delivery transport (its connection pool)."""
     deps = ctx.pop(CTX_KEY, None)
     if isinstance(deps, FanoutDeps):
-        await deps.client.aclose()
+        await deps.transport.aclose()

@@ -1,11 +1,14 @@
-"""The delivery HTTP client and one attempt.
+"""The delivery transport and one attempt.
 
-httpx's API with keep-alive for every pooled connection, redirects never followed, and one
-overall deadline per attempt (httpx's own timeouts are per phase; a subscriber that trickles
-bytes must not hold a worker past 10 s). The bytes move on :class:`AiohttpTransport` by default
-(``KARTAHOOK_DELIVERY_HTTP_TRANSPORT=httpx`` for httpx's own pool, with
-``max_keepalive_connections`` = ``max_connections``): ``bench/delivery_client.py`` measured httpx's
-pool far behind raw aiohttp (docs/fanout.md).
+A delivery is one ``httpx.Request`` handed straight to an httpx transport (the I/O seam; tests
+pass ``httpx.MockTransport``), without an ``httpx.AsyncClient`` on top: the client's request
+building, header merging and cookie handling cost more CPU than the transport itself (worker
+profile, docs/fanout.md), and delivery needs none of them. Transports never follow redirects.
+Keep-alive for every pooled connection, and one overall deadline per attempt (httpx's own
+timeouts are per phase; a subscriber that trickles bytes must not hold a worker past 10 s).
+The bytes move on :class:`AiohttpTransport` by default (``KARTAHOOK_DELIVERY_HTTP_TRANSPORT=httpx``
+for httpx's own pool, with ``max_keepalive_connections`` = ``max_connections``):
+``bench/delivery_client.py`` measured httpx's pool far behind raw aiohttp.
 """
 
 from __future__ import annotations
@@ -16,30 +19,26 @@ from dataclasses import dataclass
 
 import httpx
 
+from service.http_transport import AiohttpTransport
 from service.settings import Settings
-from workers.fanout.transport import AiohttpTransport
 
 BODY_HEAD_BYTES = 1024
 
 
-def build_client(
+def build_transport(
     settings: Settings, transport: httpx.AsyncBaseTransport | None = None
-) -> httpx.AsyncClient:
-    """The shared delivery client; ``transport`` is the test seam."""
-    if transport is None and settings.delivery_http_transport == "aiohttp":
-        transport = AiohttpTransport(settings.delivery_max_connections, keepalive_s=30.0)
+) -> httpx.AsyncBaseTransport:
+    """The worker's one delivery transport; ``transport`` is the test seam."""
+    if transport is not None:
+        return transport
+    if settings.delivery_http_transport == "aiohttp":
+        return AiohttpTransport(settings.delivery_max_connections, keepalive_s=30.0)
     limits = httpx.Limits(
         max_connections=settings.delivery_max_connections,
         max_keepalive_connections=settings.delivery_max_connections,
         keepalive_expiry=30.0,
     )
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(settings.delivery_timeout_s),
-        limits=limits,
-        follow_redirects=False,
-        transport=transport,
-        trust_env=False,
-    )
+    return httpx.AsyncHTTPTransport(limits=limits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +72,8 @@ def _describe(exc: BaseException) -> str:
 
 
 async def post_once(
-    client: httpx.AsyncClient,
-    url: str,
+    transport: httpx.AsyncBaseTransport,
+    url: httpx.URL,
     headers: dict[str, str],
     body: bytes,
     timeout_s: float,
@@ -85,15 +84,22 @@ async def post_once(
     retry_after: str | None = None
     head = bytearray()
     error: str | None = None
+    phases = {"connect": timeout_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}
+    request = httpx.Request(
+        "POST", url, headers=headers, content=body, extensions={"timeout": phases}
+    )
     try:
         async with asyncio.timeout(timeout_s):
-            async with client.stream("POST", url, content=body, headers=headers) as response:
+            response = await transport.handle_async_request(request)
+            try:
                 status = response.status_code
                 retry_after = response.headers.get("retry-after")
                 async for chunk in response.aiter_raw():
                     head.extend(chunk)
                     if len(head) >= BODY_HEAD_BYTES:
                         break
+            finally:
+                await response.aclose()
     except (TimeoutError, httpx.HTTPError, OSError) as exc:
         if status is None:
             error = _describe(exc)

@@ -45,17 +45,25 @@ class FanoutDeps:
 
     redis: aioredis.Redis
     settings: Settings
-    client: httpx.AsyncClient
+    transport: httpx.AsyncBaseTransport
     store: FanoutStore
     registry: SubscriberStore
     subscribers: SubscriberCache
     schedule: RetrySchedule
     rng: random.Random = field(default_factory=random.Random)
+    _urls: dict[str, httpx.URL] = field(default_factory=dict)
 
     @property
     def lease_ms(self) -> int:
         """How long an in-flight slot or a probe is held before it is presumed dead."""
         return self.settings.delivery_lease_ms
+
+    def url_of(self, subscriber: Subscriber) -> httpx.URL:
+        """The subscriber's URL, parsed once per URL (parsing costs more than sending)."""
+        url = self._urls.get(subscriber.url)
+        if url is None:
+            url = self._urls[subscriber.url] = httpx.URL(subscriber.url)
+        return url
 
     def attempts_until(self, job_started: float, job_timeout_s: float) -> float:
         """The ``time.monotonic()`` after which a job started at ``job_started`` begins no
@@ -184,7 +192,7 @@ async def _attempt(
     headers = delivery_headers(subscriber, transition.id, body)
     started_at = time.time()
     result = await post_once(
-        deps.client, subscriber.url, headers, body, settings.delivery_timeout_s
+        deps.transport, deps.url_of(subscriber), headers, body, settings.delivery_timeout_s
     )
     finished = now_ms()
     retry_at: int | None = None

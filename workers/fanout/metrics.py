@@ -42,6 +42,14 @@ SUBSCRIBER_STATE = Gauge(
 STATES = ("enabled", "disabled", "paused")
 
 
+_last_state: dict[str, str] = {}
+
+
 def set_subscriber_state(subscriber: str, state: str) -> None:
+    """Set the gauge of ``subscriber`` to ``state`` (only a change touches the gauge: this runs
+    after every delivery)."""
+    if _last_state.get(subscriber) == state:
+        return
+    _last_state[subscriber] = state
     for name in STATES:
         SUBSCRIBER_STATE.labels(subscriber, name).set(1 if name == state else 0)

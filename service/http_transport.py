@@ -3,8 +3,10 @@
 httpx's own pool (httpcore 1.0 on anyio) scans every pooled connection on each request and, without
 ``sniffio`` installed, retries a failed import on every event set. ``bench/delivery_client.py``
 measured it at 4-25 % of raw aiohttp (0.3-1.2k req/s against 3-9k on this machine), collapsing
-as concurrency grows. This transport keeps the httpx API (the ``transport=`` seam, the request
-and response types, the timeouts) and moves the bytes with aiohttp, which keeps up.
+as concurrency grows; in the worker's profile the KartaPay fetch through it cost more than the
+four deliveries of the payment together. This transport keeps the httpx API (the ``transport=``
+seam, the request and response types, the connect and read timeouts) and moves the bytes with
+aiohttp, which keeps up. Delivery and the KartaPay client both use it.
 """
 
 from __future__ import annotations
