@@ -127,9 +127,10 @@ def transition(payment_id: str, status: str, received_at_ms: int | None = None) 
     )
 
 
-async def emit(redis: aioredis.Redis, settings: Settings, item: Transition) -> tuple[str, ...]:
+async def emit(redis: aioredis.Redis, settings: Settings, item: Transition) -> int:
     """Record ``item`` as processing does: the compare-and-set that creates its deliveries, with
-    the jobs of the heads due at once (nobody sends them inline). Returns those job ids."""
+    the jobs of the heads due at once (nobody sends them inline). Returns 1 if it was emitted,
+    0 if that state was already recorded."""
     subscribers = SubscriberCache(redis)
     await subscribers.refresh()
     store = PaymentStateStore(redis, settings.queue_name, lock_ttl_ms=60_000)
@@ -142,7 +143,7 @@ async def emit(redis: aioredis.Redis, settings: Settings, item: Transition) -> t
         candidates=match_subscribers([item], await subscribers.all()),
         subscribers_version=subscribers.version,
     )
-    return result.heads
+    return result.emitted
 
 
 def make_worker(

@@ -9,14 +9,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from service.deliveries import delivery_key
+from service.deliveries import delivery_key, inflight_key
 from service.event_dead_letters import EventDeadLetters
 from service.jobs import ARQ_JOB_PREFIX, EventHint, transition_id
 from service.kartapay import errors
 from service.kartapay.models import Payment, PaymentRecord
 from service.subscribers import Subscriber, SubscriberCache, SubscriberStore
 from workers.payment_state import TRANSITIONS_LOG_KEY, PaymentStateStore
-from workers.process_event import EventProcessor
+from workers.process_event import EventProcessor, InlineDelivery
 from workers.retry_policy import FetchRetryPolicy
 
 QUEUE = "arq:queue"
@@ -66,7 +66,7 @@ def make_processor(
     redis: aioredis.Redis,
     reader: Any,
     scheduled: list[tuple[EventHint, float]],
-    inline_hold_ms: int = 0,
+    inline: bool = False,
 ) -> EventProcessor:
     async def schedule(h: EventHint, delay: float) -> None:
         scheduled.append((h, delay))
@@ -81,7 +81,7 @@ def make_processor(
         schedule,
         policy,
         timeout_s=5,
-        inline_hold_ms=inline_hold_ms,
+        inline=InlineDelivery(enabled=inline, lease_ms=30_000),
     )
 
 
@@ -149,18 +149,49 @@ async def test_deliveries_are_created_with_the_transitions_first_one_queued(
         assert score <= now_ms
 
 
-async def test_inline_run_gets_the_heads_and_their_jobs_wait_the_hold(
+async def test_inline_run_starts_the_heads_and_their_jobs_wait_the_hold(
     redis: aioredis.Redis,
 ) -> None:
-    """Asked to send inline, the run returns the first delivery of each line, and its queued
-    job (the safety net) is deferred by the hold."""
+    """Asked to send inline, the run starts the first delivery of each line (slot taken, with
+    its transition), and its queued job (the safety net) is deferred by the lease."""
     await SubscriberStore(redis).put(Subscriber(id="all", url="http://127.0.0.1:1/hook"))
-    processor = make_processor(redis, released(COMPLETED), [], inline_hold_ms=30_000)
+    processor = make_processor(redis, released(COMPLETED), [], inline=True)
     outcome = await processor.handle(hint(1), "a", inline_until=time.monotonic() + 60)
     head = f"fdl:all:{transition_id('pay_1', 'submitted')}:1"
-    assert outcome.deliveries == (head,)
+    [started] = outcome.deliveries
+    assert (started.job_id, started.attempts) == (head, 0)
+    assert started.transition is not None and b'"status":"submitted"' in started.transition
+    assert await redis.zscore(inflight_key("all"), head) is not None
     score = await redis.zscore(QUEUE, head)
     assert score is not None and score >= time.time() * 1000 + 25_000
+
+
+async def test_inline_run_past_its_window_leaves_the_heads_to_their_jobs(
+    redis: aioredis.Redis,
+) -> None:
+    """A run whose window for sending has passed starts nothing: the heads' jobs are due now."""
+    await SubscriberStore(redis).put(Subscriber(id="all", url="http://127.0.0.1:1/hook"))
+    processor = make_processor(redis, released(COMPLETED), [], inline=True)
+    outcome = await processor.handle(hint(1), "a", inline_until=time.monotonic() - 1)
+    assert outcome.deliveries == ()
+    head = f"fdl:all:{transition_id('pay_1', 'submitted')}:1"
+    score = await redis.zscore(QUEUE, head)
+    assert score is not None and score <= time.time() * 1000
+    assert await redis.zcard(inflight_key("all")) == 0
+
+
+async def test_inline_run_over_the_cap_parks_the_head_instead(redis: aioredis.Redis) -> None:
+    """A head that finds its subscriber's slots all taken is parked (not started), and only
+    a fresh job, due after the lease, stays queued for it."""
+    store = SubscriberStore(redis)
+    await store.put(Subscriber(id="one", url="http://127.0.0.1:1/hook", concurrency=1))
+    await redis.zadd(inflight_key("one"), {"fdl:one:other:1": time.time() * 1000 + 60_000})
+    processor = make_processor(redis, released(COMPLETED), [], inline=True)
+    outcome = await processor.handle(hint(1), "a", inline_until=time.monotonic() + 60)
+    assert outcome.deliveries == ()
+    tid = transition_id("pay_1", "submitted")
+    assert [j.decode() for j in await redis.zrange(QUEUE, 0, -1)] == [f"fdl:one:{tid}:2"]
+    assert not await redis.exists(ARQ_JOB_PREFIX + f"fdl:one:{tid}:1")
 
 
 async def test_a_subscriber_added_after_the_cache_was_read_still_gets_its_deliveries(

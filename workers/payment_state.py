@@ -20,6 +20,7 @@ lets go, so the hint is served by a fetch that started after it arrived.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from redis.asyncio import Redis
 from service.deliveries import FO_PREFIX, LUA_COMMON
 from service.jobs import ARQ_JOB_PREFIX, KEY_PREFIX
 from service.subscribers import SUBSCRIBERS_VERSION_KEY
+from workers.fanout.store import TRY_ACQUIRE_LUA, Acquired
 
 _ACQUIRE = """
 redis.call('SET', KEYS[1], '1', 'EX', ARGV[3])
@@ -42,33 +44,42 @@ return 0
 
 # KEYS: state, dirty, lock, queue, transitions log, subscribers version. ARGV: seq, status, at,
 # token, lock_ttl_ms, state_ttl_s, job_prefix, fan-out prefix, payment_id, log_maxlen,
-# subscribers version, hold_ms, then for each candidate transition, in
-# lifecycle order: seq, status, webhook-id, event type, transition JSON, n, n subscriber ids.
+# subscribers version, hold_ms, lease_ms, open_jitter_ms, then n and n (subscriber id, cap),
+# then for each candidate transition, in lifecycle order: seq, status, webhook-id, event type,
+# transition JSON, n, n subscriber ids.
 # Returns {-2} when the subscriber list the caller matched against is stale (nothing written);
-# else {previous seq, emitted, fetch again, job ids of the deliveries activated}.
+# else {previous seq, emitted, fetch again, then (job id, transition, attempts) of each delivery
+# activated and started for the caller (only with hold_ms > 0)}.
 _RECORD = (
     LUA_COMMON
+    + TRY_ACQUIRE_LUA
     + """
 if (redis.call('GET', KEYS[6]) or '0') ~= ARGV[11] then return {-2} end
 local cur = tonumber(redis.call('HGET', KEYS[1], 'seq') or '-1')
 local new = tonumber(ARGV[1])
 local emitted = 0
-local heads = {}
+local reply = {cur, 0, 0}
 if new > cur then
   redis.call('HSET', KEYS[1], 'seq', new, 'status', ARGV[2], 'at', ARGV[3])
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local job_prefix, prefix, pid = ARGV[7], ARGV[8], ARGV[9]
-  local at = now + tonumber(ARGV[12])
-  local i = 13
+  local hold, lease, jitter = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
+  local caps = {}
+  local i = 16
+  for _ = 1, tonumber(ARGV[15]) do
+    caps[ARGV[i]] = tonumber(ARGV[i + 1])
+    i = i + 2
+  end
+  local heads = {}
   while i <= #ARGV do
     local seq, n = tonumber(ARGV[i]), tonumber(ARGV[i + 5])
     if seq > cur then
       local tid = ARGV[i + 2]
       for j = i + 6, i + 5 + n do
-        local head = insert_delivery(prefix, KEYS[4], job_prefix, ARGV[j], tid, pid, seq,
-          ARGV[i + 3], ARGV[i + 4], now, at)
-        if head then table.insert(heads, head) end
+        local head, dkey = insert_delivery(prefix, KEYS[4], job_prefix, ARGV[j], tid, pid, seq,
+          ARGV[i + 3], ARGV[i + 4], now, now + hold)
+        if head then table.insert(heads, {head, ARGV[j], tid, dkey}) end
       end
       redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[10], '*',
         'payment_id', pid, 'status', ARGV[i + 1], 'webhook_id', tid, 'subscribers', n)
@@ -76,18 +87,35 @@ if new > cur then
     end
     i = i + 6 + n
   end
+  reply[2] = emitted
+  if hold > 0 then
+    for _, h in ipairs(heads) do
+      local job_id, sub, tid = h[1], h[2], h[3]
+      local gen = redis.call('HGET', h[4], 'gen')
+      local got = try_acquire(KEYS[4], prefix, job_prefix, sub, tid, gen, job_id, true,
+        caps[sub], lease, jitter, now)
+      if got[1] == 'ok' or got[1] == 'probe' then
+        table.insert(reply, job_id)
+        table.insert(reply, got[3])
+        table.insert(reply, got[4])
+      else
+        -- Parked (with a fresh job when it may go): the held job is spent.
+        redis.call('ZREM', KEYS[4], job_id)
+        redis.call('DEL', job_prefix .. job_id)
+      end
+    end
+  end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
-local again = 0
 if redis.call('GET', KEYS[3]) == ARGV[4] then
   if redis.call('DEL', KEYS[2]) == 1 then
-    again = 1
+    reply[3] = 1
     redis.call('PEXPIRE', KEYS[3], ARGV[5])
   else
     redis.call('DEL', KEYS[3])
   end
 end
-return {cur, emitted, again, unpack(heads)}
+return reply
 """
 )
 
@@ -127,8 +155,9 @@ class RecordResult:
     """How many transitions were emitted (recorded, with their deliveries)."""
     fetch_again: bool
     """A hint arrived during the fetch: the holder must fetch once more."""
-    heads: tuple[str, ...] = ()
-    """Job ids of the deliveries this step activated (first in their line), due after the hold."""
+    started: tuple[Acquired, ...] = ()
+    """The deliveries this step activated (first in their line) and started for the caller to
+    send at once (only with ``hold_ms``); their jobs are due after the hold, as safety nets."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,11 +212,18 @@ class PaymentStateStore:
         at: str,
         candidates: list[Candidate],
         subscribers_version: str,
+        caps: Mapping[str, int] | None = None,
         hold_ms: int = 0,
+        lease_ms: int = 0,
+        open_jitter_ms: int = 0,
     ) -> RecordResult:
         """Record ``seq`` if newer, create the deliveries of the candidates past the old state,
-        drop the lock. The heads it activates are due ``hold_ms`` from now: a caller that runs
-        them at once passes its lease, so their jobs only run should it die.
+        drop the lock.
+
+        With ``hold_ms``, the first delivery of each line is also started for the caller, as a
+        delivery job would start it (``caps``: each subscriber's concurrency cap; a slot is held
+        for ``lease_ms``): the caller sends it at once, and its job is due only ``hold_ms`` from
+        now, should the caller die. Without, the heads' jobs are due at once.
 
         Raises :class:`StaleSubscribers` when ``subscribers_version`` is not the registry's."""
         args: list[Any] = [
@@ -203,7 +239,12 @@ class PaymentStateStore:
             TRANSITIONS_LOG_MAXLEN,
             subscribers_version,
             hold_ms,
+            lease_ms,
+            open_jitter_ms,
+            len(caps or {}),
         ]
+        for subscriber_id, cap in (caps or {}).items():
+            args += [subscriber_id, cap]
         for c in candidates:
             args += [c.seq, c.status, c.transition_id, c.event_type, c.transition_json]
             args += [len(c.subscriber_ids), *c.subscriber_ids]
@@ -218,10 +259,12 @@ class PaymentStateStore:
         reply = await self._record(keys=keys, args=args)
         if int(reply[0]) == -2:
             raise StaleSubscribers
-        previous, emitted, again, *heads = reply
-        return RecordResult(
-            int(previous), int(emitted), bool(again), tuple(h.decode() for h in heads)
+        previous, emitted, again, *flat = reply
+        started = tuple(
+            Acquired("ok", 0, flat[i + 1], int(flat[i + 2] or 0), flat[i].decode())
+            for i in range(0, len(flat), 3)
         )
+        return RecordResult(int(previous), int(emitted), bool(again), started)
 
     async def recorded(self, payment_id: str) -> dict[str, str]:
         """The last recorded state of a payment (empty when none)."""

@@ -20,9 +20,12 @@ from service.jobs import EventHint, Transition
 from service.kartapay import errors
 from service.kartapay.models import PaymentRecord
 from service.lifecycle import SEQ, TIMESTAMP_FIELD, UnknownStatusError, steps_after
+from service.settings import Settings
 from service.subscribers import Subscriber, SubscriberCache
 from workers import fanout, metrics
 from workers.fanout.handlers import deliver_now
+from workers.fanout.schedule import breaker_wake_jitter_ms
+from workers.fanout.store import Acquired
 from workers.payment_state import Candidate, PaymentStateStore, RecordResult, StaleSubscribers
 from workers.retry_policy import FetchRetryPolicy
 
@@ -47,8 +50,8 @@ class Outcome:
     fetches: int = 0
     reason: str = ""
     retry_in_s: float | None = None
-    deliveries: tuple[str, ...] = ()
-    """Job ids of the deliveries created and activated for this run to send at once."""
+    deliveries: tuple[Acquired, ...] = ()
+    """The deliveries created and started for this run to send at once."""
 
 
 class _GiveUp(Exception):
@@ -56,6 +59,29 @@ class _GiveUp(Exception):
         super().__init__(reason)
         self.reason = reason
         self.last_error = last_error
+
+
+@dataclass(frozen=True, slots=True)
+class InlineDelivery:
+    """How a processing run starts the deliveries it creates, as a delivery job would."""
+
+    enabled: bool = True
+    lease_ms: int = 30_000
+    """How long a started delivery holds its slot; its job waits as long, as the safety net."""
+    default_cap: int = 4
+    """Per-subscriber concurrency cap when the subscriber sets none."""
+    breaker_cooldown_s: float = 60.0
+
+    def open_jitter_ms(self) -> int:
+        return breaker_wake_jitter_ms(self.breaker_cooldown_s)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> InlineDelivery:
+        return cls(
+            lease_ms=settings.delivery_lease_ms,
+            default_cap=settings.delivery_concurrency,
+            breaker_cooldown_s=settings.delivery_breaker_cooldown_s,
+        )
 
 
 class EventProcessor:
@@ -70,7 +96,7 @@ class EventProcessor:
         schedule: Scheduler,
         policy: FetchRetryPolicy,
         timeout_s: float = 30.0,
-        inline_hold_ms: int = 0,
+        inline: InlineDelivery | None = None,
     ) -> None:
         self._store = store
         self._reader = reader
@@ -79,32 +105,31 @@ class EventProcessor:
         self._schedule = schedule
         self._policy = policy
         self._timeout_s = timeout_s
-        self._inline_hold_ms = inline_hold_ms
+        self._inline = inline or InlineDelivery(enabled=False)
 
     async def handle(self, hint: EventHint, token: str, inline_until: float = 0.0) -> Outcome:
         """Process one hint. ``token`` identifies this run (the arq job id) for the fetch lock.
 
-        The deliveries it creates that are first in their line are returned in
+        The deliveries it creates that are first in their line are started and returned in
         :attr:`Outcome.deliveries` for the caller to send at once, with their jobs deferred by
-        ``inline_hold_ms`` as the safety net, when the compare-and-set happens before
-        ``inline_until`` (``time.monotonic()``); otherwise their jobs are due at once.
+        the lease as the safety net, when the compare-and-set happens before ``inline_until``
+        (``time.monotonic()``) and inline delivery is on; otherwise their jobs are due at once.
         """
         if not await self._store.acquire(hint.payment_id, token):
             return Outcome("coalesced")
         fetches = 0
         emitted: list[str] = []
-        deliveries: list[str] = []
+        deliveries: list[Acquired] = []
         try:
             async with asyncio.timeout(self._timeout_s):
                 while True:
                     fetches += 1
                     record = await self._fetch(hint.payment_id)
-                    inline = bool(self._inline_hold_ms) and time.monotonic() < inline_until
-                    hold_ms = self._inline_hold_ms if inline else 0
+                    inline = self._inline.enabled and time.monotonic() < inline_until
+                    hold_ms = self._inline.lease_ms if inline else 0
                     result, statuses = await self._record(hint, token, record, hold_ms)
                     emitted += statuses
-                    if inline:
-                        deliveries += result.heads
+                    deliveries += result.started
                     if not result.fetch_again:
                         return Outcome(
                             "processed", tuple(emitted), fetches, deliveries=tuple(deliveries)
@@ -165,7 +190,8 @@ class EventProcessor:
             for step in steps
         ]
         for _ in range(RELOAD_TRIES):
-            candidates = match_subscribers(transitions, await self._subscribers.all())
+            subscribers = await self._subscribers.all()
+            candidates = match_subscribers(transitions, subscribers)
             try:
                 result = await self._store.record(
                     hint.payment_id,
@@ -175,7 +201,10 @@ class EventProcessor:
                     at=str(payment.get(TIMESTAMP_FIELD.get(status, ""), "") or ""),
                     candidates=candidates,
                     subscribers_version=self._subscribers.version,
+                    caps={s.id: s.cap(self._inline.default_cap) for s in subscribers},
                     hold_ms=hold_ms,
+                    lease_ms=self._inline.lease_ms,
+                    open_jitter_ms=self._inline.open_jitter_ms(),
                 )
             except StaleSubscribers:
                 await self._subscribers.refresh()

@@ -14,7 +14,7 @@ from service.kartapay.client import KartaPayClient
 from service.settings import Settings
 from workers.fanout import shared_subscriber_cache
 from workers.payment_state import PaymentStateStore
-from workers.process_event import EventProcessor, process_event
+from workers.process_event import EventProcessor, InlineDelivery, process_event
 from workers.retry_policy import FetchRetryPolicy
 
 # A run that raises something unexpected (Redis down, a bug) is retried by arq this many times.
@@ -74,7 +74,7 @@ async def processing_startup(ctx: dict[str, Any]) -> None:
         schedule,
         policy,
         timeout_s=min(settings.process_timeout_s, settings.worker_job_timeout_s * 0.8),
-        inline_hold_ms=settings.delivery_lease_ms,
+        inline=InlineDelivery.from_settings(settings),
     )
 
 

@@ -1,6 +1,6 @@
 """Plain handlers behind delivery: :func:`deliver` runs one delivery's attempt and, when it
-succeeds, the next ones of the same (subscriber, payment) line; :func:`deliver_now` runs the
-deliveries that processing has just created, inside the processing job."""
+succeeds, the next ones of the same (subscriber, payment) line; :func:`deliver_now` sends the
+deliveries that processing has just created and started, inside the processing job."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from service.subscribers import Subscriber, SubscriberCache, SubscriberStore
 from workers.fanout import metrics
 from workers.fanout.client import AttemptResult, post_once
 from workers.fanout.message import delivery_body, delivery_headers
-from workers.fanout.schedule import RetrySchedule, parse_retry_after
+from workers.fanout.schedule import RetrySchedule, breaker_wake_jitter_ms, parse_retry_after
 from workers.fanout.store import Acquired, FanoutStore
 
 log = structlog.get_logger("kartahook.fanout")
@@ -76,51 +76,59 @@ class SubscriberListChanging(RuntimeError):
     """The registry changed under every one of :data:`RELOAD_TRIES` reloads."""
 
 
-def split_deliver_job_id(job_id: str) -> tuple[str, str]:
-    """(subscriber id, webhook-id) of a delivery job id ``fdl:<sub>:<id>:<gen>``."""
-    _, subscriber_id, tid, _ = job_id.split(":")
-    return subscriber_id, tid
-
-
-async def deliver_now(deps: FanoutDeps, job_ids: Sequence[str], until: float) -> None:
-    """Run the deliveries that processing's compare-and-set has just activated, concurrently.
+async def deliver_now(deps: FanoutDeps, started: Sequence[Acquired], until: float) -> None:
+    """Send, concurrently, the deliveries that processing's compare-and-set has just created
+    and started (each the first of its line), then their lines' next ones.
 
     Their own jobs wait in the queue, deferred by the lease, as the safety net: anything that
     goes wrong here (Redis down, this worker killed) leaves them to those jobs.
     """
-    runs = [deliver(deps, *split_deliver_job_id(j), j, until) for j in job_ids]
+    runs = [_run_started(deps, acquired, until) for acquired in started]
     outcomes = await asyncio.gather(*runs, return_exceptions=True)
-    for job_id, outcome in zip(job_ids, outcomes, strict=True):
+    for acquired, outcome in zip(started, outcomes, strict=True):
         if isinstance(outcome, Exception):
             log.warning(
                 "inline_delivery_failed",
-                job_id=job_id,
+                job_id=acquired.job_id,
                 error=type(outcome).__name__,
                 detail=str(outcome)[:200],
                 fallback="its job runs after the lease",
             )
 
 
-async def deliver(deps: FanoutDeps, subscriber_id: str, tid: str, job_id: str, until: float) -> str:
-    """Run one attempt of the delivery ``(subscriber_id, tid)`` if ``job_id`` is still its job.
+async def _run_started(deps: FanoutDeps, acquired: Acquired, until: float) -> str:
+    subscriber_id = acquired.job_id.split(":")[1]  # fdl:<sub>:<webhook-id>:<gen>
+    subscriber = await deps.subscribers.get(subscriber_id)
+    if subscriber is None:  # removed since the compare-and-set: its job drops the delivery
+        return "skipped"
+    return await _run_line(deps, subscriber, acquired, until)
 
-    When it succeeds and the payment's next transition is waiting for the same subscriber, the
-    same step acquires that one too and this call runs it at once (up to
-    :data:`INLINE_CHAIN_MAX` in a row, and only while ``time.monotonic() < until``): its own job
-    stays queued, deferred by the lease, in case this worker dies.
-    """
+
+async def deliver(deps: FanoutDeps, subscriber_id: str, tid: str, job_id: str, until: float) -> str:
+    """Run one attempt of the delivery ``(subscriber_id, tid)`` if ``job_id`` is still its job,
+    then the line's next ones (see :func:`_run_line`)."""
     started = await _acquire(deps, subscriber_id, tid, job_id)
     if isinstance(started, str):
         return started
     subscriber, acquired = started
+    return await _run_line(deps, subscriber, acquired, until)
+
+
+async def _run_line(
+    deps: FanoutDeps, subscriber: Subscriber, acquired: Acquired, until: float
+) -> str:
+    """Send a started delivery. When it succeeds and the payment's next transition is waiting
+    for the same subscriber, the same step starts that one too and it is sent at once (up to
+    :data:`INLINE_CHAIN_MAX` in a row, and only while ``time.monotonic() < until``): its own
+    job stays queued, deferred by the lease, in case this worker dies."""
     cap = subscriber.cap(deps.settings.delivery_concurrency)
     result = ""
     for n in range(INLINE_CHAIN_MAX):
         chain = n < INLINE_CHAIN_MAX - 1 and time.monotonic() < until
-        result, handed = await _attempt(deps, subscriber, acquired, job_id, cap, chain)
+        result, handed = await _attempt(deps, subscriber, acquired, cap, chain)
         if handed is None:
             break
-        acquired, job_id = handed, handed.job_id
+        acquired = handed
     return result
 
 
@@ -137,9 +145,6 @@ async def _acquire(
             subscriber = await cache.get(subscriber_id)
         if subscriber is None:
             return await _drop(deps, subscriber_id, tid, gen, job_id)
-        jitter_ms = int(
-            deps.rng.uniform(0, min(1000.0, deps.settings.delivery_breaker_cooldown_s * 200))
-        )
         acquired = await deps.store.acquire(
             subscriber_id=subscriber_id,
             transition_id=tid,
@@ -148,7 +153,9 @@ async def _acquire(
             enabled=subscriber.enabled,
             cap=subscriber.cap(deps.settings.delivery_concurrency),
             lease_ms=deps.lease_ms,
-            open_jitter_ms=jitter_ms,
+            open_jitter_ms=breaker_wake_jitter_ms(
+                deps.settings.delivery_breaker_cooldown_s, deps.rng
+            ),
             now_ms=now_ms(),
             subscribers_version=cache.version,
         )
@@ -176,15 +183,11 @@ def _attempt_outcome(result: AttemptResult, retry_at_ms: int | None) -> str:
 
 
 async def _attempt(
-    deps: FanoutDeps,
-    subscriber: Subscriber,
-    acquired: Acquired,
-    job_id: str,
-    cap: int,
-    chain: bool,
+    deps: FanoutDeps, subscriber: Subscriber, acquired: Acquired, cap: int, chain: bool
 ) -> tuple[str, Acquired | None]:
     """POST once and record it: the result, and the line's next delivery if it was handed over."""
     assert acquired.transition is not None
+    job_id = acquired.job_id
     settings = deps.settings
     transition = Transition.from_json(acquired.transition)
     attempt = acquired.attempts + 1

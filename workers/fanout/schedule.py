@@ -24,6 +24,12 @@ def build_delays(steps: Sequence[float], repeat_s: float, horizon_s: float) -> t
     return tuple(delays)
 
 
+def breaker_wake_jitter_ms(cooldown_s: float, rng: random.Random | None = None) -> int:
+    """A random spread (ms) for the wake-up of a delivery parked behind an open breaker, so the
+    parked deliveries of a subscriber do not all come back at the same instant."""
+    return int((rng or random).uniform(0, min(1000.0, cooldown_s * 200)))
+
+
 def parse_retry_after(value: str | None, now_s: float) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (delta seconds or an HTTP date)."""
     if not value:

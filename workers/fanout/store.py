@@ -25,56 +25,63 @@ from service.deliveries import FO_PREFIX, LUA_COMMON
 from service.jobs import ARQ_JOB_PREFIX
 from service.subscribers import SUBSCRIBERS_VERSION_KEY
 
+# Lua: let the attempt of job ``job_id`` on delivery (sub, tid, gen) start, or park the delivery
+# (over the cap, breaker open, probe in flight, subscriber disabled: a fresh job when it may
+# go, none while disabled). Returns {verdict, until_ms[, transition, attempts]}. Shared by the
+# acquire script and by processing's compare-and-set, which starts the heads it creates.
+TRY_ACQUIRE_LUA = """
+local function try_acquire(queue, prefix, job_prefix, sub, tid, gen, job_id, enabled, cap, lease,
+    open_jitter, now)
+  local dkey = prefix .. 'd:' .. sub .. ':' .. tid
+  if redis.call('HGET', dkey, 'state') ~= 'active' or redis.call('HGET', dkey, 'gen') ~= gen then
+    return {'stale', 0}
+  end
+  local function park(at)
+    local g = redis.call('HINCRBY', dkey, 'gen', 1)
+    redis.call('ZADD', prefix .. 'w:' .. sub, 'NX', now, tid)
+    if at then enqueue(queue, job_prefix, sub, tid, g, at, now) end
+  end
+  local function start()
+    redis.call('ZADD', prefix .. 'f:' .. sub, now + lease, job_id)
+    return unpack(redis.call('HMGET', dkey, 'transition', 'attempts'))
+  end
+  if not enabled then park(nil) return {'disabled', 0} end
+  local fkey = prefix .. 'f:' .. sub
+  local bkey = prefix .. 'b:' .. sub
+  redis.call('ZREMRANGEBYSCORE', fkey, '-inf', now)
+  if redis.call('ZSCORE', fkey, job_id) then return {'ok', 0, start()} end
+  local open_until = tonumber(redis.call('HGET', bkey, 'open_until')) or 0
+  if open_until > now then
+    park(open_until + open_jitter)
+    return {'open', open_until}
+  end
+  if open_until > 0 then
+    local probe = redis.call('HGET', bkey, 'probe')
+    local probe_until = tonumber(redis.call('HGET', bkey, 'probe_until')) or 0
+    if probe and probe ~= '' and probe ~= job_id and probe_until > now then
+      park(probe_until)
+      return {'probing', probe_until}
+    end
+    redis.call('HSET', bkey, 'probe', job_id, 'probe_until', now + lease)
+    return {'probe', 0, start()}
+  end
+  if redis.call('ZCARD', fkey) >= cap then
+    park(now + lease)
+    return {'cap', 0}
+  end
+  return {'ok', 0, start()}
+end
+"""
+
 # KEYS: queue, subscribers version. ARGV: prefix, job_prefix, now, sub, tid, gen, job_id, enabled,
 #   cap, lease_ms, open_jitter_ms, subscribers version ('reload' when it is not the registry's).
 ACQUIRE_LUA = (
     LUA_COMMON
+    + TRY_ACQUIRE_LUA
     + """
-local queue = KEYS[1]
-local prefix, job_prefix, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local sub, tid, gen, job_id = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local enabled, cap, lease = ARGV[8] == '1', tonumber(ARGV[9]), tonumber(ARGV[10])
-local open_jitter = tonumber(ARGV[11])
-local dkey = prefix .. 'd:' .. sub .. ':' .. tid
-if redis.call('HGET', dkey, 'state') ~= 'active' or redis.call('HGET', dkey, 'gen') ~= gen then
-  return {'stale', 0}
-end
 if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[12] then return {'reload', 0} end
-local function park(at)
-  local g = redis.call('HINCRBY', dkey, 'gen', 1)
-  redis.call('ZADD', prefix .. 'w:' .. sub, 'NX', now, tid)
-  if at then enqueue(queue, job_prefix, sub, tid, g, at, now) end
-end
-if not enabled then park(nil) return {'disabled', 0} end
-local fkey = prefix .. 'f:' .. sub
-local bkey = prefix .. 'b:' .. sub
-redis.call('ZREMRANGEBYSCORE', fkey, '-inf', now)
-if redis.call('ZSCORE', fkey, job_id) then
-  redis.call('ZADD', fkey, now + lease, job_id)
-  return {'ok', 0, unpack(redis.call('HMGET', dkey, 'transition', 'attempts'))}
-end
-local open_until = tonumber(redis.call('HGET', bkey, 'open_until')) or 0
-if open_until > now then
-  park(open_until + open_jitter)
-  return {'open', open_until}
-end
-if open_until > 0 then
-  local probe = redis.call('HGET', bkey, 'probe')
-  local probe_until = tonumber(redis.call('HGET', bkey, 'probe_until')) or 0
-  if probe and probe ~= '' and probe ~= job_id and probe_until > now then
-    park(probe_until)
-    return {'probing', probe_until}
-  end
-  redis.call('HSET', bkey, 'probe', job_id, 'probe_until', now + lease)
-  redis.call('ZADD', fkey, now + lease, job_id)
-  return {'probe', 0, unpack(redis.call('HMGET', dkey, 'transition', 'attempts'))}
-end
-if redis.call('ZCARD', fkey) >= cap then
-  park(now + lease)
-  return {'cap', 0}
-end
-redis.call('ZADD', fkey, now + lease, job_id)
-return {'ok', 0, unpack(redis.call('HMGET', dkey, 'transition', 'attempts'))}
+return try_acquire(KEYS[1], ARGV[1], ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8] == '1',
+  tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[3]))
 """
 )
 
@@ -201,11 +208,19 @@ class Acquired:
     transition: bytes | None = None
     attempts: int = 0
     job_id: str = ""
-    """Set when :meth:`FanoutStore.finish` acquired the line's next delivery: its job id."""
+    """The job whose attempt this is (for the line's next delivery acquired by
+    :meth:`FanoutStore.finish`, or a head started by processing, the safety-net job)."""
 
     @property
     def may_send(self) -> bool:
         return self.verdict in ("ok", "probe")
+
+    @classmethod
+    def from_reply(cls, reply: list[Any], job_id: str) -> Acquired:
+        """From ``try_acquire``'s reply: {verdict, until_ms[, transition, attempts]}."""
+        transition = reply[2] if len(reply) > 2 and reply[2] else None
+        attempts = int(reply[3]) if len(reply) > 3 and reply[3] else 0
+        return cls(_text(reply[0]), int(reply[1]), transition, attempts, job_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,9 +278,7 @@ class FanoutStore:
                 subscribers_version,
             ],
         )
-        transition = reply[2] if len(reply) > 2 and reply[2] else None
-        attempts = int(reply[3]) if len(reply) > 3 and reply[3] else 0
-        return Acquired(_text(reply[0]), int(reply[1]), transition, attempts)
+        return Acquired.from_reply(reply, job_id)
 
     async def finish(
         self,
