@@ -81,9 +81,10 @@ class StoreResult(enum.Enum):
     DUPLICATE = "duplicate"
 
 
-# Header names seen before, split into sensitive and not: most requests need no other check.
+# Header names seen before, and those of them that are sensitive: for most requests one
+# superset check tells that every name is known.
+_KNOWN_HEADERS: set[str] = set()
 _SENSITIVE_HEADERS: set[str] = set()
-_PLAIN_HEADERS: set[str] = set()
 _KNOWN_HEADERS_MAX = 4096
 
 
@@ -95,11 +96,14 @@ def is_sensitive_header(name: str) -> bool:
 def archived_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """The request headers minus signatures, credentials and cookies."""
     sensitive = _SENSITIVE_HEADERS
-    if len(sensitive) + len(_PLAIN_HEADERS) < _KNOWN_HEADERS_MAX:
-        for name in headers.keys() - _PLAIN_HEADERS - sensitive:
-            (sensitive if is_sensitive_header(name) else _PLAIN_HEADERS).add(name)
-        return {name: value for name, value in headers.items() if name not in sensitive}
-    return {name: value for name, value in headers.items() if not is_sensitive_header(name)}
+    if not _KNOWN_HEADERS.issuperset(headers):
+        if len(_KNOWN_HEADERS) >= _KNOWN_HEADERS_MAX:
+            return {name: v for name, v in headers.items() if not is_sensitive_header(name)}
+        for name in headers.keys() - _KNOWN_HEADERS:
+            if is_sensitive_header(name):
+                sensitive.add(name)
+            _KNOWN_HEADERS.add(name)
+    return {name: value for name, value in headers.items() if name not in sensitive}
 
 
 def raw_record(

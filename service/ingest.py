@@ -1,8 +1,8 @@
 """``/v1/webhooks/{source}``: verify, deduplicate, store durably, answer.
 
-A pure-ASGI endpoint (the hot path builds no Request object). Each answer is one of DESIGN's
-status codes; each rejection is counted in ``kartahook_webhooks_total{source,outcome}`` and
-appears in the request's log line (:func:`service.middleware.request_log_fields`) with its
+Works on the ASGI scope and ``receive`` (the hot path builds no Request object). Each answer is
+one of DESIGN's status codes; each rejection is counted in
+``kartahook_webhooks_total{source,outcome}`` and appears in the request's log line with its
 ``outcome`` and a ``reason`` for operators. Bodies never say why verification failed.
 """
 
@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import Receive, Scope
 
 from service import metrics
 from service.enqueue import EventStore, RedisUnavailable, StoreResult
-from service.middleware import json_response_messages, request_log_fields
+from service.middleware import TOO_LARGE_BODY, TOO_LARGE_HEADERS
 from service.sources.base import InboundRequest, Rejection, Source, Unroutable
 
 UNKNOWN_SOURCE = "unknown"
@@ -28,143 +28,102 @@ class ClientGone(Exception):
     """The client disconnected before its body arrived."""
 
 
-class Outcomes:
-    """Cached metric children per (source, outcome): ``labels()`` is too slow for the hot path."""
+class Answer(NamedTuple):
+    """The answer to one webhook request: status, JSON body, extra headers."""
 
-    def __init__(self) -> None:
-        self._counters: dict[tuple[str, str], Any] = {}
-        self._latency: dict[str, Any] = {}
-
-    def count(self, source: str, outcome: str) -> None:
-        counter = self._counters.get((source, outcome))
-        if counter is None:
-            counter = metrics.WEBHOOKS.labels(source, outcome)
-            self._counters[(source, outcome)] = counter
-        counter.inc()
-
-    def observe_ack(self, source: str, seconds: float) -> None:
-        histogram = self._latency.get(source)
-        if histogram is None:
-            histogram = metrics.ACK_SECONDS.labels(source)
-            self._latency[source] = histogram
-        histogram.observe(seconds)
+    status: int
+    body: dict[str, Any]
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 class WebhookEndpoint:
-    """The ASGI app behind ``/v1/webhooks/{source}``; the event store comes from lifespan state."""
+    """The handler behind ``/v1/webhooks/{source}``; the event store comes from lifespan state.
+
+    :meth:`handle` returns the answer rather than sending it: the caller
+    (:class:`service.webhook_front.WebhookFront`) sends it with the request id and logs the
+    request's line.
+    """
 
     def __init__(self, sources: Mapping[str, Source], retry_after_s: int) -> None:
         self.sources = dict(sources)
-        self.retry_after = str(retry_after_s).encode()
-        self.outcomes = Outcomes()
+        self.unavailable_headers = ((b"retry-after", str(retry_after_s).encode()),)
+        self.metrics = metrics.WebhookMetrics()
 
-    def source_label(self, path: str) -> str:
-        """The metric label for a webhook path: the source name if configured, else unknown."""
-        name = path.removeprefix(WEBHOOK_PATH_PREFIX)
-        return name if name in self.sources else UNKNOWN_SOURCE
+    def too_large(self, name: str, fields: dict[str, Any]) -> Answer:
+        """Count and describe a 413 (the body limit is checked before anything else)."""
+        label = name if name in self.sources else UNKNOWN_SOURCE
+        self._rejected(fields, label, "too_large", "body over the limit")
+        return Answer(413, TOO_LARGE_BODY, TOO_LARGE_HEADERS)
 
-    def record_too_large(self, scope: Scope) -> None:
-        """Body-limit hook: count and describe a 413 on a webhook path."""
-        path: str = scope["path"]
-        if path.startswith(WEBHOOK_PATH_PREFIX):
-            label = self.source_label(path)
-            request_log_fields(scope).update(
-                source=label, outcome="too_large", reason="body over the limit"
-            )
-            self.outcomes.count(label, "too_large")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def handle(
+        self, scope: Scope, receive: Receive, name: str, fields: dict[str, Any]
+    ) -> Answer | None:
+        """Check, store and answer the webhook of source ``name``; None when the client left
+        before its body arrived. Adds the log line's fields to ``fields``."""
         start = time.perf_counter()
-        fields = request_log_fields(scope)
-        name: str = scope["path_params"]["source"]
         source = self.sources.get(name)
         if source is None:
-            fields.update(
-                source=UNKNOWN_SOURCE, outcome="unknown_source", reason=f"no source {name[:64]!r}"
-            )
-            self.outcomes.count(UNKNOWN_SOURCE, "unknown_source")
-            await _answer(send, 404, {"error": "unknown source"})
-            return
+            self._rejected(fields, UNKNOWN_SOURCE, "unknown_source", f"no source {name[:64]!r}")
+            return Answer(404, {"error": "unknown source"})
         if scope["method"] not in source.methods:
             self._rejected(fields, name, "method_not_allowed", f"method {scope['method']}")
             allow = ", ".join(sorted(source.methods)).encode()
-            await _answer(send, 405, {"error": "method not allowed"}, [(b"allow", allow)])
-            return
+            return Answer(405, {"error": "method not allowed"}, ((b"allow", allow),))
         try:
             body = await _read_body(receive)
         except ClientGone:
             self._rejected(fields, name, "client_gone", "client disconnected")
-            return
+            return None
         request = _inbound_request(scope, body)
         store: EventStore = scope["state"]["event_store"]
         try:
             event = source.verify(request)
         except Unroutable as exc:
-            await self._unroutable(send, fields, store, exc, request, start)
-            return
+            return await self._unroutable(fields, store, exc, request, start)
         except Rejection as exc:
             self._rejected(fields, name, exc.outcome, exc.reason)
-            await _answer(send, exc.status, {"error": exc.public_message})
-            return
+            return Answer(exc.status, {"error": exc.public_message})
         fields["event_id"] = event.event_id
         fields["payment_id"] = event.payment_id
         try:
             result = await store.store(event, request.headers)
         except RedisUnavailable as exc:
-            await self._unavailable(send, fields, name, str(exc))
-            return
-        if result is StoreResult.STORED:
-            outcome, status = "accepted", 202
-        else:
-            outcome, status = "duplicate", 200
+            return self._unavailable(fields, name, str(exc))
+        outcome, status = ("accepted", 202) if result is StoreResult.STORED else ("duplicate", 200)
         fields["source"] = name
         fields["outcome"] = outcome
-        self.outcomes.count(name, outcome)
-        await _answer(send, status, {"status": outcome, "event_id": event.event_id})
-        self.outcomes.observe_ack(name, time.perf_counter() - start)
+        self.metrics.count(name, outcome)
+        self.metrics.observe_ack(name, time.perf_counter() - start)
+        return Answer(status, {"status": outcome, "event_id": event.event_id})
 
     def _rejected(self, fields: dict[str, Any], source: str, outcome: str, reason: str) -> None:
         fields["source"] = source
         fields["outcome"] = outcome
         fields["reason"] = reason
-        self.outcomes.count(source, outcome)
+        self.metrics.count(source, outcome)
 
-    async def _unavailable(
-        self, send: Send, fields: dict[str, Any], source: str, reason: str
-    ) -> None:
+    def _unavailable(self, fields: dict[str, Any], source: str, reason: str) -> Answer:
         self._rejected(fields, source, "unavailable", reason)
-        await _answer(
-            send, 503, {"error": "temporarily unavailable"}, [(b"retry-after", self.retry_after)]
-        )
+        return Answer(503, {"error": "temporarily unavailable"}, self.unavailable_headers)
 
     async def _unroutable(
         self,
-        send: Send,
         fields: dict[str, Any],
         store: EventStore,
         exc: Unroutable,
         request: InboundRequest,
         start: float,
-    ) -> None:
+    ) -> Answer:
         fields["event_id"] = exc.event_id
         try:
             await store.keep_unroutable(
                 exc.source, exc.event_id, exc.received_at_ms, request.headers, request.body
             )
         except RedisUnavailable as unavailable:
-            await self._unavailable(send, fields, exc.source, str(unavailable))
-            return
+            return self._unavailable(fields, exc.source, str(unavailable))
         self._rejected(fields, exc.source, exc.outcome, exc.reason)
-        await _answer(send, 422, {"error": exc.public_message, "event_id": exc.event_id})
-        self.outcomes.observe_ack(exc.source, time.perf_counter() - start)
-
-
-async def _answer(
-    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    start, payload = json_response_messages(status, body, headers or ())
-    await send(start)
-    await send(payload)
+        self.metrics.observe_ack(exc.source, time.perf_counter() - start)
+        return Answer(422, {"error": exc.public_message, "event_id": exc.event_id})
 
 
 async def _read_body(receive: Receive) -> bytes:

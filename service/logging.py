@@ -8,7 +8,8 @@ cached after first use, the timestamp is formatted once per second, redaction on
 line has something to redact, lines are rendered to bytes by orjson, and
 :class:`LineWriter` writes the lines of one event-loop turn in one ``write`` (a process that dies
 loses at most the lines of the turn it died in; outside a running loop every line is written at
-once).
+once). :func:`write_json_line` runs the same JSON pipeline without structlog's bound-logger call
+chain, for the ingestion's request line.
 """
 
 from __future__ import annotations
@@ -176,6 +177,57 @@ def format_exc_info(logger: Any, method_name: str, event_dict: MutableMapping[st
     return event_dict
 
 
+# Method names as structlog's add_log_level sees them, and their levels.
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+
+class _JsonPipeline:
+    """The JSON pipeline :func:`configure_logging` installed: the configured processor list, a
+    copy of it (to notice ``capture_logs`` or a reconfiguration), the level and the writer."""
+
+    __slots__ = ("installed", "level", "processors", "writer")
+
+    def __init__(
+        self, processors: list[structlog.types.Processor], level: int, writer: LineWriter
+    ) -> None:
+        self.processors = processors
+        self.installed = list(processors)
+        self.level = level
+        self.writer = writer
+
+
+_json_pipeline: _JsonPipeline | None = None
+
+
+def write_json_line(method_name: str, event: str, fields: dict[str, Any]) -> bool:
+    """Log ``event`` with ``fields`` as ``structlog.get_logger().<method_name>(event, **fields)``
+    would under the JSON pipeline of :func:`configure_logging`: the same processors (bound
+    context, level, timestamp, redaction, one orjson line) and the same writer, without the
+    bound logger's call chain. ``fields`` is used as the line, and changed.
+
+    Returns False, writing nothing, when that pipeline is not in force (console format, logging
+    not configured, or ``structlog.testing.capture_logs`` active): the caller logs through
+    structlog instead.
+    """
+    pipeline = _json_pipeline
+    if pipeline is None or pipeline.processors != pipeline.installed:
+        return False
+    if _LEVELS[method_name] < pipeline.level:
+        return True
+    fields["event"] = event
+    line: Any = fields
+    for processor in pipeline.processors:
+        line = processor(None, method_name, line)
+    pipeline.writer.msg(line)
+    return True
+
+
 def _shared_processors() -> list[structlog.types.Processor]:
     return [
         structlog.contextvars.merge_contextvars,
@@ -191,6 +243,7 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
     Loggers are cached on first use. Reconfiguring updates the processor list in place, so
     cached loggers and ``structlog.testing.capture_logs`` see the new processors.
     """
+    global _json_pipeline
     renderer: structlog.types.Processor
     line_renderer: structlog.types.Processor
     if log_format == "console":
@@ -208,6 +261,10 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=lambda *_: line_writer(sys.stdout),
         cache_logger_on_first_use=True,
+    )
+    json_lines = line_renderer is render_json_line
+    _json_pipeline = (
+        _JsonPipeline(processors, numeric_level, line_writer(sys.stdout)) if json_lines else None
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_logger_name, *_shared_processors()],

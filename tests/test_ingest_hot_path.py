@@ -1,5 +1,6 @@
 """The ingestion hot path's shortcuts give exactly what the plain versions give: the packed store
-command, archived headers, redaction, timestamps, and the log line writer."""
+command, archived headers, redaction, timestamps, the log line writer, the request line written
+without structlog's logger chain, and metric updates applied once per loop turn."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import pytest
 import redis.asyncio as aioredis
 import structlog
 
-from service import jobs, signing
+from service import jobs, metrics, signing
 from service.app import create_app
 from service.enqueue import STORE_EVENT, EventStore, archived_headers, raw_record
 from service.ingest_batcher import pack_command
@@ -196,6 +197,69 @@ def test_configured_logging_writes_json_lines_and_still_captures() -> None:
         assert line["secret"] == REDACTED and line["nested"] == {"email": REDACTED}
         assert line["timestamp"].endswith("Z")
     assert b"s3cr3t" not in result.stdout and b"e@x" not in result.stdout
+
+
+def test_fast_json_line_is_the_structlog_line() -> None:
+    """write_json_line writes what the configured structlog logger writes for the same call
+    (same keys in the same order, bound context, level, redaction), honours the level, and
+    declines (returns False) under capture_logs or the console format."""
+    script = textwrap.dedent(
+        """
+        import asyncio, structlog
+        from service.logging import configure_logging, write_json_line
+        configure_logging("json", "INFO")
+        log = structlog.get_logger("t")
+        def fields():
+            return {"source": "s", "status": 202, "duration_ms": 1.5, "client": None,
+                    "Signature": "v1,x", "nested": {"email": "e@x", "n": 1}}
+        async def main():
+            structlog.contextvars.bind_contextvars(request_id="r1", status="bound")
+            log.info("request", **fields())
+            assert write_json_line("info", "request", fields())
+            assert write_json_line("debug", "request", fields())
+        asyncio.run(main())
+        with structlog.testing.capture_logs() as entries:
+            assert not write_json_line("info", "request", fields())
+        assert entries == []
+        configure_logging("console", "INFO")
+        assert not write_json_line("info", "request", fields())
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, env=env, timeout=60, check=True
+    )
+    structlog_line, fast_line = (orjson.loads(line) for line in result.stdout.splitlines())
+    assert fast_line.pop("timestamp").endswith("Z") and structlog_line.pop("timestamp")
+    assert list(fast_line.items()) == list(structlog_line.items())
+    assert fast_line["request_id"] == "r1" and fast_line["status"] == 202
+    assert fast_line["Signature"] == REDACTED and fast_line["nested"]["email"] == REDACTED
+
+
+def _sample(name: str, labels: dict[str, str]) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_webhook_metrics_are_applied_at_the_end_of_the_loop_turn() -> None:
+    """Counts and ack times recorded during one loop turn reach the prometheus metrics together,
+    by the next turn; outside a loop they are applied at once."""
+    total = ("kartahook_webhooks_total", {"source": "turn-test", "outcome": "accepted"})
+    acks = ("kartahook_ack_seconds_count", {"source": "turn-test"})
+    fast = ("kartahook_ack_seconds_bucket", {"source": "turn-test", "le": "0.001"})
+    before = [_sample(*total), _sample(*acks), _sample(*fast)]
+    recorder = metrics.WebhookMetrics()
+    for seconds in (0.0005, 0.003, 0.0007):
+        recorder.count("turn-test", "accepted")
+        recorder.observe_ack("turn-test", seconds)
+    assert [_sample(*total), _sample(*acks), _sample(*fast)] == before
+    await asyncio.sleep(0)
+    assert [_sample(*total), _sample(*acks), _sample(*fast)] == [
+        before[0] + 3,
+        before[1] + 3,
+        before[2] + 2,
+    ]
+    await asyncio.to_thread(recorder.count, "turn-test", "accepted")
+    assert _sample(*total) == before[0] + 4
 
 
 def test_signatures_from_cached_keys_match_a_fresh_hmac() -> None:
