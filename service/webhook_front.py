@@ -10,6 +10,7 @@ with the request id header already in it. Proxy headers are applied outside this
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -64,7 +65,7 @@ class WebhookFront:
             self.request_log.write(scope, fields, status, start)
 
     async def _answer(
-        self, scope: Scope, receive: Receive, name: str, fields: dict[str, object]
+        self, scope: Scope, receive: Receive, name: str, fields: dict[str, Any]
     ) -> Answer | None:
         declared = declared_length(scope)
         if declared is not None:
