@@ -134,21 +134,27 @@ local function insert_delivery(prefix, queue, job_prefix, sub, tid, pid, seq, et
   return activate_next(prefix, queue, job_prefix, sub, pid, now, at)
 end
 
-local function wake(prefix, queue, job_prefix, sub, count, now)
-  local woken = 0
+-- Takes the longest-parked delivery of ``sub`` off the waiting set and gives it a fresh job,
+-- due at ``at`` (default now); returns the job id and the delivery's key, or false.
+local function unpark_one(prefix, queue, job_prefix, sub, now, at)
   local wkey = prefix .. 'w:' .. sub
-  while woken < count do
-    local popped = redis.call('ZPOPMIN', wkey)
-    local tid = popped[1]
-    if not tid then break end
+  while true do
+    local tid = redis.call('ZPOPMIN', wkey)[1]
+    if not tid then return false end
     local dkey = prefix .. 'd:' .. sub .. ':' .. tid
     if redis.call('HGET', dkey, 'state') == 'active' then
       local old = tonumber(redis.call('HGET', dkey, 'gen')) or 0
       cancel_job(queue, job_prefix, sub, tid, old)
       local gen = redis.call('HINCRBY', dkey, 'gen', 1)
-      enqueue(queue, job_prefix, sub, tid, gen, now, now)
-      woken = woken + 1
+      return enqueue(queue, job_prefix, sub, tid, gen, at or now, now), dkey
     end
+  end
+end
+
+local function wake(prefix, queue, job_prefix, sub, count, now)
+  local woken = 0
+  while woken < count and unpark_one(prefix, queue, job_prefix, sub, now) do
+    woken = woken + 1
   end
   return woken
 end

@@ -114,10 +114,11 @@ class Transition:
     """When the webhook that revealed this transition was received (for end-to-end latency)."""
     payment: dict[str, Any] = field(default_factory=dict)
     """The payment as fetched, with its ``id``."""
+    id: str = field(init=False, compare=False)
+    """The ``webhook-id``: :func:`transition_id`, computed once (delivery reads it often)."""
 
-    @property
-    def id(self) -> str:
-        return transition_id(self.payment_id, self.status)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", transition_id(self.payment_id, self.status))
 
     @property
     def event_type(self) -> str:

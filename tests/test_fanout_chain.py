@@ -75,3 +75,53 @@ async def test_one_delivery_job_delivers_a_payments_waiting_steps_in_order(
     assert recorder.ids() == [item.id for item in items]
     assert [j for j in started_jobs if j.startswith("fdl:")] == [f"fdl:ledger:{items[0].id}:1"]
     assert await redis.zcard(settings.queue_name) == 0
+
+
+async def test_a_freed_slot_goes_to_a_parked_delivery_in_the_same_job(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    """With a cap of one, deliveries of other payments park; the job holding the slot, with
+    nothing next in its own line, sends them itself instead of waking each into a new job."""
+    settings = settings_for(redis_url)
+    started_jobs: list[str] = []
+    recorder = Recorder()
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        ctx["settings"] = settings
+        await fanout.on_startup(ctx)
+
+    async def on_job_start(ctx: dict[str, Any]) -> None:
+        started_jobs.append(str(ctx["job_id"]))
+
+    worker = Worker(
+        functions=fanout.functions(settings),
+        on_startup=startup,
+        on_shutdown=fanout.on_shutdown,
+        on_job_start=on_job_start,
+        burst=True,
+        poll_delay=0.02,
+        max_jobs=10,
+        keep_result=0,
+        handle_signals=False,
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+        redis_settings=RedisSettings.from_dsn(redis_url),
+        queue_name=settings.queue_name,
+    )
+    items = [transition(f"pay_{n}", "captured") for n in range(3)]
+    async with serve_app(recorder.app()) as base:
+        await SubscriberStore(redis).put(subscriber("ledger", base, concurrency=1))
+        for item in items:
+            await emit(redis, settings, item)
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(worker.async_run(), 20)
+        finally:
+            await worker.close()
+    assert sorted(recorder.ids()) == sorted(item.id for item in items)
+    assert len(recorder.requests) == 3
+    # Only the three first jobs ran: no parked delivery needed a job of its own (a parked one's
+    # next job would be due only after the 30 s lease).
+    assert sorted(started_jobs) == sorted(f"fdl:ledger:{item.id}:1" for item in items)
+    assert time.monotonic() - started < 15
+    assert await redis.zcard(settings.queue_name) == 0

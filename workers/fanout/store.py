@@ -92,7 +92,8 @@ return try_acquire(KEYS[1], ARGV[1], ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 # With hold_ms > 0, the next delivery of the line that a success activates is acquired for the
 # caller in the same step (when the caller's subscriber list is current and the cap allows) and
 # handed back to run at once: its job stays queued, deferred by hold_ms, as the safety net should
-# the caller die. Returns {result, woken, dead letters, handed job id, its transition, attempts}.
+# the caller die. With no next one in the line, the longest-parked delivery of the subscriber
+# (waiting for a slot) is handed over the same way, instead of being woken into a job. Returns {result, woken, dead letters, handed job id, its transition, attempts}.
 FINISH_LUA = (
     LUA_COMMON
     + """
@@ -108,6 +109,8 @@ local dkey = prefix .. 'd:' .. sub .. ':' .. tid
 local fkey = prefix .. 'f:' .. sub
 local bkey = prefix .. 'b:' .. sub
 local handed, handed_fields = '', {'', '0'}
+-- The caller's copy of the subscriber is current: it may be handed more work.
+local current = enabled and (redis.call('GET', KEYS[2]) or '0') == ARGV[22]
 redis.call('ZREM', fkey, job_id)
 -- This attempt is over: its job (an arq run, or the safety job of an inline run) is spent.
 redis.call('ZREM', queue, job_id)
@@ -147,8 +150,7 @@ if state == 'active' and redis.call('HGET', dkey, 'gen') == gen then
     if hold > 0 then
       local nxt_job, nxt_dkey = advance(prefix, queue, job_prefix, sub, pid, tid, now, now + hold)
       if nxt_job then
-        if enabled and (redis.call('GET', KEYS[2]) or '0') == ARGV[22]
-            and redis.call('ZCARD', fkey) < cap then
+        if current and redis.call('ZCARD', fkey) < cap then
           redis.call('ZADD', fkey, now + lease, nxt_job)
           handed = nxt_job
           handed_fields = redis.call('HMGET', nxt_dkey, 'transition', 'attempts')
@@ -187,7 +189,18 @@ if (enabled or outcome == 'removed') and not breaker_open and outcome ~= 'gone' 
   if open_until == 0 then
     local free = cap - redis.call('ZCARD', fkey)
     if outcome == 'removed' then free = 1 end
-    if free > 0 then woken = wake(prefix, queue, job_prefix, sub, free, now) end
+    if free > 0 and handed == '' and hold > 0 and outcome == 'ok' and current then
+      -- Nothing next in this line: the caller takes the slot with a parked delivery instead.
+      local job, dkey = unpark_one(prefix, queue, job_prefix, sub, now, now + hold)
+      if job then
+        redis.call('ZADD', fkey, now + lease, job)
+        handed = job
+        handed_fields = redis.call('HMGET', dkey, 'transition', 'attempts')
+        free = free - 1
+        woken = 1
+      end
+    end
+    if free > 0 then woken = woken + wake(prefix, queue, job_prefix, sub, free, now) end
   end
 end
 return {result, woken, redis.call('ZCARD', prefix .. 'dead'), handed, unpack(handed_fields)}
