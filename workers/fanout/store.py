@@ -93,7 +93,8 @@ return try_acquire(KEYS[1], ARGV[1], ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 # caller in the same step (when the caller's subscriber list is current and the cap allows) and
 # handed back to run at once: its job stays queued, deferred by hold_ms, as the safety net should
 # the caller die. With no next one in the line, the longest-parked delivery of the subscriber
-# (waiting for a slot) is handed over the same way, instead of being woken into a job. Returns {result, woken, dead letters, handed job id, its transition, attempts}.
+# (waiting for a slot) is handed over the same way, instead of being woken into a job.
+# Returns {result, woken, dead letters, handed job id, its transition, attempts}.
 FINISH_LUA = (
     LUA_COMMON
     + """
