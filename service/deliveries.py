@@ -9,7 +9,8 @@ Key layout (``{s}`` subscriber id, ``{t}`` transition id = webhook-id, ``{p}`` p
 
 - ``kh:fo:d:{s}:{t}``  hash, one delivery: state (queued, active, delivered, dead, dropped), gen
   (bumped whenever its next arq job changes, so a stale job knows it is stale), attempts, seq,
-  payment_id, type, the transition as JSON, times, last status/error. Kept ``delivery_done_ttl_s``
+  payment_id, type, the body sent (the same bytes on every attempt and replay), when its webhook
+  was received, times, last status/error. Kept ``delivery_done_ttl_s``
   after success, so a duplicate fan-out job creates nothing; kept without TTL while dead.
 - ``kh:fo:o:{s}:{p}``  zset of the pending deliveries of one (subscriber, payment), score = seq.
 - ``kh:fo:h:{s}:{p}``  string, the one active delivery of that pair (its head). Only the head has
@@ -124,12 +125,13 @@ end
 
 -- Creates the delivery of transition ``tid`` to ``sub`` unless it exists, and activates it when
 -- it is first in its (sub, pid) line. Returns the activated head's job id, or false.
-local function insert_delivery(prefix, queue, job_prefix, sub, tid, pid, seq, etype, body, now, at)
+local function insert_delivery(prefix, queue, job_prefix, sub, tid, pid, seq, etype, body,
+    received, now, at)
   local dkey = prefix .. 'd:' .. sub .. ':' .. tid
   if redis.call('EXISTS', dkey) == 1 then return false end
   redis.call('HSET', dkey, 'sub', sub, 'tid', tid, 'payment_id', pid, 'seq', seq,
-    'type', etype, 'state', 'queued', 'gen', 0, 'attempts', 0, 'transition', body,
-    'created_ms', now)
+    'type', etype, 'state', 'queued', 'gen', 0, 'attempts', 0, 'body', body,
+    'received_ms', received, 'created_ms', now)
   redis.call('ZADD', prefix .. 'o:' .. sub .. ':' .. pid, seq, tid)
   return activate_next(prefix, queue, job_prefix, sub, pid, now, at)
 end
@@ -215,7 +217,8 @@ class DeadLetter:
     last_status: str
     last_error: str
     replays: int
-    transition: dict[str, Any] | None = None
+    body: dict[str, Any] | None = None
+    """The event sent (``{"id", "type", "timestamp", "data"}``), when asked for."""
 
     def to_dict(self) -> dict[str, Any]:
         data = {
@@ -230,8 +233,8 @@ class DeadLetter:
             "last_error": self.last_error,
             "replays": self.replays,
         }
-        if self.transition is not None:
-            data["transition"] = self.transition
+        if self.body is not None:
+            data["body"] = self.body
         return data
 
 
@@ -246,12 +249,10 @@ def _int(fields: dict[bytes, bytes], name: str) -> int:
         return 0
 
 
-def dead_letter_from_hash(
-    fields: dict[bytes, bytes], with_transition: bool = False
-) -> DeadLetter | None:
+def dead_letter_from_hash(fields: dict[bytes, bytes], with_body: bool = False) -> DeadLetter | None:
     if _text(fields, "state") != "dead":
         return None
-    transition = orjson.loads(fields[b"transition"]) if with_transition else None
+    body = orjson.loads(fields[b"body"]) if with_body else None
     return DeadLetter(
         subscriber=_text(fields, "sub"),
         transition_id=_text(fields, "tid"),
@@ -263,7 +264,7 @@ def dead_letter_from_hash(
         last_status=_text(fields, "last_status"),
         last_error=_text(fields, "last_error"),
         replays=_int(fields, "replays"),
-        transition=transition,
+        body=body,
     )
 
 
@@ -307,7 +308,7 @@ class DeliveryAdmin:
     async def dead_letter(self, subscriber_id: str, transition_id: str) -> DeadLetter | None:
         key = delivery_key(subscriber_id, transition_id)
         fields: dict[bytes, bytes] = await self.redis.hgetall(key)  # type: ignore[misc]
-        return dead_letter_from_hash(fields, with_transition=True) if fields else None
+        return dead_letter_from_hash(fields, with_body=True) if fields else None
 
     async def replay(self, subscriber_id: str, transition_id: str, now_ms: int) -> str:
         """Queue a dead letter again, same webhook-id: 'ok', 'missing' or 'not_dead'."""

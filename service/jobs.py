@@ -99,8 +99,8 @@ def transition_id(payment_id: str, status: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Transition:
-    """One lifecycle step of one payment: what processing emits, and what each delivery sends
-    (stored as JSON in the delivery)."""
+    """One lifecycle step of one payment, as processing emits it (each delivery stores the body
+    built from it, ``workers.fanout.message.delivery_body``)."""
 
     payment_id: str
     status: str
@@ -123,32 +123,3 @@ class Transition:
     @property
     def event_type(self) -> str:
         return f"payment.{self.status}"
-
-    def to_json(self) -> bytes:
-        # By hand, not dataclasses.asdict: that deep-copies the whole payment every time.
-        return orjson.dumps(
-            {
-                "payment_id": self.payment_id,
-                "status": self.status,
-                "seq": self.seq,
-                "occurred_at": self.occurred_at,
-                "source": self.source,
-                "event_id": self.event_id,
-                "received_at_ms": self.received_at_ms,
-                "payment": self.payment,
-            }
-        )
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> Transition:
-        arg = orjson.loads(raw)
-        return cls(
-            payment_id=str(arg["payment_id"]),
-            status=str(arg["status"]),
-            seq=int(arg["seq"]),
-            occurred_at=str(arg["occurred_at"]),
-            source=str(arg["source"]),
-            event_id=str(arg["event_id"]),
-            received_at_ms=int(arg["received_at_ms"]),
-            payment=dict(arg.get("payment") or {}),
-        )

@@ -142,6 +142,7 @@ async def emit(redis: aioredis.Redis, settings: Settings, item: Transition) -> i
         at=item.occurred_at,
         candidates=match_subscribers([item], await subscribers.all()),
         subscribers_version=subscribers.version,
+        received_at_ms=item.received_at_ms,
     )
     return result.emitted
 

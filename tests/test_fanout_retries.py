@@ -141,8 +141,8 @@ async def test_dead_letter_releases_the_line_and_replay_keeps_the_webhook_id(
         [letter] = await admin.dead_letters(subscriber_id="ledger")
         assert letter.transition_id == captured.id
         shown = await admin.dead_letter("ledger", captured.id)
-        assert shown is not None and shown.transition is not None
-        assert shown.transition["payment_id"] == "pay_d"
+        assert shown is not None and shown.body is not None
+        assert (shown.body["id"], shown.body["data"]["id"]) == (captured.id, "pay_d")
 
         failing["on"] = False
         assert await admin.replay("ledger", captured.id, int(time.time() * 1000)) == "ok"

@@ -160,7 +160,8 @@ async def test_inline_run_starts_the_heads_and_their_jobs_wait_the_hold(
     head = f"fdl:all:{transition_id('pay_1', 'submitted')}:1"
     [started] = outcome.deliveries
     assert (started.job_id, started.attempts) == (head, 0)
-    assert started.transition is not None and b'"status":"submitted"' in started.transition
+    assert started.body is not None and b'"type":"payment.submitted"' in started.body
+    assert (started.payment_id, started.event_type) == ("pay_1", "payment.submitted")
     assert await redis.zscore(inflight_key("all"), head) is not None
     score = await redis.zscore(QUEUE, head)
     assert score is not None and score >= time.time() * 1000 + 25_000

@@ -44,12 +44,12 @@ return 0
 
 # KEYS: state, dirty, lock, queue, transitions log, subscribers version. ARGV: seq, status, at,
 # token, lock_ttl_ms, state_ttl_s, job_prefix, fan-out prefix, payment_id, log_maxlen,
-# subscribers version, hold_ms, lease_ms, open_jitter_ms, then n and n (subscriber id, cap),
-# then for each candidate transition, in lifecycle order: seq, status, webhook-id, event type,
-# transition JSON, n, n subscriber ids.
+# subscribers version, hold_ms, lease_ms, open_jitter_ms, n, received_ms, then n (subscriber
+# id, cap), then for each candidate transition, in lifecycle order: seq, status, webhook-id,
+# event type, delivery body, n, n subscriber ids.
 # Returns {-2} when the subscriber list the caller matched against is stale (nothing written);
-# else {previous seq, emitted, fetch again, then (job id, transition, attempts) of each delivery
-# activated and started for the caller (only with hold_ms > 0)}.
+# else {previous seq, emitted, fetch again, then (job id, body, attempts, payment id, type,
+# received ms) of each delivery activated and started for the caller (only with hold_ms > 0)}.
 _RECORD = (
     LUA_COMMON
     + TRY_ACQUIRE_LUA
@@ -66,7 +66,7 @@ if new > cur then
   local job_prefix, prefix, pid = ARGV[7], ARGV[8], ARGV[9]
   local hold, lease, jitter = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
   local caps = {}
-  local i = 16
+  local i = 17
   for _ = 1, tonumber(ARGV[15]) do
     caps[ARGV[i]] = tonumber(ARGV[i + 1])
     i = i + 2
@@ -78,7 +78,7 @@ if new > cur then
       local tid = ARGV[i + 2]
       for j = i + 6, i + 5 + n do
         local head, dkey = insert_delivery(prefix, KEYS[4], job_prefix, ARGV[j], tid, pid, seq,
-          ARGV[i + 3], ARGV[i + 4], now, now + hold)
+          ARGV[i + 3], ARGV[i + 4], ARGV[16], now, now + hold)
         if head then table.insert(heads, {head, ARGV[j], tid, dkey}) end
       end
       redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[10], '*',
@@ -96,8 +96,7 @@ if new > cur then
         caps[sub], lease, jitter, now)
       if got[1] == 'ok' or got[1] == 'probe' then
         table.insert(reply, job_id)
-        table.insert(reply, got[3])
-        table.insert(reply, got[4])
+        for k = 3, 7 do table.insert(reply, got[k] or '') end
       else
         -- Parked (with a fresh job when it may go): the held job is spent.
         redis.call('ZREM', KEYS[4], job_id)
@@ -168,7 +167,8 @@ class Candidate:
     status: str
     transition_id: str
     event_type: str
-    transition_json: bytes
+    body: bytes
+    """What each of its deliveries sends (``workers.fanout.message.delivery_body``)."""
     subscriber_ids: tuple[str, ...]
 
 
@@ -212,6 +212,7 @@ class PaymentStateStore:
         at: str,
         candidates: list[Candidate],
         subscribers_version: str,
+        received_at_ms: int = 0,
         caps: Mapping[str, int] | None = None,
         hold_ms: int = 0,
         lease_ms: int = 0,
@@ -242,11 +243,12 @@ class PaymentStateStore:
             lease_ms,
             open_jitter_ms,
             len(caps or {}),
+            received_at_ms,
         ]
         for subscriber_id, cap in (caps or {}).items():
             args += [subscriber_id, cap]
         for c in candidates:
-            args += [c.seq, c.status, c.transition_id, c.event_type, c.transition_json]
+            args += [c.seq, c.status, c.transition_id, c.event_type, c.body]
             args += [len(c.subscriber_ids), *c.subscriber_ids]
         keys = [
             state_key(payment_id),
@@ -261,8 +263,7 @@ class PaymentStateStore:
             raise StaleSubscribers
         previous, emitted, again, *flat = reply
         started = tuple(
-            Acquired("ok", 0, flat[i + 1], int(flat[i + 2] or 0), flat[i].decode())
-            for i in range(0, len(flat), 3)
+            Acquired.started(flat[i].decode(), flat[i + 1 : i + 6]) for i in range(0, len(flat), 6)
         )
         return RecordResult(int(previous), int(emitted), bool(again), started)
 

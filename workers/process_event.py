@@ -24,6 +24,7 @@ from service.settings import Settings
 from service.subscribers import Subscriber, SubscriberCache
 from workers import fanout, metrics
 from workers.fanout.handlers import deliver_now
+from workers.fanout.message import delivery_body
 from workers.fanout.schedule import breaker_wake_jitter_ms
 from workers.fanout.store import Acquired
 from workers.payment_state import Candidate, PaymentStateStore, RecordResult, StaleSubscribers
@@ -201,6 +202,7 @@ class EventProcessor:
                     at=str(payment.get(TIMESTAMP_FIELD.get(status, ""), "") or ""),
                     candidates=candidates,
                     subscribers_version=self._subscribers.version,
+                    received_at_ms=hint.received_at_ms,
                     caps={s.id: s.cap(self._inline.default_cap) for s in subscribers},
                     hold_ms=hold_ms,
                     lease_ms=self._inline.lease_ms,
@@ -253,7 +255,7 @@ def match_subscribers(
             status=t.status,
             transition_id=t.id,
             event_type=t.event_type,
-            transition_json=t.to_json(),
+            body=delivery_body(t),
             subscriber_ids=tuple(
                 s.id for s in enabled if s.wants(t.event_type, t.source, t.payment)
             ),

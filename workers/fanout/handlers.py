@@ -16,12 +16,11 @@ import redis.asyncio as aioredis
 import structlog
 
 from service.deliveries import parse_deliver_job_id
-from service.jobs import Transition
 from service.settings import Settings
 from service.subscribers import Subscriber, SubscriberCache, SubscriberStore
 from workers.fanout import metrics
 from workers.fanout.client import AttemptResult, post_once
-from workers.fanout.message import delivery_body, delivery_headers
+from workers.fanout.message import delivery_headers
 from workers.fanout.schedule import RetrySchedule, breaker_wake_jitter_ms, parse_retry_after
 from workers.fanout.store import Acquired, FanoutStore
 
@@ -168,7 +167,7 @@ async def _acquire(
                 if acquired.verdict == "open":
                     metrics.set_subscriber_state(subscriber_id, "paused")
             return acquired.verdict
-        if acquired.transition is None:
+        if acquired.body is None:
             return "stale"
         return subscriber, acquired
     raise SubscriberListChanging(f"the subscriber registry changed {RELOAD_TRIES} times")
@@ -186,13 +185,11 @@ async def _attempt(
     deps: FanoutDeps, subscriber: Subscriber, acquired: Acquired, cap: int, chain: bool
 ) -> tuple[str, Acquired | None]:
     """POST once and record it: the result, and the line's next delivery if it was handed over."""
-    assert acquired.transition is not None
-    job_id = acquired.job_id
+    assert acquired.body is not None
+    job_id, body, webhook_id = acquired.job_id, acquired.body, acquired.webhook_id
     settings = deps.settings
-    transition = Transition.from_json(acquired.transition)
     attempt = acquired.attempts + 1
-    body = delivery_body(transition)
-    headers = delivery_headers(subscriber, transition.id, body)
+    headers = delivery_headers(subscriber, webhook_id, body)
     started_at = time.time()
     result = await post_once(
         deps.transport, deps.url_of(subscriber), headers, body, settings.delivery_timeout_s
@@ -212,9 +209,9 @@ async def _attempt(
     entry = {
         "at": datetime.fromtimestamp(started_at, UTC).isoformat(),
         "at_ms": int(started_at * 1000),
-        "webhook_id": transition.id,
-        "payment_id": transition.payment_id,
-        "type": transition.event_type,
+        "webhook_id": webhook_id,
+        "payment_id": acquired.payment_id,
+        "type": acquired.event_type,
         "attempt": attempt,
         "status": result.status,
         "outcome": outcome,
@@ -225,7 +222,7 @@ async def _attempt(
     }
     finished_state = await deps.store.finish(
         subscriber_id=subscriber.id,
-        transition_id=transition.id,
+        transition_id=webhook_id,
         gen=parse_deliver_job_id(job_id),
         job_id=job_id,
         outcome="ok" if result.succeeded else "gone" if result.gone else "fail",
@@ -244,14 +241,14 @@ async def _attempt(
         lease_ms=deps.lease_ms,
         subscribers_version=deps.subscribers.version,
     )
-    _observe(subscriber.id, transition, result, outcome, finished)
+    _observe(subscriber.id, acquired.received_at_ms, result, outcome, finished)
     metrics.DEAD_LETTERS.set(finished_state.dead_letters)
     log.info(
         "delivery_attempt",
         subscriber=subscriber.id,
-        payment_id=transition.payment_id,
-        event_type=transition.event_type,
-        webhook_id=transition.id,
+        payment_id=acquired.payment_id,
+        event_type=acquired.event_type,
+        webhook_id=webhook_id,
         attempt=attempt,
         status=result.status,
         outcome=outcome,
@@ -263,12 +260,12 @@ async def _attempt(
 
 
 def _observe(
-    subscriber_id: str, transition: Transition, result: AttemptResult, outcome: str, at_ms: int
+    subscriber_id: str, received_at_ms: int, result: AttemptResult, outcome: str, at_ms: int
 ) -> None:
     metrics.DELIVERIES.labels(subscriber_id, outcome).inc()
     metrics.DELIVERY_SECONDS.labels(subscriber_id).observe(result.latency_ms / 1000)
     if result.succeeded:
-        seconds = max(0.0, (at_ms - transition.received_at_ms) / 1000)
+        seconds = max(0.0, (at_ms - received_at_ms) / 1000)
         metrics.RECEIVED_TO_DELIVERED_SECONDS.labels(subscriber_id).observe(seconds)
         metrics.set_subscriber_state(subscriber_id, "enabled")
     elif result.gone:

@@ -25,11 +25,21 @@ from service.deliveries import FO_PREFIX, LUA_COMMON
 from service.jobs import ARQ_JOB_PREFIX
 from service.subscribers import SUBSCRIBERS_VERSION_KEY
 
+# Lua: what an attempt needs of a delivery, read when it starts (see :meth:`Acquired.started`).
+DELIVERY_FIELDS_LUA = """
+local function delivery_fields(dkey)
+  return redis.call('HMGET', dkey, 'body', 'attempts', 'payment_id', 'type', 'received_ms')
+end
+"""
+
 # Lua: let the attempt of job ``job_id`` on delivery (sub, tid, gen) start, or park the delivery
 # (over the cap, breaker open, probe in flight, subscriber disabled: a fresh job when it may
-# go, none while disabled). Returns {verdict, until_ms[, transition, attempts]}. Shared by the
+# go, none while disabled). Returns {verdict, until_ms[, body, attempts, payment id, type,
+# received ms]}. Shared by the
 # acquire script and by processing's compare-and-set, which starts the heads it creates.
-TRY_ACQUIRE_LUA = """
+TRY_ACQUIRE_LUA = (
+    DELIVERY_FIELDS_LUA
+    + """
 local function try_acquire(queue, prefix, job_prefix, sub, tid, gen, job_id, enabled, cap, lease,
     open_jitter, now)
   local dkey = prefix .. 'd:' .. sub .. ':' .. tid
@@ -43,7 +53,7 @@ local function try_acquire(queue, prefix, job_prefix, sub, tid, gen, job_id, ena
   end
   local function start()
     redis.call('ZADD', prefix .. 'f:' .. sub, now + lease, job_id)
-    return unpack(redis.call('HMGET', dkey, 'transition', 'attempts'))
+    return unpack(delivery_fields(dkey))
   end
   if not enabled then park(nil) return {'disabled', 0} end
   local fkey = prefix .. 'f:' .. sub
@@ -72,6 +82,7 @@ local function try_acquire(queue, prefix, job_prefix, sub, tid, gen, job_id, ena
   return {'ok', 0, start()}
 end
 """
+)
 
 # KEYS: queue, subscribers version. ARGV: prefix, job_prefix, now, sub, tid, gen, job_id, enabled,
 #   cap, lease_ms, open_jitter_ms, subscribers version ('reload' when it is not the registry's).
@@ -94,9 +105,11 @@ return try_acquire(KEYS[1], ARGV[1], ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 # handed back to run at once: its job stays queued, deferred by hold_ms, as the safety net should
 # the caller die. With no next one in the line, the longest-parked delivery of the subscriber
 # (waiting for a slot) is handed over the same way, instead of being woken into a job.
-# Returns {result, woken, dead letters, handed job id, its transition, attempts}.
+# Returns {result, woken, dead letters, handed job id[, its body, attempts, payment id, type,
+# received ms]}.
 FINISH_LUA = (
     LUA_COMMON
+    + DELIVERY_FIELDS_LUA
     + """
 local queue = KEYS[1]
 local prefix, job_prefix, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
@@ -109,7 +122,7 @@ local hold, lease = tonumber(ARGV[20]), tonumber(ARGV[21])
 local dkey = prefix .. 'd:' .. sub .. ':' .. tid
 local fkey = prefix .. 'f:' .. sub
 local bkey = prefix .. 'b:' .. sub
-local handed, handed_fields = '', {'', '0'}
+local handed, handed_fields = '', {}
 -- The caller's copy of the subscriber is current: it may be handed more work.
 local current = enabled and (redis.call('GET', KEYS[2]) or '0') == ARGV[22]
 redis.call('ZREM', fkey, job_id)
@@ -154,7 +167,7 @@ if state == 'active' and redis.call('HGET', dkey, 'gen') == gen then
         if current and redis.call('ZCARD', fkey) < cap then
           redis.call('ZADD', fkey, now + lease, nxt_job)
           handed = nxt_job
-          handed_fields = redis.call('HMGET', nxt_dkey, 'transition', 'attempts')
+          handed_fields = delivery_fields(nxt_dkey)
         else
           redis.call('ZADD', queue, 'XX', now, nxt_job)
         end
@@ -196,7 +209,7 @@ if (enabled or outcome == 'removed') and not breaker_open and outcome ~= 'gone' 
       if job then
         redis.call('ZADD', fkey, now + lease, job)
         handed = job
-        handed_fields = redis.call('HMGET', dkey, 'transition', 'attempts')
+        handed_fields = delivery_fields(dkey)
         free = free - 1
         woken = 1
       end
@@ -213,28 +226,53 @@ return {result, woken, redis.call('ZCARD', prefix .. 'dead'), handed, unpack(han
 class Acquired:
     """What :meth:`FanoutStore.acquire` decided: ``ok``/``probe`` start; the rest park or skip.
 
-    When the attempt may start, ``transition`` (JSON) and ``attempts`` (so far) come along, read
-    in the same script.
+    When the attempt may start, what it sends comes along, read in the same script: the body,
+    the attempts so far, and the payment id, event type and webhook receipt time (for the log
+    line and the latency metric).
     """
 
     verdict: str
     until_ms: int
-    transition: bytes | None = None
+    body: bytes | None = None
     attempts: int = 0
     job_id: str = ""
     """The job whose attempt this is (for the line's next delivery acquired by
     :meth:`FanoutStore.finish`, or a head started by processing, the safety-net job)."""
+    payment_id: str = ""
+    event_type: str = ""
+    received_at_ms: int = 0
 
     @property
     def may_send(self) -> bool:
         return self.verdict in ("ok", "probe")
 
+    @property
+    def webhook_id(self) -> str:
+        return self.job_id.split(":")[2]  # fdl:<sub>:<webhook-id>:<gen>
+
+    @classmethod
+    def started(cls, job_id: str, fields: list[Any], verdict: str = "ok") -> Acquired:
+        """A started attempt from ``delivery_fields``: body, attempts, payment id, type,
+        received ms."""
+        body, attempts, payment_id, event_type, received = (list(fields) + [None] * 5)[:5]
+        return cls(
+            verdict,
+            0,
+            body or None,
+            int(attempts or 0),
+            job_id,
+            _text(payment_id or b""),
+            _text(event_type or b""),
+            int(received or 0),
+        )
+
     @classmethod
     def from_reply(cls, reply: list[Any], job_id: str) -> Acquired:
-        """From ``try_acquire``'s reply: {verdict, until_ms[, transition, attempts]}."""
-        transition = reply[2] if len(reply) > 2 and reply[2] else None
-        attempts = int(reply[3]) if len(reply) > 3 and reply[3] else 0
-        return cls(_text(reply[0]), int(reply[1]), transition, attempts, job_id)
+        """From ``try_acquire``'s reply: {verdict, until_ms[, delivery fields]}."""
+        verdict = _text(reply[0])
+        if len(reply) > 2:
+            return cls.started(job_id, reply[2:], verdict)
+        return cls(verdict, int(reply[1]), job_id=job_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,5 +387,5 @@ class FanoutStore:
             result=_text(reply[0]),
             woken=int(reply[1]),
             dead_letters=int(reply[2]),
-            handed=Acquired("ok", 0, reply[4], int(reply[5] or 0), handed) if handed else None,
+            handed=Acquired.started(handed, reply[4:]) if handed else None,
         )
