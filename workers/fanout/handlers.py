@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from service.deliveries import parse_deliver_job_id
+from service.logging import write_json_line
 from service.settings import Settings
 from service.subscribers import Subscriber, SubscriberCache, SubscriberStore
 from workers.fanout import metrics
@@ -243,19 +244,21 @@ async def _attempt(
     )
     _observe(subscriber.id, acquired.received_at_ms, result, outcome, finished)
     metrics.DEAD_LETTERS.set(finished_state.dead_letters)
-    log.info(
-        "delivery_attempt",
-        subscriber=subscriber.id,
-        payment_id=acquired.payment_id,
-        event_type=acquired.event_type,
-        webhook_id=webhook_id,
-        attempt=attempt,
-        status=result.status,
-        outcome=outcome,
-        error=result.error,
-        duration_ms=round(result.latency_ms, 2),
-        next_attempt_ms=retry_at,
-    )
+    line = {
+        "subscriber": subscriber.id,
+        "payment_id": acquired.payment_id,
+        "event_type": acquired.event_type,
+        "webhook_id": webhook_id,
+        "attempt": attempt,
+        "status": result.status,
+        "outcome": outcome,
+        "error": result.error,
+        "duration_ms": round(result.latency_ms, 2),
+        "next_attempt_ms": retry_at,
+    }
+    # One line per attempt, through the JSON pipeline's fast path when it is in force.
+    if not write_json_line("info", "delivery_attempt", line):
+        log.info("delivery_attempt", **line)
     return finished_state.result, finished_state.handed
 
 
