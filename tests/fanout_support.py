@@ -148,9 +148,18 @@ async def emit(redis: aioredis.Redis, settings: Settings, item: Transition) -> i
 
 
 def make_worker(
-    settings: Settings, max_jobs: int = 10, burst: bool = True, **extra_ctx: Any
+    settings: Settings,
+    max_jobs: int = 10,
+    burst: bool = True,
+    started_jobs: list[str] | None = None,
+    **extra_ctx: Any,
 ) -> Worker:
-    """A real arq worker running the fan-out functions (burst mode unless told)."""
+    """A real arq worker running the fan-out functions (burst mode unless told); the id of each
+    job it starts is appended to ``started_jobs`` when given."""
+
+    async def on_job_start(ctx: dict[str, Any]) -> None:
+        if started_jobs is not None:
+            started_jobs.append(str(ctx["job_id"]))
 
     async def startup(ctx: dict[str, Any]) -> None:
         ctx["settings"] = settings
@@ -162,6 +171,7 @@ def make_worker(
         functions=fanout.functions(settings),
         on_startup=startup,
         on_shutdown=fanout.on_shutdown,
+        on_job_start=on_job_start,
         burst=burst,
         poll_delay=0.02,
         max_jobs=max_jobs,

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import redis.asyncio as aioredis
-from arq.connections import RedisSettings
-from arq.worker import Worker
 
-from service.jobs import deserialize, serialize
 from service.subscribers import SubscriberStore
-from tests.fanout_support import Recorder, emit, settings_for, subscriber, transition
+from tests.fanout_support import (
+    Recorder,
+    emit,
+    make_worker,
+    settings_for,
+    subscriber,
+    transition,
+)
 from tests.support import serve_app, wait_for
-from workers import fanout
 
 STEPS = ["submitted", "approved", "captured", "completed"]
 
@@ -28,29 +30,7 @@ async def test_one_delivery_job_delivers_a_payments_waiting_steps_in_order(
     settings = settings_for(redis_url)
     started_jobs: list[str] = []
     recorder = Recorder(lambda n, _b: (200, {}, 1.0 if n == 2 else 0.0))
-
-    async def startup(ctx: dict[str, Any]) -> None:
-        ctx["settings"] = settings
-        await fanout.on_startup(ctx)
-
-    async def on_job_start(ctx: dict[str, Any]) -> None:
-        started_jobs.append(str(ctx["job_id"]))
-
-    worker = Worker(
-        functions=fanout.functions(settings),
-        on_startup=startup,
-        on_shutdown=fanout.on_shutdown,
-        on_job_start=on_job_start,
-        burst=True,
-        poll_delay=0.02,
-        max_jobs=1,
-        keep_result=0,
-        handle_signals=False,
-        job_serializer=serialize,
-        job_deserializer=deserialize,
-        redis_settings=RedisSettings.from_dsn(redis_url),
-        queue_name=settings.queue_name,
-    )
+    worker = make_worker(settings, max_jobs=1, started_jobs=started_jobs)
     items = [transition("pay_1", status) for status in STEPS]
     async with serve_app(recorder.app()) as base:
         await SubscriberStore(redis).put(subscriber("ledger", base))
@@ -85,29 +65,7 @@ async def test_a_freed_slot_goes_to_a_parked_delivery_in_the_same_job(
     settings = settings_for(redis_url)
     started_jobs: list[str] = []
     recorder = Recorder()
-
-    async def startup(ctx: dict[str, Any]) -> None:
-        ctx["settings"] = settings
-        await fanout.on_startup(ctx)
-
-    async def on_job_start(ctx: dict[str, Any]) -> None:
-        started_jobs.append(str(ctx["job_id"]))
-
-    worker = Worker(
-        functions=fanout.functions(settings),
-        on_startup=startup,
-        on_shutdown=fanout.on_shutdown,
-        on_job_start=on_job_start,
-        burst=True,
-        poll_delay=0.02,
-        max_jobs=10,
-        keep_result=0,
-        handle_signals=False,
-        job_serializer=serialize,
-        job_deserializer=deserialize,
-        redis_settings=RedisSettings.from_dsn(redis_url),
-        queue_name=settings.queue_name,
-    )
+    worker = make_worker(settings, max_jobs=10, started_jobs=started_jobs)
     items = [transition(f"pay_{n}", "captured") for n in range(3)]
     async with serve_app(recorder.app()) as base:
         await SubscriberStore(redis).put(subscriber("ledger", base, concurrency=1))
