@@ -82,6 +82,7 @@ def create_app(settings: Settings, sources: Mapping[str, Source] | None = None) 
         # a young collection ran every ~40 requests and traversed every request in flight
         # (~4% of the CPU time under load). Few objects outlive a request, so collections
         # this rare stay short.
+        thresholds = gc.get_threshold()
         gc.set_threshold(YOUNG_GC_THRESHOLD)
         try:
             yield {
@@ -91,6 +92,7 @@ def create_app(settings: Settings, sources: Mapping[str, Source] | None = None) 
                 "backlog_high_water": settings.backlog_high_water,
             }
         finally:
+            gc.set_threshold(*thresholds)  # the process may go on (an app served in tests)
             await store.close()
             await client.aclose()
 
