@@ -7,6 +7,7 @@ delivery client), built by ``on_startup``; there are no import-time globals.
 from __future__ import annotations
 
 import asyncio
+import signal
 from typing import Any
 
 import structlog
@@ -17,6 +18,7 @@ from service.jobs import ARQ_EXPIRES_EXTRA_MS, deserialize, serialize
 from service.redis_connection import arq_redis_settings
 from service.settings import Settings
 from workers import fanout
+from workers.fanout.handlers import STOPPING
 from workers.probe_server import ProbeServer
 from workers.processing import processing_function, processing_shutdown, processing_startup
 
@@ -27,6 +29,15 @@ class ResilientWorker(Worker):
     """arq's ``Worker``, but a Redis outage does not end it: a poll that fails is logged and
     tried again a second later, so the worker rides out a Redis restart or failover instead of
     exiting. Jobs cut off by the outage run again when their in-progress key expires."""
+
+    def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
+        """SIGTERM/SIGINT: besides arq's drain (no new jobs; those in flight get
+        ``worker_drain_s``), tell the jobs in flight to begin no more delivery attempts of their
+        own: what they would have chained is left to its jobs, for another worker."""
+        stopping = self.ctx.get(STOPPING)
+        if isinstance(stopping, asyncio.Event):
+            stopping.set()
+        super().handle_sig_wait_for_completion(signum)
 
     async def _poll_iteration(self) -> None:
         try:

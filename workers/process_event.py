@@ -277,7 +277,9 @@ async def process_event(ctx: dict[str, Any], arg: dict[str, Any]) -> str:
     processor: EventProcessor = ctx["event_processor"]
     deps = fanout.deps_if_started(ctx)
     settings = ctx["settings"]
-    until = 0.0 if deps is None else deps.attempts_until(started, settings.worker_job_timeout_s)
+    until = 0.0
+    if deps is not None and not deps.stopping.is_set():
+        until = deps.attempts_until(started, settings.worker_job_timeout_s)
     with structlog.contextvars.bound_contextvars(
         event_id=hint.event_id, payment_id=hint.payment_id, source=hint.source
     ):

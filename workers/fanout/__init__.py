@@ -12,6 +12,7 @@ at once (:func:`workers.fanout.handlers.deliver_now`); one job does the rest:
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from typing import Any
@@ -26,7 +27,7 @@ from service.subscribers import SubscriberCache, SubscriberStore, load_subscribe
 from workers.fanout import metrics
 from workers.fanout.client import build_transport
 from workers.fanout.errors import FanoutNotStarted
-from workers.fanout.handlers import FanoutDeps, deliver
+from workers.fanout.handlers import STOPPING, FanoutDeps, deliver
 from workers.fanout.schedule import RetrySchedule
 from workers.fanout.store import FanoutStore
 
@@ -114,6 +115,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         subscribers=subscribers,
         schedule=RetrySchedule.from_settings(settings),
         rng=random.Random(),
+        stopping=ctx.setdefault(STOPPING, asyncio.Event()),
     )
     metrics.DEAD_LETTERS.set(await DeliveryAdmin(redis, settings.queue_name).dead_letter_count())
     for subscriber in await subscribers.all():

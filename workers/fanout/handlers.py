@@ -33,6 +33,8 @@ INLINE_CHAIN_MAX = 16
 JOB_TIMEOUT_MARGIN_S = 5.0
 # How many times a script may answer "your subscriber list is stale" before giving up.
 RELOAD_TRIES = 5
+# ctx key of the worker's "stopping" event (set on SIGTERM): no new attempts are chained.
+STOPPING = "stopping"
 
 
 def now_ms() -> int:
@@ -51,6 +53,8 @@ class FanoutDeps:
     subscribers: SubscriberCache
     schedule: RetrySchedule
     rng: random.Random = field(default_factory=random.Random)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the worker drains: runs in flight finish their attempt and chain no more."""
     _urls: dict[str, httpx.URL] = field(default_factory=dict)
 
     @property
@@ -124,8 +128,8 @@ async def _run_line(
     cap = subscriber.cap(deps.settings.delivery_concurrency)
     result = ""
     for n in range(INLINE_CHAIN_MAX):
-        chain = n < INLINE_CHAIN_MAX - 1 and time.monotonic() < until
-        result, handed = await _attempt(deps, subscriber, acquired, cap, chain)
+        may_chain = n < INLINE_CHAIN_MAX - 1
+        result, handed = await _attempt(deps, subscriber, acquired, cap, may_chain, until)
         if handed is None:
             break
         acquired = handed
@@ -183,9 +187,15 @@ def _attempt_outcome(result: AttemptResult, retry_at_ms: int | None) -> str:
 
 
 async def _attempt(
-    deps: FanoutDeps, subscriber: Subscriber, acquired: Acquired, cap: int, chain: bool
+    deps: FanoutDeps,
+    subscriber: Subscriber,
+    acquired: Acquired,
+    cap: int,
+    may_chain: bool,
+    until: float,
 ) -> tuple[str, Acquired | None]:
-    """POST once and record it: the result, and the line's next delivery if it was handed over."""
+    """POST once and record it: the result, and the line's next delivery if it was handed over
+    (decided when the attempt ends: only before ``until`` and while the worker is not draining)."""
     assert acquired.body is not None
     job_id, body, webhook_id = acquired.job_id, acquired.body, acquired.webhook_id
     settings = deps.settings
@@ -221,6 +231,7 @@ async def _attempt(
         "body": result.body_head,
         "next_attempt_ms": retry_at,
     }
+    chain = may_chain and time.monotonic() < until and not deps.stopping.is_set()
     finished_state = await deps.store.finish(
         subscriber_id=subscriber.id,
         transition_id=webhook_id,
