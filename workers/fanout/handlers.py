@@ -121,10 +121,11 @@ async def deliver(deps: FanoutDeps, subscriber_id: str, tid: str, job_id: str, u
 async def _run_line(
     deps: FanoutDeps, subscriber: Subscriber, acquired: Acquired, until: float
 ) -> str:
-    """Send a started delivery. When it succeeds and the payment's next transition is waiting
-    for the same subscriber, the same step starts that one too and it is sent at once (up to
-    :data:`INLINE_CHAIN_MAX` in a row, and only while ``time.monotonic() < until``): its own
-    job stays queued, deferred by the lease, in case this worker dies."""
+    """Send a started delivery. When it succeeds, the finish script may start the next one for
+    this run: the payment's next transition for the same subscriber, or else the subscriber's
+    longest-parked delivery. It is sent at once (up to :data:`INLINE_CHAIN_MAX` in a row, only
+    while ``time.monotonic() < until`` and the worker is not draining); its own job stays
+    queued, deferred by the lease, in case this worker dies."""
     cap = subscriber.cap(deps.settings.delivery_concurrency)
     result = ""
     for n in range(INLINE_CHAIN_MAX):
