@@ -145,11 +145,12 @@ def _inbound_request(scope: Scope, body: bytes) -> InboundRequest:
     query_string: bytes = scope.get("query_string", b"")
     query = dict(parse_qsl(query_string.decode("latin-1"))) if query_string else {}
     client = scope.get("client")
+    # Positional: a NamedTuple built with keywords costs twice as much.
     return InboundRequest(
-        method=scope["method"],
-        headers=headers,
-        query=query,
-        body=body,
-        client_ip=client[0] if client else None,
-        received_at_ms=time.time_ns() // 1_000_000,
+        scope["method"],  # method
+        headers,
+        query,
+        body,
+        client[0] if client else None,  # client_ip
+        time.time_ns() // 1_000_000,  # received_at_ms
     )

@@ -270,6 +270,16 @@ def test_signatures_from_cached_keys_match_a_fresh_hmac() -> None:
         assert signing.sign(key, msg_id, 5, body) == "v1," + base64.b64encode(mac).decode()
 
 
+@pytest.mark.parametrize("key_length", [1, 32, 63, 64, 65, 200])
+def test_signatures_from_precomputed_hashes_are_the_hmac(key_length: int) -> None:
+    """The inner and outer hashes kept per key give HMAC-SHA256 for keys shorter than, as long
+    as and longer than SHA-256's block (a long key is hashed first)."""
+    key = os.urandom(key_length)
+    body = os.urandom(300)
+    mac = hmac.new(key, b"msg.5." + body, hashlib.sha256).digest()
+    assert signing.sign(key, "msg", 5, body) == "v1," + base64.b64encode(mac).decode()
+
+
 async def test_rejection_lines_carry_endpoint_fields_and_bound_context(redis_url: str) -> None:
     """Fields the endpoint and the body limit add reach the request line of a 404 and a 413,
     and context bound with structlog.contextvars still reaches it (request_id)."""

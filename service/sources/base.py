@@ -226,10 +226,5 @@ class Source(ABC):
                 event_id=event_id,
                 received_at_ms=request.received_at_ms,
             )
-        return VerifiedEvent(
-            source=self.name,
-            event_id=event_id,
-            payment_id=payment_id,
-            received_at_ms=request.received_at_ms,
-            body=request.body,
-        )
+        # Positional: a NamedTuple built with keywords costs twice as much.
+        return VerifiedEvent(self.name, event_id, payment_id, request.received_at_ms, request.body)
