@@ -27,7 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
+from redis._parsers.hiredis import _AsyncHiredisParser
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 from service import metrics
@@ -69,6 +72,21 @@ def pack_command(*args: Arg) -> bytes:
     return b"".join(parts)
 
 
+def parsed_replies(conn: AbstractConnection) -> Any | None:
+    """The connection's hiredis reader when redis-py parses replies with one, else None.
+
+    A reply already read from the socket can be taken from it with one ``gets()`` (the parser's
+    ``read_response`` does the same behind two coroutine calls). The reader is a private
+    attribute of redis-py's parser: when it is not found (another parser, another redis-py),
+    every reply goes through ``read_response``.
+    """
+    parser = getattr(conn, "_parser", None)
+    reader = getattr(parser, "_reader", None)
+    if isinstance(parser, _AsyncHiredisParser) and reader is not None and hasattr(reader, "gets"):
+        return reader
+    return None
+
+
 @dataclass(slots=True)
 class _Call:
     script: LuaScript
@@ -89,6 +107,7 @@ class ScriptBatcher:
         self._in_flight: deque[_Call] = deque()
         self._wake = asyncio.Event()
         self._replies_due = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the sender task's
         self._sender: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -108,7 +127,9 @@ class ScriptBatcher:
         to the next batch and return the future of its reply (a plain function, so the hot path
         awaits one coroutine fewer).
         """
-        loop = asyncio.get_running_loop()
+        # The loop of the sender task, once there is one: on Python 3.11 every
+        # asyncio.get_running_loop() costs a getpid() system call.
+        loop = self._loop or asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if self._closed:
             future.set_exception(RedisUnavailable("ingestion is shutting down"))
@@ -121,6 +142,7 @@ class ScriptBatcher:
         self._pending.append(call)
         self._wake.set()
         if self._sender is None:
+            self._loop = asyncio.get_running_loop()
             self._sender = asyncio.create_task(self._send_loop())
             self._watchdog = asyncio.create_task(self._watch_deadlines())
 
@@ -176,6 +198,7 @@ class ScriptBatcher:
                     self._broken(exc)
 
     async def _read_loop(self, conn: AbstractConnection) -> None:
+        parsed = parsed_replies(conn)
         try:
             while True:
                 if not self._in_flight:
@@ -185,16 +208,35 @@ class ScriptBatcher:
                 try:
                     reply = await conn.read_response(disconnect_on_error=False)
                 except ResponseError as exc:
-                    self._error_reply(self._in_flight.popleft(), exc)
-                    continue
-                call = self._in_flight.popleft()
-                if not call.future.done():
-                    call.future.set_result(reply)
+                    reply = exc
+                self._resolve(reply)
+                if parsed is not None:
+                    self._resolve_parsed(parsed)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             if self._conn is conn:
                 self._broken(exc)
+
+    def _resolve(self, reply: Any) -> None:
+        """Hand ``reply`` (a :class:`ResponseError` for an error reply) to the oldest call."""
+        call = self._in_flight.popleft()
+        if isinstance(reply, ResponseError):
+            self._error_reply(call, reply)
+        elif not call.future.done():
+            call.future.set_result(reply)
+
+    def _resolve_parsed(self, reader: Any) -> None:
+        """Hand over every reply that already arrived, without an await each: the bytes of a
+        batch's replies come in a few reads, and ``read_response`` returns one reply per call.
+        Raises as ``read_response`` would for a reply that means the connection is unusable."""
+        while self._in_flight:
+            reply = reader.gets()
+            if reply is _NOT_ENOUGH_DATA:
+                return
+            if isinstance(reply, RedisConnectionError):
+                raise reply
+            self._resolve(reply)
 
     async def _watch_deadlines(self) -> None:
         """Fail calls past their deadline; a call in flight past it means Redis is stuck, so the

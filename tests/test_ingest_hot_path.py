@@ -27,7 +27,7 @@ import structlog
 from service import jobs, metrics, signing
 from service.app import create_app
 from service.enqueue import STORE_EVENT, EventStore, archived_headers, raw_record
-from service.ingest_batcher import pack_command
+from service.ingest_batcher import LuaScript, ScriptBatcher, pack_command, parsed_replies
 from service.logging import REDACTED, LineWriter, UTCTimeStamper, redact
 from service.settings import Settings
 from service.sources import build_sources
@@ -278,6 +278,26 @@ def test_signatures_from_precomputed_hashes_are_the_hmac(key_length: int) -> Non
     body = os.urandom(300)
     mac = hmac.new(key, b"msg.5." + body, hashlib.sha256).digest()
     assert signing.sign(key, "msg", 5, body) == "v1," + base64.b64encode(mac).decode()
+
+
+async def test_batcher_hands_each_caller_its_own_reply_from_parsed_replies(
+    redis: aioredis.Redis,
+) -> None:
+    """Replies taken straight from the hiredis reader reach their callers in order, an error
+    reply included (NOSCRIPT: reloaded and sent again), across several batches."""
+    echo = LuaScript("return tonumber(ARGV[1])")
+    batcher = ScriptBatcher(redis, timeout_s=2)
+    try:
+        assert await batcher.call(echo, (), (0,)) == 0
+        assert batcher._conn is not None
+        assert parsed_replies(batcher._conn) is not None  # the fast path is in use
+        await redis.script_flush()
+        first = [batcher.call(echo, (), (i,)) for i in range(1, 200)]
+        await asyncio.sleep(0)
+        second = [batcher.call(echo, (), (i,)) for i in range(200, 400)]
+        assert await asyncio.gather(*first, *second) == list(range(1, 400))
+    finally:
+        await batcher.close()
 
 
 async def test_rejection_lines_carry_endpoint_fields_and_bound_context(redis_url: str) -> None:
