@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import enum
+import hashlib
 from collections.abc import Mapping
 
 import orjson
@@ -32,7 +33,6 @@ from service.jobs import (
     KEY_PREFIX,
     PROCESS_EVENT,
     arq_job_bytes,
-    event_job_id,
 )
 from service.settings import Settings
 from service.sources.base import VerifiedEvent
@@ -73,7 +73,47 @@ _JOB_ID_PREFIX = "evt:"
 _DEDUPE_PREFIX = f"{KEY_PREFIX}dedupe:".encode()
 _RAW_PREFIX = f"{KEY_PREFIX}raw:".encode()
 _ARQ_JOB_ID_PREFIX = f"{ARQ_JOB_PREFIX}{_JOB_ID_PREFIX}".encode()
-_JOB_TTL_BULK = bulk_string(b"%d" % ARQ_EXPIRES_EXTRA_MS)
+_DIGEST_CHARS = 32
+
+
+def _event_digest(source: str, event_id: str) -> bytes:
+    """The digest of (source, event id) in ``service.jobs``' key names and job id
+    (``event_job_id(source, event_id) == "evt:" + digest``), as bytes."""
+    text = f"{source}\x1f{event_id}".encode()
+    return hashlib.sha256(text).hexdigest()[:_DIGEST_CHARS].encode()
+
+
+def _store_template(queue_name: str, dedupe_ttl_s: int, raw_ttl_s: int) -> bytes:
+    """``EVALSHA`` of :data:`STORE_EVENT` (RESP) as a %-format of (digest x 4, job length, job,
+    enqueue ms length, enqueue ms, raw record length, raw record)."""
+
+    def constant(data: bytes) -> bytes:  # a whole bulk string, escaped for the format
+        return bulk_string(data).replace(b"%", b"%%")
+
+    def keyed(prefix: bytes) -> bytes:  # a bulk string of prefix + digest
+        head = b"$%d\r\n" % (len(prefix) + _DIGEST_CHARS) + prefix
+        return head.replace(b"%", b"%%") + b"%b\r\n"
+
+    variable = b"$%d\r\n%b\r\n"
+    return b"".join(
+        (
+            b"*14\r\n",
+            constant(b"EVALSHA"),
+            constant(STORE_EVENT.sha.encode()),
+            constant(b"4"),
+            keyed(_DEDUPE_PREFIX),
+            keyed(_ARQ_JOB_ID_PREFIX),
+            constant(queue_name.encode()),
+            keyed(_RAW_PREFIX),
+            keyed(_JOB_ID_PREFIX.encode()),
+            constant(b"%d" % dedupe_ttl_s),
+            variable,  # the arq job
+            constant(b"%d" % ARQ_EXPIRES_EXTRA_MS),
+            variable,  # enqueue time, ms
+            variable,  # the raw record
+            constant(b"%d" % raw_ttl_s),
+        )
+    )
 
 
 class StoreResult(enum.Enum):
@@ -143,13 +183,9 @@ class EventStore:
         self.timeout_s = timeout_s
         self.unroutable_cap = unroutable_cap
         self.batcher = ScriptBatcher(client, timeout_s=timeout_s)
-        # The parts of STORE_EVENT's command that are the same for every event.
-        self._store_head = b"*14\r\n" + b"".join(
-            bulk_string(part) for part in (b"EVALSHA", STORE_EVENT.sha.encode(), b"4")
-        )
-        self._queue_bulk = bulk_string(queue_name.encode())
-        self._dedupe_ttl_bulk = bulk_string(b"%d" % dedupe_ttl_s)
-        self._raw_ttl_bulk = bulk_string(b"%d" % raw_ttl_s)
+        # STORE_EVENT's command as one format: the parts that are the same for every event are
+        # in it, and the per-event parts are filled in by one % operation.
+        self._store_template = _store_template(queue_name, dedupe_ttl_s, raw_ttl_s)
 
     @classmethod
     def from_settings(cls, client: aioredis.Redis, settings: Settings) -> EventStore:
@@ -176,8 +212,7 @@ class EventStore:
         the constant parts packed once.
         """
         source, event_id, payment_id, now_ms, body = event
-        job_id = event_job_id(source, event_id)
-        digest = job_id.removeprefix(_JOB_ID_PREFIX).encode()
+        digest = _event_digest(source, event_id)
         # The job argument is EventHint(source, event_id, payment_id, now_ms).to_job_args();
         # dataclasses.asdict deep-copies and is slow on the hot path.
         job_args = [
@@ -189,21 +224,20 @@ class EventStore:
                 "attempt": 0,
             }
         ]
-        return b"".join(
-            (
-                self._store_head,
-                bulk_string(_DEDUPE_PREFIX + digest),
-                bulk_string(_ARQ_JOB_ID_PREFIX + digest),
-                self._queue_bulk,
-                bulk_string(_RAW_PREFIX + digest),
-                bulk_string(job_id.encode()),
-                self._dedupe_ttl_bulk,
-                bulk_string(arq_job_bytes(PROCESS_EVENT, job_args, now_ms)),
-                _JOB_TTL_BULK,
-                bulk_string(b"%d" % now_ms),
-                bulk_string(raw_record(source, event_id, now_ms, headers, body)),
-                self._raw_ttl_bulk,
-            )
+        job = arq_job_bytes(PROCESS_EVENT, job_args, now_ms)
+        now = b"%d" % now_ms
+        raw = raw_record(source, event_id, now_ms, headers, body)
+        return self._store_template % (
+            digest,
+            digest,
+            digest,
+            digest,
+            len(job),
+            job,
+            len(now),
+            now,
+            len(raw),
+            raw,
         )
 
     async def keep_unroutable(
