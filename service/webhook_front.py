@@ -10,11 +10,10 @@ with the request id header already in it. Proxy headers are applied outside this
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.ingest import WEBHOOK_PATH_PREFIX, Answer, WebhookEndpoint
+from service.ingest import WEBHOOK_PATH_PREFIX, WebhookEndpoint
 from service.middleware import (
     REQUEST_ID_HEADER,
     BodyTooLarge,
@@ -52,7 +51,20 @@ class WebhookFront:
         request_id, fields = start_request(scope)
         status = 500
         try:
-            answer = await self._answer(scope, receive, name, fields)
+            endpoint = self.endpoint
+            declared = declared_length(scope)
+            if declared is None:  # chunked: counted while it streams
+                try:
+                    answer = await endpoint.handle(
+                        scope, limited_receive(receive, self.max_body_bytes), name, fields
+                    )
+                except BodyTooLarge:
+                    answer = endpoint.too_large(name, fields)
+            elif declared > self.max_body_bytes:
+                answer = endpoint.too_large(name, fields)
+            else:
+                # The HTTP server never delivers more than the declared length.
+                answer = await endpoint.handle(scope, receive, name, fields)
             if answer is None:
                 return  # the client is gone
             status = answer.status
@@ -63,19 +75,3 @@ class WebhookFront:
             await send(body)
         finally:
             self.request_log.write(scope, fields, status, start)
-
-    async def _answer(
-        self, scope: Scope, receive: Receive, name: str, fields: dict[str, Any]
-    ) -> Answer | None:
-        declared = declared_length(scope)
-        if declared is not None:
-            if declared > self.max_body_bytes:
-                return self.endpoint.too_large(name, fields)
-            # The HTTP server never delivers more than the declared length.
-            return await self.endpoint.handle(scope, receive, name, fields)
-        try:
-            return await self.endpoint.handle(
-                scope, limited_receive(receive, self.max_body_bytes), name, fields
-            )
-        except BodyTooLarge:
-            return self.endpoint.too_large(name, fields)
