@@ -68,6 +68,30 @@ def start_kartahook(args: list[str], env: dict[str, str], log: Path) -> subproce
         )
 
 
+def start_worker(
+    redis_url: str, kartapay_url: str, token: str, log: Path, *args: str, **settings: str
+) -> subprocess.Popen[bytes]:
+    """Start ``kartahook worker ARGS`` against the tests' Redis and a KartaPay API (the
+    sandbox), with ``settings`` as ``KARTAHOOK_<NAME>`` variables."""
+    env = {
+        "KARTAHOOK_REDIS_URL": redis_url,
+        "KARTAHOOK_KARTAPAY_URL": kartapay_url,
+        "KARTAHOOK_KARTAPAY_TOKEN": token,
+        **{f"KARTAHOOK_{name.upper()}": value for name, value in settings.items()},
+    }
+    return start_kartahook(["worker", *args], env, log)
+
+
+async def exit_code(process: subprocess.Popen[bytes], timeout_s: float) -> int:
+    """Wait for ``process`` to exit, without blocking the loop; killed if it outlives
+    ``timeout_s`` (then ``subprocess.TimeoutExpired`` is raised)."""
+    try:
+        return await asyncio.to_thread(process.wait, timeout_s)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
 @contextlib.asynccontextmanager
 async def arq_pool(redis_url: str) -> AsyncIterator[ArqRedis]:
     """An arq pool with the project's JSON serializer on the tests' Redis."""

@@ -1,6 +1,6 @@
 """Real processes under SIGTERM and with several server processes: the worker drains the job
-in flight before it exits (finishing the delivery attempt in flight, beginning no other), and
-`kartahook serve --workers 2` accepts webhooks and aggregates its metrics."""
+in flight before it exits, and `kartahook serve --workers 2` accepts webhooks and aggregates
+its metrics. (SIGTERM during deliveries: tests/test_inline_delivery_interrupted.py.)"""
 
 from __future__ import annotations
 
@@ -16,13 +16,18 @@ import redis.asyncio as aioredis
 from arq.connections import RedisSettings, create_pool
 
 from sandbox.kartapay_api import SandboxConfig, create_app
-from service.jobs import PROCESS_EVENT, EventHint, deserialize, serialize, transition_id
+from service.jobs import PROCESS_EVENT, EventHint, deserialize, serialize
 from service.kartapay.client import KartaPayClient
 from service.redis_server import free_port
 from service.signing import generate_secret, sign_headers
-from service.subscribers import SubscriberStore
-from tests.fanout_support import Recorder, subscriber
-from tests.support import arq_pool, completed_payments, serve_app, start_kartahook, wait_for
+from tests.support import (
+    completed_payments,
+    exit_code,
+    serve_app,
+    start_kartahook,
+    start_worker,
+    wait_for,
+)
 from workers.payment_state import TRANSITIONS_LOG_KEY
 
 TOKEN = "drain-token"
@@ -48,12 +53,7 @@ async def test_sigterm_lets_the_job_in_flight_finish(
         finally:
             await pool.aclose()
         log = tmp_path / "worker.log"
-        env = {
-            "KARTAHOOK_REDIS_URL": redis_url,
-            "KARTAHOOK_KARTAPAY_URL": url,
-            "KARTAHOOK_KARTAPAY_TOKEN": TOKEN,
-        }
-        worker = start_kartahook(["worker"], env, log)
+        worker = start_worker(redis_url, url, TOKEN, log)
         try:
 
             async def fetching() -> bool:
@@ -61,61 +61,12 @@ async def test_sigterm_lets_the_job_in_flight_finish(
 
             await wait_for(fetching, timeout_s=20)
             worker.send_signal(signal.SIGTERM)
-            code = await asyncio.to_thread(worker.wait, 30)
+            code = await exit_code(worker, 30)
         finally:
             if worker.poll() is None:
                 worker.kill()
     assert code == 0, log.read_text()[-2000:]
     assert await redis.xlen(TRANSITIONS_LOG_KEY) == 4, log.read_text()[-2000:]
-
-
-async def test_sigterm_mid_chain_finishes_the_attempt_and_chains_no_more(
-    redis_url: str, redis: aioredis.Redis, tmp_path: Path
-) -> None:
-    """SIGTERM while the processing job sends a payment's steps: the attempt in flight
-    completes, no further one starts in that worker, and the next worker sends the rest, each
-    once, in order."""
-    recorder = Recorder(lambda n, _b: (200, {}, 1.5 if n == 2 else 0.0))
-    log = tmp_path / "worker.log"
-    async with (
-        serve_app(create_app(SandboxConfig(token=TOKEN, step_delay_s=0.01))) as url,
-        serve_app(recorder.app()) as base,
-    ):
-        async with KartaPayClient(url, TOKEN) as client:
-            [payment_id] = await completed_payments(client)
-        await SubscriberStore(redis).put(subscriber("ledger", base))
-        hint = EventHint("kartapay", uuid.uuid4().hex, payment_id, int(time.time() * 1000))
-        async with arq_pool(redis_url) as pool:
-            await pool.enqueue_job(PROCESS_EVENT, hint.to_job_args()[0], _job_id=hint.job_id)
-        env = {
-            "KARTAHOOK_REDIS_URL": redis_url,
-            "KARTAHOOK_KARTAPAY_URL": url,
-            "KARTAHOOK_KARTAPAY_TOKEN": TOKEN,
-        }
-        worker = start_kartahook(["worker"], env, log)
-        try:
-
-            async def second_in_flight() -> bool:
-                return len(recorder.requests) == 2
-
-            await wait_for(second_in_flight, timeout_s=30)
-            worker.send_signal(signal.SIGTERM)
-            code = await asyncio.to_thread(worker.wait, 30)
-        finally:
-            if worker.poll() is None:
-                worker.kill()
-        assert code == 0, log.read_text()[-2000:]
-        assert [r.status for r in recorder.requests] == [200, 200]  # none cut, none begun
-        second = start_kartahook(["worker", "--burst"], env, log)
-        try:
-            assert await asyncio.to_thread(second.wait, 60) == 0, log.read_text()[-2000:]
-        finally:
-            if second.poll() is None:
-                second.kill()
-    steps = ["submitted", "approved", "captured", "completed"]
-    assert [r.headers["webhook-id"] for r in recorder.requests] == [
-        transition_id(payment_id, status) for status in steps
-    ]
 
 
 async def test_serve_with_two_processes_accepts_and_aggregates_metrics(
@@ -157,11 +108,7 @@ async def test_serve_with_two_processes_accepts_and_aggregates_metrics(
             text = (await http.get("/metrics")).text
     finally:
         server.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(server.wait, 30)
-        finally:
-            if server.poll() is None:
-                server.kill()
+        await exit_code(server, 30)
     accepted = [
         line
         for line in text.splitlines()

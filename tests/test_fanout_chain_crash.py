@@ -3,7 +3,6 @@ queued as a safety net, delivers it after the lease (real `kartahook worker` pro
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import redis.asyncio as aioredis
 
 from service.subscribers import SubscriberStore
 from tests.fanout_support import Recorder, emit, settings_for, subscriber, transition
-from tests.support import serve_app, start_kartahook, wait_for
+from tests.support import exit_code, serve_app, start_kartahook, wait_for
 
 STEPS = ["submitted", "approved", "captured", "completed"]
 
@@ -47,12 +46,7 @@ async def test_chain_cut_by_sigkill_is_finished_by_the_safety_job(
             first.kill()
             first.wait()
         second = start_worker(redis_url, log, "--burst")
-        try:
-            await asyncio.to_thread(second.wait, 90)
-        finally:
-            if second.poll() is None:
-                second.kill()
-        assert second.returncode == 0, log.read_text()[-3000:]
+        assert await exit_code(second, 90) == 0, log.read_text()[-3000:]
     ids = [r.headers["webhook-id"] for r in recorder.requests]
     first_arrivals = list(dict.fromkeys(ids))
     assert first_arrivals == [item.id for item in items]

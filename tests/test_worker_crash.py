@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
 import time
 import uuid
 from collections import Counter
@@ -17,7 +15,7 @@ from sandbox.kartapay_api import SandboxConfig, create_app
 from service.event_dead_letters import EventDeadLetters
 from service.jobs import PROCESS_EVENT, EventHint, deserialize, serialize
 from service.kartapay.client import KartaPayClient
-from tests.support import completed_payments, serve_app, start_kartahook, wait_for
+from tests.support import completed_payments, exit_code, serve_app, start_worker, wait_for
 from workers.payment_state import TRANSITIONS_LOG_KEY
 
 TOKEN = "test-token"
@@ -25,20 +23,14 @@ PAYMENTS = 30
 FULL_PATH = [b"submitted", b"approved", b"captured", b"completed"]
 
 
-def start_worker(
-    redis_url: str, kartapay_url: str, log: Path, *extra: str
-) -> subprocess.Popen[bytes]:
-    env = {
-        "KARTAHOOK_REDIS_URL": redis_url,
-        "KARTAHOOK_KARTAPAY_URL": kartapay_url,
-        "KARTAHOOK_KARTAPAY_TOKEN": TOKEN,
-        "KARTAHOOK_WORKER_JOB_TIMEOUT_S": "3",
-        "KARTAHOOK_DELIVERY_TIMEOUT_S": "1",
-        "KARTAHOOK_WORKER_MAX_JOBS": "8",
-        "KARTAHOOK_WORKER_POLL_DELAY_S": "0.05",
-        "KARTAHOOK_PROCESS_BACKOFF_BASE_S": "0.05",
-    }
-    return start_kartahook(["worker", *extra], env, log)
+# Short timeouts, so the killed worker's jobs come back quickly.
+SETTINGS = {
+    "worker_job_timeout_s": "3",
+    "delivery_timeout_s": "1",
+    "worker_max_jobs": "8",
+    "worker_poll_delay_s": "0.05",
+    "process_backoff_base_s": "0.05",
+}
 
 
 async def test_sigkill_mid_batch_then_restart_processes_all_and_emits_once(
@@ -69,7 +61,7 @@ async def test_sigkill_mid_batch_then_restart_processes_all_and_emits_once(
             await pool.aclose()
 
         log = tmp_path / "worker.log"
-        first = start_worker(redis_url, sandbox_url, log)
+        first = start_worker(redis_url, sandbox_url, TOKEN, log, **SETTINGS)
         try:
 
             async def some_emitted() -> bool:
@@ -82,13 +74,8 @@ async def test_sigkill_mid_batch_then_restart_processes_all_and_emits_once(
         emitted_before = int(await redis.xlen(TRANSITIONS_LOG_KEY))
         assert emitted_before < PAYMENTS * 4, "the kill must land mid-batch"
 
-        second = start_worker(redis_url, sandbox_url, log, "--burst")
-        try:
-            await asyncio.to_thread(second.wait, 90)
-        finally:
-            if second.poll() is None:
-                second.kill()
-        assert second.returncode == 0, log.read_text()[-3000:]
+        second = start_worker(redis_url, sandbox_url, TOKEN, log, "--burst", **SETTINGS)
+        assert await exit_code(second, 90) == 0, log.read_text()[-3000:]
 
     entries = await redis.xrange(TRANSITIONS_LOG_KEY)
     per_payment: dict[bytes, list[bytes]] = {}
