@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import enum
-import hashlib
 from collections.abc import Mapping
 
 import orjson
@@ -30,9 +29,13 @@ from service.ingest_batcher import LuaScript, RedisUnavailable, ScriptBatcher, b
 from service.jobs import (
     ARQ_EXPIRES_EXTRA_MS,
     ARQ_JOB_PREFIX,
-    KEY_PREFIX,
+    DEDUPE_PREFIX,
+    DIGEST_CHARS,
+    EVENT_JOB_PREFIX,
     PROCESS_EVENT,
+    RAW_EVENT_PREFIX,
     arq_job_bytes,
+    event_digest,
 )
 from service.settings import Settings
 from service.sources.base import VerifiedEvent
@@ -67,20 +70,10 @@ return 1
 )
 
 
-# Key prefixes of one event: each is followed by the same digest of (source, event id).
-# A test checks them against service.jobs' dedupe_key, raw_event_key and event_job_id.
-_JOB_ID_PREFIX = "evt:"
-_DEDUPE_PREFIX = f"{KEY_PREFIX}dedupe:".encode()
-_RAW_PREFIX = f"{KEY_PREFIX}raw:".encode()
-_ARQ_JOB_ID_PREFIX = f"{ARQ_JOB_PREFIX}{_JOB_ID_PREFIX}".encode()
-_DIGEST_CHARS = 32
-
-
-def _event_digest(source: str, event_id: str) -> bytes:
-    """The digest of (source, event id) in ``service.jobs``' key names and job id
-    (``event_job_id(source, event_id) == "evt:" + digest``), as bytes."""
-    text = f"{source}\x1f{event_id}".encode()
-    return hashlib.sha256(text).hexdigest()[:_DIGEST_CHARS].encode()
+_DEDUPE_PREFIX = DEDUPE_PREFIX.encode()
+_RAW_PREFIX = RAW_EVENT_PREFIX.encode()
+_JOB_ID_PREFIX = EVENT_JOB_PREFIX.encode()
+_ARQ_JOB_ID_PREFIX = ARQ_JOB_PREFIX.encode() + _JOB_ID_PREFIX
 
 
 def _store_template(queue_name: str, dedupe_ttl_s: int, raw_ttl_s: int) -> bytes:
@@ -91,7 +84,7 @@ def _store_template(queue_name: str, dedupe_ttl_s: int, raw_ttl_s: int) -> bytes
         return bulk_string(data).replace(b"%", b"%%")
 
     def keyed(prefix: bytes) -> bytes:  # a bulk string of prefix + digest
-        head = b"$%d\r\n" % (len(prefix) + _DIGEST_CHARS) + prefix
+        head = b"$%d\r\n" % (len(prefix) + DIGEST_CHARS) + prefix
         return head.replace(b"%", b"%%") + b"%b\r\n"
 
     variable = b"$%d\r\n%b\r\n"
@@ -105,7 +98,7 @@ def _store_template(queue_name: str, dedupe_ttl_s: int, raw_ttl_s: int) -> bytes
             keyed(_ARQ_JOB_ID_PREFIX),
             constant(queue_name.encode()),
             keyed(_RAW_PREFIX),
-            keyed(_JOB_ID_PREFIX.encode()),
+            keyed(_JOB_ID_PREFIX),
             constant(b"%d" % dedupe_ttl_s),
             variable,  # the arq job
             constant(b"%d" % ARQ_EXPIRES_EXTRA_MS),
@@ -212,7 +205,7 @@ class EventStore:
         the constant parts packed once.
         """
         source, event_id, payment_id, now_ms, body = event
-        digest = _event_digest(source, event_id)
+        digest = event_digest(source, event_id).encode()
         # The job argument is EventHint(source, event_id, payment_id, now_ms).to_job_args();
         # dataclasses.asdict deep-copies and is slow on the hot path.
         job_args = [

@@ -46,8 +46,20 @@ def arq_job_bytes(
     return serialize({"t": job_try, "f": function, "a": args, "k": {}, "et": enqueue_time_ms})
 
 
+DIGEST_CHARS = 32
+# Key names and the job id of a stored event: each prefix is followed by event_digest().
+EVENT_JOB_PREFIX = "evt:"
+DEDUPE_PREFIX = f"{KEY_PREFIX}dedupe:"
+RAW_EVENT_PREFIX = f"{KEY_PREFIX}raw:"
+
+
 def _digest(*parts: str) -> str:
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:DIGEST_CHARS]
+
+
+def event_digest(source: str, event_id: str) -> str:
+    """The digest of (source, event id) that names a stored event's keys and job."""
+    return _digest(source, event_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,15 +93,15 @@ class EventHint:
 
 def event_job_id(source: str, event_id: str) -> str:
     """The arq job id of a stored event, the same for every copy of the event."""
-    return "evt:" + _digest(source, event_id)
+    return EVENT_JOB_PREFIX + event_digest(source, event_id)
 
 
 def dedupe_key(source: str, event_id: str) -> str:
-    return f"{KEY_PREFIX}dedupe:{_digest(source, event_id)}"
+    return DEDUPE_PREFIX + event_digest(source, event_id)
 
 
 def raw_event_key(source: str, event_id: str) -> str:
-    return f"{KEY_PREFIX}raw:{_digest(source, event_id)}"
+    return RAW_EVENT_PREFIX + event_digest(source, event_id)
 
 
 def transition_id(payment_id: str, status: str) -> str:
