@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
-from starlette.types import Message, Receive, Scope
+from starlette.types import Receive, Scope
 
 from service import metrics
 from service.enqueue import EventStore, RedisUnavailable, StoreResult
@@ -69,15 +69,11 @@ class WebhookEndpoint:
             self._rejected(fields, name, "method_not_allowed", f"method {scope['method']}")
             allow = ", ".join(sorted(source.methods)).encode()
             return Answer(405, {"error": "method not allowed"}, ((b"allow", allow),))
-        message = await receive()
-        if message["type"] == "http.request" and not message.get("more_body", False):
-            body = message.get("body", b"")  # the whole body in one message (one await fewer)
-        else:
-            try:
-                body = await _read_body(receive, message)
-            except ClientGone:
-                self._rejected(fields, name, "client_gone", "client disconnected")
-                return None
+        try:
+            body = await _read_body(receive)
+        except ClientGone:
+            self._rejected(fields, name, "client_gone", "client disconnected")
+            return None
         request = _inbound_request(scope, body)
         store: EventStore = scope["state"]["event_store"]
         try:
@@ -130,10 +126,11 @@ class WebhookEndpoint:
         return Answer(422, {"error": exc.public_message, "event_id": exc.event_id})
 
 
-async def _read_body(receive: Receive, message: Message) -> bytes:
-    """The whole body, from ``message`` (the first one received) on."""
+async def _read_body(receive: Receive) -> bytes:
+    """The whole body (one message, for most webhooks: returned as it is)."""
     chunks: list[bytes] = []
     while True:
+        message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientGone
         chunk = message.get("body", b"")
@@ -141,7 +138,6 @@ async def _read_body(receive: Receive, message: Message) -> bytes:
             chunks.append(chunk)
         if not message.get("more_body", False):
             break
-        message = await receive()
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
