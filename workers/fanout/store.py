@@ -161,19 +161,14 @@ if state == 'active' and redis.call('HGET', dkey, 'gen') == gen then
   if outcome == 'ok' then
     redis.call('HSET', dkey, 'state', 'delivered', 'delivered_ms', now)
     redis.call('EXPIRE', dkey, done_ttl)
-    if hold > 0 then
-      local nxt_job, nxt_dkey = advance(prefix, queue, job_prefix, sub, pid, tid, now, now + hold)
-      if nxt_job then
-        if current and redis.call('ZCARD', fkey) < cap then
-          redis.call('ZADD', fkey, now + lease, nxt_job)
-          handed = nxt_job
-          handed_fields = delivery_fields(nxt_dkey)
-        else
-          redis.call('ZADD', queue, 'XX', now, nxt_job)
-        end
-      end
-    else
-      advance(prefix, queue, job_prefix, sub, pid, tid, now)
+    -- The caller takes the line's next delivery when it may: its job then waits the hold.
+    local take = hold > 0 and current and redis.call('ZCARD', fkey) < cap
+    local nxt_job, nxt_dkey = advance(prefix, queue, job_prefix, sub, pid, tid, now,
+      take and now + hold or now)
+    if take and nxt_job then
+      redis.call('ZADD', fkey, now + lease, nxt_job)
+      handed = nxt_job
+      handed_fields = delivery_fields(nxt_dkey)
     end
     result = 'delivered'
   elseif outcome == 'removed' then
