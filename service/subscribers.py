@@ -320,6 +320,15 @@ async def load_subscribers_into(
     return subscribers
 
 
+# How many times in a row a script may refuse a cached copy of the registry as stale before
+# the caller gives up (with :class:`RegistryKeepsChanging`).
+RELOAD_TRIES = 5
+
+
+class RegistryKeepsChanging(RuntimeError):
+    """The registry changed under every one of :data:`RELOAD_TRIES` reloads of a cached copy."""
+
+
 class SubscriberCache:
     """A worker's copy of the registry, read in one transaction with its version.
 

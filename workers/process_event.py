@@ -21,7 +21,7 @@ from service.kartapay import errors
 from service.kartapay.models import PaymentRecord
 from service.lifecycle import SEQ, TIMESTAMP_FIELD, UnknownStatusError, steps_after
 from service.settings import Settings
-from service.subscribers import Subscriber, SubscriberCache
+from service.subscribers import RELOAD_TRIES, RegistryKeepsChanging, Subscriber, SubscriberCache
 from workers import fanout, metrics
 from workers.fanout.handlers import deliver_now
 from workers.fanout.message import delivery_body
@@ -34,8 +34,6 @@ log = structlog.get_logger("kartahook.process")
 
 # Reschedules ``process_event`` for a hint: (hint with its next attempt, delay in seconds).
 Scheduler = Callable[[EventHint, float], Awaitable[None]]
-# How many times the compare-and-set may find the subscriber list stale before the run fails.
-RELOAD_TRIES = 5
 
 
 class PaymentReader(Protocol):
@@ -213,7 +211,7 @@ class EventProcessor:
                 continue
             break
         else:
-            raise StaleSubscribers(f"the subscriber registry changed {RELOAD_TRIES} times")
+            raise RegistryKeepsChanging(f"the subscriber registry changed {RELOAD_TRIES} times")
         # The script emits, in order, the candidates past the state it found recorded.
         emitted = [c for c in candidates if c.seq > result.previous_seq][: result.emitted]
         for candidate in emitted:
@@ -247,21 +245,15 @@ class EventProcessor:
 def match_subscribers(
     transitions: Sequence[Transition], subscribers: Sequence[Subscriber]
 ) -> list[Candidate]:
-    """Each transition with the enabled subscribers that want it (one delivery each)."""
+    """Each transition with the enabled subscribers that want it (one delivery each), and the
+    body they are sent (built only when somebody wants it)."""
     enabled = [s for s in subscribers if s.enabled]
-    return [
-        Candidate(
-            seq=t.seq,
-            status=t.status,
-            transition_id=t.id,
-            event_type=t.event_type,
-            body=delivery_body(t),
-            subscriber_ids=tuple(
-                s.id for s in enabled if s.wants(t.event_type, t.source, t.payment)
-            ),
-        )
-        for t in transitions
-    ]
+    candidates = []
+    for t in transitions:
+        ids = tuple(s.id for s in enabled if s.wants(t.event_type, t.source, t.payment))
+        body = delivery_body(t) if ids else b""
+        candidates.append(Candidate(t.seq, t.status, t.id, t.event_type, body, ids))
+    return candidates
 
 
 def _describe(exc: BaseException) -> str:

@@ -18,7 +18,13 @@ import structlog
 from service.deliveries import parse_deliver_job_id
 from service.logging import write_json_line
 from service.settings import Settings
-from service.subscribers import Subscriber, SubscriberCache, SubscriberStore
+from service.subscribers import (
+    RELOAD_TRIES,
+    RegistryKeepsChanging,
+    Subscriber,
+    SubscriberCache,
+    SubscriberStore,
+)
 from workers.fanout import metrics
 from workers.fanout.client import AttemptResult, post_once
 from workers.fanout.message import delivery_headers
@@ -31,8 +37,6 @@ log = structlog.get_logger("kartahook.fanout")
 INLINE_CHAIN_MAX = 16
 # Margin kept between the last attempt a job may start and the job's arq timeout.
 JOB_TIMEOUT_MARGIN_S = 5.0
-# How many times a script may answer "your subscriber list is stale" before giving up.
-RELOAD_TRIES = 5
 # ctx key of the worker's "stopping" event (set on SIGTERM): no new attempts are chained.
 STOPPING = "stopping"
 
@@ -76,10 +80,6 @@ class FanoutDeps:
         return job_started + job_timeout_s - margin
 
 
-class SubscriberListChanging(RuntimeError):
-    """The registry changed under every one of :data:`RELOAD_TRIES` reloads."""
-
-
 async def deliver_now(deps: FanoutDeps, started: Sequence[Acquired], until: float) -> None:
     """Send, concurrently, the deliveries that processing's compare-and-set has just created
     and started (each the first of its line), then their lines' next ones.
@@ -101,8 +101,7 @@ async def deliver_now(deps: FanoutDeps, started: Sequence[Acquired], until: floa
 
 
 async def _run_started(deps: FanoutDeps, acquired: Acquired, until: float) -> str:
-    subscriber_id = acquired.job_id.split(":")[1]  # fdl:<sub>:<webhook-id>:<gen>
-    subscriber = await deps.subscribers.get(subscriber_id)
+    subscriber = await deps.subscribers.get(acquired.subscriber_id)
     if subscriber is None:  # removed since the compare-and-set: its job drops the delivery
         return "skipped"
     return await _run_line(deps, subscriber, acquired, until)
@@ -176,7 +175,7 @@ async def _acquire(
         if acquired.body is None:
             return "stale"
         return subscriber, acquired
-    raise SubscriberListChanging(f"the subscriber registry changed {RELOAD_TRIES} times")
+    raise RegistryKeepsChanging(f"the subscriber registry changed {RELOAD_TRIES} times")
 
 
 def _attempt_outcome(result: AttemptResult, retry_at_ms: int | None) -> str:

@@ -242,8 +242,12 @@ class Acquired:
         return self.verdict in ("ok", "probe")
 
     @property
+    def subscriber_id(self) -> str:
+        return self.job_id.split(":")[1]  # fdl:<sub>:<webhook-id>:<gen>
+
+    @property
     def webhook_id(self) -> str:
-        return self.job_id.split(":")[2]  # fdl:<sub>:<webhook-id>:<gen>
+        return self.job_id.split(":")[2]
 
     @classmethod
     def started(cls, job_id: str, fields: list[Any], verdict: str = "ok") -> Acquired:
