@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -630,6 +630,19 @@ SERVICE_STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+def _samples(path: Path) -> Iterator[tuple[str, int]]:
+    """(stack, sample count) of each line of a py-spy ``--format raw`` profile."""
+    for line in path.read_text().splitlines():
+        stack, _, number = line.rpartition(" ")
+        if number.isdigit():
+            yield stack, int(number)
+
+
+def _shares(counts: dict[str, int]) -> list[tuple[str, float]]:
+    total = max(sum(counts.values()), 1)
+    return sorted(((name, c / total) for name, c in counts.items()), key=lambda x: -x[1])
+
+
 def profile_summary(
     path: Path, stages: tuple[tuple[str, tuple[str, ...]], ...]
 ) -> list[tuple[str, float]]:
@@ -638,36 +651,24 @@ def profile_summary(
     A sample whose leaf is the event loop's own ``run`` frame is time in uvloop (I/O, callbacks).
     """
     counts: dict[str, int] = {}
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, number = line.rpartition(" ")
-        if not number.isdigit():
-            continue
-        total += int(number)
-        frames = stack.split(";")
-        if frames[-1].startswith(("Worker.run ", "Runner.run ")):
+    for stack, number in _samples(path):
+        if stack.rsplit(";", 1)[-1].startswith(("Worker.run ", "Runner.run ")):
             stage = "event loop (uvloop: I/O, callbacks)"
         else:
             stage = next(
                 (name for name, needles in stages if any(n in stack for n in needles)), "other"
             )
-        counts[stage] = counts.get(stage, 0) + int(number)
-    return sorted(((n, c / max(total, 1)) for n, c in counts.items()), key=lambda x: -x[1])
+        counts[stage] = counts.get(stage, 0) + number
+    return _shares(counts)
 
 
 def top_functions(path: Path, count: int = 12) -> list[tuple[str, float]]:
     """The functions with the most samples at the leaf (self time)."""
     counts: dict[str, int] = {}
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, number = line.rpartition(" ")
-        if not number.isdigit():
-            continue
-        total += int(number)
+    for stack, number in _samples(path):
         leaf = stack.rsplit(";", 1)[-1]
-        counts[leaf] = counts.get(leaf, 0) + int(number)
-    ranked = sorted(counts.items(), key=lambda x: -x[1])[:count]
-    return [(name, c / max(total, 1)) for name, c in ranked]
+        counts[leaf] = counts.get(leaf, 0) + number
+    return _shares(counts)[:count]
 
 
 def print_profiles(profile_dir: Path) -> list[str]:
