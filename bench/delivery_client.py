@@ -22,9 +22,9 @@ from typing import Any
 import aiohttp
 import httpx
 
-from service.redis_server import free_port
 from service.settings import Settings
-from workers.fanout.client import build_transport, post_once
+from service.store.server import free_port
+from workers.delivery.client import build_transport, post_once
 
 BODY = (
     b'{"id":"msg_x","type":"payment.captured","data":{"id":"p","amount":1000,"pad":"'

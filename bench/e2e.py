@@ -163,7 +163,7 @@ async def enqueue_noops(redis_url: str, count: int) -> None:
     """Write ``count`` no-op jobs in arq's own format (what ``enqueue_job`` writes)."""
     import redis.asyncio as aioredis
 
-    from service.jobs import arq_job_bytes
+    from service.domain.events import arq_job_bytes
     from service.settings import Settings
 
     queue = Settings().queue_name
@@ -182,7 +182,7 @@ async def enqueue_noops(redis_url: str, count: int) -> None:
 
 
 def arq_ceiling(workdir: Path, count: int) -> dict[str, float]:
-    from service.redis_server import RedisServer
+    from service.store.server import RedisServer
 
     with RedisServer(workdir / "redis-noop", appendonly=True) as redis:
         asyncio.run(enqueue_noops(redis.url, count))
@@ -239,8 +239,8 @@ async def pipeline_stack(
     workdir: Path, subscribers: int, concurrency: int | None, profile_dir: Path | None = None
 ) -> AsyncIterator[Stack]:
     from kartahook.supervisor import ChildSpec, Supervisor, http_ok, tcp_open
-    from service.redis_server import RedisServer, free_port
-    from service.signing import generate_secret
+    from service.domain.signing import generate_secret
+    from service.store.server import RedisServer, free_port
 
     name = f"{subscribers}sub" + ("-profiled" if profile_dir else "")
     base = workdir / name
@@ -426,7 +426,7 @@ class Injector:
         self.rejected = 0
 
     async def one(self, payment_id: str) -> None:
-        from service.signing import sign_headers
+        from service.domain.signing import sign_headers
 
         body = orjson.dumps(
             {
@@ -515,7 +515,7 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
 
 
 def event_order(event_type: str) -> int:
-    from service.lifecycle import SEQ
+    from service.domain.lifecycle import SEQ
 
     return SEQ.get(event_type.removeprefix("payment."), 99)
 

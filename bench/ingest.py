@@ -4,7 +4,7 @@
 uvicorn servers in separate processes with the same settings as ``kartahook serve`` (uvloop,
 httptools, one worker process each):
 
-- ``real``: ``service.app`` with the kartapay source: verify, dedupe, store, enqueue, log;
+- ``real``: ``service.api.app`` with the kartapay source: verify, dedupe, store, enqueue, log;
 - ``bare``: a Starlette route that reads the body and answers 202.
 
 wrk drives each with 64 connections and distinct, validly signed events (pre-signed, replayed by
@@ -152,8 +152,8 @@ def stop_server(process: Any) -> None:
 
 
 def bench(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    from service.redis_server import RedisServer, free_port
-    from service.signing import generate_secret
+    from service.domain.signing import generate_secret
+    from service.store.server import RedisServer, free_port
 
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")

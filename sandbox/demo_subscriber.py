@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.signing import MissingHeaderError, SignatureError, decode_secret, verify
+from service.domain.signing import MissingHeaderError, SignatureError, decode_secret, verify
 
 log = structlog.get_logger("kartahook.demo_subscriber")
 

@@ -26,14 +26,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from sandbox.config import SandboxConfig
+from sandbox.errors import ApiError, BadRequest, NotFound, error_response
+from sandbox.lifecycle import Lifecycle
+from sandbox.listing import build_page, parse_query
+from sandbox.middleware import BearerAuthMiddleware, FaultInjectionMiddleware
 from sandbox.payments_store import PaymentRecord, PaymentStore
-from sandbox.sandbox_config import SandboxConfig
-from sandbox.sandbox_errors import ApiError, BadRequest, NotFound, error_response
-from sandbox.sandbox_lifecycle import Lifecycle
-from sandbox.sandbox_listing import build_page, parse_query
-from sandbox.sandbox_middleware import BearerAuthMiddleware, FaultInjectionMiddleware
-from sandbox.sandbox_schemas import CLAIM_SCHEMA, PLAN_SCHEMA, validate
-from sandbox.sandbox_webhooks import WebhookSender
+from sandbox.schemas import CLAIM_SCHEMA, PLAN_SCHEMA, validate
+from sandbox.webhooks import WebhookSender
 
 __all__ = ["Sandbox", "SandboxConfig", "create_app"]
 

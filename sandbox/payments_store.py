@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from service.lifecycle import TIMESTAMP_FIELD
+from service.domain.lifecycle import TIMESTAMP_FIELD
 
 # Lifecycle: init -> (pending) -> submitted -> approved -> captured -> completed;
 # canceled before approval, failed from any state that is not final.

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
-from service.redis_server import RedisServer
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-SPEC_PATH = SHARED / "kartapay-api-spec.json"
+from service.store.server import RedisServer
 
 
 @pytest.fixture(scope="session")

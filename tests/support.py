@@ -15,9 +15,9 @@ from typing import Any
 import uvicorn
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
-from service.jobs import deserialize, serialize
+from service.domain.events import deserialize, serialize
 from service.kartapay.client import KartaPayClient
-from service.redis_server import free_port
+from service.store.server import free_port
 
 
 @contextlib.asynccontextmanager

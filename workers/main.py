@@ -14,13 +14,13 @@ import structlog
 from arq.worker import Function, Worker
 from redis.exceptions import RedisError
 
-from service.jobs import ARQ_EXPIRES_EXTRA_MS, deserialize, serialize
-from service.redis_connection import arq_redis_settings
+from service.domain.events import ARQ_EXPIRES_EXTRA_MS, deserialize, serialize
 from service.settings import Settings
-from workers import fanout
-from workers.fanout.handlers import STOPPING
+from service.store.client import arq_redis_settings
+from workers.delivery import job as fanout
+from workers.delivery.runner import STOPPING
 from workers.probe_server import ProbeServer
-from workers.processing import processing_function, processing_shutdown, processing_startup
+from workers.processing.job import processing_function, processing_shutdown, processing_startup
 
 log = structlog.get_logger("kartahook.worker")
 

@@ -27,8 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_sources(args: argparse.Namespace) -> list[str]:
     """Problems of the sources file, or [] (an 'ok' line is printed when it is valid)."""
+    from service.api.ingest.sources.config import ConfigFileError, SourceConfigError, load_sources
     from service.settings import Settings
-    from service.sources_config import ConfigFileError, SourceConfigError, load_sources
 
     path: Path | None = args.sources or Settings().sources_file
     if path is None:
@@ -48,7 +48,7 @@ def check_subscribers(args: argparse.Namespace) -> list[str]:
     import yaml
 
     from service.settings import Settings
-    from service.subscribers import SubscriberError, load_subscribers_file
+    from service.store.subscribers import SubscriberError, load_subscribers_file
 
     settings = Settings()
     path: Path | None = args.subscribers or settings.subscribers_file

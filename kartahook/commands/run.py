@@ -39,9 +39,9 @@ from kartahook.supervisor import (
     port_is_free,
     tcp_open,
 )
-from service.redis_server import RedisServer, free_port
+from service.domain.signing import generate_secret
 from service.settings import Settings
-from service.signing import generate_secret
+from service.store.server import RedisServer, free_port
 
 DEFAULT_BASE_PORT = 8700
 # Port of each component: the base port plus this offset.

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from typing import Any
 
-APP_FACTORY = "service.app:create_app_from_env"
+APP_FACTORY = "service.api.app:create_app_from_env"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

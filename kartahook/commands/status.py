@@ -14,9 +14,9 @@ from typing import Any
 
 import orjson
 
-from service.redis_connection import redis_client
 from service.settings import Settings
-from service.status import snapshot
+from service.store.client import redis_client
+from service.store.status import snapshot
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,10 @@
 """Client of the KartaPay REST API: models, errors and the async httpx client.
 
-See docs/kartapay-client.md. Everything public is re-exported here.
+See docs/kartapay-client.md. Everything public is re-exported here. ``SPEC_PATH`` is the
+project's copy of the API's OpenAPI document, the contract the client and the sandbox follow.
 """
+
+from pathlib import Path
 
 from service.kartapay.client import KartaPayClient
 from service.kartapay.errors import (
@@ -40,8 +43,11 @@ from service.kartapay.models import (
     PurchaseItem,
 )
 
+SPEC_PATH = Path(__file__).with_name("kartapay-api-spec.json")
+
 __all__ = [
     "GATEWAY_CODES",
+    "SPEC_PATH",
     "Address",
     "Amount",
     "ApiError",

@@ -1,0 +1,91 @@
+"""Dead-lettered events: hints that processing gave up on, kept for listing, inspection and retry.
+
+Written by the worker, read and retried through the admin API and ``kartahook dlq --kind events``.
+Keys: ``kh:dlq:events`` (hash: id → JSON entry) and ``kh:dlq:events:index`` (sorted set: id by
+time dead-lettered, epoch seconds).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from service.domain.events import (
+    ARQ_EXPIRES_EXTRA_MS,
+    ARQ_JOB_PREFIX,
+    KEY_PREFIX,
+    PROCESS_EVENT,
+    EventHint,
+    arq_job_bytes,
+)
+
+ENTRIES_KEY = f"{KEY_PREFIX}dlq:events"
+INDEX_KEY = f"{KEY_PREFIX}dlq:events:index"
+
+
+class EventDeadLetters:
+    """The store of dead-lettered events."""
+
+    def __init__(self, redis: Redis, queue_name: str = "arq:queue") -> None:
+        self._redis = redis
+        self._queue = queue_name
+
+    async def add(self, hint: EventHint, reason: str, last_error: str) -> None:
+        now = time.time()
+        entry = {
+            "id": hint.job_id,
+            "hint": asdict(hint),
+            "reason": reason,
+            "last_error": last_error,
+            "dead_at": now,
+        }
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(ENTRIES_KEY, hint.job_id, orjson.dumps(entry).decode())
+            pipe.zadd(INDEX_KEY, {hint.job_id: now})
+            await pipe.execute()
+
+    async def count(self) -> int:
+        return int(await self._redis.zcard(INDEX_KEY))
+
+    async def entries(self, limit: int = 100, since: float | None = None) -> list[dict[str, Any]]:
+        """Entries, oldest first, dead-lettered at or after ``since`` (epoch seconds)."""
+        low: float | str = "-inf" if since is None else since
+        ids = await self._redis.zrangebyscore(INDEX_KEY, low, "+inf", start=0, num=limit)
+        if not ids:
+            return []
+        raw: list[bytes | None] = await self._redis.hmget(ENTRIES_KEY, ids)  # type: ignore[misc]
+        return [orjson.loads(item) for item in raw if item]
+
+    async def get(self, entry_id: str) -> dict[str, Any] | None:
+        raw: bytes | None = await self._redis.hget(ENTRIES_KEY, entry_id)  # type: ignore[misc]
+        return orjson.loads(raw) if raw else None
+
+    async def retry(self, entry_id: str) -> bool:
+        """Queue a fresh ``process_event`` job (attempt 0) for an entry and remove the entry, in
+        one transaction. ``False`` when there is no such entry."""
+        entry = await self.get(entry_id)
+        if entry is None:
+            return False
+        hint = EventHint.from_job_arg({**entry["hint"], "attempt": 0})
+        now_ms = int(time.time() * 1000)
+        job_id = f"{hint.job_id}:dlq{now_ms}"
+        job = arq_job_bytes(PROCESS_EVENT, hint.to_job_args(), now_ms)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(ARQ_JOB_PREFIX + job_id, job, px=ARQ_EXPIRES_EXTRA_MS, nx=True)
+            pipe.zadd(self._queue, {job_id: now_ms})
+            pipe.hdel(ENTRIES_KEY, entry_id)
+            pipe.zrem(INDEX_KEY, entry_id)
+            await pipe.execute()
+        return True
+
+    async def retry_since(self, since: float | None, limit: int = 10_000) -> list[str]:
+        """Retry every entry dead-lettered at or after ``since``; the ids retried."""
+        retried = []
+        for entry in await self.entries(limit=limit, since=since):
+            if await self.retry(entry["id"]):
+                retried.append(str(entry["id"]))
+        return retried

@@ -1,0 +1,57 @@
+"""A snapshot of the pipeline's state, read from Redis: backlog, dead letters, subscriber health,
+worker heartbeats. Used by ``kartahook status`` (and anyone scripting against it)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from service.store.dead_letters import EventDeadLetters
+from service.store.deliveries import DeliveryAdmin, breaker_key, inflight_key, waiting_key
+from service.store.subscribers import SubscriberStore
+
+# arq writes its health line to "<queue>:health-check" every health_check_interval.
+HEALTH_CHECK_SUFFIX = ":health-check"
+
+
+async def snapshot(redis: aioredis.Redis, queue_name: str) -> dict[str, Any]:
+    """The state as plain JSON-able data."""
+    now_ms = int(time.time() * 1000)
+    ready = int(await redis.zcount(queue_name, "-inf", now_ms))
+    total = int(await redis.zcard(queue_name))
+    oldest = await redis.zrange(queue_name, 0, 0, withscores=True)
+    deliveries = DeliveryAdmin(redis, queue_name)
+    subscribers = []
+    for sub in await SubscriberStore(redis).all():
+        breaker: dict[bytes, bytes] = await redis.hgetall(breaker_key(sub.id))  # type: ignore[misc]
+        open_until = int(breaker.get(b"open_until", b"0") or 0)
+        subscribers.append(
+            {
+                "id": sub.id,
+                "enabled": sub.enabled,
+                "disabled_reason": sub.disabled_reason,
+                "breaker": "open" if open_until > now_ms else "closed",
+                "consecutive_failures": int(breaker.get(b"fails", b"0") or 0),
+                "waiting": int(await redis.zcard(waiting_key(sub.id))),
+                "in_flight": int(await redis.zcard(inflight_key(sub.id))),
+                "dead_letters": await deliveries.dead_letter_count(sub.id),
+            }
+        )
+    health = await redis.get(queue_name + HEALTH_CHECK_SUFFIX)
+    return {
+        "backlog": {
+            "ready": ready,
+            "deferred": total - ready,
+            "oldest_ready_age_s": (
+                round((now_ms - oldest[0][1]) / 1000, 3) if oldest and ready else 0.0
+            ),
+        },
+        "dead_letters": {
+            "events": await EventDeadLetters(redis, queue_name).count(),
+            "deliveries": await deliveries.dead_letter_count(),
+        },
+        "subscribers": subscribers,
+        "worker_health": health.decode() if health else None,
+    }

@@ -1,0 +1,127 @@
+"""Ingestion when Redis is down or stalled: 503 + Retry-After, nothing half-written, recovery.
+
+Uses its own redis-server (not the shared fixture), since the tests stop and pause it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from standardwebhooks import Webhook
+
+from service.api.app import create_app
+from service.api.ingest.sources import build_sources
+from service.domain import events as jobs
+from service.domain.signing import generate_secret
+from service.settings import Settings
+from service.store.server import RedisServer
+from tests.support import serve_app
+
+SECRET = generate_secret()
+URL_PATH = "/v1/webhooks/kartapay"
+
+
+def signed_request(msg_id: str, payment_id: str) -> tuple[bytes, dict[str, str]]:
+    body = orjson.dumps({"type": "payment.captured", "data": {"id": payment_id}})
+    now = datetime.now(tz=UTC)
+    return body, {
+        "content-type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(SECRET).sign(msg_id=msg_id, timestamp=now, data=body.decode()),
+    }
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis", appendonly=True).start()
+    try:
+        yield server
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            os.kill(server.process.pid, signal.SIGCONT)
+        server.stop()
+
+
+def make_app(redis_url: str) -> object:
+    settings = Settings(
+        redis_url=redis_url, sources_file=None, redis_timeout_s=0.5, retry_after_s=7
+    )
+    return create_app(settings, build_sources({"kartapay": {"secrets": [SECRET]}}))
+
+
+async def event_keys(client: aioredis.Redis, msg_id: str) -> list[bool]:
+    """Which of dedupe, job, queue entry and raw archive exist for an event."""
+    job_id = jobs.event_job_id("kartapay", msg_id)
+    return [
+        bool(await client.exists(jobs.dedupe_key("kartapay", msg_id))),
+        bool(await client.exists(jobs.ARQ_JOB_PREFIX + job_id)),
+        await client.zscore("arq:queue", job_id) is not None,
+        bool(await client.exists(jobs.raw_event_key("kartapay", msg_id))),
+    ]
+
+
+async def test_redis_stopped_gives_503_and_restart_accepts_the_same_webhook(
+    own_redis: RedisServer,
+) -> None:
+    """Redis down: 503 + Retry-After and no keys; Redis back: the same webhook gets 202."""
+    body, headers = signed_request("msg_down", "pay_down")
+    async with (
+        serve_app(make_app(own_redis.url)) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as http,
+    ):
+        warm_body, warm_headers = signed_request("msg_warm", "pay_warm")
+        assert (
+            await http.post(URL_PATH, content=warm_body, headers=warm_headers)
+        ).status_code == 202
+        own_redis.stop()
+        down = await http.post(URL_PATH, content=body, headers=headers)
+        assert down.status_code == 503
+        assert down.headers["retry-after"] == "7"
+        assert down.json() == {"error": "temporarily unavailable"}
+        assert (await http.get("/readyz")).status_code == 503
+        own_redis.start()
+        client = aioredis.from_url(own_redis.url)
+        try:
+            assert await event_keys(client, "msg_down") == [False] * 4
+            assert await event_keys(client, "msg_warm") == [True] * 4
+            again = await http.post(URL_PATH, content=body, headers=headers)
+            assert again.status_code == 202
+            assert await event_keys(client, "msg_down") == [True] * 4
+        finally:
+            await client.aclose()
+
+
+async def test_stalled_redis_gives_503_within_deadline_and_writes_all_or_nothing(
+    own_redis: RedisServer,
+) -> None:
+    """Redis frozen (SIGSTOP) past the deadline: 503; once resumed the event is whole or absent."""
+    assert own_redis.process is not None
+    body, headers = signed_request("msg_stall", "pay_stall")
+    async with (
+        serve_app(make_app(own_redis.url)) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as http,
+    ):
+        os.kill(own_redis.process.pid, signal.SIGSTOP)
+        try:
+            stalled = await http.post(URL_PATH, content=body, headers=headers)
+        finally:
+            os.kill(own_redis.process.pid, signal.SIGCONT)
+        assert stalled.status_code == 503 and stalled.headers["retry-after"] == "7"
+        client = aioredis.from_url(own_redis.url)
+        try:
+            assert await event_keys(client, "msg_stall") in ([False] * 4, [True] * 4)
+            retried = await http.post(URL_PATH, content=body, headers=headers)
+            assert retried.status_code in (200, 202)
+            assert await event_keys(client, "msg_stall") == [True] * 4
+            assert await client.zcard("arq:queue") == 1
+        finally:
+            await client.aclose()

@@ -1,0 +1,70 @@
+"""The small decisions of ``kartahook run``: ports, a second run on the same var/, the summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from kartahook.commands.run import PORT_OFFSETS, choose_ports, running_elsewhere
+from kartahook.demo import DemoResult
+from service.store.server import free_port
+
+
+def port_args(port: int, **explicit: int) -> argparse.Namespace:
+    args = argparse.Namespace(host="127.0.0.1", port=port)
+    for name in PORT_OFFSETS:
+        setattr(args, f"{name}_port", explicit.get(name))
+    return args
+
+
+def test_a_taken_base_port_is_replaced_by_a_free_one() -> None:
+    """When the base port is in use, that component gets another, free port; others keep theirs."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        base = taken.getsockname()[1]
+        ports = choose_ports(port_args(base, redis=free_port()))
+    assert ports["service"] != base
+    assert len(set(ports.values())) == len(PORT_OFFSETS)
+
+
+def test_port_zero_gives_distinct_free_ports_and_explicit_ports_win() -> None:
+    """--port 0 picks a distinct free port per component; a --<name>-port is used as given."""
+    sandbox = free_port()
+    ports = choose_ports(port_args(0, sandbox=sandbox))
+    assert ports["sandbox"] == sandbox
+    assert len(set(ports.values())) == len(PORT_OFFSETS)
+    assert all(port > 0 for port in ports.values())
+
+
+def test_a_live_run_owning_var_dir_is_detected(tmp_path: Path) -> None:
+    """run.json naming a live process blocks a second run; a dead pid or no file does not."""
+    assert running_elsewhere(tmp_path) is None
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "run.json").write_text(json.dumps({"pid": sleeper.pid}))
+        assert running_elsewhere(tmp_path) == sleeper.pid
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert running_elsewhere(tmp_path) is None
+
+
+def test_summary_counts_outcomes_deliveries_and_duplicates() -> None:
+    """The demo summary lists each payment's statuses and totals outcomes and duplicates."""
+    result = DemoResult(
+        statuses={"p1": ["submitted", "approved", "captured", "completed"], "p2": ["submitted"]},
+        duplicates={"p1": 2, "p2": 0},
+        elapsed_s=1.31,
+    )
+    lines = result.summary_lines()
+    assert lines[0] == "  p1  submitted -> approved -> captured -> completed  (2 duplicates)"
+    assert lines[1] == "  p2  submitted"
+    assert (
+        lines[-1] == "  2 payments (1 completed, 1 unfinished), 5 deliveries, 2 duplicates, 1.3 s"
+    )
+    assert result.unfinished == ["p2"]

@@ -1,0 +1,48 @@
+"""What a delivery sends: the body and the signed headers (Standard Webhooks)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+
+from service.domain.events import Transition
+from service.domain.signing import sign_headers
+from service.store.subscribers import Subscriber
+
+USER_AGENT = "kartahook-delivery/1"
+
+
+def delivery_body(transition: Transition) -> bytes:
+    """``{"id", "type", "timestamp", "data": {"id": <payment id>, …payment}}``, the same bytes
+    on every attempt and replay."""
+    timestamp = transition.occurred_at or datetime.fromtimestamp(
+        transition.received_at_ms / 1000, UTC
+    ).isoformat().replace("+00:00", "Z")
+    return orjson.dumps(
+        {
+            "id": transition.id,
+            "type": transition.event_type,
+            "timestamp": timestamp,
+            "data": {
+                "id": transition.payment_id,
+                **{k: v for k, v in transition.payment.items() if k != "id"},
+            },
+        }
+    )
+
+
+def delivery_headers(
+    subscriber: Subscriber, msg_id: str, body: bytes, timestamp: int | None = None
+) -> dict[str, str]:
+    """The subscriber's extra headers, then ours: content type, signature, Idempotency-Key."""
+    headers = dict(subscriber.headers)
+    headers.update(
+        {
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+            **sign_headers(subscriber.secret, msg_id, body, timestamp),
+            "idempotency-key": msg_id,
+        }
+    )
+    return headers
