@@ -395,6 +395,24 @@ async def test_removed_subscriber_drops_and_wakes_one(redis: aioredis.Redis) -> 
     assert (first["state"], first["attempts"]) == ("dropped", "0")
 
 
+async def test_last_drop_of_a_removed_subscriber_leaves_its_attempt_log(
+    redis: aioredis.Redis,
+) -> None:
+    """Dropping a removed subscriber's last delivery leaves the dropped hash (TTL done_ttl) and
+    the subscriber's attempt log, which has no TTL and so outlives the subscriber."""
+    now = await stage(redis, ["pending"])
+    done = await finish(redis, T1, 1, now, "removed", enabled=False, log_entry={"webhook_id": T1})
+    assert done == Finished("dropped", 0, 0, None)
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            delivery_key(SUB, T1): DONE,
+            attempt_log_key(SUB): ("list", NO_TTL),
+        },
+    )
+
+
 async def test_stale_finish_still_spends_its_job_and_counts_the_breaker(
     redis: aioredis.Redis,
 ) -> None:

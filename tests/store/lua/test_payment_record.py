@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from service.store.deliveries import (
     breaker_key,
@@ -473,3 +474,24 @@ async def test_hold_starts_one_line_and_parks_another(redis: aioredis.Redis) -> 
             waiting_key(OTHER_SUB): ("zset", NO_TTL),
         },
     )
+
+
+async def test_hold_without_a_cap_fails_halfway(redis: aioredis.Redis) -> None:
+    """Today's behaviour, not a contract: with hold_ms and a subscriber missing from caps the
+    script errors after its writes, so the state is left WITHOUT its TTL, the delivery and its
+    job exist, nothing was started, and the lock is not let go (Redis does not roll back)."""
+    await payment_store(redis).acquire(PID, "tok")
+    with pytest.raises(ResponseError):
+        await record(redis, PID, ["pending"], caps={}, hold_ms=HOLD_MS, lease_ms=LEASE_MS)
+    await assert_keyspace(
+        redis,
+        {
+            state_key(PID): ("hash", NO_TTL),
+            TRANSITIONS_LOG_KEY: ("stream", NO_TTL),
+            **line(SUB, [T1]),
+            QUEUE: ("zset", NO_TTL),
+            **job_entry(SUB, T1, 1, HOLD_MS),
+            _lock_key(PID): ("string", ttl_ms(LOCK_TTL_MS)),
+        },
+    )
+    assert await redis.hget(state_key(PID), "seq") == b"1"
