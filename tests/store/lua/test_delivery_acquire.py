@@ -190,7 +190,7 @@ async def test_open_breaker_parks_until_it_opens_for_a_probe(
 ) -> None:
     """With the breaker open the delivery is parked, its fresh job due at open_until plus the
     jitter; the verdict carries open_until."""
-    await redis.hset(breaker_key(SUB), mapping={"fails": 5, "open_until": now + HOUR_MS})
+    await redis.hset(breaker_key(SUB), mapping={"fails": 5, "open_until": now + HOUR_MS})  # type: ignore[misc]
     got = await acquire(redis, T1, 1, now, open_jitter_ms=250)
     assert (got.verdict, got.until_ms) == ("open", now + HOUR_MS)
     await assert_keyspace(
@@ -208,7 +208,7 @@ async def test_open_breaker_parks_until_it_opens_for_a_probe(
 async def test_another_probe_in_flight_parks_until_it_ends(redis: aioredis.Redis, now: int) -> None:
     """Half-open with another job probing: parked, the fresh job due when the probe's lease
     ends."""
-    await redis.hset(
+    await redis.hset(  # type: ignore[misc]
         breaker_key(SUB),
         mapping={"open_until": now - 1, "probe": "fdl:ledger:x:1", "probe_until": now + 9_000},
     )
@@ -228,7 +228,7 @@ async def test_another_probe_in_flight_parks_until_it_ends(redis: aioredis.Redis
 
 async def test_half_open_breaker_starts_the_probe(redis: aioredis.Redis, now: int) -> None:
     """Half-open with nobody probing: the attempt starts as the probe, recorded in the breaker."""
-    await redis.hset(breaker_key(SUB), mapping={"fails": 5, "open_until": now - 1, "probe": ""})
+    await redis.hset(breaker_key(SUB), mapping={"fails": 5, "open_until": now - 1, "probe": ""})  # type: ignore[misc]
     got = await acquire(redis, T1, 1, now)
     assert (got.verdict, got.may_send, got.body) == ("probe", True, body_of(PID, "pending"))
     await assert_keyspace(
@@ -245,7 +245,7 @@ async def test_half_open_breaker_starts_the_probe(redis: aioredis.Redis, now: in
 
 async def test_probe_whose_lease_ended_is_taken_over(redis: aioredis.Redis, now: int) -> None:
     """A probe whose lease ended no longer blocks: this attempt becomes the probe."""
-    await redis.hset(
+    await redis.hset(  # type: ignore[misc]
         breaker_key(SUB),
         mapping={"open_until": now - 10, "probe": "fdl:ledger:x:1", "probe_until": now - 1},
     )
@@ -259,7 +259,7 @@ async def test_probe_whose_lease_ended_is_taken_over(redis: aioredis.Redis, now:
 
 async def test_the_probe_itself_may_start_again(redis: aioredis.Redis, now: int) -> None:
     """The job that is the probe is not parked by its own probe: it starts again (re-run)."""
-    await redis.hset(
+    await redis.hset(  # type: ignore[misc]
         breaker_key(SUB), mapping={"open_until": now - 10, "probe": JOB1, "probe_until": now + 5}
     )
     got = await acquire(redis, T1, 1, now)

@@ -465,7 +465,7 @@ async def test_failure_while_open_keeps_the_breaker_as_it_is(redis: aioredis.Red
     move open_until, and wakes nothing."""
     now = await stage(redis, ["pending"])
     parked = await park_other(redis, now)
-    await redis.hset(breaker_key(SUB), mapping={"fails": 3, "open_until": now - 5})
+    await redis.hset(breaker_key(SUB), mapping={"fails": 3, "open_until": now - 5})  # type: ignore[misc]
     done = await finish(redis, T1, 1, now, "fail", retry_at_ms=now + 10_000, threshold=100)
     assert (done.result, done.woken) == ("retry", 0)
     await assert_keyspace(
@@ -487,7 +487,7 @@ async def test_failed_probe_reopens_the_breaker(redis: aioredis.Redis) -> None:
     cleared."""
     await record(redis, PID, ["pending"])
     now = await server_ms(redis)
-    await redis.hset(breaker_key(SUB), mapping={"fails": 5, "open_until": now - 1})
+    await redis.hset(breaker_key(SUB), mapping={"fails": 5, "open_until": now - 1})  # type: ignore[misc]
     assert (await acquire(redis, T1, 1, now)).verdict == "probe"
     done = await finish(redis, T1, 1, now + 100, "fail", retry_at_ms=now + 10_000)
     assert done.result == "retry" and done.woken == 0
@@ -515,7 +515,7 @@ async def test_successful_probe_closes_the_breaker_and_wakes(redis: aioredis.Red
     deliveries are woken."""
     await record(redis, PID, ["pending"])
     now = await server_ms(redis)
-    await redis.hset(breaker_key(SUB), mapping={"fails": 5, "open_until": now - 1})
+    await redis.hset(breaker_key(SUB), mapping={"fails": 5, "open_until": now - 1})  # type: ignore[misc]
     assert (await acquire(redis, T1, 1, now)).verdict == "probe"
     await record(redis, PID2, ["pending"])
     assert (await acquire(redis, P2, 1, now)).verdict == "probing"

@@ -42,7 +42,7 @@ async def park(redis: aioredis.Redis, pid: str, now: int, enabled: bool = True) 
 
 async def test_wake_with_nothing_parked_resets_the_breaker(redis: aioredis.Redis) -> None:
     """With nothing parked, wake deletes the breaker and wakes none."""
-    await redis.hset(breaker_key(SUB), mapping={"fails": 9, "open_until": 123})
+    await redis.hset(breaker_key(SUB), mapping={"fails": 9, "open_until": 123})  # type: ignore[misc]
     assert await admin(redis).wake(SUB, 10, 1_000) == 0
     await assert_keyspace(redis, {})
 
@@ -54,7 +54,7 @@ async def test_wake_starts_the_longest_parked_up_to_count(redis: aioredis.Redis)
     staged: Expected = {}
     for n, pid in enumerate(PIDS):
         staged.update(await park(redis, pid, now + n))
-    await redis.hset(breaker_key(SUB), mapping={"fails": 9, "open_until": now + 60_000})
+    await redis.hset(breaker_key(SUB), mapping={"fails": 9, "open_until": now + 60_000})  # type: ignore[misc]
     woke_at = now + 10
     assert await admin(redis).wake(SUB, 2, woke_at) == 2
     for pid in PIDS[:2]:
@@ -90,7 +90,7 @@ async def test_wake_of_zero_only_resets_the_breaker(redis: aioredis.Redis) -> No
     breaker."""
     now = await server_ms(redis)
     staged = await park(redis, "pay_1", now)
-    await redis.hset(breaker_key(SUB), mapping={"fails": 9})
+    await redis.hset(breaker_key(SUB), mapping={"fails": 9})  # type: ignore[misc]
     assert await admin(redis).wake(SUB, 0, now + 10) == 0
     await assert_keyspace(
         redis, {**staged, QUEUE: ("zset", NO_TTL), waiting_key(SUB): ("zset", NO_TTL)}

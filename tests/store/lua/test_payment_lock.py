@@ -64,10 +64,10 @@ async def test_lock_freed_by_expiry_is_taken_by_the_next_job(redis: aioredis.Red
 async def test_acquire_leaves_the_recorded_state_alone(redis: aioredis.Redis) -> None:
     """Taking the lock touches neither the recorded state nor its deliveries' keys."""
     await record(redis, PID, ["pending"], subscribers=())
-    state = await redis.hgetall(state_key(PID))
+    state = await redis.hgetall(state_key(PID))  # type: ignore[misc]
     assert await payment_store(redis).acquire(PID, "tok-a") is True
     await assert_keyspace(redis, {**payment_keys(PID), _lock_key(PID): ("string", LOCK_TTL)})
-    assert await redis.hgetall(state_key(PID)) == state
+    assert await redis.hgetall(state_key(PID)) == state  # type: ignore[misc]
 
 
 async def test_locks_of_two_payments_are_independent(redis: aioredis.Redis) -> None:

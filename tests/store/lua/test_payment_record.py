@@ -162,7 +162,7 @@ async def test_newer_state_creates_a_line_with_its_first_delivery_active(
         {"payment_id": PID, "status": "pending", "webhook_id": T1, "subscribers": "1"},
         {"payment_id": PID, "status": "submitted", "webhook_id": T2, "subscribers": "1"},
     ]
-    assert await redis.hget(state_key(PID), "seq") == b"2"
+    assert await redis.hget(state_key(PID), "seq") == b"2"  # type: ignore[misc]
 
 
 async def test_each_subscriber_gets_a_line_of_its_own(redis: aioredis.Redis) -> None:
@@ -199,7 +199,7 @@ async def test_older_state_changes_nothing_but_renews_the_state_ttl(
         redis,
         {**payment_keys(), **line(SUB, [T1, T2]), QUEUE: ("zset", NO_TTL), **job_entry(SUB, T1, 1)},
     )
-    assert await redis.hget(state_key(PID), "seq") == b"2"
+    assert await redis.hget(state_key(PID), "seq") == b"2"  # type: ignore[misc]
     assert await zset(redis, QUEUE) == queue
     assert len(await stream(redis)) == 2
 
@@ -367,7 +367,7 @@ async def test_hold_with_breaker_open_parks_until_it_may_close(redis: aioredis.R
     """With hold_ms and the breaker open the head is parked, its fresh job due when the breaker
     opens for a probe (plus the jitter)."""
     open_until = await server_ms(redis) + 3_600_000
-    await redis.hset(breaker_key(SUB), mapping={"fails": 5, "open_until": open_until})
+    await redis.hset(breaker_key(SUB), mapping={"fails": 5, "open_until": open_until})  # type: ignore[misc]
     result = await record(
         redis,
         PID,
@@ -398,7 +398,7 @@ async def test_hold_while_another_job_probes_parks_until_the_probe_ends(
     """With hold_ms and another job probing the half-open breaker, the head is parked until the
     probe's lease ends."""
     probe_until = await server_ms(redis) + 3_600_000
-    await redis.hset(
+    await redis.hset(  # type: ignore[misc]
         breaker_key(SUB),
         mapping={"open_until": 1, "probe": "fdl:x:y:1", "probe_until": probe_until},
     )
@@ -423,7 +423,7 @@ async def test_hold_while_another_job_probes_parks_until_the_probe_ends(
 async def test_hold_with_half_open_breaker_starts_the_probe(redis: aioredis.Redis) -> None:
     """With hold_ms and a half-open breaker nobody probes, the head is started as the probe."""
     now = await server_ms(redis)
-    await redis.hset(breaker_key(SUB), mapping={"open_until": now - 1_000, "probe": ""})
+    await redis.hset(breaker_key(SUB), mapping={"open_until": now - 1_000, "probe": ""})  # type: ignore[misc]
     result = await record(
         redis, PID, ["pending"], caps={SUB: 4}, hold_ms=HOLD_MS, lease_ms=LEASE_MS
     )
@@ -494,4 +494,4 @@ async def test_hold_without_a_cap_fails_halfway(redis: aioredis.Redis) -> None:
             _lock_key(PID): ("string", ttl_ms(LOCK_TTL_MS)),
         },
     )
-    assert await redis.hget(state_key(PID), "seq") == b"1"
+    assert await redis.hget(state_key(PID), "seq") == b"1"  # type: ignore[misc]
