@@ -72,8 +72,7 @@ async def test_stale_subscriber_list_answers_reload(redis: aioredis.Redis, now: 
 
 
 async def test_job_of_an_old_generation_is_stale(redis: aioredis.Redis, now: int) -> None:
-    """A job whose gen is not the delivery's is stale: nothing is written (not even expired
-    leases are purged)."""
+    """A job of an old gen is stale: nothing is written, not even expired leases purged."""
     await redis.zadd(inflight_key(SUB), {"fdl:ledger:old:1": now - 1})
     got = await acquire(redis, T1, 0, now)
     assert (got.verdict, got.until_ms) == ("stale", 0)
@@ -103,8 +102,7 @@ async def test_disabled_check_comes_after_the_stale_check(redis: aioredis.Redis,
 
 
 async def test_free_slot_starts_the_attempt(redis: aioredis.Redis, now: int) -> None:
-    """Under the cap with the breaker closed the attempt starts: its slot is leased and what it
-    sends comes back."""
+    """Under the cap, breaker closed: the attempt starts, leases a slot, gets what it sends."""
     got = await acquire(redis, T1, 1, now, cap=1)
     assert got == Acquired(
         "ok", 0, body_of(PID, "pending"), 0, JOB1, PID, "payment.pending", RECEIVED_MS
@@ -116,8 +114,7 @@ async def test_free_slot_starts_the_attempt(redis: aioredis.Redis, now: int) -> 
 async def test_job_already_in_flight_starts_again_with_a_new_lease(
     redis: aioredis.Redis, now: int
 ) -> None:
-    """A job that already holds a slot (a retried run) starts again even at the cap; its lease
-    is renewed."""
+    """A job already holding a slot starts again even at the cap, with a renewed lease."""
     await acquire(redis, T1, 1, now, cap=1)
     got = await acquire(redis, T1, 1, now + 1_000, cap=1)
     assert got.verdict == "ok"
@@ -137,8 +134,8 @@ async def test_expired_leases_free_their_slots(redis: aioredis.Redis, now: int) 
 async def test_cap_reached_parks_with_a_job_after_the_lease(
     redis: aioredis.Redis, now: int
 ) -> None:
-    """At the cap the delivery is parked: gen bumped, put in the waiting set, and a fresh job is
-    due when a lease ends; the running job's own key stays for arq to remove."""
+    """At the cap: parked (gen bumped, waiting set), a fresh job due when a lease ends."""
+    # The running job's own key (gen 1) stays: arq removes it when the job returns.
     busy = "fdl:ledger:busy:1"
     await redis.zadd(inflight_key(SUB), {busy: now + HOUR_MS})
     got = await acquire(redis, T1, 1, now, cap=1)
@@ -188,8 +185,7 @@ async def test_parking_again_keeps_the_first_waiting_time(redis: aioredis.Redis,
 async def test_open_breaker_parks_until_it_opens_for_a_probe(
     redis: aioredis.Redis, now: int
 ) -> None:
-    """With the breaker open the delivery is parked, its fresh job due at open_until plus the
-    jitter; the verdict carries open_until."""
+    """Breaker open: parked, its fresh job due at open_until plus jitter ('open', until)."""
     await redis.hset(breaker_key(SUB), mapping={"fails": 5, "open_until": now + HOUR_MS})  # type: ignore[misc]
     got = await acquire(redis, T1, 1, now, open_jitter_ms=250)
     assert (got.verdict, got.until_ms) == ("open", now + HOUR_MS)
@@ -206,8 +202,7 @@ async def test_open_breaker_parks_until_it_opens_for_a_probe(
 
 
 async def test_another_probe_in_flight_parks_until_it_ends(redis: aioredis.Redis, now: int) -> None:
-    """Half-open with another job probing: parked, the fresh job due when the probe's lease
-    ends."""
+    """Half-open with another probe in flight: parked until that probe's lease ends."""
     await redis.hset(  # type: ignore[misc]
         breaker_key(SUB),
         mapping={"open_until": now - 1, "probe": "fdl:ledger:x:1", "probe_until": now + 9_000},

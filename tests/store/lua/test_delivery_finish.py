@@ -90,8 +90,7 @@ async def finish_ok(redis: aioredis.Redis, now: int, **kwargs: Any) -> Finished:
 
 
 async def test_delivered_activates_the_next_in_line(redis: aioredis.Redis) -> None:
-    """A success marks the delivery delivered (TTL done_ttl), frees its slot, drops its job,
-    resets the breaker and activates the line's next delivery with a job due now."""
+    """Delivered: hash gets done TTL, slot and job dropped, breaker reset, next one activated."""
     now = await stage(redis, ["pending", "submitted"])
     done = await finish_ok(redis, now)
     assert done == Finished("delivered", 0, 0, None)
@@ -121,8 +120,7 @@ async def test_delivered_activates_the_next_in_line(redis: aioredis.Redis) -> No
 
 
 async def test_delivered_last_in_line_leaves_no_line_keys(redis: aioredis.Redis) -> None:
-    """Delivering a line's only delivery removes its order, head, slot and queue entry: only the
-    delivered hash (with its TTL) and the breaker remain."""
+    """Delivering a line's only delivery removes its order, head, slot and queue keys."""
     now = await stage(redis, ["pending"])
     assert (await finish_ok(redis, now)).result == "delivered"
     await assert_keyspace(
@@ -132,8 +130,7 @@ async def test_delivered_last_in_line_leaves_no_line_keys(redis: aioredis.Redis)
 
 
 async def test_attempt_log_is_written_and_capped(redis: aioredis.Redis) -> None:
-    """Each attempt's log entry is pushed newest first onto the subscriber's log, trimmed to the
-    cap (a list without TTL)."""
+    """Attempt log entries go newest first onto the subscriber's list, trimmed to the cap."""
     now = await stage(redis, ["pending", "submitted"])
     await finish(redis, T1, 1, now, "ok", log_entry={"webhook_id": T1}, log_cap=1)
     assert (await acquire(redis, T2, 1, now + 1)).verdict == "ok"
@@ -153,8 +150,7 @@ async def test_attempt_log_is_written_and_capped(redis: aioredis.Redis) -> None:
 
 
 async def test_delivered_with_hold_hands_over_the_next_in_line(redis: aioredis.Redis) -> None:
-    """With hold_ms and a free slot the caller takes the line's next delivery: it holds a slot,
-    and its job waits out the hold as a safety net."""
+    """With hold_ms the next in line is handed over: slot held, its job deferred by the hold."""
     now = await stage(redis, ["pending", "submitted"])
     done = await finish_ok(redis, now, hold_ms=HOLD_MS)
     job2 = deliver_job_id(SUB, T2, 1)
@@ -185,8 +181,7 @@ async def test_delivered_with_hold_hands_over_the_next_in_line(redis: aioredis.R
 async def test_hold_at_the_cap_activates_the_next_without_hand_over(
     redis: aioredis.Redis,
 ) -> None:
-    """With hold_ms but no free slot the next delivery is activated with a job due now, and
-    nothing is handed over."""
+    """With hold_ms but no free slot the next is activated with a job due now, not handed."""
     now = await stage(redis, ["pending", "submitted"])
     busy = "fdl:ledger:busy:1"
     await redis.zadd(inflight_key(SUB), {busy: now + 3_600_000})
@@ -211,8 +206,7 @@ async def test_hold_at_the_cap_activates_the_next_without_hand_over(
 async def test_hold_with_a_stale_subscriber_list_hands_nothing_over(
     redis: aioredis.Redis,
 ) -> None:
-    """With hold_ms but a stale registry version the caller is handed nothing: the next
-    delivery's job is due now."""
+    """With hold_ms but a stale registry version nothing is handed; the next job is due now."""
     now = await stage(redis, ["pending", "submitted"])
     await redis.set(SUBSCRIBERS_VERSION_KEY, "5")
     done = await finish_ok(redis, now, hold_ms=HOLD_MS, version="4")
@@ -234,8 +228,7 @@ async def test_hold_with_a_stale_subscriber_list_hands_nothing_over(
 async def test_hold_with_an_empty_line_hands_over_a_parked_delivery(
     redis: aioredis.Redis,
 ) -> None:
-    """With hold_ms and nothing next in the line, the longest-parked delivery is handed over:
-    its old job is cancelled, a new one waits out the hold, it holds a slot."""
+    """With hold_ms and an empty line the longest-parked delivery is handed over instead."""
     now = await stage(redis, ["pending"])
     await park_other(redis, now)
     done = await finish_ok(redis, now, hold_ms=HOLD_MS)
@@ -281,8 +274,7 @@ async def test_delivered_wakes_parked_deliveries(redis: aioredis.Redis) -> None:
 
 
 async def test_failure_with_retry_gives_a_fresh_job(redis: aioredis.Redis) -> None:
-    """A failure with a retry time bumps gen and queues a fresh job then; the delivery stays the
-    line's head, the breaker counts one failure."""
+    """A failure with a retry time: gen bumped, a fresh job then, one failure counted."""
     now = await stage(redis, ["pending", "submitted"])
     done = await finish(
         redis, T1, 1, now, "fail", retry_at_ms=now + 10_000, status="500", error="boom"
@@ -332,8 +324,7 @@ async def test_failure_under_the_threshold_still_wakes_parked(redis: aioredis.Re
 
 
 async def test_failure_without_retry_dead_letters(redis: aioredis.Redis) -> None:
-    """A failure with no retry left dead-letters the delivery (kept without TTL, indexed in both
-    dead sets) and activates the next in line."""
+    """A failure with no retry left: dead letter (no TTL, both dead sets), next activated."""
     now = await stage(redis, ["pending", "submitted"])
     done = await finish(redis, T1, 1, now, "fail", status="500", error="boom")
     assert done == Finished("dead", 0, 1, None)
@@ -358,8 +349,7 @@ async def test_failure_without_retry_dead_letters(redis: aioredis.Redis) -> None
 
 
 async def test_gone_parks_without_a_job_and_wakes_nothing(redis: aioredis.Redis) -> None:
-    """A 410 parks the delivery with no job (the subscriber gets disabled), leaves the breaker
-    alone and wakes no parked delivery."""
+    """A 410 parks the delivery without a job, leaves the breaker alone, wakes nothing."""
     now = await stage(redis, ["pending"])
     parked = await park_other(redis, now)
     done = await finish(redis, T1, 1, now + 1, "gone", status="410")
@@ -373,8 +363,7 @@ async def test_gone_parks_without_a_job_and_wakes_nothing(redis: aioredis.Redis)
 
 
 async def test_removed_subscriber_drops_and_wakes_one(redis: aioredis.Redis) -> None:
-    """For a removed subscriber the delivery is dropped (TTL done_ttl, attempt not counted), the
-    line advances, and one parked delivery is woken even though the subscriber is not enabled."""
+    """Removed subscriber: dropped (done TTL, not counted), line advances, one parked woken."""
     now = await stage(redis, ["pending", "submitted"])
     await park_other(redis, now)
     done = await finish(redis, T1, 1, now, "removed", enabled=False)
@@ -398,8 +387,7 @@ async def test_removed_subscriber_drops_and_wakes_one(redis: aioredis.Redis) -> 
 async def test_last_drop_of_a_removed_subscriber_leaves_its_attempt_log(
     redis: aioredis.Redis,
 ) -> None:
-    """Dropping a removed subscriber's last delivery leaves the dropped hash (TTL done_ttl) and
-    the subscriber's attempt log, which has no TTL and so outlives the subscriber."""
+    """A removed subscriber's last drop leaves its attempt log behind, with no TTL."""
     now = await stage(redis, ["pending"])
     done = await finish(redis, T1, 1, now, "removed", enabled=False, log_entry={"webhook_id": T1})
     assert done == Finished("dropped", 0, 0, None)
@@ -416,8 +404,7 @@ async def test_last_drop_of_a_removed_subscriber_leaves_its_attempt_log(
 async def test_stale_finish_still_spends_its_job_and_counts_the_breaker(
     redis: aioredis.Redis,
 ) -> None:
-    """A finish of an old gen changes no delivery ('stale'), but still drops that job's slot,
-    queue entry and key, logs the attempt and resets the breaker."""
+    """A stale finish changes no delivery but spends its job, logs, and resets the breaker."""
     now = await stage(redis, ["pending"])
     assert (await acquire(redis, T1, 1, now, enabled=False)).verdict == "disabled"  # gen 2
     done = await finish(redis, T1, 1, now, "ok", log_entry={"webhook_id": T1})
@@ -438,8 +425,7 @@ async def test_stale_finish_still_spends_its_job_and_counts_the_breaker(
 
 
 async def test_failure_at_the_threshold_opens_the_breaker(redis: aioredis.Redis) -> None:
-    """The failure that reaches the threshold opens the breaker for the cooldown, and no parked
-    delivery is woken."""
+    """The failure reaching the threshold opens the breaker; no parked delivery is woken."""
     now = await stage(redis, ["pending"])
     parked = await park_other(redis, now)
     done = await finish(
@@ -461,8 +447,7 @@ async def test_failure_at_the_threshold_opens_the_breaker(redis: aioredis.Redis)
 
 
 async def test_failure_while_open_keeps_the_breaker_as_it_is(redis: aioredis.Redis) -> None:
-    """A failure of a non-probe job while the breaker is open (or half-open) counts, does not
-    move open_until, and wakes nothing."""
+    """A non-probe failure while open counts, keeps open_until, and wakes nothing."""
     now = await stage(redis, ["pending"])
     parked = await park_other(redis, now)
     await redis.hset(breaker_key(SUB), mapping={"fails": 3, "open_until": now - 5})  # type: ignore[misc]
@@ -483,8 +468,7 @@ async def test_failure_while_open_keeps_the_breaker_as_it_is(redis: aioredis.Red
 
 
 async def test_failed_probe_reopens_the_breaker(redis: aioredis.Redis) -> None:
-    """When the probe fails the breaker opens again for a full cooldown and the probe is
-    cleared."""
+    """A failed probe opens the breaker again for a full cooldown and clears the probe."""
     await record(redis, PID, ["pending"])
     now = await server_ms(redis)
     await redis.hset(breaker_key(SUB), mapping={"fails": 5, "open_until": now - 1})  # type: ignore[misc]
@@ -511,8 +495,7 @@ async def test_failed_probe_reopens_the_breaker(redis: aioredis.Redis) -> None:
 
 
 async def test_successful_probe_closes_the_breaker_and_wakes(redis: aioredis.Redis) -> None:
-    """When the probe succeeds the breaker closes (fails 0, open_until 0, no probe) and parked
-    deliveries are woken."""
+    """A successful probe closes the breaker and wakes parked deliveries."""
     await record(redis, PID, ["pending"])
     now = await server_ms(redis)
     await redis.hset(breaker_key(SUB), mapping={"fails": 5, "open_until": now - 1})  # type: ignore[misc]
@@ -543,8 +526,7 @@ async def test_successful_probe_closes_the_breaker_and_wakes(redis: aioredis.Red
 async def test_disabled_subscriber_is_handed_nothing_and_wakes_nothing(
     redis: aioredis.Redis,
 ) -> None:
-    """A success for a subscriber now disabled still advances the line (job due now), but hands
-    nothing over and wakes no parked delivery."""
+    """Disabled subscriber: the line advances, but nothing is handed over or woken."""
     now = await stage(redis, ["pending", "submitted"])
     parked = await park_other(redis, now)
     done = await finish(redis, T1, 1, now, "ok", enabled=False, hold_ms=HOLD_MS)

@@ -90,8 +90,7 @@ async def test_delivered_delivery_is_not_dead(redis: aioredis.Redis) -> None:
 
 
 async def test_replay_into_an_empty_line_activates_it(redis: aioredis.Redis) -> None:
-    """A dead letter whose line is empty becomes its head again: out of both dead sets, attempts
-    reset, replays counted, a job (next gen) due now."""
+    """A dead letter replayed into an empty line leaves the dead sets and is its head again."""
     died = await dead_letter(redis, ["pending"])
     await assert_keyspace(
         redis,

@@ -48,8 +48,7 @@ async def test_wake_with_nothing_parked_resets_the_breaker(redis: aioredis.Redis
 
 
 async def test_wake_starts_the_longest_parked_up_to_count(redis: aioredis.Redis) -> None:
-    """Wake gives the ``count`` longest-parked deliveries a fresh job due now (their parked job
-    is cancelled); the rest stay parked."""
+    """Wake gives the count longest-parked deliveries a fresh job due now; the rest wait."""
     now = await server_ms(redis)
     staged: Expected = {}
     for n, pid in enumerate(PIDS):
@@ -86,8 +85,7 @@ async def test_wake_skips_entries_no_longer_active(redis: aioredis.Redis) -> Non
 
 
 async def test_wake_of_zero_only_resets_the_breaker(redis: aioredis.Redis) -> None:
-    """A count of zero wakes none, leaves the waiting set as it was, and still resets the
-    breaker."""
+    """A count of zero wakes none and keeps the waiting set, but resets the breaker."""
     now = await server_ms(redis)
     staged = await park(redis, "pay_1", now)
     await redis.hset(breaker_key(SUB), mapping={"fails": 9})  # type: ignore[misc]

@@ -66,8 +66,7 @@ async def stream(redis: aioredis.Redis) -> list[dict[str, str]]:
 
 
 async def test_stale_subscribers_write_nothing(redis: aioredis.Redis) -> None:
-    """A caller whose subscriber list is stale gets StaleSubscribers; nothing is written and its
-    lock is kept."""
+    """A stale subscriber list raises StaleSubscribers; nothing written, the lock is kept."""
     await redis.set(SUBSCRIBERS_VERSION_KEY, "3")
     await payment_store(redis).acquire(PID, "tok")
     with pytest.raises(StaleSubscribers):
@@ -118,8 +117,7 @@ async def test_transition_nobody_wants_is_logged_without_deliveries(
 async def test_newer_state_creates_a_line_with_its_first_delivery_active(
     redis: aioredis.Redis,
 ) -> None:
-    """Two transitions for one subscriber: two deliveries, the first active with a job due now,
-    the second queued behind it."""
+    """Two transitions: two deliveries, the first active with a job due now, one queued."""
     before = await server_ms(redis)
     result = await record(redis, PID, ["pending", "submitted"])
     after = await server_ms(redis)
@@ -220,8 +218,7 @@ async def test_unchanged_state_emits_nothing(redis: aioredis.Redis) -> None:
 async def test_newer_state_emits_only_transitions_past_the_old_one(
     redis: aioredis.Redis,
 ) -> None:
-    """Candidates at or below the recorded seq are skipped; the newer ones queue behind the
-    line's active head."""
+    """Candidates at or below the recorded seq are skipped; newer ones queue in the line."""
     await record(redis, PID, ["pending"])
     result = await record(redis, PID, ["pending", "submitted", "approved"])
     assert (result.previous_seq, result.emitted) == (1, 2)
@@ -244,8 +241,7 @@ async def test_newer_state_emits_only_transitions_past_the_old_one(
 
 
 async def test_existing_delivery_is_not_created_again(redis: aioredis.Redis) -> None:
-    """When the state was lost (expired) but the delivery exists, the transition is logged again
-    but its delivery is neither recreated nor given a second job."""
+    """After the state expired a transition is logged again, its delivery not recreated."""
     await record(redis, PID, ["pending"])
     await redis.delete(state_key(PID))
     result = await record(redis, PID, ["pending"])
@@ -309,8 +305,7 @@ async def test_older_state_still_lets_the_lock_go(redis: aioredis.Redis) -> None
 
 
 async def test_hold_starts_the_head_for_the_caller(redis: aioredis.Redis) -> None:
-    """With hold_ms the head is started for the caller: a slot is held for the lease, and its job
-    is a safety net due only after the hold."""
+    """With hold_ms the head is started for the caller; its job waits out the hold."""
     before = await server_ms(redis)
     result = await record(
         redis, PID, ["pending", "submitted"], caps={SUB: 4}, hold_ms=HOLD_MS, lease_ms=LEASE_MS
@@ -337,8 +332,7 @@ async def test_hold_starts_the_head_for_the_caller(redis: aioredis.Redis) -> Non
 
 
 async def test_hold_over_the_cap_parks_the_head_with_a_fresh_job(redis: aioredis.Redis) -> None:
-    """With hold_ms and the cap reached the head is parked: the held job is removed, and a fresh
-    job (next gen) is due when the lease of a slot ends."""
+    """With hold_ms at the cap the head is parked: held job removed, next gen due later."""
     now = await server_ms(redis)
     busy = deliver_job_id(SUB, "msg_busy", 1)
     await redis.zadd(inflight_key(SUB), {busy: now + 3_600_000})
@@ -364,8 +358,7 @@ async def test_hold_over_the_cap_parks_the_head_with_a_fresh_job(redis: aioredis
 
 
 async def test_hold_with_breaker_open_parks_until_it_may_close(redis: aioredis.Redis) -> None:
-    """With hold_ms and the breaker open the head is parked, its fresh job due when the breaker
-    opens for a probe (plus the jitter)."""
+    """With hold_ms and the breaker open the head is parked until open_until plus jitter."""
     open_until = await server_ms(redis) + 3_600_000
     await redis.hset(breaker_key(SUB), mapping={"fails": 5, "open_until": open_until})  # type: ignore[misc]
     result = await record(
@@ -395,8 +388,7 @@ async def test_hold_with_breaker_open_parks_until_it_may_close(redis: aioredis.R
 async def test_hold_while_another_job_probes_parks_until_the_probe_ends(
     redis: aioredis.Redis,
 ) -> None:
-    """With hold_ms and another job probing the half-open breaker, the head is parked until the
-    probe's lease ends."""
+    """With hold_ms while another job probes, the head is parked until the probe ends."""
     probe_until = await server_ms(redis) + 3_600_000
     await redis.hset(  # type: ignore[misc]
         breaker_key(SUB),
@@ -446,8 +438,7 @@ async def test_hold_with_half_open_breaker_starts_the_probe(redis: aioredis.Redi
 
 
 async def test_hold_starts_one_line_and_parks_another(redis: aioredis.Redis) -> None:
-    """With hold_ms, each line's head is decided on its own subscriber's cap: one started, the
-    other (cap full) parked."""
+    """With hold_ms each line follows its own cap: one head started, the other parked."""
     now = await server_ms(redis)
     await redis.zadd(inflight_key(OTHER_SUB), {"fdl:crm:busy:1": now + 3_600_000})
     result = await record(
@@ -477,9 +468,10 @@ async def test_hold_starts_one_line_and_parks_another(redis: aioredis.Redis) -> 
 
 
 async def test_hold_without_a_cap_fails_halfway(redis: aioredis.Redis) -> None:
-    """Today's behaviour, not a contract: with hold_ms and a subscriber missing from caps the
-    script errors after its writes, so the state is left WITHOUT its TTL, the delivery and its
-    job exist, nothing was started, and the lock is not let go (Redis does not roll back)."""
+    """Today: hold_ms with no cap for a subscriber errors halfway, leaving writes behind."""
+    # Not a contract: the script errors (nil cap) after its writes and Redis does not roll back,
+    # so the state is left WITHOUT its TTL, the delivery and its job exist, nothing was started,
+    # and the lock is not let go. The processor always passes a cap for every subscriber.
     await payment_store(redis).acquire(PID, "tok")
     with pytest.raises(ResponseError):
         await record(redis, PID, ["pending"], caps={}, hold_ms=HOLD_MS, lease_ms=LEASE_MS)
