@@ -1,0 +1,546 @@
+"""The delivery attempt's finish, run through ``FanoutStore.finish``: the attempt is recorded and
+the delivery moves on (delivered, retry, dead, parked, dropped, or stale), the breaker counts the
+outcome, and the line's next delivery or a parked one is activated, woken, or handed over."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from service.store.deliveries import (
+    DEAD_ALL_KEY,
+    attempt_log_key,
+    breaker_key,
+    dead_key,
+    deliver_job_id,
+    delivery_key,
+    head_key,
+    inflight_key,
+    order_key,
+    waiting_key,
+)
+from service.store.delivery_state import Acquired, Finished
+from service.store.subscribers import SUBSCRIBERS_VERSION_KEY
+from tests.store.lua.keyspace import (
+    NO_TTL,
+    Expected,
+    assert_keyspace,
+    hash_of,
+    server_ms,
+    ttl_s,
+    zset,
+)
+from tests.store.lua.staging import (
+    DONE_TTL_S,
+    LEASE_MS,
+    PID,
+    QUEUE,
+    RECEIVED_MS,
+    SUB,
+    acquire,
+    body_of,
+    finish,
+    job_entry,
+    line,
+    payment_keys,
+    record,
+    tid,
+)
+
+PID2 = "pay_2"
+T1, T2 = tid(PID, "pending"), tid(PID, "submitted")
+P2 = tid(PID2, "pending")
+JOB1 = deliver_job_id(SUB, T1, 1)
+HOLD_MS = 5_000
+DONE = ("hash", ttl_s(DONE_TTL_S))
+
+
+async def stage(redis: aioredis.Redis, statuses: list[str]) -> int:
+    """Record a line of ``statuses`` for PID and start its head's attempt; the time it started."""
+    await record(redis, PID, statuses)
+    now = await server_ms(redis)
+    assert (await acquire(redis, T1, 1, now)).verdict == "ok"
+    return now
+
+
+async def park_other(redis: aioredis.Redis, now: int) -> Expected:
+    """Park the head of another payment's line (cap reached); the keys that adds. Its first job
+    stays, as the arq job that ran the acquire would until arq removed it."""
+    await record(redis, PID2, ["pending"])
+    assert (await acquire(redis, P2, 1, now, cap=0)).verdict == "cap"
+    return {
+        **payment_keys(PID2),
+        **line(SUB, [P2], PID2),
+        **job_entry(SUB, P2, 1),
+        **job_entry(SUB, P2, 2, LEASE_MS),
+        waiting_key(SUB): ("zset", NO_TTL),
+    }
+
+
+def woken_other() -> Expected:
+    """The other payment's line after its parked head was woken (its job is at gen 3)."""
+    return {**payment_keys(PID2), **line(SUB, [P2], PID2), **job_entry(SUB, P2, 1)}
+
+
+async def finish_ok(redis: aioredis.Redis, now: int, **kwargs: Any) -> Finished:
+    """Finish the started attempt of T1 as delivered."""
+    return await finish(redis, T1, 1, now, "ok", **kwargs)
+
+
+async def test_delivered_activates_the_next_in_line(redis: aioredis.Redis) -> None:
+    """Delivered: hash gets done TTL, slot and job dropped, breaker reset, next one activated."""
+    now = await stage(redis, ["pending", "submitted"])
+    done = await finish_ok(redis, now)
+    assert done == Finished("delivered", 0, 0, None)
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            **line(SUB, [T2]),
+            delivery_key(SUB, T1): DONE,
+            QUEUE: ("zset", NO_TTL),
+            **job_entry(SUB, T2, 1),
+            breaker_key(SUB): ("hash", NO_TTL),
+        },
+    )
+    first = await hash_of(redis, delivery_key(SUB, T1))
+    assert {k: first[k] for k in ("state", "attempts", "last_status", "last_error")} == {
+        "state": "delivered",
+        "attempts": "1",
+        "last_status": "200",
+        "last_error": "",
+    }
+    assert first["delivered_ms"] == first["last_ms"] == str(now)
+    assert await zset(redis, QUEUE) == {deliver_job_id(SUB, T2, 1): now}
+    assert await zset(redis, order_key(SUB, PID)) == {T2: 2}
+    assert await redis.get(head_key(SUB, PID)) == T2.encode()
+    assert await hash_of(redis, breaker_key(SUB)) == {"fails": "0", "open_until": "0", "probe": ""}
+
+
+async def test_delivered_last_in_line_leaves_no_line_keys(redis: aioredis.Redis) -> None:
+    """Delivering a line's only delivery removes its order, head, slot and queue keys."""
+    now = await stage(redis, ["pending"])
+    assert (await finish_ok(redis, now)).result == "delivered"
+    await assert_keyspace(
+        redis,
+        {**payment_keys(), delivery_key(SUB, T1): DONE, breaker_key(SUB): ("hash", NO_TTL)},
+    )
+
+
+async def test_attempt_log_is_written_and_capped(redis: aioredis.Redis) -> None:
+    """Attempt log entries go newest first onto the subscriber's list, trimmed to the cap."""
+    now = await stage(redis, ["pending", "submitted"])
+    await finish(redis, T1, 1, now, "ok", log_entry={"webhook_id": T1}, log_cap=1)
+    assert (await acquire(redis, T2, 1, now + 1)).verdict == "ok"
+    await finish(redis, T2, 1, now + 2, "ok", log_entry={"webhook_id": T2}, log_cap=1)
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            delivery_key(SUB, T1): DONE,
+            delivery_key(SUB, T2): DONE,
+            breaker_key(SUB): ("hash", NO_TTL),
+            attempt_log_key(SUB): ("list", NO_TTL),
+        },
+    )
+    rows: list[bytes] = await redis.lrange(attempt_log_key(SUB), 0, -1)  # type: ignore[misc]
+    assert [orjson.loads(row) for row in rows] == [{"webhook_id": T2}]
+
+
+async def test_delivered_with_hold_hands_over_the_next_in_line(redis: aioredis.Redis) -> None:
+    """With hold_ms the next in line is handed over: slot held, its job deferred by the hold."""
+    now = await stage(redis, ["pending", "submitted"])
+    done = await finish_ok(redis, now, hold_ms=HOLD_MS)
+    job2 = deliver_job_id(SUB, T2, 1)
+    assert done == Finished(
+        "delivered",
+        0,
+        0,
+        Acquired(
+            "ok", 0, body_of(PID, "submitted"), 0, job2, PID, "payment.submitted", RECEIVED_MS
+        ),
+    )
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            **line(SUB, [T2]),
+            delivery_key(SUB, T1): DONE,
+            QUEUE: ("zset", NO_TTL),
+            **job_entry(SUB, T2, 1, HOLD_MS),
+            breaker_key(SUB): ("hash", NO_TTL),
+            inflight_key(SUB): ("zset", NO_TTL),
+        },
+    )
+    assert await zset(redis, QUEUE) == {job2: now + HOLD_MS}
+    assert await zset(redis, inflight_key(SUB)) == {job2: now + LEASE_MS}
+
+
+async def test_hold_at_the_cap_activates_the_next_without_hand_over(
+    redis: aioredis.Redis,
+) -> None:
+    """With hold_ms but no free slot the next is activated with a job due now, not handed."""
+    now = await stage(redis, ["pending", "submitted"])
+    busy = "fdl:ledger:busy:1"
+    await redis.zadd(inflight_key(SUB), {busy: now + 3_600_000})
+    done = await finish_ok(redis, now, hold_ms=HOLD_MS, cap=1)
+    assert done == Finished("delivered", 0, 0, None)
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            **line(SUB, [T2]),
+            delivery_key(SUB, T1): DONE,
+            QUEUE: ("zset", NO_TTL),
+            **job_entry(SUB, T2, 1),
+            breaker_key(SUB): ("hash", NO_TTL),
+            inflight_key(SUB): ("zset", NO_TTL),
+        },
+    )
+    assert await zset(redis, QUEUE) == {deliver_job_id(SUB, T2, 1): now}
+    assert await zset(redis, inflight_key(SUB)) == {busy: now + 3_600_000}
+
+
+async def test_hold_with_a_stale_subscriber_list_hands_nothing_over(
+    redis: aioredis.Redis,
+) -> None:
+    """With hold_ms but a stale registry version nothing is handed; the next job is due now."""
+    now = await stage(redis, ["pending", "submitted"])
+    await redis.set(SUBSCRIBERS_VERSION_KEY, "5")
+    done = await finish_ok(redis, now, hold_ms=HOLD_MS, version="4")
+    assert done == Finished("delivered", 0, 0, None)
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            **line(SUB, [T2]),
+            delivery_key(SUB, T1): DONE,
+            QUEUE: ("zset", NO_TTL),
+            **job_entry(SUB, T2, 1),
+            breaker_key(SUB): ("hash", NO_TTL),
+            SUBSCRIBERS_VERSION_KEY: ("string", NO_TTL),
+        },
+    )
+
+
+async def test_hold_with_an_empty_line_hands_over_a_parked_delivery(
+    redis: aioredis.Redis,
+) -> None:
+    """With hold_ms and an empty line the longest-parked delivery is handed over instead."""
+    now = await stage(redis, ["pending"])
+    await park_other(redis, now)
+    done = await finish_ok(redis, now, hold_ms=HOLD_MS)
+    job3 = deliver_job_id(SUB, P2, 3)
+    assert done.result == "delivered" and done.woken == 1
+    assert done.handed is not None
+    assert (done.handed.job_id, done.handed.payment_id) == (job3, PID2)
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            delivery_key(SUB, T1): DONE,
+            breaker_key(SUB): ("hash", NO_TTL),
+            **woken_other(),
+            QUEUE: ("zset", NO_TTL),
+            **job_entry(SUB, P2, 3, HOLD_MS),
+            inflight_key(SUB): ("zset", NO_TTL),
+        },
+    )
+    assert (await zset(redis, QUEUE))[job3] == now + HOLD_MS
+    assert deliver_job_id(SUB, P2, 2) not in await zset(redis, QUEUE)
+    assert await zset(redis, inflight_key(SUB)) == {job3: now + LEASE_MS}
+
+
+async def test_delivered_wakes_parked_deliveries(redis: aioredis.Redis) -> None:
+    """Without hold_ms a success wakes parked deliveries into jobs due now, as slots allow."""
+    now = await stage(redis, ["pending"])
+    await park_other(redis, now)
+    done = await finish_ok(redis, now)
+    assert done == Finished("delivered", 1, 0, None)
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            delivery_key(SUB, T1): DONE,
+            breaker_key(SUB): ("hash", NO_TTL),
+            **woken_other(),
+            QUEUE: ("zset", NO_TTL),
+            **job_entry(SUB, P2, 3),
+        },
+    )
+    assert (await zset(redis, QUEUE))[deliver_job_id(SUB, P2, 3)] == now
+
+
+async def test_failure_with_retry_gives_a_fresh_job(redis: aioredis.Redis) -> None:
+    """A failure with a retry time: gen bumped, a fresh job then, one failure counted."""
+    now = await stage(redis, ["pending", "submitted"])
+    done = await finish(
+        redis, T1, 1, now, "fail", retry_at_ms=now + 10_000, status="500", error="boom"
+    )
+    assert done == Finished("retry", 0, 0, None)
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            **line(SUB, [T1, T2]),
+            QUEUE: ("zset", NO_TTL),
+            **job_entry(SUB, T1, 2, 10_000),
+            breaker_key(SUB): ("hash", NO_TTL),
+        },
+    )
+    assert await zset(redis, QUEUE) == {deliver_job_id(SUB, T1, 2): now + 10_000}
+    first = await hash_of(redis, delivery_key(SUB, T1))
+    assert {k: first[k] for k in ("state", "gen", "attempts", "last_status", "last_error")} == {
+        "state": "active",
+        "gen": "2",
+        "attempts": "1",
+        "last_status": "500",
+        "last_error": "boom",
+    }
+    assert await redis.get(head_key(SUB, PID)) == T1.encode()
+    assert await hash_of(redis, breaker_key(SUB)) == {"fails": "1"}
+
+
+async def test_failure_under_the_threshold_still_wakes_parked(redis: aioredis.Redis) -> None:
+    """A retried failure that does not open the breaker frees its slot for a parked delivery."""
+    now = await stage(redis, ["pending"])
+    await park_other(redis, now)
+    done = await finish(redis, T1, 1, now, "fail", retry_at_ms=now + 10_000)
+    assert (done.result, done.woken) == ("retry", 1)
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            **line(SUB, [T1]),
+            **job_entry(SUB, T1, 2, 10_000),
+            breaker_key(SUB): ("hash", NO_TTL),
+            **woken_other(),
+            QUEUE: ("zset", NO_TTL),
+            **job_entry(SUB, P2, 3),
+        },
+    )
+
+
+async def test_failure_without_retry_dead_letters(redis: aioredis.Redis) -> None:
+    """A failure with no retry left: dead letter (no TTL, both dead sets), next activated."""
+    now = await stage(redis, ["pending", "submitted"])
+    done = await finish(redis, T1, 1, now, "fail", status="500", error="boom")
+    assert done == Finished("dead", 0, 1, None)
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            **line(SUB, [T1, T2]),
+            QUEUE: ("zset", NO_TTL),
+            **job_entry(SUB, T2, 1),
+            breaker_key(SUB): ("hash", NO_TTL),
+            DEAD_ALL_KEY: ("zset", NO_TTL),
+            dead_key(SUB): ("zset", NO_TTL),
+        },
+    )
+    first = await hash_of(redis, delivery_key(SUB, T1))
+    assert (first["state"], first["dead_ms"], first["attempts"]) == ("dead", str(now), "1")
+    assert await zset(redis, DEAD_ALL_KEY) == {f"{SUB}/{T1}": now}
+    assert await zset(redis, dead_key(SUB)) == {T1: now}
+    assert await zset(redis, order_key(SUB, PID)) == {T2: 2}
+    assert await redis.get(head_key(SUB, PID)) == T2.encode()
+
+
+async def test_gone_parks_without_a_job_and_wakes_nothing(redis: aioredis.Redis) -> None:
+    """A 410 parks the delivery without a job, leaves the breaker alone, wakes nothing."""
+    now = await stage(redis, ["pending"])
+    parked = await park_other(redis, now)
+    done = await finish(redis, T1, 1, now + 1, "gone", status="410")
+    assert done == Finished("parked", 0, 0, None)
+    await assert_keyspace(
+        redis, {**payment_keys(), **line(SUB, [T1]), **parked, QUEUE: ("zset", NO_TTL)}
+    )
+    assert await zset(redis, waiting_key(SUB)) == {P2: now, T1: now + 1}
+    first = await hash_of(redis, delivery_key(SUB, T1))
+    assert (first["state"], first["gen"], first["attempts"]) == ("active", "2", "1")
+
+
+async def test_removed_subscriber_drops_and_wakes_one(redis: aioredis.Redis) -> None:
+    """Removed subscriber: dropped (done TTL, not counted), line advances, one parked woken."""
+    now = await stage(redis, ["pending", "submitted"])
+    await park_other(redis, now)
+    done = await finish(redis, T1, 1, now, "removed", enabled=False)
+    assert done == Finished("dropped", 1, 0, None)
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            **line(SUB, [T2]),
+            delivery_key(SUB, T1): DONE,
+            **job_entry(SUB, T2, 1),
+            **woken_other(),
+            QUEUE: ("zset", NO_TTL),
+            **job_entry(SUB, P2, 3),
+        },
+    )
+    first = await hash_of(redis, delivery_key(SUB, T1))
+    assert (first["state"], first["attempts"]) == ("dropped", "0")
+
+
+async def test_last_drop_of_a_removed_subscriber_leaves_its_attempt_log(
+    redis: aioredis.Redis,
+) -> None:
+    """A removed subscriber's last drop leaves its attempt log behind, with no TTL."""
+    now = await stage(redis, ["pending"])
+    done = await finish(redis, T1, 1, now, "removed", enabled=False, log_entry={"webhook_id": T1})
+    assert done == Finished("dropped", 0, 0, None)
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            delivery_key(SUB, T1): DONE,
+            attempt_log_key(SUB): ("list", NO_TTL),
+        },
+    )
+
+
+async def test_stale_finish_still_spends_its_job_and_counts_the_breaker(
+    redis: aioredis.Redis,
+) -> None:
+    """A stale finish changes no delivery but spends its job, logs, and resets the breaker."""
+    now = await stage(redis, ["pending"])
+    assert (await acquire(redis, T1, 1, now, enabled=False)).verdict == "disabled"  # gen 2
+    done = await finish(redis, T1, 1, now, "ok", log_entry={"webhook_id": T1})
+    assert done == Finished("stale", 1, 0, None)
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            **line(SUB, [T1]),
+            QUEUE: ("zset", NO_TTL),
+            **job_entry(SUB, T1, 3),
+            breaker_key(SUB): ("hash", NO_TTL),
+            attempt_log_key(SUB): ("list", NO_TTL),
+        },
+    )
+    first = await hash_of(redis, delivery_key(SUB, T1))
+    assert (first["state"], first["gen"], first["attempts"]) == ("active", "3", "0")
+
+
+async def test_failure_at_the_threshold_opens_the_breaker(redis: aioredis.Redis) -> None:
+    """The failure reaching the threshold opens the breaker; no parked delivery is woken."""
+    now = await stage(redis, ["pending"])
+    parked = await park_other(redis, now)
+    done = await finish(
+        redis, T1, 1, now, "fail", retry_at_ms=now + 10_000, threshold=1, cooldown_ms=60_000
+    )
+    assert (done.result, done.woken) == ("retry", 0)
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            **line(SUB, [T1]),
+            QUEUE: ("zset", NO_TTL),
+            **job_entry(SUB, T1, 2, 10_000),
+            breaker_key(SUB): ("hash", NO_TTL),
+            **parked,
+        },
+    )
+    assert await hash_of(redis, breaker_key(SUB)) == {"fails": "1", "open_until": str(now + 60_000)}
+
+
+async def test_failure_while_open_keeps_the_breaker_as_it_is(redis: aioredis.Redis) -> None:
+    """A non-probe failure while open counts, keeps open_until, and wakes nothing."""
+    now = await stage(redis, ["pending"])
+    parked = await park_other(redis, now)
+    await redis.hset(breaker_key(SUB), mapping={"fails": 3, "open_until": now - 5})  # type: ignore[misc]
+    done = await finish(redis, T1, 1, now, "fail", retry_at_ms=now + 10_000, threshold=100)
+    assert (done.result, done.woken) == ("retry", 0)
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            **line(SUB, [T1]),
+            QUEUE: ("zset", NO_TTL),
+            **job_entry(SUB, T1, 2, 10_000),
+            breaker_key(SUB): ("hash", NO_TTL),
+            **parked,
+        },
+    )
+    assert await hash_of(redis, breaker_key(SUB)) == {"fails": "4", "open_until": str(now - 5)}
+
+
+async def test_failed_probe_reopens_the_breaker(redis: aioredis.Redis) -> None:
+    """A failed probe opens the breaker again for a full cooldown and clears the probe."""
+    await record(redis, PID, ["pending"])
+    now = await server_ms(redis)
+    await redis.hset(breaker_key(SUB), mapping={"fails": 5, "open_until": now - 1})  # type: ignore[misc]
+    assert (await acquire(redis, T1, 1, now)).verdict == "probe"
+    done = await finish(redis, T1, 1, now + 100, "fail", retry_at_ms=now + 10_000)
+    assert done.result == "retry" and done.woken == 0
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            **line(SUB, [T1]),
+            QUEUE: ("zset", NO_TTL),
+            **job_entry(SUB, T1, 2, 9_900),
+            breaker_key(SUB): ("hash", NO_TTL),
+        },
+    )
+    breaker = await hash_of(redis, breaker_key(SUB))
+    assert breaker == {
+        "fails": "6",
+        "open_until": str(now + 100 + 60_000),
+        "probe": "",
+        "probe_until": str(now + LEASE_MS),
+    }
+
+
+async def test_successful_probe_closes_the_breaker_and_wakes(redis: aioredis.Redis) -> None:
+    """A successful probe closes the breaker and wakes parked deliveries."""
+    await record(redis, PID, ["pending"])
+    now = await server_ms(redis)
+    await redis.hset(breaker_key(SUB), mapping={"fails": 5, "open_until": now - 1})  # type: ignore[misc]
+    assert (await acquire(redis, T1, 1, now)).verdict == "probe"
+    await record(redis, PID2, ["pending"])
+    assert (await acquire(redis, P2, 1, now)).verdict == "probing"
+    done = await finish(redis, T1, 1, now, "ok")
+    assert done == Finished("delivered", 1, 0, None)
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            delivery_key(SUB, T1): DONE,
+            breaker_key(SUB): ("hash", NO_TTL),
+            **woken_other(),
+            QUEUE: ("zset", NO_TTL),
+            **job_entry(SUB, P2, 3),
+        },
+    )
+    assert await hash_of(redis, breaker_key(SUB)) == {
+        "fails": "0",
+        "open_until": "0",
+        "probe": "",
+        "probe_until": str(now + LEASE_MS),
+    }
+
+
+async def test_disabled_subscriber_is_handed_nothing_and_wakes_nothing(
+    redis: aioredis.Redis,
+) -> None:
+    """Disabled subscriber: the line advances, but nothing is handed over or woken."""
+    now = await stage(redis, ["pending", "submitted"])
+    parked = await park_other(redis, now)
+    done = await finish(redis, T1, 1, now, "ok", enabled=False, hold_ms=HOLD_MS)
+    assert done == Finished("delivered", 0, 0, None)
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            **line(SUB, [T2]),
+            delivery_key(SUB, T1): DONE,
+            QUEUE: ("zset", NO_TTL),
+            **job_entry(SUB, T2, 1),
+            breaker_key(SUB): ("hash", NO_TTL),
+            **parked,
+        },
+    )
+    assert (await zset(redis, QUEUE))[deliver_job_id(SUB, T2, 1)] == now

@@ -1,0 +1,169 @@
+"""STORE_EVENT, run through ``EventStore.store``: dedupe key, arq job, queue entry and raw
+archive written together, or nothing at all for a duplicate."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from service.api.ingest.sources.base import VerifiedEvent
+from service.domain.events import (
+    ARQ_EXPIRES_EXTRA_MS,
+    ARQ_JOB_PREFIX,
+    PROCESS_EVENT,
+    dedupe_key,
+    event_job_id,
+    raw_event_key,
+)
+from service.store.events import EventStore, StoreResult
+from tests.store.lua.keyspace import (
+    NO_TTL,
+    Expected,
+    assert_keyspace,
+    job_body,
+    ttl_ms,
+    ttl_s,
+    zset,
+)
+from tests.store.lua.staging import QUEUE, RECEIVED_MS
+
+DEDUPE_TTL_S = 345_600
+RAW_TTL_S = 7_200
+SOURCE = "kartapay"
+HEADERS = {"content-type": "application/json", "webhook-signature": "v1,c2lnbmF0dXJl"}
+
+
+@pytest.fixture
+async def store(redis: aioredis.Redis) -> AsyncIterator[EventStore]:
+    events = EventStore(
+        redis, queue_name=QUEUE, dedupe_ttl_s=DEDUPE_TTL_S, raw_ttl_s=RAW_TTL_S, timeout_s=5
+    )
+    try:
+        yield events
+    finally:
+        await events.close()
+
+
+def event(
+    event_id: str = "evt_1", payment_id: str = "pay_1", at: int = RECEIVED_MS
+) -> VerifiedEvent:
+    return VerifiedEvent(SOURCE, event_id, payment_id, at, b'{"id": "%s"}' % event_id.encode())
+
+
+def stored_keys(event_id: str) -> Expected:
+    """The three keys of one stored event (the queue is shared)."""
+    job_id = event_job_id(SOURCE, event_id)
+    return {
+        dedupe_key(SOURCE, event_id): ("string", ttl_s(DEDUPE_TTL_S)),
+        ARQ_JOB_PREFIX + job_id: ("string", ttl_ms(ARQ_EXPIRES_EXTRA_MS)),
+        raw_event_key(SOURCE, event_id): ("string", ttl_s(RAW_TTL_S)),
+    }
+
+
+async def test_new_event_writes_dedupe_job_queue_and_raw(
+    redis: aioredis.Redis, store: EventStore
+) -> None:
+    """A new event is stored: dedupe key naming the job, arq job, queue entry, raw archive."""
+    assert await store.store(event(), HEADERS) is StoreResult.STORED
+    job_id = event_job_id(SOURCE, "evt_1")
+    await assert_keyspace(redis, {**stored_keys("evt_1"), QUEUE: ("zset", NO_TTL)})
+    assert await redis.get(dedupe_key(SOURCE, "evt_1")) == job_id.encode()
+    assert await zset(redis, QUEUE) == {job_id: RECEIVED_MS}
+    assert await job_body(redis, ARQ_JOB_PREFIX + job_id) == {
+        "t": None,
+        "f": PROCESS_EVENT,
+        "a": [
+            {
+                "source": SOURCE,
+                "event_id": "evt_1",
+                "payment_id": "pay_1",
+                "received_at_ms": RECEIVED_MS,
+                "attempt": 0,
+            }
+        ],
+        "k": {},
+        "et": RECEIVED_MS,
+    }
+
+
+async def test_raw_archive_keeps_body_without_signature(
+    redis: aioredis.Redis, store: EventStore
+) -> None:
+    """The raw archive holds the body and metadata, and not the signature header."""
+    await store.store(event(), HEADERS)
+    raw = await redis.get(raw_event_key(SOURCE, "evt_1"))
+    assert raw is not None
+    assert orjson.loads(raw) == {
+        "source": SOURCE,
+        "event_id": "evt_1",
+        "received_at_ms": RECEIVED_MS,
+        "headers": {"content-type": "application/json"},
+        "body": '{"id": "evt_1"}',
+    }
+
+
+async def test_duplicate_writes_nothing(redis: aioredis.Redis, store: EventStore) -> None:
+    """A second copy of an event is a duplicate: no key changes, the queue keeps one entry."""
+    await store.store(event(), HEADERS)
+    before_raw = await redis.get(raw_event_key(SOURCE, "evt_1"))
+    later = event(at=RECEIVED_MS + 5_000)._replace(body=b'{"other": true}')
+    assert await store.store(later, HEADERS) is StoreResult.DUPLICATE
+    await assert_keyspace(redis, {**stored_keys("evt_1"), QUEUE: ("zset", NO_TTL)})
+    assert await zset(redis, QUEUE) == {event_job_id(SOURCE, "evt_1"): RECEIVED_MS}
+    assert await redis.get(raw_event_key(SOURCE, "evt_1")) == before_raw
+
+
+async def test_duplicate_after_job_ran_is_not_enqueued_again(
+    redis: aioredis.Redis, store: EventStore
+) -> None:
+    """A duplicate that arrives after its job ran (job and queue entry gone) enqueues nothing."""
+    await store.store(event(), HEADERS)
+    job_id = event_job_id(SOURCE, "evt_1")
+    await redis.delete(ARQ_JOB_PREFIX + job_id)
+    await redis.zrem(QUEUE, job_id)
+    assert await store.store(event(), HEADERS) is StoreResult.DUPLICATE
+    keys = stored_keys("evt_1")
+    del keys[ARQ_JOB_PREFIX + job_id]
+    await assert_keyspace(redis, keys)
+
+
+async def test_event_whose_dedupe_expired_is_stored_again(
+    redis: aioredis.Redis, store: EventStore
+) -> None:
+    """Once its dedupe key is gone an event is stored again: same job id, one queue entry."""
+    await store.store(event(), HEADERS)
+    await redis.delete(dedupe_key(SOURCE, "evt_1"))
+    again = RECEIVED_MS + 60_000
+    assert await store.store(event(at=again), HEADERS) is StoreResult.STORED
+    job_id = event_job_id(SOURCE, "evt_1")
+    await assert_keyspace(redis, {**stored_keys("evt_1"), QUEUE: ("zset", NO_TTL)})
+    assert await zset(redis, QUEUE) == {job_id: again}
+    assert (await job_body(redis, ARQ_JOB_PREFIX + job_id))["et"] == again
+
+
+async def test_distinct_events_get_keys_of_their_own(
+    redis: aioredis.Redis, store: EventStore
+) -> None:
+    """Two events are stored side by side: three keys each and two entries in one queue."""
+    assert await store.store(event("evt_1"), HEADERS) is StoreResult.STORED
+    assert await store.store(event("evt_2", at=RECEIVED_MS + 1), HEADERS) is StoreResult.STORED
+    await assert_keyspace(
+        redis, {**stored_keys("evt_1"), **stored_keys("evt_2"), QUEUE: ("zset", NO_TTL)}
+    )
+    assert await zset(redis, QUEUE) == {
+        event_job_id(SOURCE, "evt_1"): RECEIVED_MS,
+        event_job_id(SOURCE, "evt_2"): RECEIVED_MS + 1,
+    }
+
+
+async def test_script_reloaded_after_script_flush(redis: aioredis.Redis, store: EventStore) -> None:
+    """After Redis forgets its scripts, the store loads it again and the event is stored whole."""
+    await store.store(event("evt_1"), HEADERS)
+    await redis.script_flush()
+    assert await store.store(event("evt_2"), HEADERS) is StoreResult.STORED
+    await assert_keyspace(
+        redis, {**stored_keys("evt_1"), **stored_keys("evt_2"), QUEUE: ("zset", NO_TTL)}
+    )
