@@ -41,6 +41,7 @@ from kartahook.supervisor import (
 )
 from service.domain.signing import generate_secret
 from service.settings import Settings
+from service.store.client import redis_client
 from service.store.server import RedisServer, free_port
 
 DEFAULT_BASE_PORT = 8700
@@ -220,7 +221,7 @@ class Stack:
         started = time.monotonic()
 
         async def check() -> bool:
-            client = aioredis.Redis.from_url(self.redis_url)
+            client = redis_client(self.redis_url)
             try:
                 if await client.exists(key):
                     return True

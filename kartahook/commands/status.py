@@ -2,7 +2,9 @@
 read straight from Redis (``KARTAHOOK_REDIS_URL``). ``--json`` for scripts.
 
 Exits 0 when healthy, 1 when something needs attention: no worker heartbeat, a subscriber
-disabled or with an open breaker, or dead letters present.
+disabled or with an open breaker, or dead letters present; 2, with one line on stderr, when
+Redis cannot be read (bad URL, unreachable, refused credentials). ``redis+sentinel://`` URLs
+work as everywhere else (``service.store.client``).
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ import sys
 from typing import Any
 
 import orjson
+from redis.exceptions import RedisError
 
 from service.settings import Settings
 from service.store.client import redis_client
 from service.store.status import snapshot
+
+STATUS_TIMEOUT_S = 5.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,11 +30,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def _read(url: str, queue_name: str) -> dict[str, Any]:
-    client = redis_client(url)
+    client = redis_client(
+        url, socket_timeout=STATUS_TIMEOUT_S, socket_connect_timeout=STATUS_TIMEOUT_S
+    )
     try:
         return await snapshot(client, queue_name)
     finally:
         await client.aclose()
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc`` as one line: its type and first message line (for Sentinel, which Sentinels
+    refused and why; redis-py's messages carry no password)."""
+    text = " ".join(str(exc).split()) or "no detail"
+    return f"{type(exc).__name__}: {text}"
 
 
 def problems(state: dict[str, Any]) -> list[str]:
@@ -54,7 +68,14 @@ def run(args: argparse.Namespace) -> int:
     if not url:
         print("kartahook: set KARTAHOOK_REDIS_URL or pass --redis-url", file=sys.stderr)
         return 2
-    state = asyncio.run(_read(url, settings.queue_name))
+    try:
+        state = asyncio.run(_read(url, settings.queue_name))
+    except ValueError as exc:  # a malformed URL; the message never repeats a password
+        print(f"kartahook status: bad Redis URL: {exc}", file=sys.stderr)
+        return 2
+    except (TimeoutError, RedisError, OSError) as exc:
+        print(f"kartahook status: cannot read Redis: {one_line(exc)}", file=sys.stderr)
+        return 2
     issues = problems(state)
     if args.json:
         sys.stdout.write(orjson.dumps({**state, "problems": issues}).decode() + "\n")
