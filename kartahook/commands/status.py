@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 from typing import Any
 
@@ -18,10 +19,12 @@ import orjson
 from redis.exceptions import RedisError
 
 from service.settings import Settings
-from service.store.client import redis_client
+from service.store.client import check_url, redis_client
 from service.store.status import snapshot
 
 STATUS_TIMEOUT_S = 5.0
+# redis-py names each Sentinel it tried by the client's repr; the address is enough.
+_CLIENT_REPR = re.compile(r"<redis\.asyncio\.client\.Redis\(.*?host=([^,]+),port=(\d+)[^>]*>\)>\)>")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +46,7 @@ def one_line(exc: BaseException) -> str:
     """``exc`` as one line: its type and first message line (for Sentinel, which Sentinels
     refused and why; redis-py's messages carry no password)."""
     text = " ".join(str(exc).split()) or "no detail"
+    text = _CLIENT_REPR.sub(r"\1:\2", text)
     return f"{type(exc).__name__}: {text}"
 
 
@@ -69,10 +73,12 @@ def run(args: argparse.Namespace) -> int:
         print("kartahook: set KARTAHOOK_REDIS_URL or pass --redis-url", file=sys.stderr)
         return 2
     try:
-        state = asyncio.run(_read(url, settings.queue_name))
-    except ValueError as exc:  # a malformed URL; the message never repeats a password
+        check_url(url)
+    except ValueError as exc:  # the message names the problem, never a password
         print(f"kartahook status: bad Redis URL: {exc}", file=sys.stderr)
         return 2
+    try:
+        state = asyncio.run(_read(url, settings.queue_name))
     except (TimeoutError, RedisError, OSError) as exc:
         print(f"kartahook status: cannot read Redis: {one_line(exc)}", file=sys.stderr)
         return 2
