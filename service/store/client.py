@@ -48,6 +48,9 @@ SENTINEL_SOCKET_OPTIONS = (
 
 _HOST_PORT = re.compile(r"^(?:\[(?P<ipv6>[0-9A-Fa-f:.%\w]+)\]|(?P<host>[^\[\]:]+)):(?P<port>\d+)$")
 
+_USERINFO_PASSWORD = re.compile(r"^([a-z+]+://[^:/@?#]*:)[^@/?#]*@")
+_SENTINEL_PASSWORD_QUERY = re.compile(r"([?&]sentinel_password=)[^&#]*")
+
 ClientT = TypeVar("ClientT", bound=aioredis.Redis)
 
 
@@ -141,6 +144,13 @@ def check_url(url: str) -> None:
             f"unsupported Redis URL scheme {scheme!r}: use redis://, rediss://, unix:// or "
             "redis+sentinel://"
         )
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with its passwords (userinfo and ``sentinel_password``) shown as ``***``, for
+    logs and status output; a URL without passwords comes back unchanged."""
+    url = _USERINFO_PASSWORD.sub(r"\1***@", url, count=1)
+    return _SENTINEL_PASSWORD_QUERY.sub(r"\1***", url)
 
 
 class _OwnedSentinelPool(SentinelConnectionPool):

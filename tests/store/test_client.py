@@ -7,7 +7,13 @@ from arq.connections import ArqRedis
 from redis.asyncio.sentinel import SentinelConnectionPool
 
 from service.domain.events import deserialize, serialize
-from service.store.client import arq_redis, check_url, parse_sentinel_url, redis_client
+from service.store.client import (
+    arq_redis,
+    check_url,
+    parse_sentinel_url,
+    redacted_url,
+    redis_client,
+)
 
 
 def test_sentinel_url_is_parsed_into_hosts_master_password_and_db() -> None:
@@ -135,3 +141,13 @@ async def test_plain_url_reaches_the_tests_redis(redis_url: str) -> None:
         assert pool.job_serializer is serialize and pool.job_deserializer is deserialize
     finally:
         await pool.aclose()
+
+
+def test_redacted_url_hides_every_password() -> None:
+    """Passwords in the userinfo and sentinel_password are masked; the rest stays readable."""
+    assert redacted_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    assert redacted_url("rediss://app:p%40w@h:6380/1") == "rediss://app:***@h:6380/1"
+    assert (
+        redacted_url("redis+sentinel://:pw@h1:1,[::1]:2/m/0?sentinel_password=spw")
+        == "redis+sentinel://:***@h1:1,[::1]:2/m/0?sentinel_password=***"
+    )
