@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 from typing import Any
 
@@ -19,12 +18,10 @@ import orjson
 from redis.exceptions import RedisError
 
 from service.settings import Settings
-from service.store.client import check_url, redis_client
+from service.store.client import check_url, error_line, redis_client
 from service.store.status import snapshot
 
 STATUS_TIMEOUT_S = 5.0
-# redis-py names each Sentinel it tried by the client's repr; the address is enough.
-_CLIENT_REPR = re.compile(r"<redis\.asyncio\.client\.Redis\(.*?host=([^,]+),port=(\d+)[^>]*>\)>\)>")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,14 +37,6 @@ async def _read(url: str, queue_name: str) -> dict[str, Any]:
         return await snapshot(client, queue_name)
     finally:
         await client.aclose()
-
-
-def one_line(exc: BaseException) -> str:
-    """``exc`` as one line: its type and first message line (for Sentinel, which Sentinels
-    refused and why; redis-py's messages carry no password)."""
-    text = " ".join(str(exc).split()) or "no detail"
-    text = _CLIENT_REPR.sub(r"\1:\2", text)
-    return f"{type(exc).__name__}: {text}"
 
 
 def problems(state: dict[str, Any]) -> list[str]:
@@ -80,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         state = asyncio.run(_read(url, settings.queue_name))
     except (TimeoutError, RedisError, OSError) as exc:
-        print(f"kartahook status: cannot read Redis: {one_line(exc)}", file=sys.stderr)
+        print(f"kartahook status: cannot read Redis: {error_line(exc)}", file=sys.stderr)
         return 2
     issues = problems(state)
     if args.json:

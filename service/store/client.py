@@ -51,6 +51,8 @@ _HOST_PORT = re.compile(r"^(?:\[(?P<ipv6>[0-9A-Fa-f:.%\w]+)\]|(?P<host>[^\[\]:]+
 _USERINFO_PASSWORD = re.compile(r"^([a-z+]+://[^:/@?#]*:)[^@/?#]*@")
 _SENTINEL_PASSWORD_QUERY = re.compile(r"([?&]sentinel_password=)[^&#]*")
 
+_CLIENT_REPR = re.compile(r"<redis\.asyncio\.client\.Redis\(.*?host=([^,]+),port=(\d+)[^>]*>\)>\)>")
+
 ClientT = TypeVar("ClientT", bound=aioredis.Redis)
 
 
@@ -151,6 +153,13 @@ def redacted_url(url: str) -> str:
     logs and status output; a URL without passwords comes back unchanged."""
     url = _USERINFO_PASSWORD.sub(r"\1***@", url, count=1)
     return _SENTINEL_PASSWORD_QUERY.sub(r"\1***", url)
+
+
+def error_line(exc: BaseException) -> str:
+    """A Redis error as one line: its type and message, each Sentinel that redis-py names by
+    its client's repr reduced to ``host:port`` (redis-py's messages carry no password)."""
+    text = _CLIENT_REPR.sub(r"\1:\2", " ".join(str(exc).split()) or "no detail")
+    return f"{type(exc).__name__}: {text}"
 
 
 class _OwnedSentinelPool(SentinelConnectionPool):

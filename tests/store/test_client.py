@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 from arq.connections import ArqRedis
-from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.asyncio.sentinel import MasterNotFoundError, SentinelConnectionPool
 
 from service.domain.events import deserialize, serialize
 from service.store.client import (
     arq_redis,
     check_url,
+    error_line,
     parse_sentinel_url,
     redacted_url,
     redis_client,
@@ -150,4 +151,20 @@ def test_redacted_url_hides_every_password() -> None:
     assert (
         redacted_url("redis+sentinel://:pw@h1:1,[::1]:2/m/0?sentinel_password=spw")
         == "redis+sentinel://:***@h1:1,[::1]:2/m/0?sentinel_password=***"
+    )
+
+
+def test_error_line_names_each_sentinel_by_address() -> None:
+    """redis-py's MasterNotFoundError becomes one line with host:port for each Sentinel."""
+    message = (
+        "No master found for 'mymaster' : <redis.asyncio.client.Redis(<redis.asyncio.connection."
+        "ConnectionPool(<redis.asyncio.connection.Connection(host=127.0.0.1,port=43061,db=0)>)>)>"
+        " - AuthenticationError('invalid username-password pair or user is disabled.'),\n"
+        "<redis.asyncio.client.Redis(<redis.asyncio.connection.ConnectionPool(<redis.asyncio."
+        "connection.Connection(host=::1,port=26380,db=0)>)>)> - TimeoutError('Timeout')"
+    )
+    assert error_line(MasterNotFoundError(message)) == (
+        "MasterNotFoundError: No master found for 'mymaster' : 127.0.0.1:43061 - "
+        "AuthenticationError('invalid username-password pair or user is disabled.'), "
+        "::1:26380 - TimeoutError('Timeout')"
     )

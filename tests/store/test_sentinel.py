@@ -23,7 +23,14 @@ from service.kartapay.client import KartaPayClient
 from service.store.payments import TRANSITIONS_LOG_KEY
 from service.store.server import free_port
 from tests.sentinel_support import SentinelCluster
-from tests.support import completed_payments, serve_app, start_kartahook, start_worker, wait_for
+from tests.support import (
+    completed_payments,
+    exit_code,
+    serve_app,
+    start_kartahook,
+    start_worker,
+    wait_for,
+)
 
 TOKEN = "sentinel-test-token"
 FULL_PATH = [b"submitted", b"approved", b"captured", b"completed"]
@@ -178,3 +185,20 @@ def test_status_with_a_malformed_sentinel_url_names_the_problem() -> None:
         "kartahook status: bad Redis URL: Sentinel address '127.0.0.1' is not host:port "
         "(IPv6 as [::1]:26379)"
     ]
+
+
+async def test_worker_with_a_wrong_sentinel_password_exits_with_one_line(
+    cluster: SentinelCluster, tmp_path: Path
+) -> None:
+    """A worker whose Sentinel password is refused retries, then exits 2 with one line."""
+    log = tmp_path / "worker.log"
+    url = cluster.url(sentinel_password="not-the-password")
+    worker = start_worker(url, "http://127.0.0.1:1", TOKEN, log, log_format="json")
+    assert await exit_code(worker, 60) == 2, log.read_text()
+    text = log.read_text()
+    assert "Traceback" not in text and "not-the-password" not in text
+    errors = [line for line in text.splitlines() if line.startswith("kartahook worker:")]
+    assert len(errors) == 1, text
+    assert "cannot use Redis: MasterNotFoundError" in errors[0]
+    assert "AuthenticationError" in errors[0]
+    assert text.count("worker_redis_unavailable") >= 1, "it retried before giving up"
