@@ -161,13 +161,12 @@ def run_noop_worker(redis_url: str) -> None:
 
 async def enqueue_noops(redis_url: str, count: int) -> None:
     """Write ``count`` no-op jobs in arq's own format (what ``enqueue_job`` writes)."""
-    import redis.asyncio as aioredis
-
     from service.domain.events import arq_job_bytes
     from service.settings import Settings
+    from service.store.client import redis_client
 
     queue = Settings().queue_name
-    client = aioredis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     try:
         now_ms = int(time.time() * 1000)
         for start in range(0, count, 1000):
@@ -373,11 +372,10 @@ async def stop_profiled(supervisor: Any) -> None:
 
 
 async def wait_worker_ready(redis_url: str, timeout_s: float = 60.0) -> None:
-    import redis.asyncio as aioredis
-
     from service.settings import Settings
+    from service.store.client import redis_client
 
-    client = aioredis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     deadline = time.monotonic() + timeout_s
     try:
         while not await client.exists(Settings().queue_name + ":health-check"):

@@ -11,12 +11,13 @@ import signal
 from typing import Any
 
 import structlog
+from arq.connections import ArqRedis
 from arq.worker import Function, Worker
 from redis.exceptions import RedisError
 
 from service.domain.events import ARQ_EXPIRES_EXTRA_MS, deserialize, serialize
 from service.settings import Settings
-from service.store.client import arq_redis_settings
+from service.store.client import arq_redis, check_url
 from workers.delivery import job as fanout
 from workers.delivery.runner import STOPPING
 from workers.probe_server import ProbeServer
@@ -24,11 +25,59 @@ from workers.processing.job import processing_function, processing_shutdown, pro
 
 log = structlog.get_logger("kartahook.worker")
 
+# Connecting at start: as arq's own create_pool (5 retries, 1 s apart, 1 s to connect).
+CONNECT_TRIES = 6
+CONNECT_RETRY_DELAY_S = 1.0
+CONNECT_TIMEOUT_S = 1.0
+
 
 class ResilientWorker(Worker):
     """arq's ``Worker``, but a Redis outage does not end it: a poll that fails is logged and
     tried again a second later, so the worker rides out a Redis restart or failover instead of
-    exiting. Jobs cut off by the outage run again when their in-progress key expires."""
+    exiting. Jobs cut off by the outage run again when their in-progress key expires.
+
+    Its Redis client is ``service.store.client.arq_redis(redis_url)`` (so a ``redis+sentinel://``
+    URL works, Sentinel password included), made in ``main`` in place of arq's ``create_pool``
+    unless a ``redis_pool`` is given."""
+
+    def __init__(self, *, redis_url: str, **options: Any) -> None:
+        super().__init__(**options)
+        self.redis_url = redis_url
+        if self._pool is None:
+            self.redis_settings = None  # the pool comes from service.store.client, not arq
+
+    async def main(self) -> None:
+        if self._pool is None:
+            self._pool = await self.connect()
+        await super().main()
+
+    async def connect(self) -> ArqRedis:
+        """The worker's pool from ``service.store.client`` (plain or Sentinel URL, Sentinel
+        credentials included), once it answers PING; tried as arq's ``create_pool`` would."""
+        pool = arq_redis(
+            self.redis_url,
+            job_serializer=self.job_serializer,
+            job_deserializer=self.job_deserializer,
+            default_queue_name=self.queue_name,
+            expires_extra_ms=self.expires_extra_ms,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+        )
+        for attempt in range(1, CONNECT_TRIES + 1):
+            try:
+                await pool.ping()
+                return pool
+            except (TimeoutError, RedisError, OSError) as exc:
+                if attempt == CONNECT_TRIES:
+                    await pool.aclose()
+                    raise
+                log.warning(
+                    "worker_redis_unavailable",
+                    error=type(exc).__name__,
+                    retry_in_s=CONNECT_RETRY_DELAY_S,
+                    tries_left=CONNECT_TRIES - attempt,
+                )
+                await asyncio.sleep(CONNECT_RETRY_DELAY_S)
+        raise AssertionError("unreachable")
 
     def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
         """SIGTERM/SIGINT: besides arq's drain (no new jobs; those in flight get
@@ -82,14 +131,15 @@ def build_worker(
     extra_ctx: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> Worker:
-    """A stock arq ``Worker`` with JSON jobs, tuned from ``settings``."""
+    """A stock arq ``Worker`` with JSON jobs, tuned from ``settings``; its Redis client comes
+    from ``service.store.client`` (``redis_url``, else ``settings.redis_url``)."""
     url = redis_url or settings.redis_url
     if not url:
         raise ValueError("a Redis URL is needed: set KARTAHOOK_REDIS_URL")
+    check_url(url)  # a malformed URL fails here, not at the first connection
     options: dict[str, Any] = {
         "functions": functions(settings),
         "queue_name": settings.queue_name,
-        "redis_settings": arq_redis_settings(url),
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
         "job_serializer": serialize,
@@ -106,4 +156,4 @@ def build_worker(
         "ctx": {"settings": settings, **(extra_ctx or {})},
     }
     options.update(overrides)
-    return ResilientWorker(**options)
+    return ResilientWorker(redis_url=url, **options)

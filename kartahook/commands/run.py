@@ -41,6 +41,7 @@ from kartahook.supervisor import (
 )
 from service.domain.signing import generate_secret
 from service.settings import Settings
+from service.store.client import redacted_url, redis_client
 from service.store.server import RedisServer, free_port
 
 DEFAULT_BASE_PORT = 8700
@@ -220,7 +221,7 @@ class Stack:
         started = time.monotonic()
 
         async def check() -> bool:
-            client = aioredis.Redis.from_url(self.redis_url)
+            client = redis_client(self.redis_url)
             try:
                 if await client.exists(key):
                     return True
@@ -235,7 +236,7 @@ class Stack:
     def describe(self, supervisor: Supervisor) -> list[str]:
         pids = {child.name: child.pid for child in supervisor.children}
         redis_note = "embedded, AOF on, data in var/redis" if self.redis else "KARTAHOOK_REDIS_URL"
-        rows = [("redis", self.redis_url, redis_note)]
+        rows = [("redis", redacted_url(self.redis_url), redis_note)]
         rows.append(("demo-subscriber", self.subscriber_url, "GET /received lists deliveries"))
         if "service" in pids:
             rows.append(("service", self.url("service"), "POST /v1/webhooks/kartapay, /metrics"))
@@ -255,7 +256,7 @@ class Stack:
         return {
             "pid": os.getpid(),
             "mode": "pipeline" if self.pipeline else "direct",
-            "redis_url": self.redis_url,
+            "redis_url": redacted_url(self.redis_url),
             "service_url": self.url("service") if "service" in children else None,
             "sandbox_url": self.url("sandbox") if "sandbox" in children else None,
             "subscriber_url": self.url("subscriber"),

@@ -2,7 +2,9 @@
 read straight from Redis (``KARTAHOOK_REDIS_URL``). ``--json`` for scripts.
 
 Exits 0 when healthy, 1 when something needs attention: no worker heartbeat, a subscriber
-disabled or with an open breaker, or dead letters present.
+disabled or with an open breaker, or dead letters present; 2, with one line on stderr, when
+Redis cannot be read (bad URL, unreachable, refused credentials). ``redis+sentinel://`` URLs
+work as everywhere else (``service.store.client``).
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ import sys
 from typing import Any
 
 import orjson
+from redis.exceptions import RedisError
 
 from service.settings import Settings
-from service.store.client import redis_client
+from service.store.client import check_url, error_line, redis_client
 from service.store.status import snapshot
+
+STATUS_TIMEOUT_S = 5.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def _read(url: str, queue_name: str) -> dict[str, Any]:
-    client = redis_client(url)
+    client = redis_client(
+        url, socket_timeout=STATUS_TIMEOUT_S, socket_connect_timeout=STATUS_TIMEOUT_S
+    )
     try:
         return await snapshot(client, queue_name)
     finally:
@@ -54,7 +61,16 @@ def run(args: argparse.Namespace) -> int:
     if not url:
         print("kartahook: set KARTAHOOK_REDIS_URL or pass --redis-url", file=sys.stderr)
         return 2
-    state = asyncio.run(_read(url, settings.queue_name))
+    try:
+        check_url(url)
+    except ValueError as exc:  # the message names the problem, never a password
+        print(f"kartahook status: bad Redis URL: {exc}", file=sys.stderr)
+        return 2
+    try:
+        state = asyncio.run(_read(url, settings.queue_name))
+    except (TimeoutError, RedisError, OSError) as exc:
+        print(f"kartahook status: cannot read Redis: {error_line(exc)}", file=sys.stderr)
+        return 2
     issues = problems(state)
     if args.json:
         sys.stdout.write(orjson.dumps({**state, "problems": issues}).decode() + "\n")

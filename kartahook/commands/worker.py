@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 
 import uvloop
 
@@ -34,12 +35,27 @@ def run(args: argparse.Namespace) -> int:
     settings = settings.model_copy(update=updates)
     configure_logging(settings.log_format, settings.log_level)
 
+    from redis.exceptions import RedisError
+
+    from service.store.client import error_line
     from workers.main import build_worker
 
     loop = uvloop.new_event_loop()
     try:
         asyncio.set_event_loop(loop)
-        build_worker(settings, burst=args.burst).run()
+        if not settings.redis_url:
+            print("kartahook worker: KARTAHOOK_REDIS_URL is not set", file=sys.stderr)
+            return 2
+        try:
+            worker = build_worker(settings, burst=args.burst)
+        except ValueError as exc:  # a malformed URL; the message never repeats a password
+            print(f"kartahook worker: bad Redis URL: {exc}", file=sys.stderr)
+            return 2
+        try:
+            worker.run()
+        except (RedisError, OSError) as exc:  # Redis unreachable, or refused the credentials
+            print(f"kartahook worker: cannot use Redis: {error_line(exc)}", file=sys.stderr)
+            return 2
     finally:
         loop.close()
     return 0

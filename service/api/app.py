@@ -37,6 +37,7 @@ from service.api.middleware import (
 )
 from service.logging import configure_logging
 from service.settings import Settings
+from service.store.client import redis_client
 from service.store.events import EventStore
 
 log = structlog.get_logger("kartahook.app")
@@ -45,17 +46,17 @@ log = structlog.get_logger("kartahook.app")
 YOUNG_GC_THRESHOLD = 10_000
 
 
-def redis_client(settings: Settings) -> aioredis.Redis:
-    """The ingestion's Redis client: every socket operation bounded by ``redis_timeout_s``."""
+def ingestion_redis(settings: Settings) -> aioredis.Redis:
+    """The ingestion's Redis client (from ``service.store.client``, plain or Sentinel URL):
+    every socket operation bounded by ``redis_timeout_s``."""
     if not settings.redis_url:
         raise RuntimeError("KARTAHOOK_REDIS_URL is not set")
-    client: aioredis.Redis = aioredis.from_url(  # type: ignore[no-untyped-call]
+    return redis_client(
         settings.redis_url,
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
         max_connections=64,
     )
-    return client
 
 
 async def _http_error(_: Request, exc: Exception) -> Response:
@@ -71,7 +72,7 @@ def create_app(settings: Settings, sources: Mapping[str, Source] | None = None) 
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:
-        client = redis_client(settings)
+        client = ingestion_redis(settings)
         store = EventStore.from_settings(client, settings)
         log.info("service starting", sources=sorted(webhooks.sources))
         # Everything built so far lives as long as the process: keep it out of the garbage
