@@ -84,9 +84,9 @@ async def test_forwarded_headers_cannot_reach_the_admin_app(redis_url: str) -> N
 def test_serve_refuses_the_same_port_for_both_listeners(tmp_path: Path) -> None:
     """`serve --admin-port` equal to `--port` exits non-zero with one error line."""
     port = free_port()
+    argv = ["serve", "--host", "127.0.0.1", "--port", str(port), "--admin-port", str(port)]
     done = subprocess.run(
-        [sys.executable, "-m", "kartahook.cli", "serve", "--host", "127.0.0.1"]
-        + ["--port", str(port), "--admin-port", str(port)],
+        [sys.executable, "-m", "kartahook.cli", *argv],
         env={"KARTAHOOK_REDIS_URL": "redis://127.0.0.1:1/0", "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
@@ -133,7 +133,9 @@ async def test_real_serve_runs_both_listeners_and_drains_on_sigterm(
             await wait_for(both_up, timeout_s=30)
             body, headers = signed_webhook(secret, "evt_real_serve")
             hook = "/v1/webhooks/kartapay"
-            assert (await http.post(public + hook, content=body, headers=headers)).status_code == 202
+            assert (
+                await http.post(public + hook, content=body, headers=headers)
+            ).status_code == 202
             assert (await http.post(admin + hook, content=body, headers=headers)).status_code == 404
             assert (await http.get(public + "/admin/subscribers", headers=AUTH)).status_code == 404
             assert (await http.get(admin + "/admin/subscribers", headers=AUTH)).status_code == 200
