@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench clean venv
+.PHONY: run test lint typecheck pytest deploy-check bench clean venv
 
 venv: $(STAMP)
 
@@ -29,6 +29,10 @@ pytest: $(STAMP)
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
+
+# Only the deploy files: render deploy/kubernetes offline and validate it (part of `pytest` too).
+deploy-check: $(STAMP)
+	$(BIN)/pytest -q tests/deploy tests/cli/test_deploy_files.py
 
 bench: $(STAMP)
 	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk)

@@ -36,8 +36,10 @@ class Settings(BaseSettings):
     sources_file: Path | None = None
     subscribers_file: Path | None = None
 
-    # Admin
+    # Admin listener (``kartahook serve``): /admin/…, /metrics and the probes
     admin_token: SecretStr | None = None
+    admin_port: int = Field(8090, ge=1, le=65535, description="Port of the admin listener.")
+    admin_host: str | None = Field(None, description="Its address; unset: that of --host.")
 
     # Logging
     log_format: Literal["json", "console"] = "json"
@@ -49,7 +51,9 @@ class Settings(BaseSettings):
     raw_ttl_s: int = Field(7 * 24 * 3600, gt=0)
     trusted_proxies: CommaList = Field(default_factory=lambda: ["127.0.0.1"])
     retry_after_s: int = Field(5, gt=0)
-    backlog_high_water: int = Field(100_000, gt=0)
+    # 0 (default): /readyz checks Redis only. A large backlog is a metric and an alert (every
+    # replica sees the same backlog, so failing readiness on it empties the load balancer).
+    backlog_high_water: int = Field(0, ge=0, description="/readyz fails at this backlog; 0: off.")
 
     # Queue
     queue_name: str = "arq:queue"

@@ -118,3 +118,44 @@ async def completed_payments(client: KartaPayClient, count: int = 1) -> list[str
 
     await wait_for(all_completed, timeout_s=20)
     return ids
+
+
+@contextlib.asynccontextmanager
+async def serve_listeners(
+    settings: Any, sources: Any = None, **config: Any
+) -> AsyncIterator[tuple[str, str]]:
+    """Serve what ``kartahook serve`` serves: one uvicorn server on two sockets of 127.0.0.1,
+    the public one and the admin one (``create_server_app``); yield (public URL, admin URL)."""
+    import socket
+
+    from service.api.app import create_server_app
+
+    sockets = []
+    for _ in range(2):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        sockets.append(sock)
+    public_port, admin_port = (sock.getsockname()[1] for sock in sockets)
+    app = create_server_app(settings, admin_port, sources)
+    cfg = uvicorn.Config(
+        app, host="127.0.0.1", log_config=None, access_log=False, lifespan="on", **config
+    )
+    server = uvicorn.Server(cfg)
+    task = asyncio.create_task(server.serve(sockets=sockets))
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("server stopped before it started")
+            if time.monotonic() > deadline:
+                raise TimeoutError("server did not start")
+            await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{public_port}", f"http://127.0.0.1:{admin_port}"
+    finally:
+        server.should_exit = True
+        await task
+        for sock in sockets:
+            sock.close()

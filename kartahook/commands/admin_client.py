@@ -2,8 +2,8 @@
 talk HTTP to a running ``kartahook serve``, so validation, allowlist and wake-ups happen in one
 place (the API), and the CLI never needs Redis credentials.
 
-``--admin-url`` (or ``KARTAHOOK_ADMIN_URL``, default http://127.0.0.1:8080) and ``--token`` (or
-``KARTAHOOK_ADMIN_TOKEN``).
+``--admin-url`` (or ``KARTAHOOK_ADMIN_URL``, default http://127.0.0.1:8090: the admin listener of
+``kartahook serve``) and ``--token`` (or ``KARTAHOOK_ADMIN_TOKEN``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import orjson
 
-DEFAULT_ADMIN_URL = "http://127.0.0.1:8080"
+DEFAULT_ADMIN_URL = "http://127.0.0.1:8090"
 
 
 class AdminCallError(Exception):
@@ -27,7 +27,7 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--admin-url",
         default=os.environ.get("KARTAHOOK_ADMIN_URL", DEFAULT_ADMIN_URL),
-        help="base URL of kartahook serve (env KARTAHOOK_ADMIN_URL)",
+        help="base URL of kartahook serve's admin listener (env KARTAHOOK_ADMIN_URL)",
     )
     parser.add_argument(
         "--token",

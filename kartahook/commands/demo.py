@@ -1,7 +1,8 @@
 """``kartahook demo``: drive demo payments through a running stack and show their deliveries.
 
 By default it talks to the stack that ``kartahook run`` started (read from ``./var/run.json``),
-else to ``KARTAHOOK_KARTAPAY_URL`` and a demo subscriber on 127.0.0.1:8702.
+else to ``KARTAHOOK_KARTAPAY_URL`` and the demo subscriber at ``KARTAHOOK_DEMO_SUBSCRIBER_URL``
+(default http://127.0.0.1:8702).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,11 @@ DEFAULT_SUBSCRIBER_URL = "http://127.0.0.1:8702"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--payments", type=int, default=5, help="how many payments (default 5)")
     parser.add_argument("--kartapay-url", help="KartaPay API (sandbox) base URL")
-    parser.add_argument("--subscriber-url", help="demo subscriber base URL")
+    parser.add_argument(
+        "--subscriber-url",
+        default=os.environ.get("KARTAHOOK_DEMO_SUBSCRIBER_URL"),
+        help="demo subscriber base URL (env KARTAHOOK_DEMO_SUBSCRIBER_URL)",
+    )
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="seconds to wait for the deliveries"
     )

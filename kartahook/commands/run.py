@@ -46,7 +46,7 @@ from service.store.server import RedisServer, free_port
 
 DEFAULT_BASE_PORT = 8700
 # Port of each component: the base port plus this offset.
-PORT_OFFSETS = {"service": 0, "sandbox": 1, "subscriber": 2, "redis": 3}
+PORT_OFFSETS = {"service": 0, "sandbox": 1, "subscriber": 2, "redis": 3, "admin": 4}
 SOURCE_SECRET_ENV = "KARTAPAY_WEBHOOK_SECRET"  # noqa: S105 (variable names, not secrets)
 SUBSCRIBER_SECRET_ENV = "DEMO_SUBSCRIBER_WEBHOOK_SECRET"  # noqa: S105
 SUBSCRIBER_ID = "demo"
@@ -68,7 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--port",
         type=int,
         default=DEFAULT_BASE_PORT,
-        help="base port: service +0, sandbox +1, demo subscriber +2, Redis +3; "
+        help="base port: service +0, sandbox +1, demo subscriber +2, Redis +3, "
+        "the service's admin listener +4; "
         "0 picks free ports (default %(default)s)",
     )
     for name in PORT_OFFSETS:
@@ -201,7 +202,18 @@ class Stack:
         if name == "service":
             return ChildSpec(
                 name,
-                [*cli, "serve", "--host", host, "--port", str(self.ports["service"])],
+                [
+                    *cli,
+                    "serve",
+                    "--host",
+                    host,
+                    "--port",
+                    str(self.ports["service"]),
+                    "--admin-host",
+                    host,
+                    "--admin-port",
+                    str(self.ports["admin"]),
+                ],
                 env,
                 http_ok(self.url("service") + "/healthz"),
             )
@@ -239,7 +251,8 @@ class Stack:
         rows = [("redis", redacted_url(self.redis_url), redis_note)]
         rows.append(("demo-subscriber", self.subscriber_url, "GET /received lists deliveries"))
         if "service" in pids:
-            rows.append(("service", self.url("service"), "POST /v1/webhooks/kartapay, /metrics"))
+            rows.append(("service", self.url("service"), "POST /v1/webhooks/kartapay"))
+            rows.append(("service (admin)", self.url("admin"), "/admin, /metrics"))
         if "worker" in pids:
             rows.append(("worker", "-", f"arq worker, pid {pids['worker']}"))
         if "sandbox" in pids:
@@ -258,6 +271,7 @@ class Stack:
             "mode": "pipeline" if self.pipeline else "direct",
             "redis_url": redacted_url(self.redis_url),
             "service_url": self.url("service") if "service" in children else None,
+            "admin_url": self.url("admin") if "service" in children else None,
             "sandbox_url": self.url("sandbox") if "sandbox" in children else None,
             "subscriber_url": self.url("subscriber"),
             "webhook_url": self.webhook_url,

@@ -1,15 +1,23 @@
-"""The ASGI application: ``create_app(settings)`` builds it; ``kartahook serve`` serves it.
+"""The ASGI applications ``kartahook serve`` serves, on two listeners.
 
-``/v1/webhooks/{source}`` (ingestion) is served by :class:`service.api.ingest.front.WebhookFront`
-outside Starlette; ``/healthz``, ``/readyz``, ``/metrics`` and ``/admin`` are Starlette routes.
+- ``create_app(settings)``: the public listener. ``/v1/webhooks/{source}`` (ingestion, served by
+  :class:`service.api.ingest.front.WebhookFront` outside Starlette), ``/healthz`` and
+  ``/readyz``. Nothing else: a load balancer may expose it to the internet.
+- ``create_admin_app(settings)``: the admin listener (``KARTAHOOK_ADMIN_PORT``). ``/admin/…``,
+  ``/metrics`` and the probes; keep it internal (NetworkPolicy, bind address).
+- ``create_server_app(settings, admin_port)``: both in one ASGI app for one uvicorn server that
+  listens on both sockets. A request goes to the admin app only when it arrived on the admin
+  port (the local address of its connection, ``scope["server"]``), else to the public app. One
+  lifespan, so one Redis client and one event store per process serve both listeners.
+
 Redis client and event store are made in the lifespan and reach handlers through request state.
 """
 
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -20,7 +28,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.admin.event_routes import event_dead_letter_routes
 from service.api.admin.routes import admin_app
@@ -64,17 +72,16 @@ async def _http_error(_: Request, exc: Exception) -> Response:
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
-def create_app(settings: Settings, sources: Mapping[str, Source] | None = None) -> ASGIApp:
-    """The service's ASGI app. ``sources`` defaults to those of ``settings.sources_file``."""
-    if sources is None:
-        sources = load_sources(settings.sources_file)
-    webhooks = WebhookEndpoint(sources, settings.retry_after_s)
+def _lifespan(
+    settings: Settings, sources: Mapping[str, Source]
+) -> Callable[[Starlette], AbstractAsyncContextManager[dict[str, Any]]]:
+    """The lifespan that makes the Redis client and the event store the handlers share."""
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:
         client = ingestion_redis(settings)
         store = EventStore.from_settings(client, settings)
-        log.info("service starting", sources=sorted(webhooks.sources))
+        log.info("service starting", sources=sorted(sources))
         # Everything built so far lives as long as the process: keep it out of the garbage
         # collector's full passes, which otherwise stall the loop for milliseconds (p99).
         gc.collect()
@@ -97,27 +104,91 @@ def create_app(settings: Settings, sources: Mapping[str, Source] | None = None) 
             await store.close()
             await client.aclose()
 
-    routes: list[BaseRoute] = [
+    return lifespan
+
+
+def _probe_routes() -> list[BaseRoute]:
+    return [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
-        Mount("/admin", app=admin_app(event_dead_letter_routes())),
     ]
-    app = Starlette(
+
+
+def _starlette(
+    settings: Settings, routes: list[BaseRoute], sources: Mapping[str, Source] | None
+) -> Starlette:
+    """A Starlette app with the service's middleware; with a lifespan when ``sources`` is given
+    (an app served alone), without one when another app's lifespan provides the state."""
+    return Starlette(
         routes=routes,
         middleware=[
             Middleware(RequestContextMiddleware),
             Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes),
         ],
         exception_handlers={HTTPException: _http_error},
-        lifespan=lifespan,
+        lifespan=None if sources is None else _lifespan(settings, sources),
     )
+
+
+def create_app(settings: Settings, sources: Mapping[str, Source] | None = None) -> ASGIApp:
+    """The public listener's ASGI app: webhooks and probes only. ``sources`` defaults to those
+    of ``settings.sources_file``."""
+    if sources is None:
+        sources = load_sources(settings.sources_file)
+    webhooks = WebhookEndpoint(sources, settings.retry_after_s)
+    app = _starlette(settings, _probe_routes(), webhooks.sources)
     front = WebhookFront(app, webhooks, settings.max_body_bytes)
     return trusted_proxy_headers(front, settings.trusted_proxies)
 
 
+def create_admin_app(settings: Settings, *, lifespan: bool = True) -> ASGIApp:
+    """The admin listener's ASGI app: ``/admin/…`` (Bearer ``KARTAHOOK_ADMIN_TOKEN``),
+    ``/metrics`` and the probes. With ``lifespan=False`` it relies on the state of the app it
+    is served beside (:func:`create_server_app`)."""
+    routes = [
+        *_probe_routes(),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Mount("/admin", app=admin_app(event_dead_letter_routes())),
+    ]
+    app = _starlette(settings, routes, {} if lifespan else None)
+    return trusted_proxy_headers(app, settings.trusted_proxies)
+
+
+class ListenerRouter:
+    """One ASGI app for a server listening on two sockets: requests that arrived on
+    ``admin_port`` go to ``admin``, every other request and the lifespan go to ``public``.
+
+    The choice rests on the connection's local address (``scope["server"]``, set by uvicorn
+    from the socket), never on a header a client could send. An unknown local address is
+    treated as public, so the admin routes are never reachable by mistake.
+    """
+
+    def __init__(self, public: ASGIApp, admin: ASGIApp, admin_port: int) -> None:
+        self.public = public
+        self.admin = admin
+        self.admin_port = admin_port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            server = scope.get("server")
+            if server is not None and server[1] == self.admin_port:
+                await self.admin(scope, receive, send)
+                return
+        await self.public(scope, receive, send)
+
+
+def create_server_app(
+    settings: Settings, admin_port: int, sources: Mapping[str, Source] | None = None
+) -> ASGIApp:
+    """What ``kartahook serve`` serves: the public app, and the admin app for requests that
+    arrive on ``admin_port``, sharing the public app's lifespan (one Redis client)."""
+    public = create_app(settings, sources)
+    return ListenerRouter(public, create_admin_app(settings, lifespan=False), admin_port)
+
+
 def create_app_from_env() -> ASGIApp:
-    """uvicorn factory (``service.api.app:create_app_from_env``): settings from the environment."""
+    """uvicorn factory (``service.api.app:create_app_from_env``): settings from the environment;
+    both listeners, the admin one on ``KARTAHOOK_ADMIN_PORT``."""
     settings = Settings()
     configure_logging(settings.log_format, settings.log_level)
-    return create_app(settings)
+    return create_server_app(settings, settings.admin_port)

@@ -1,5 +1,5 @@
-"""``/healthz`` (liveness: the process answers) and ``/readyz`` (readiness: Redis answers and the
-queue backlog is below its high-water mark)."""
+"""``/healthz`` (liveness: the process answers) and ``/readyz`` (readiness: Redis answers, and,
+only when ``KARTAHOOK_BACKLOG_HIGH_WATER`` is set above 0, the backlog is below it)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ async def healthz(_: Request) -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
-    """Readiness: 200 when Redis answers and the backlog is below the high-water mark, else 503."""
+    """Readiness: 200 when Redis answers (and the backlog is below a configured high-water
+    mark), else 503."""
     store: EventStore = request.state.event_store
     high_water: int = request.state.backlog_high_water
     try:
@@ -25,7 +26,7 @@ async def readyz(request: Request) -> JSONResponse:
         structlog.contextvars.bind_contextvars(reason=str(exc))
         return JSONResponse({"status": "unavailable", "redis": "down"}, status_code=503)
     body = {"status": "ready", "redis": "up", "backlog": backlog, "high_water": high_water}
-    if backlog >= high_water:
+    if high_water and backlog >= high_water:
         body["status"] = "backlogged"
         return JSONResponse(body, status_code=503)
     return JSONResponse(body)

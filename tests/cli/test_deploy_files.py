@@ -2,7 +2,9 @@
 
 No Docker engine or cluster here, so these tests parse the files, check what they promise
 (probes, AOF, PDB, HPA, NetworkPolicy, placeholder secrets) and feed their commands and config
-files to the real CLI parser and config loaders.
+files to the real CLI parser and config loaders. The Kubernetes objects are those the
+kustomization renders (tests/deploy/kustomize.py), plus the example Secrets; tests/deploy
+validates them against the Kubernetes schemas.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import yaml
 
 from kartahook.cli import build_parser
 from service.api.ingest.sources.config import load_sources
+from service.settings import Settings
 from service.store.subscribers import load_subscribers_file
+from tests.deploy.kustomize import render
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -31,8 +35,8 @@ def load_all(path: Path) -> list[Any]:
 
 
 def kube_objects() -> list[dict[str, Any]]:
-    skip = {"kustomization.yaml", "redis-sentinel-values.yaml"}
-    return [doc for p in sorted(KUBE.glob("*.yaml")) if p.name not in skip for doc in load_all(p)]
+    """What `kubectl apply -k deploy/kubernetes` applies, and the example Secrets."""
+    return render(KUBE) + load_all(KUBE / "secret.example.yaml")
 
 
 def of_kind(kind: str) -> list[dict[str, Any]]:
@@ -130,11 +134,13 @@ def test_network_policies_default_deny_and_cover_each_deployment() -> None:
 
 
 def test_example_secret_holds_only_placeholders() -> None:
-    """The example Secret carries placeholder values, never something that looks real."""
-    [secret] = of_kind("Secret")
-    values = secret["stringData"]
-    assert values
-    assert all("REPLACE_ME" in value for value in values.values())
+    """The example Secrets carry placeholder values, never something that looks real."""
+    secrets = of_kind("Secret")
+    assert secrets
+    for secret in secrets:
+        values = secret["stringData"]
+        assert values
+        assert all("REPLACE_ME" in value for value in values.values())
 
 
 def test_configmap_files_load_with_the_real_loaders(tmp_path: Path) -> None:
@@ -199,11 +205,107 @@ def test_compose_secrets_match_between_signers_and_verifiers(tmp_path: Path) -> 
     assert sandbox_args.webhook_url == "http://service:8700/v1/webhooks/kartapay"
 
 
-def test_dockerfile_installs_the_lock_then_the_project() -> None:
-    """The image installs requirements.lock with hashes before the project, without deps."""
+def dockerfile_stages() -> list[str]:
+    """The Dockerfile's stages, each from its FROM line to the next one."""
     text = (ROOT / "Dockerfile").read_text()
-    lock = text.index("pip install --require-hashes -r requirements.lock")
-    project = text.index("pip install --no-deps .")
+    return re.split(r"(?m)^(?=FROM )", text)[1:]
+
+
+def test_dockerfile_installs_the_runtime_lock_then_the_project() -> None:
+    """The builder stage installs requirements-runtime.lock with hashes, then the project
+    without deps; the final stage copies only the venv, runs as uid 10001, has a HEALTHCHECK."""
+    builder, final = dockerfile_stages()
+    lock = builder.index("pip install --require-hashes -r requirements-runtime.lock")
+    project = builder.index("pip install --no-deps .")
     assert lock < project
-    assert 'ENTRYPOINT ["kartahook"]' in text
-    assert "USER 10001" in text
+    assert "requirements.lock" not in builder.replace("requirements-runtime.lock", "")
+    assert "COPY --from=builder /opt/venv /opt/venv" in final
+    assert "pip install" not in final
+    assert 'ENTRYPOINT ["kartahook"]' in final
+    assert "USER 10001" in final
+    healthcheck = re.search(r"(?ms)^HEALTHCHECK .*?\]$", final)
+    assert healthcheck and "/healthz" in healthcheck.group(0)
+
+
+def test_dockerfile_base_is_pinned_to_an_exact_python() -> None:
+    """Both stages start from the same base, pinned to an exact 3.11.x slim-bookworm tag."""
+    text = (ROOT / "Dockerfile").read_text()
+    [base] = re.findall(r"(?m)^ARG PYTHON_IMAGE=(\S+)$", text)
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", base)
+    assert [stage.split()[1] for stage in dockerfile_stages()] == ["${PYTHON_IMAGE}"] * 2
+
+
+def test_runtime_lock_is_the_dev_lock_without_dev_tools() -> None:
+    """requirements-runtime.lock pins (with hashes) the same versions as requirements.lock,
+    and none of the dev tools (pytest, mypy, ruff, py-spy, kubernetes-validate)."""
+
+    def pins(name: str) -> dict[str, str]:
+        text = (ROOT / name).read_text()
+        assert "--hash=sha256:" in text
+        return dict(re.findall(r"(?m)^([a-z0-9_.-]+)==(\S+)", text))
+
+    runtime, full = pins("requirements-runtime.lock"), pins("requirements.lock")
+    assert runtime and runtime.items() <= full.items()
+    dev = {"pytest", "mypy", "ruff", "py-spy", "kubernetes-validate", "pyinstrument"}
+    assert not dev & runtime.keys()
+    assert dev <= full.keys()
+    assert {"starlette", "uvicorn", "redis", "arq"} <= runtime.keys()
+
+
+def test_dockerignore_keeps_tests_docs_and_local_state_out() -> None:
+    """The build context leaves out tests, docs, .venv, var and the dev lock."""
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    ignored = {line.strip() for line in lines if line.strip() and not line.startswith("#")}
+    assert {"tests", "docs", ".venv", "var", "requirements.lock"} <= ignored
+    assert "requirements-runtime.lock" not in ignored
+
+
+def compose_env(service: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v) for k, v in service.get("environment", {}).items()}
+
+
+def test_compose_service_runs_both_listeners_with_an_admin_token() -> None:
+    """The service listens on its public and admin ports, publishes both on 127.0.0.1 and has
+    an admin token."""
+    service = compose()["services"]["service"]
+    args = parse_cli(service["command"])
+    assert args.admin_port and args.admin_port != args.port
+    published = {p.rsplit(":", 1)[1] for p in service["ports"]}
+    assert published == {str(args.port), str(args.admin_port)}
+    assert all(p.startswith("127.0.0.1:") for p in service["ports"])
+    assert compose_default(compose_env(service)["KARTAHOOK_ADMIN_TOKEN"])
+
+
+def test_compose_worker_health_is_checked_on_its_probe_port() -> None:
+    """The worker serves its probes on --port, and its healthcheck fetches /healthz there."""
+    worker = compose()["services"]["worker"]
+    args = parse_cli(worker["command"])
+    assert args.port and args.host == "0.0.0.0"
+    test = " ".join(worker["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{args.port}/healthz" in test
+
+
+def test_compose_demo_keeps_its_urls_when_given_another_command() -> None:
+    """`docker compose run --rm demo demo --payments 20` still reaches the sandbox and the demo
+    subscriber: both URLs come from the environment, not from the replaced command."""
+    services = compose()["services"]
+    demo = services["demo"]
+    # What the documented command leaves: no URL on the line, so the environment decides.
+    args = parse_cli(["demo", "--payments", "20"])
+    assert args.kartapay_url is None
+    env = compose_env(demo)
+    subscriber_port = parse_cli(services["demo-subscriber"]["command"]).port
+    sandbox_port = parse_cli(services["sandbox"]["command"]).port
+    assert env["KARTAHOOK_DEMO_SUBSCRIBER_URL"] == f"http://demo-subscriber:{subscriber_port}"
+    assert env["KARTAHOOK_KARTAPAY_URL"] == f"http://sandbox:{sandbox_port}"
+    assert "--subscriber-url" not in demo["command"]
+
+
+def test_compose_environment_names_are_read_by_kartahook() -> None:
+    """Every KARTAHOOK_* variable compose sets is a Settings field or one a command reads."""
+    fields = {f"KARTAHOOK_{name.upper()}" for name in Settings.model_fields}
+    sources = "".join(p.read_text() for p in (ROOT / "kartahook").rglob("*.py"))
+    for name, service in compose()["services"].items():
+        for variable in compose_env(service):
+            if variable.startswith("KARTAHOOK_"):
+                assert variable in fields or f'"{variable}"' in sources, (name, variable)

@@ -92,6 +92,7 @@ def redis_answers(url: str) -> bool:
 
 def listening_ports(state: dict[str, Any]) -> list[int]:
     urls = [state["redis_url"], state["subscriber_url"], state["service_url"], state["sandbox_url"]]
+    urls.append(state.get("admin_url"))
     return [urlsplit(url).port or 0 for url in urls if url]
 
 

@@ -147,7 +147,16 @@ async def pipeline(tmp_path: Path) -> AsyncIterator[Pipeline]:
         specs.append(
             ChildSpec(
                 "service",
-                [*CLI, "serve", "--host", "127.0.0.1", "--port", str(service_port)],
+                [
+                    *CLI,
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(service_port),
+                    "--admin-port",
+                    str(free_port()),
+                ],
                 env,
                 http_ok(service_url + "/healthz"),
             )

@@ -85,7 +85,7 @@ async def test_service_metrics_include_queue_depth_dead_letters_and_subscribers(
     """/metrics of the real service reports queue depth, dead letters and subscriber state."""
     import httpx
 
-    from service.api.app import create_app
+    from service.api.app import create_admin_app
     from service.settings import Settings
     from tests.support import serve_app
 
@@ -94,7 +94,7 @@ async def test_service_metrics_include_queue_depth_dead_letters_and_subscribers(
     await EventDeadLetters(redis).add(EventHint("kartapay", "e", "p", now_ms), "not_found", "404")
     crm = Subscriber(id="crm", url="http://127.0.0.1:2/x", enabled=False)
     await SubscriberStore(redis).put(crm)
-    app = create_app(Settings(redis_url=redis_url), sources={})
+    app = create_admin_app(Settings(redis_url=redis_url))  # /metrics: the admin listener
     async with serve_app(app) as base, httpx.AsyncClient() as http:
         text = (await http.get(base + "/metrics")).text
     assert 'kartahook_queue_jobs{state="ready"} 1.0' in text

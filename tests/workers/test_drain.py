@@ -77,9 +77,12 @@ async def test_serve_with_two_processes_accepts_and_aggregates_metrics(
     secret = generate_secret()
     sources = tmp_path / "sources.yaml"
     sources.write_text('sources:\n  kartapay: {secrets: ["${KP_SECRET}"]}\n')
-    port = free_port()
+    port, admin_port = free_port(), free_port()
+    while admin_port == port:
+        admin_port = free_port()
     env = {
         "KARTAHOOK_REDIS_URL": redis_url,
+        "KARTAHOOK_ADMIN_PORT": str(admin_port),
         "KARTAHOOK_SOURCES_FILE": str(sources),
         "KP_SECRET": secret,
         "TMPDIR": str(tmp_path),
@@ -105,7 +108,7 @@ async def test_serve_with_two_processes_accepts_and_aggregates_metrics(
                 headers["content-type"] = "application/json"
                 answer = await http.post("/v1/webhooks/kartapay", content=body, headers=headers)
                 assert answer.status_code == 202, answer.text
-            text = (await http.get("/metrics")).text
+            text = (await http.get(f"http://127.0.0.1:{admin_port}/metrics")).text
     finally:
         server.send_signal(signal.SIGTERM)
         await exit_code(server, 30)

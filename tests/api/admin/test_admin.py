@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from kartahook.cli import main as cli_main
-from service.api.app import create_app
+from service.api.app import create_admin_app
 from service.settings import Settings
 from service.store.subscribers import SubscriberStore
 from tests.delivery_support import (
@@ -30,9 +30,9 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture
 async def admin_url(redis_url: str) -> AsyncIterator[str]:
-    """The real service app with its /admin routes, served on 127.0.0.1."""
+    """The real admin listener's app with its /admin routes, served on 127.0.0.1."""
     settings = settings_for(redis_url, admin_token=TOKEN, subscriber_allowlist=["127.0.0.0/8"])
-    async with serve_app(create_app(settings, sources={})) as base:
+    async with serve_app(create_admin_app(settings)) as base:
         yield base
 
 
@@ -76,7 +76,7 @@ async def test_bad_admin_requests_get_a_clear_4xx(admin_url: str) -> None:
 async def test_admin_disabled_without_a_token(redis_url: str) -> None:
     """With no KARTAHOOK_ADMIN_TOKEN configured the admin API refuses everything."""
     settings = Settings(redis_url=redis_url, admin_token=None)
-    async with serve_app(create_app(settings, sources={})) as base, httpx.AsyncClient() as http:
+    async with serve_app(create_admin_app(settings)) as base, httpx.AsyncClient() as http:
         answer = await http.get(base + "/admin/subscribers", headers=AUTH)
     assert (answer.status_code, answer.json()["error"]) == (403, "admin_disabled")
 

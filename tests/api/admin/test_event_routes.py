@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from kartahook.cli import main as cli_main
-from service.api.app import create_app
+from service.api.app import create_admin_app
 from service.domain.events import ARQ_JOB_PREFIX, PROCESS_EVENT, EventHint
 from service.settings import Settings
 from service.store.dead_letters import EventDeadLetters
@@ -24,9 +24,9 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture
 async def admin_url(redis_url: str) -> AsyncIterator[str]:
-    """The real service app with its /admin routes, served on 127.0.0.1."""
+    """The real admin listener's app with its /admin routes, served on 127.0.0.1."""
     settings = Settings(redis_url=redis_url, admin_token=TOKEN)
-    async with serve_app(create_app(settings, sources={})) as base:
+    async with serve_app(create_admin_app(settings)) as base:
         yield base
 
 

@@ -24,7 +24,7 @@ from service.domain import events as jobs
 from service.domain.signing import generate_secret
 from service.settings import Settings
 from service.store.events import UNROUTABLE_KEY
-from tests.support import serve_app
+from tests.support import serve_app, serve_listeners
 
 OLD_SECRET = generate_secret()
 NEW_SECRET = generate_secret()
@@ -66,10 +66,17 @@ def signed(
     }
 
 
+# The admin listener beside each public URL the fixtures serve: /metrics is served there.
+ADMIN_OF: dict[str, str] = {}
+
+
 @pytest.fixture
 async def base_url(redis_url: str) -> AsyncIterator[str]:
-    async with serve_app(make_app(redis_url)) as url:
+    sources = build_sources({"kartapay": {"secrets": [OLD_SECRET, NEW_SECRET]}})
+    async with serve_listeners(settings_for(redis_url), sources) as (url, admin):
+        ADMIN_OF[url] = admin
         yield url
+        del ADMIN_OF[url]
 
 
 @pytest.fixture
@@ -83,7 +90,7 @@ async def post(client: httpx.AsyncClient, body: bytes, headers: dict[str, str]) 
 
 
 async def metric_value(client: httpx.AsyncClient, source: str, outcome: str) -> float:
-    text = (await client.get("/metrics")).text
+    text = (await client.get(ADMIN_OF[str(client.base_url).rstrip("/")] + "/metrics")).text
     needle = f'kartahook_webhooks_total{{outcome="{outcome}",source="{source}"}} '
     for line in text.splitlines():
         if line.startswith(needle):
