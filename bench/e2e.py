@@ -163,19 +163,20 @@ async def enqueue_noops(redis_url: str, count: int) -> None:
     """Write ``count`` no-op jobs in arq's own format (what ``enqueue_job`` writes)."""
     import redis.asyncio as aioredis
 
+    from service.clock import now_ms
     from service.domain.events import arq_job_bytes
     from service.settings import Settings
 
     queue = Settings().queue_name
     client = aioredis.Redis.from_url(redis_url)
     try:
-        now_ms = int(time.time() * 1000)
+        now = now_ms()
         for start in range(0, count, 1000):
             pipe = client.pipeline(transaction=False)
             for i in range(start, min(count, start + 1000)):
                 job_id = f"noop{i:08d}"
-                pipe.psetex(f"arq:job:{job_id}", 86_400_000, arq_job_bytes(NOOP, [], now_ms))
-                pipe.zadd(queue, {job_id: now_ms})
+                pipe.psetex(f"arq:job:{job_id}", 86_400_000, arq_job_bytes(NOOP, [], now))
+                pipe.zadd(queue, {job_id: now})
             await pipe.execute()
     finally:
         await client.aclose()
