@@ -44,6 +44,15 @@ WEBHOOK_PATH = "/v1/webhooks/kartapay"
 OPTIONAL_COMMANDS = ("serve", "worker", "sandbox")
 
 
+def isolated_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without any ``KARTAHOOK_*`` setting (so a developer's own
+    settings do not leak into a test or benchmark stack), JSON logs, then ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KARTAHOOK_")}
+    env["KARTAHOOK_LOG_FORMAT"] = "json"
+    env.update(extra or {})
+    return env
+
+
 def _default_token() -> str:
     return Settings().kartapay_token.get_secret_value()
 
@@ -138,6 +147,7 @@ class Stack:
     source_secret: str = field(default_factory=generate_secret, repr=False)
     redis: RedisServer | None = field(default=None, init=False)
     supervisor: Supervisor = field(init=False)
+    _stopped: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.supervisor = Supervisor(self.var_dir / "log", grace_s=self.grace_s)
@@ -340,7 +350,11 @@ class Stack:
         return True
 
     async def stop(self) -> None:
-        """Stop every child, last started first, then the embedded Redis."""
+        """Stop every child, last started first, then the embedded Redis. Once is enough:
+        a second call does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
         await self.supervisor.stop_all(self.report)
         if self.redis is not None:
             await asyncio.to_thread(self.redis.stop)
@@ -370,4 +384,5 @@ __all__ = [
     "DemoSubscriber",
     "Stack",
     "Subscriber",
+    "isolated_env",
 ]

@@ -58,9 +58,11 @@ def test_negatives_and_garbage_give_none(value: str) -> None:
 
 
 def test_callers_share_the_parser() -> None:
-    """The KartaPay package and the delivery schedule expose this very parser, not copies."""
+    """The KartaPay client and the delivery runner call this very parser, not copies."""
     from service import kartapay
-    from workers.delivery import schedule
+    from service.kartapay import client
+    from workers.delivery import runner
 
     assert kartapay.parse_retry_after is parse_retry_after
-    assert schedule.parse_retry_after is parse_retry_after
+    assert client.parse_retry_after is parse_retry_after
+    assert runner.parse_retry_after is parse_retry_after

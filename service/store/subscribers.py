@@ -218,9 +218,9 @@ def load_subscribers_file(
     for index, entry in enumerate(document.get("subscribers") or []):
         if not isinstance(entry, dict):
             raise SubscriberError("invalid_file", f"{path}: subscriber #{index} is not a mapping")
-        data = expand_env(entry, os.environ if env is None else env)
-        data["origin"] = "file"
         try:
+            data = expand_env(entry, os.environ if env is None else env)
+            data["origin"] = "file"
             subscriber = build_subscriber(data, allowed)
         except SubscriberError as exc:
             raise SubscriberError(exc.code, f"{path}: subscriber #{index}: {exc.message}") from exc
