@@ -270,7 +270,7 @@ class Stack:
         specs.append(("sandbox", ChildSpec("sandbox", [], dict(env), None)))
         return [(command, spec) for command, spec in specs if command not in self.skipped]
 
-    def _complete(self, command: str, spec: ChildSpec) -> ChildSpec:
+    def prepare(self, command: str, spec: ChildSpec) -> ChildSpec:
         """``spec`` with its readiness check, and the sandbox's argv (known only now)."""
         spec.ready_timeout_s = self.ready_timeout_s
         if command == "serve":
@@ -332,7 +332,7 @@ class Stack:
         for command, spec in self.specs(env):
             if command in self.skipped:  # a service or worker that failed just before
                 continue
-            child = self.supervisor.start(self._complete(command, spec))
+            child = self.supervisor.start(self.prepare(command, spec))
             try:
                 if not await self.supervisor.wait_ready(child, stop):
                     return False
