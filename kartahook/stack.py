@@ -249,8 +249,9 @@ class Stack:
     def specs(self, env: Mapping[str, str]) -> list[tuple[str, ChildSpec]]:
         """(command, how to start it) of every child, in start order, skipped ones left out.
 
-        The sandbox's webhook target is decided here, so build this list only once the
-        service and worker are known to run (see :meth:`start`).
+        Readiness checks and the sandbox's command line are filled in by :meth:`prepare` just
+        before each child starts: the sandbox's webhook target depends on whether the service
+        and the worker did start.
         """
         specs: list[tuple[str, ChildSpec]] = [("extra", spec) for spec in self.extra_children]
         for demo in self.demo_subscribers:
