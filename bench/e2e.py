@@ -422,14 +422,13 @@ def unique(records: list[Record]) -> list[Record]:
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     """CPU time (user + system) of each process so far, and of this one as ``bench``."""
-    tick = os.sysconf("SC_CLK_TCK")
+    from bench.cpu import process_cpu_seconds
+
     used: dict[str, float] = {}
     for name, pid in pids.items():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        used[name] = (int(fields[11]) + int(fields[12])) / tick
+        seconds = process_cpu_seconds(pid)
+        if seconds is not None:
+            used[name] = seconds
     times = os.times()
     used["bench"] = times.user + times.system
     return used
