@@ -53,7 +53,6 @@ Record = tuple[float, str, str, str, str]
 STATUSES_PER_PAYMENT = 4  # submitted, approved, captured, completed
 TOKEN = "bench-sandbox-token"
 RESULTS_PATH = Path(__file__).with_name("results.md")
-CLI = [sys.executable, "-m", "kartahook.cli"]
 GOAL_RATIO = 0.5
 GOAL_P99_MS = 100.0
 
@@ -161,6 +160,7 @@ def run_noop_worker(redis_url: str) -> None:
 
 async def enqueue_noops(redis_url: str, count: int) -> None:
     """Write ``count`` no-op jobs in arq's own format (what ``enqueue_job`` writes)."""
+    from service.clock import now_ms
     from service.domain.events import arq_job_bytes
     from service.settings import Settings
     from service.store.client import redis_client
@@ -168,13 +168,13 @@ async def enqueue_noops(redis_url: str, count: int) -> None:
     queue = Settings().queue_name
     client = redis_client(redis_url)
     try:
-        now_ms = int(time.time() * 1000)
+        now = now_ms()
         for start in range(0, count, 1000):
             pipe = client.pipeline(transaction=False)
             for i in range(start, min(count, start + 1000)):
                 job_id = f"noop{i:08d}"
-                pipe.psetex(f"arq:job:{job_id}", 86_400_000, arq_job_bytes(NOOP, [], now_ms))
-                pipe.zadd(queue, {job_id: now_ms})
+                pipe.psetex(f"arq:job:{job_id}", 86_400_000, arq_job_bytes(NOOP, [], now))
+                pipe.zadd(queue, {job_id: now})
             await pipe.execute()
     finally:
         await client.aclose()
@@ -210,12 +210,12 @@ OVERRIDES: dict[str, str] = {}
 
 def child_env(extra: dict[str, str]) -> dict[str, str]:
     """The environment of a child: no inherited ``KARTAHOOK_*``, only ``--set`` and ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KARTAHOOK_")}
-    env.update(OVERRIDES)
+    from kartahook.stack import isolated_env
+
+    env = isolated_env(OVERRIDES)
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["PYTHONUNBUFFERED"] = "1"
-    env["KARTAHOOK_LOG_FORMAT"] = "json"
     env.update(extra)
     return env
 
@@ -237,120 +237,57 @@ class Stack:
 async def pipeline_stack(
     workdir: Path, subscribers: int, concurrency: int | None, profile_dir: Path | None = None
 ) -> AsyncIterator[Stack]:
-    from kartahook.supervisor import ChildSpec, Supervisor, http_ok, tcp_open
-    from service.domain.signing import generate_secret
-    from service.store.server import RedisServer, free_port
+    """The whole stack, built by :class:`kartahook.stack.Stack` (as ``kartahook run`` and the
+    end-to-end tests build it), with the receiver serving every subscriber's URL."""
+    from kartahook import stack as builder
+    from kartahook.supervisor import ChildSpec, http_ok
+    from service.store.server import free_port
 
     name = f"{subscribers}sub" + ("-profiled" if profile_dir else "")
     base = workdir / name
-    base.mkdir(parents=True, exist_ok=True)
-    redis = RedisServer(base / "redis", appendonly=True).start()
-    supervisor = Supervisor(base / "log", grace_s=10.0)
-    try:
-        ports = {n: free_port() for n in ("service", "sandbox", "receiver")}
-        url = {n: f"http://127.0.0.1:{p}" for n, p in ports.items()}
-        source_secret = generate_secret()
-        (base / "sources.yaml").write_text(
-            f'sources:\n  kartapay: {{secrets: ["{source_secret}"]}}\n'
-        )
-        lines = ["subscribers:"]
-        for i in range(1, subscribers + 1):
-            lines += [
-                f"  - id: bench{i}",
-                f"    url: {url['receiver']}/s{i}",
-                f'    secret: "{generate_secret()}"',
-                '    events: ["payment.*"]',
-            ]
-            if concurrency:
-                lines.append(f"    concurrency: {concurrency}")
-        (base / "subscribers.yaml").write_text("\n".join(lines) + "\n")
-        env = child_env(
-            {
-                "KARTAHOOK_REDIS_URL": redis.url,
-                "KARTAHOOK_KARTAPAY_URL": url["sandbox"],
-                "KARTAHOOK_KARTAPAY_TOKEN": TOKEN,
-                "KARTAHOOK_SOURCES_FILE": str(base / "sources.yaml"),
-                "KARTAHOOK_SUBSCRIBERS_FILE": str(base / "subscribers.yaml"),
-            }
-        )
+    receiver_port = free_port()
+    receiver_url = f"http://127.0.0.1:{receiver_port}"
 
-        def profiled(role: str, argv: list[str]) -> list[str]:
-            if profile_dir is None:
-                return argv
-            out = profile_dir / f"{role}-{subscribers}sub"
-            return [
-                py_spy(),
-                "record",
-                "--format",
-                "raw",
-                "--rate",
-                "250",
-                "-o",
-                f"{out}.txt",
-                "--",
-                *argv,
-            ]
+    def profiled(role: str, argv: list[str]) -> list[str]:
+        if profile_dir is None:
+            return argv
+        out = profile_dir / f"{role}-{subscribers}sub"
+        return [py_spy(), "record", "--format", "raw", "--rate", "250", "-o", f"{out}.txt",
+                "--", *argv]  # fmt: skip
 
-        specs = [
-            ChildSpec(
-                "receiver",
-                [sys.executable, "-m", "bench.e2e", "--receiver", str(ports["receiver"])],
-                env,
-                http_ok(url["receiver"] + "/healthz"),
-            ),
-            ChildSpec(
-                "sandbox",
-                [
-                    *CLI,
-                    "sandbox",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(ports["sandbox"]),
-                    "--step-delay",
-                    "0.01",
-                ],
-                env,
-                tcp_open("127.0.0.1", ports["sandbox"]),
-            ),
-            ChildSpec(
-                "service",
-                profiled(
-                    "service",
-                    [
-                        *CLI,
-                        "serve",
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(ports["service"]),
-                    ],
-                ),
-                env,
-                http_ok(url["service"] + "/healthz"),
-            ),
-            ChildSpec("worker", profiled("worker", [*CLI, "worker"]), env, None),
-        ]
-        never = asyncio.Event()
-        for spec in specs:
-            child = supervisor.start(spec)
-            await supervisor.wait_ready(child, never)
-        await wait_worker_ready(redis.url)
-        yield Stack(
-            url["service"],
-            url["sandbox"],
-            url["receiver"],
-            subscribers,
-            source_secret,
-            supervisor,
-            {"redis": redis.process.pid if redis.process else 0}
-            | {c.name: c.pid for c in supervisor.children},
-        )
-    finally:
-        if profile_dir is not None:
-            await stop_profiled(supervisor)
-        await supervisor.stop_all(lambda _: None)
-        redis.stop()
+    receiver = ChildSpec(
+        "receiver",
+        [sys.executable, "-m", "bench.e2e", "--receiver", str(receiver_port)],
+        child_env({}),
+        http_ok(receiver_url + "/healthz"),
+    )
+    stack = builder.Stack(
+        base,
+        subscribers=[
+            builder.Subscriber(f"bench{i}", f"{receiver_url}/s{i}", concurrency=concurrency)
+            for i in range(1, subscribers + 1)
+        ],
+        extra_children=[receiver],
+        token=TOKEN,
+        base_env=child_env({}),
+        sandbox_args=("--step-delay", "0.01"),
+        sandbox_webhooks=False,
+        wrap_argv=profiled,
+    )
+    async with stack:
+        try:
+            yield Stack(
+                stack.service_url,
+                stack.sandbox_url,
+                receiver_url,
+                subscribers,
+                stack.source_secret,
+                stack.supervisor,
+                stack.pids(),
+            )
+        finally:
+            if profile_dir is not None:
+                await stop_profiled(stack.supervisor)
 
 
 def py_spy() -> str:
@@ -369,21 +306,6 @@ async def stop_profiled(supervisor: Any) -> None:
         if child.name in ("worker", "service"):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 await asyncio.to_thread(child.process.wait, 30)
-
-
-async def wait_worker_ready(redis_url: str, timeout_s: float = 60.0) -> None:
-    from service.settings import Settings
-    from service.store.client import redis_client
-
-    client = redis_client(redis_url)
-    deadline = time.monotonic() + timeout_s
-    try:
-        while not await client.exists(Settings().queue_name + ":health-check"):
-            if time.monotonic() > deadline:
-                raise TimeoutError("the worker did not start")
-            await asyncio.sleep(0.1)
-    finally:
-        await client.aclose()
 
 
 async def completed_payments(sandbox_url: str, count: int) -> list[str]:
@@ -499,14 +421,13 @@ def unique(records: list[Record]) -> list[Record]:
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     """CPU time (user + system) of each process so far, and of this one as ``bench``."""
-    tick = os.sysconf("SC_CLK_TCK")
+    from bench.cpu import process_cpu_seconds
+
     used: dict[str, float] = {}
     for name, pid in pids.items():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        used[name] = (int(fields[11]) + int(fields[12])) / tick
+        seconds = process_cpu_seconds(pid)
+        if seconds is not None:
+            used[name] = seconds
     times = os.times()
     used["bench"] = times.user + times.system
     return used

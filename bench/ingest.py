@@ -40,6 +40,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from bench.cpu import process_cpu_seconds
+
 LUA_SCRIPT = Path(__file__).with_name("ingest.lua")
 PATH = "/v1/webhooks/kartapay"
 
@@ -121,15 +123,6 @@ def run_wrk(
     return stats
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process so far (Linux ``/proc``), or None elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def start_server(target: str, port: int, env: dict[str, str], log_path: Path) -> Any:
     log_file = log_path.open("w")
     process = subprocess.Popen(
@@ -190,9 +183,9 @@ def bench(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                     measured = workdir / f"{target}-{round_no}.tsv"
                     prefix = f"{target}{round_no}"
                     write_requests(measured, secret, int(round_s * args.events_per_s), prefix)
-                    cpu_before = cpu_seconds(processes[target].pid)
+                    cpu_before = process_cpu_seconds(processes[target].pid)
                     stats = run_wrk(port, measured, round_s, args.connections, args.threads)
-                    cpu_after = cpu_seconds(processes[target].pid)
+                    cpu_after = process_cpu_seconds(processes[target].pid)
                     if cpu_before is not None and cpu_after is not None and stats["requests"]:
                         stats["cpu_us"] = (cpu_after - cpu_before) / stats["requests"] * 1e6
                     runs[target].append(stats)

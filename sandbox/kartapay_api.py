@@ -13,7 +13,6 @@ import dataclasses
 import random
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -33,22 +32,12 @@ from sandbox.listing import build_page, parse_query
 from sandbox.middleware import BearerAuthMiddleware, FaultInjectionMiddleware
 from sandbox.payments_store import PaymentRecord, PaymentStore
 from sandbox.schemas import CLAIM_SCHEMA, PLAN_SCHEMA, validate
+from sandbox.state import Sandbox
 from sandbox.webhooks import WebhookSender
 
 __all__ = ["Sandbox", "SandboxConfig", "create_app"]
 
 log = structlog.get_logger("sandbox.api")
-
-
-@dataclass
-class Sandbox:
-    """The running sandbox: its own copy of the config, and its parts."""
-
-    config: SandboxConfig
-    rng: random.Random
-    store: PaymentStore
-    lifecycle: Lifecycle
-    sender: WebhookSender
 
 
 def json_response(

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from typing import TYPE_CHECKING
 
 import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sandbox.errors import error_response
-
-if TYPE_CHECKING:
-    from sandbox.kartapay_api import Sandbox
+from sandbox.state import Sandbox
 
 log = structlog.get_logger("sandbox.api")
 

@@ -1,7 +1,8 @@
 """``kartahook run``: the whole pipeline on one machine, then a few demo payments.
 
-Starts, in this order and each as ``python -m kartahook.cli <command>``: an embedded Redis (when
-``KARTAHOOK_REDIS_URL`` is unset), the demo subscriber, the service, a worker and the sandbox.
+Starts, through the one stack builder (:mod:`kartahook.stack`), in this order and each as
+``python -m kartahook.cli <command>``: an embedded Redis (when ``KARTAHOOK_REDIS_URL`` is unset),
+the demo subscriber, the service, a worker and the sandbox.
 It waits until each is ready, prints what listens where, drives demo payments through their
 lifecycle and shows the deliveries as they arrive. Ctrl-C or SIGTERM stops everything, last
 started first. Commands this build does not have yet are skipped, with a message; without the
@@ -20,46 +21,24 @@ import importlib
 import json
 import os
 import signal
-import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import redis.asyncio as aioredis
 
 from kartahook.demo import ReceivedWatcher
-from kartahook.supervisor import (
-    ChildFailed,
-    ChildSpec,
-    ReadyCheck,
-    Supervisor,
-    http_ok,
-    port_is_free,
-    tcp_open,
-)
-from service.domain.signing import generate_secret
+from kartahook.stack import OPTIONAL_COMMANDS, SUBSCRIBER_PATH, DemoSubscriber, Stack
+from kartahook.supervisor import ChildFailed, Supervisor, port_is_free
 from service.settings import Settings
-from service.store.client import redacted_url, redis_client
-from service.store.server import RedisServer, free_port
+from service.store.client import redacted_url
+from service.store.server import free_port
 
 DEFAULT_BASE_PORT = 8700
 # Port of each component: the base port plus this offset.
 PORT_OFFSETS = {"service": 0, "sandbox": 1, "subscriber": 2, "redis": 3, "admin": 4}
-SOURCE_SECRET_ENV = "KARTAPAY_WEBHOOK_SECRET"  # noqa: S105 (variable names, not secrets)
-SUBSCRIBER_SECRET_ENV = "DEMO_SUBSCRIBER_WEBHOOK_SECRET"  # noqa: S105
-SUBSCRIBER_ID = "demo"
-SUBSCRIBER_PATH = "/hooks/payments"
+SUBSCRIBER_ID = "demo"  # its secret: $DEMO_SUBSCRIBER_WEBHOOK_SECRET in the subscribers file
 # A worker with no health-check key yet is taken as ready after this many seconds.
 WORKER_SETTLE_S = 10.0
-# Components in start order (stopped in reverse), with the command each runs.
-START_ORDER = {
-    "demo-subscriber": "demo-subscriber",
-    "service": "serve",
-    "worker": "worker",
-    "sandbox": "sandbox",
-}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,164 +99,64 @@ def choose_ports(args: argparse.Namespace) -> dict[str, int]:
     return ports
 
 
-@dataclass
-class Stack:
-    """What ``kartahook run`` decided and started."""
+def run_stack(args: argparse.Namespace, settings: Settings) -> Stack:
+    """The stack ``kartahook run`` starts: one demo subscriber, the pipeline, the sandbox."""
+    ports = choose_ports(args)
+    demo = DemoSubscriber(SUBSCRIBER_ID, port=ports["subscriber"], name="demo-subscriber")
+    return Stack(
+        args.var_dir,
+        host=args.host,
+        ports={name: ports[name] for name in ("service", "admin", "sandbox", "redis")},
+        demo_subscribers=[demo],
+        token=settings.kartapay_token.get_secret_value(),
+        redis_url=settings.redis_url or "",
+        tolerate_failures=True,
+        worker_settle_s=WORKER_SETTLE_S,
+        grace_s=args.grace,
+        report=lambda line: print(line, flush=True),
+    )
 
-    host: str
-    ports: dict[str, int]
-    var_dir: Path
-    settings: Settings
-    skipped: dict[str, str] = field(default_factory=dict)
-    redis: RedisServer | None = None
-    redis_url: str = ""
-    source_secret: str = field(default_factory=generate_secret, repr=False)
-    subscriber_secret: str = field(default_factory=generate_secret, repr=False)
 
-    def url(self, component: str) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"http://{host}:{self.ports[component]}"
+def subscriber_base_url(stack: Stack) -> str:
+    """Where the demo subscriber answers (``GET /received``)."""
+    return stack.demo_subscribers[0].base_url(stack.client_host)
 
-    @property
-    def pipeline(self) -> bool:
-        """Whether webhooks go through the service and the worker (else straight to the demo)."""
-        return "serve" not in self.skipped and "worker" not in self.skipped
 
-    @property
-    def subscriber_url(self) -> str:
-        return self.url("subscriber") + SUBSCRIBER_PATH
-
-    @property
-    def webhook_url(self) -> str:
-        if self.pipeline:
-            return self.url("service") + "/v1/webhooks/kartapay"
-        return self.url("subscriber") + "/hooks/kartapay"
-
-    def write_config_files(self) -> tuple[Path, Path]:
-        """The sources and subscribers files; their secrets are ``${VAR}``s from the env."""
-        sources = self.var_dir / "sources.yaml"
-        sources.write_text(
-            "# Written by kartahook run; the secret comes from the environment.\n"
-            f'sources:\n  kartapay: {{secrets: ["${{{SOURCE_SECRET_ENV}}}"]}}\n'
+def describe(stack: Stack) -> list[str]:
+    pids = stack.pids()
+    if stack.redis:
+        rows = [("redis", redacted_url(stack.redis_url), "embedded, AOF on, data in var/redis")]
+    else:
+        rows = [("redis", redacted_url(stack.redis_url), "KARTAHOOK_REDIS_URL")]
+    subscriber_url = subscriber_base_url(stack) + SUBSCRIBER_PATH
+    rows.append(("demo-subscriber", subscriber_url, "GET /received lists deliveries"))
+    if "service" in pids:
+        rows.append(("service", stack.service_url, "POST /v1/webhooks/kartapay"))
+        rows.append(("service (admin)", stack.admin_url, "/admin, /metrics"))
+    if "worker" in pids:
+        rows.append(("worker", "-", f"arq worker, pid {pids['worker']}"))
+    if "sandbox" in pids:
+        rows.append(
+            ("sandbox", stack.sandbox_url, f"KartaPay API; webhooks to {stack.webhook_url}")
         )
-        subscribers = self.var_dir / "subscribers.yaml"
-        subscribers.write_text(
-            "# Written by kartahook run; the secret comes from the environment.\n"
-            "subscribers:\n"
-            f"  - id: {SUBSCRIBER_ID}\n"
-            f"    url: {self.subscriber_url}\n"
-            f'    secret: "${{{SUBSCRIBER_SECRET_ENV}}}"\n'
-            '    events: ["payment.*"]\n'
-        )
-        return sources, subscribers
+    return [f"  {name:<16} {where:<40} {what}" for name, where, what in rows]
 
-    def child_env(self, sources: Path, subscribers: Path) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            {
-                "PYTHONUNBUFFERED": "1",
-                "KARTAHOOK_REDIS_URL": self.redis_url,
-                "KARTAHOOK_KARTAPAY_URL": self.url("sandbox"),
-                "KARTAHOOK_KARTAPAY_TOKEN": self.settings.kartapay_token.get_secret_value(),
-                "KARTAHOOK_SOURCES_FILE": str(sources.resolve()),
-                "KARTAHOOK_SUBSCRIBERS_FILE": str(subscribers.resolve()),
-                SOURCE_SECRET_ENV: self.source_secret,
-                SUBSCRIBER_SECRET_ENV: self.subscriber_secret,
-            }
-        )
-        return env
 
-    def spec_for(self, name: str, env: dict[str, str]) -> ChildSpec:
-        """How to start the component ``name`` (one of ``START_ORDER``)."""
-        cli = [sys.executable, "-m", "kartahook.cli"]
-        host = self.host
-        if name == "demo-subscriber":
-            return ChildSpec(
-                name,
-                [*cli, "demo-subscriber", "--host", host, "--port", str(self.ports["subscriber"])],
-                # The secret reaches it through the environment, not the command line.
-                {**env, "KARTAHOOK_DEMO_SUBSCRIBER_SECRET": self.subscriber_secret},
-                http_ok(self.url("subscriber") + "/healthz"),
-            )
-        if name == "service":
-            return ChildSpec(
-                name,
-                [
-                    *cli,
-                    "serve",
-                    "--host",
-                    host,
-                    "--port",
-                    str(self.ports["service"]),
-                    "--admin-host",
-                    host,
-                    "--admin-port",
-                    str(self.ports["admin"]),
-                ],
-                env,
-                http_ok(self.url("service") + "/healthz"),
-            )
-        if name == "worker":
-            return ChildSpec(name, [*cli, "worker"], env, self._worker_ready())
-        secret = self.source_secret if self.pipeline else self.subscriber_secret
-        argv = [*cli, "sandbox", "--host", host, "--port", str(self.ports["sandbox"])]
-        argv += ["--webhook-url", self.webhook_url]
-        ready = tcp_open("127.0.0.1" if host == "0.0.0.0" else host, self.ports["sandbox"])
-        # The secret goes through the environment (the sandbox's default for --webhook-secret),
-        # so it does not show in the process list.
-        return ChildSpec(name, argv, {**env, "KARTAHOOK_SANDBOX_WEBHOOK_SECRET": secret}, ready)
-
-    def _worker_ready(self) -> ReadyCheck:
-        """Ready once arq has written its health-check key (or has run for a while)."""
-        key = self.settings.queue_name + ":health-check"
-        started = time.monotonic()
-
-        async def check() -> bool:
-            client = redis_client(self.redis_url)
-            try:
-                if await client.exists(key):
-                    return True
-            except aioredis.RedisError:
-                pass
-            finally:
-                await client.aclose()
-            return time.monotonic() - started > WORKER_SETTLE_S
-
-        return check
-
-    def describe(self, supervisor: Supervisor) -> list[str]:
-        pids = {child.name: child.pid for child in supervisor.children}
-        redis_note = "embedded, AOF on, data in var/redis" if self.redis else "KARTAHOOK_REDIS_URL"
-        rows = [("redis", redacted_url(self.redis_url), redis_note)]
-        rows.append(("demo-subscriber", self.subscriber_url, "GET /received lists deliveries"))
-        if "service" in pids:
-            rows.append(("service", self.url("service"), "POST /v1/webhooks/kartapay"))
-            rows.append(("service (admin)", self.url("admin"), "/admin, /metrics"))
-        if "worker" in pids:
-            rows.append(("worker", "-", f"arq worker, pid {pids['worker']}"))
-        if "sandbox" in pids:
-            rows.append(
-                ("sandbox", self.url("sandbox"), f"KartaPay API; webhooks to {self.webhook_url}")
-            )
-        return [f"  {name:<16} {where:<40} {what}" for name, where, what in rows]
-
-    def state(self, supervisor: Supervisor) -> dict[str, Any]:
-        """``run.json``: what runs where. No secrets."""
-        children = {child.name: child.pid for child in supervisor.children}
-        if self.redis and self.redis.process:
-            children["redis"] = self.redis.process.pid
-        return {
-            "pid": os.getpid(),
-            "mode": "pipeline" if self.pipeline else "direct",
-            "redis_url": redacted_url(self.redis_url),
-            "service_url": self.url("service") if "service" in children else None,
-            "admin_url": self.url("admin") if "service" in children else None,
-            "sandbox_url": self.url("sandbox") if "sandbox" in children else None,
-            "subscriber_url": self.url("subscriber"),
-            "webhook_url": self.webhook_url,
-            "children": children,
-            "skipped": self.skipped,
-        }
+def state(stack: Stack) -> dict[str, Any]:
+    """``run.json``: what runs where. No secrets."""
+    children = stack.pids()
+    return {
+        "pid": os.getpid(),
+        "mode": "pipeline" if stack.pipeline else "direct",
+        "redis_url": redacted_url(stack.redis_url),
+        "service_url": stack.service_url if "service" in children else None,
+        "admin_url": stack.admin_url if "service" in children else None,
+        "sandbox_url": stack.sandbox_url if "sandbox" in children else None,
+        "subscriber_url": subscriber_base_url(stack),
+        "webhook_url": stack.webhook_url,
+        "children": children,
+        "skipped": stack.skipped,
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -311,8 +190,8 @@ async def _run(args: argparse.Namespace) -> int:
     settings = Settings()
     var_dir: Path = args.var_dir
     print(f"kartahook run: data and logs in {var_dir}/ (logs: {var_dir}/log/)", flush=True)
-    stack = Stack(args.host, choose_ports(args), var_dir, settings)
-    for command in ("serve", "worker", "sandbox"):
+    stack = run_stack(args, settings)
+    for command in OPTIONAL_COMMANDS:
         reason = unavailable_reason(command)
         if reason:
             stack.skipped[command] = reason
@@ -321,19 +200,18 @@ async def _run(args: argparse.Namespace) -> int:
         print("  without the service and a worker, the sandbox's webhooks go straight to the demo "
               "subscriber", flush=True)  # fmt: skip
 
-    supervisor = Supervisor(var_dir / "log", grace_s=args.grace)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
     def on_signal() -> None:
         if stop.is_set():
-            supervisor.force = True
+            stack.supervisor.force = True
         stop.set()
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal)
 
-    work = asyncio.create_task(_start_and_demo(args, stack, supervisor, stop))
+    work = asyncio.create_task(_start_and_demo(args, stack, stop))
     stopper = asyncio.create_task(stop.wait())
     code = 0
     try:
@@ -354,58 +232,28 @@ async def _run(args: argparse.Namespace) -> int:
         code = 1
     finally:
         stopper.cancel()
-        await supervisor.stop_all(lambda line: print(line, flush=True))
-        if stack.redis is not None:
-            await asyncio.to_thread(stack.redis.stop)
-            print("  stopped redis", flush=True)
+        await stack.stop()
         with contextlib.suppress(OSError):
             (var_dir / "run.json").unlink()
     return code
 
 
-async def _start_and_demo(
-    args: argparse.Namespace, stack: Stack, supervisor: Supervisor, stop: asyncio.Event
-) -> int:
+async def _start_and_demo(args: argparse.Namespace, stack: Stack, stop: asyncio.Event) -> int:
     """Start everything, show it, run the demo, then show deliveries until stopped."""
-    if stack.settings.redis_url:
-        stack.redis_url = stack.settings.redis_url
-    else:
-        server = RedisServer(stack.var_dir / "redis", port=stack.ports["redis"])
-        stack.redis = server
-        await asyncio.to_thread(server.start, 30.0)
-        stack.redis_url = server.url
-    sources, subscribers = stack.write_config_files()
-    env = stack.child_env(sources, subscribers)
-    for name, command in START_ORDER.items():
-        if command in stack.skipped:
-            continue
-        child = supervisor.start(stack.spec_for(name, env))
-        try:
-            if not await supervisor.wait_ready(child, stop):
-                return 0
-        except ChildFailed as exc:
-            if name == "demo-subscriber":
-                raise
-            # A command this build has but cannot run yet: carry on without it, and say so.
-            print(f"  `kartahook {command}` failed to start ({exc}); last lines of "
-                  f"{child.log_path}:\n{child.log_tail(8)}", flush=True)  # fmt: skip
-            await supervisor.discard(child)
-            stack.skipped[command] = "failed to start"
-            if name in ("service", "worker"):
-                print("  carrying on without it: the sandbox's webhooks go straight to the demo "
-                      "subscriber", flush=True)  # fmt: skip
+    if not await stack.start(stop):
+        return 0
     state_path = stack.var_dir / "run.json"
-    state_path.write_text(json.dumps(stack.state(supervisor), indent=2) + "\n")
+    state_path.write_text(json.dumps(state(stack), indent=2) + "\n")
     print("ready:", flush=True)
-    for line in stack.describe(supervisor):
+    for line in describe(stack):
         print(line, flush=True)
     print(
         "Ctrl-C stops everything. `kartahook demo --payments N` drives more payments.", flush=True
     )
 
     async with httpx.AsyncClient(timeout=5.0) as http:
-        watcher = ReceivedWatcher(stack.url("subscriber"), http)
-        watch = asyncio.create_task(_show_deliveries(watcher, supervisor))
+        watcher = ReceivedWatcher(subscriber_base_url(stack), http)
+        watch = asyncio.create_task(_show_deliveries(watcher, stack.supervisor))
         try:
             if not args.no_demo and "sandbox" not in stack.skipped:
                 await _demo(args, stack, watcher)
@@ -422,9 +270,9 @@ async def _demo(args: argparse.Namespace, stack: Stack, shown: ReceivedWatcher) 
 
     print(f"demo: driving {args.payments} payments through their lifecycle…", flush=True)
     try:
-        async with KartaPayClient(stack.url("sandbox"), stack.settings.kartapay_token) as client:
+        async with KartaPayClient(stack.sandbox_url, stack.token) as client:
             result = await run_demo(
-                client, stack.url("subscriber"), args.payments, timeout_s=args.demo_timeout
+                client, subscriber_base_url(stack), args.payments, timeout_s=args.demo_timeout
             )
     except (KartaPayError, httpx.HTTPError) as exc:
         print(f"demo: failed: {exc}", flush=True)

@@ -20,7 +20,6 @@ from service.kartapay.errors import (
     ServerError,
     TransportError,
     UnauthorizedError,
-    parse_retry_after,
 )
 from service.kartapay.models import (
     GATEWAY_CODES,
@@ -42,6 +41,7 @@ from service.kartapay.models import (
     Purchase,
     PurchaseItem,
 )
+from service.retry_after import parse_retry_after
 
 SPEC_PATH = Path(__file__).with_name("kartapay-api-spec.json")
 

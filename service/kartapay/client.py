@@ -27,7 +27,6 @@ from service.kartapay.errors import (
     RequestTimeoutError,
     TransportError,
     error_class_for,
-    parse_retry_after,
     short_detail,
 )
 from service.kartapay.models import (
@@ -39,6 +38,7 @@ from service.kartapay.models import (
     PaymentEnvelope,
     PaymentRecord,
 )
+from service.retry_after import parse_retry_after
 
 if TYPE_CHECKING:
     from service.settings import Settings

@@ -24,11 +24,6 @@ for tracebacks, which print its message and not its request.
 
 from __future__ import annotations
 
-import email.utils
-import math
-import time
-from datetime import UTC
-
 MAX_DETAIL_CHARS = 200
 
 
@@ -126,34 +121,6 @@ def error_class_for(status_code: int) -> type[ApiError]:
     if status_code >= 500:
         return ServerError
     return _ERRORS_BY_STATUS.get(status_code, ApiError)
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP-date.
-
-    A date in the past gives ``0.0``; a missing, empty or unreadable value gives ``None``.
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        if math.isfinite(seconds) and seconds >= 0:
-            return seconds
-        return None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # "-0000": the zone is not said; HTTP dates are always UTC
-        when = when.replace(tzinfo=UTC)
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
 
 
 def short_detail(text: str) -> str | None:

@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from service import config_files
 from service.domain.events import KEY_PREFIX
 from service.domain.signing import decode_secret, generate_secret
 
@@ -45,7 +46,6 @@ RESERVED_HEADERS = frozenset(
         "connection",
     }
 )
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class SubscriberError(ValueError):
@@ -197,21 +197,12 @@ def build_subscriber(data: Mapping[str, Any], allowlist: Iterable[str]) -> Subsc
 
 
 def expand_env(value: Any, env: Mapping[str, str]) -> Any:
-    """Replace ``${NAME}`` in every string of ``value`` from ``env``; a missing name is an error."""
-    if isinstance(value, str):
-
-        def substitute(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in env:
-                raise SubscriberError("missing_env", f"environment variable {name} is not set")
-            return env[name]
-
-        return _ENV_REF.sub(substitute, value)
-    if isinstance(value, list):
-        return [expand_env(item, env) for item in value]
-    if isinstance(value, dict):
-        return {key: expand_env(item, env) for key, item in value.items()}
-    return value
+    """``value`` with ``${NAME}`` / ``${NAME:-default}`` expanded (:mod:`service.config_files`);
+    an unset name without a default is a ``missing_env`` error naming it."""
+    try:
+        return config_files.expand_env(value, env)
+    except config_files.ConfigFileError as exc:
+        raise SubscriberError("missing_env", str(exc)) from None
 
 
 def load_subscribers_file(
@@ -227,9 +218,9 @@ def load_subscribers_file(
     for index, entry in enumerate(document.get("subscribers") or []):
         if not isinstance(entry, dict):
             raise SubscriberError("invalid_file", f"{path}: subscriber #{index} is not a mapping")
-        data = expand_env(entry, os.environ if env is None else env)
-        data["origin"] = "file"
         try:
+            data = expand_env(entry, os.environ if env is None else env)
+            data["origin"] = "file"
             subscriber = build_subscriber(data, allowed)
         except SubscriberError as exc:
             raise SubscriberError(exc.code, f"{path}: subscriber #{index}: {exc.message}") from exc

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from kartahook.stack import isolated_env
 from kartahook.supervisor import port_is_open
 
 START_TIMEOUT_S = 150.0
@@ -29,8 +30,7 @@ class RunProcess:
     def __init__(self, cwd: Path, *args: str) -> None:
         self.cwd = cwd
         self.output_path = cwd / "run.out"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KARTAHOOK_")}
-        env["KARTAHOOK_LOG_FORMAT"] = "json"
+        env = isolated_env()
         with self.output_path.open("wb") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "kartahook.cli", "run", "--port", "0", *args],

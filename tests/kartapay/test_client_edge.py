@@ -30,7 +30,6 @@ from service.kartapay import (
     RequestTimeoutError,
     ServerError,
     TransportError,
-    parse_retry_after,
 )
 from service.settings import Settings
 
@@ -91,18 +90,6 @@ async def test_retry_after_http_date_is_parsed_into_seconds() -> None:
     assert caught.value.retry_after is not None
     assert 100 <= caught.value.retry_after <= 121
     assert caught.value.detail == "slow down"
-
-
-def test_parse_retry_after_forms() -> None:
-    """Retry-After parses delay-seconds and HTTP-dates; past dates give 0, junk gives None."""
-    now = 1_700_000_000.0
-    assert parse_retry_after("7", now=now) == 7.0
-    assert parse_retry_after(" 1.5 ", now=now) == 1.5
-    assert parse_retry_after(email.utils.formatdate(now + 30, usegmt=True), now=now) == 30.0
-    assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now=now) == 0.0
-    assert parse_retry_after(email.utils.formatdate(now + 30), now=now) == 30.0  # "-0000" zone
-    for junk in (None, "", "soon", "-3", "nan", "inf"):
-        assert parse_retry_after(junk, now=now) is None
 
 
 async def test_503_with_retry_after_is_a_server_error_carrying_it() -> None:

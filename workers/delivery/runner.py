@@ -15,7 +15,9 @@ import httpx
 import redis.asyncio as aioredis
 import structlog
 
+from service.clock import now_ms
 from service.logging import write_json_line
+from service.retry_after import parse_retry_after
 from service.settings import Settings
 from service.store.deliveries import parse_deliver_job_id
 from service.store.delivery_state import Acquired, FanoutStore
@@ -29,7 +31,7 @@ from service.store.subscribers import (
 from workers.delivery import metrics
 from workers.delivery.client import AttemptResult, post_once
 from workers.delivery.message import delivery_headers
-from workers.delivery.schedule import RetrySchedule, breaker_wake_jitter_ms, parse_retry_after
+from workers.delivery.schedule import RetrySchedule, breaker_wake_jitter_ms
 
 log = structlog.get_logger("kartahook.fanout")
 
@@ -39,10 +41,6 @@ INLINE_CHAIN_MAX = 16
 JOB_TIMEOUT_MARGIN_S = 5.0
 # ctx key of the worker's "stopping" event (set on SIGTERM): no new attempts are chained.
 STOPPING = "stopping"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass

@@ -3,7 +3,6 @@ jitter, and ``Retry-After`` honoured within bounds."""
 
 from __future__ import annotations
 
-import email.utils
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,20 +27,6 @@ def breaker_wake_jitter_ms(cooldown_s: float, rng: random.Random | None = None) 
     """A random spread (ms) for the wake-up of a delivery parked behind an open breaker, so the
     parked deliveries of a subscriber do not all come back at the same instant."""
     return int((rng or random).uniform(0, min(1000.0, cooldown_s * 200)))
-
-
-def parse_retry_after(value: str | None, now_s: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - now_s)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope
 from service import metrics
 from service.api.ingest.sources.base import InboundRequest, Rejection, Source, Unroutable
 from service.api.middleware import TOO_LARGE_BODY, TOO_LARGE_HEADERS
+from service.clock import now_ms
 from service.store.events import EventStore, RedisUnavailable, StoreResult
 
 UNKNOWN_SOURCE = "unknown"
@@ -153,5 +154,5 @@ def _inbound_request(scope: Scope, body: bytes) -> InboundRequest:
         query,
         body,
         client[0] if client else None,  # client_ip
-        time.time_ns() // 1_000_000,  # received_at_ms
+        now_ms(),  # received_at_ms
     )

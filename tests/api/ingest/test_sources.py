@@ -22,7 +22,7 @@ from service.api.ingest.sources import (
     WrongContentType,
     build_sources,
 )
-from service.api.ingest.sources.config import ConfigFileError, expand_env, load_sources
+from service.api.ingest.sources.config import ConfigFileError, load_sources
 from service.domain.signing import generate_secret
 
 BODY = orjson.dumps({"type": "payment.captured", "data": {"id": "pay_123", "status": "captured"}})
@@ -215,14 +215,6 @@ def test_named_source_of_a_known_type() -> None:
     assert (
         sources["kp-eu"].verify(make_request(BODY, sw_headers(secret, "m", BODY))).source == "kp-eu"
     )
-
-
-def test_env_expansion() -> None:
-    """${VAR} is replaced, ${VAR:-default} falls back, and an unset ${VAR} is an error."""
-    env = {"A": "x"}
-    assert expand_env({"k": ["${A}-${B:-y}"]}, env) == {"k": ["x-y"]}
-    with pytest.raises(ConfigFileError, match="MISSING"):
-        expand_env({"k": "${MISSING}"}, env)
 
 
 def test_sources_file_loads_with_env_secrets(tmp_path: Path) -> None:

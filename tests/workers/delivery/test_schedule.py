@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime
-from email.utils import format_datetime
 
 from service.settings import Settings
-from workers.delivery.schedule import RetrySchedule, build_delays, parse_retry_after
+from workers.delivery.schedule import RetrySchedule, build_delays
 
 
 def test_default_schedule_runs_about_three_days() -> None:
@@ -41,13 +39,3 @@ def test_retry_after_wins_when_longer_and_is_capped() -> None:
     assert schedule.next_delay(1, 1) == 5
     assert schedule.next_delay(1, 30) == 30
     assert schedule.next_delay(1, 10_000) == 60
-
-
-def test_parse_retry_after_seconds_and_http_date() -> None:
-    """Retry-After as delta seconds or as an HTTP date; garbage is ignored."""
-    now = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
-    later = format_datetime(datetime(2024, 5, 1, 12, 0, 30, tzinfo=UTC), usegmt=True)
-    assert parse_retry_after("120", now.timestamp()) == 120
-    assert parse_retry_after(later, now.timestamp()) == 30
-    assert parse_retry_after("soon", now.timestamp()) is None
-    assert parse_retry_after(None, now.timestamp()) is None

@@ -1,4 +1,5 @@
-"""The sources file (``KARTAHOOK_SOURCES_FILE``): YAML, with ``${ENV_VAR}`` expanded in strings.
+"""The sources file (``KARTAHOOK_SOURCES_FILE``): YAML, with ``${ENV_VAR}`` expanded in strings
+(by :mod:`service.config_files`, which the subscribers file uses too).
 
 ```yaml
 sources:
@@ -11,63 +12,14 @@ empty); ``${NAME:-default}`` falls back to ``default``.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from service.api.ingest.sources.base import Source
 from service.api.ingest.sources.registry import SourceConfigError, build_sources
-
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-class ConfigFileError(ValueError):
-    """A configuration file cannot be read, parsed or expanded."""
-
-
-def expand_env(value: Any, environ: Mapping[str, str], where: str = "") -> Any:
-    """``value`` with every ``${VAR}`` in its strings replaced, at any depth."""
-    if isinstance(value, str):
-
-        def substitute(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            if name in environ:
-                return environ[name]
-            if default is not None:
-                return default
-            raise ConfigFileError(f"{where or 'value'}: environment variable {name} is not set")
-
-        return _ENV_REF.sub(substitute, value)
-    if isinstance(value, list):
-        return [expand_env(item, environ, f"{where}[{i}]") for i, item in enumerate(value)]
-    if isinstance(value, dict):
-        return {
-            key: expand_env(item, environ, f"{where}.{key}" if where else str(key))
-            for key, item in value.items()
-        }
-    return value
-
-
-def load_yaml_file(path: Path, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """A YAML mapping from ``path`` with ``${ENV}`` references expanded."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigFileError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigFileError(f"{path}: not valid YAML ({exc})") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigFileError(f"{path}: the top level must be a mapping")
-    expanded: dict[str, Any] = expand_env(data, os.environ if environ is None else environ)
-    return expanded
+from service.config_files import ConfigFileError, expand_env, load_yaml_file
 
 
 def load_sources_config(

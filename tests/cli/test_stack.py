@@ -1,0 +1,109 @@
+"""The one whole-stack builder (kartahook.stack): files, environment, start order, skipping.
+
+Starting the stack for real is covered by tests/e2e (the ``stack`` fixture) and tests/cli/test_run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kartahook.stack import SOURCE_SECRET_ENV, DemoSubscriber, Stack, Subscriber, isolated_env
+from kartahook.supervisor import ChildSpec
+from service.api.ingest.sources.config import load_sources_config
+from service.store.subscribers import load_subscribers_file
+
+
+def two_subscriber_stack(tmp_path: Path, **options: Any) -> Stack:
+    demo = DemoSubscriber("demo", name="demo-subscriber")
+    web = DemoSubscriber("web-settlements", events=("payment.completed",), channels=("web",))
+    extra = Subscriber("bench1", "http://127.0.0.1:9/s1", concurrency=2)
+    return Stack(tmp_path, demo_subscribers=[demo, web], subscribers=[extra], **options)
+
+
+def test_config_files_hold_references_and_the_env_holds_the_secrets(tmp_path: Path) -> None:
+    """The written files name ${VAR}s only; the children's env gives each its secret, and the
+    files then load (through the one expander) with those secrets."""
+    stack = two_subscriber_stack(tmp_path)
+    sources, subscribers = stack.write_config_files()
+    text = sources.read_text() + subscribers.read_text()
+    assert "whsec_" not in text
+    env = stack.child_env(sources, subscribers)
+    assert env[SOURCE_SECRET_ENV] == stack.source_secret
+    assert env["DEMO_SUBSCRIBER_WEBHOOK_SECRET"] == stack.demo_subscribers[0].secret
+    assert env["WEB_SETTLEMENTS_SUBSCRIBER_WEBHOOK_SECRET"] == stack.demo_subscribers[1].secret
+    assert env["KARTAHOOK_SUBSCRIBERS_FILE"] == str(subscribers)
+    loaded = {s.id: s for s in load_subscribers_file(subscribers, ["127.0.0.1"], env=env)}
+    assert set(loaded) == {"demo", "web-settlements", "bench1"}
+    assert loaded["web-settlements"].secret == stack.demo_subscribers[1].secret
+    assert loaded["web-settlements"].channels == ["web"]
+    assert loaded["bench1"].concurrency == 2
+    port = stack.demo_subscribers[0].port
+    assert loaded["demo"].url == f"http://127.0.0.1:{port}/hooks/payments"
+    assert load_sources_config(sources, env)["kartapay"]["secrets"] == [stack.source_secret]
+    assert yaml.safe_load(subscribers.read_text())["subscribers"][2]["url"].endswith("/s1")
+
+
+def test_start_order_and_skipped_commands(tmp_path: Path) -> None:
+    """Children start extra, demo subscribers, service, workers, sandbox; skipped ones are left
+    out, and without service or worker the sandbox's webhooks go to the first demo subscriber."""
+    extra = ChildSpec("receiver", ["true"], {})
+    stack = two_subscriber_stack(tmp_path, extra_children=[extra], workers=2)
+    names = [spec.name for _, spec in stack.specs({})]
+    assert names == [
+        "receiver",
+        "demo-subscriber",
+        "subscriber-web-settlements",
+        "service",
+        "worker",
+        "worker-2",
+        "sandbox",
+    ]
+    assert stack.pipeline
+    assert stack.webhook_url == stack.service_url + "/v1/webhooks/kartapay"
+    stack.skipped["worker"] = "not in this build yet"
+    assert [spec.name for _, spec in stack.specs({})][-2:] == ["service", "sandbox"]
+    assert not stack.pipeline
+    port = stack.demo_subscribers[0].port
+    assert stack.webhook_url == f"http://127.0.0.1:{port}/hooks/kartapay"
+
+
+def test_sandbox_gets_its_secret_by_env_and_its_extra_arguments(tmp_path: Path) -> None:
+    """The sandbox's webhook secret is in its environment, not its argv; sandbox_args follow;
+    with sandbox_webhooks off it gets no webhook URL and no secret."""
+    stack = two_subscriber_stack(tmp_path, sandbox_args=("--seed", "6"))
+    env = stack.child_env(*stack.write_config_files())
+    command, spec = stack.specs(env)[-1]
+    spec = stack.prepare(command, spec)
+    assert spec.env["KARTAHOOK_SANDBOX_WEBHOOK_SECRET"] == stack.source_secret
+    assert stack.source_secret not in " ".join(spec.argv)
+    assert list(spec.argv[-4:]) == [
+        "--webhook-url",
+        stack.service_url + "/v1/webhooks/kartapay",
+        "--seed",
+        "6",
+    ]
+    quiet = two_subscriber_stack(tmp_path, sandbox_webhooks=False)
+    command, spec = quiet.specs(env)[-1]
+    spec = quiet.prepare(command, spec)
+    assert "--webhook-url" not in spec.argv
+    assert "KARTAHOOK_SANDBOX_WEBHOOK_SECRET" not in spec.env
+
+
+def test_ports_are_distinct_and_explicit_ones_kept(tmp_path: Path) -> None:
+    """Missing ports get distinct free ports; a given port is kept."""
+    stack = Stack(tmp_path, ports={"service": 1234})
+    assert stack.ports["service"] == 1234
+    assert len(set(stack.ports.values())) == 3
+
+
+def test_isolated_env_drops_inherited_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """isolated_env() leaves out inherited KARTAHOOK_* settings and asks for JSON logs."""
+    monkeypatch.setenv("KARTAHOOK_STACK_TEST_LEAK", "1")
+    env = isolated_env({"KARTAHOOK_REDIS_URL": "redis://x"})
+    assert "KARTAHOOK_STACK_TEST_LEAK" not in env
+    assert env["KARTAHOOK_LOG_FORMAT"] == "json"
+    assert env["KARTAHOOK_REDIS_URL"] == "redis://x"
