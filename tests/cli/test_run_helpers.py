@@ -73,21 +73,20 @@ def test_summary_counts_outcomes_deliveries_and_duplicates() -> None:
 def test_run_starts_the_service_with_its_admin_port_and_records_admin_url(tmp_path: Path) -> None:
     """`run` gives `serve` the admin port it chose (base + 4) and writes `admin_url` to
     run.json next to `service_url`."""
-    from types import SimpleNamespace
-
     from kartahook.cli import build_parser
-    from kartahook.commands.run import Stack
+    from kartahook.commands.run import run_stack, state
     from service.settings import Settings
 
     base = free_port()
     args = port_args(base, **{name: base + offset for name, offset in PORT_OFFSETS.items()})
+    args.var_dir, args.grace = tmp_path, 1.0
     ports = choose_ports(args)
     assert ports["admin"] == base + PORT_OFFSETS["admin"]
-    stack = Stack("127.0.0.1", ports, tmp_path, Settings())
-    spec = stack.spec_for("service", {})
-    parsed = build_parser().parse_args(list(spec.argv[3:]))
+    stack = run_stack(args, Settings())
+    serve = dict(stack.specs({}))["serve"]
+    parsed = build_parser().parse_args(list(serve.argv[3:]))
     assert (parsed.port, parsed.admin_port) == (ports["service"], ports["admin"])
-    supervisor = SimpleNamespace(children=[SimpleNamespace(name="service", pid=1)])
-    state = stack.state(supervisor)  # type: ignore[arg-type]
-    assert state["admin_url"] == f"http://127.0.0.1:{ports['admin']}"
-    assert state["service_url"] == f"http://127.0.0.1:{ports['service']}"
+    stack.pids = lambda: {"service": 1}  # type: ignore[method-assign]
+    recorded = state(stack)
+    assert recorded["admin_url"] == f"http://127.0.0.1:{ports['admin']}"
+    assert recorded["service_url"] == f"http://127.0.0.1:{ports['service']}"
