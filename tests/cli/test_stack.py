@@ -97,7 +97,7 @@ def test_ports_are_distinct_and_explicit_ones_kept(tmp_path: Path) -> None:
     """Missing ports get distinct free ports; a given port is kept."""
     stack = Stack(tmp_path, ports={"service": 1234})
     assert stack.ports["service"] == 1234
-    assert len(set(stack.ports.values())) == 3
+    assert len(set(stack.ports.values())) == len(stack.ports) == 4
 
 
 def test_isolated_env_drops_inherited_settings(monkeypatch: pytest.MonkeyPatch) -> None:
