@@ -20,13 +20,13 @@ from typing import Any
 import yaml
 
 from service.api.ingest.sources.base import Source
-from service.api.ingest.sources.registry import SourceConfigError, build_sources
+from service.api.ingest.sources.registry import build_sources
+
+# Defined in service.errors (the error tree), re-exported here.
+from service.errors import ConfigFileError as ConfigFileError
+from service.errors import SourceConfigError as SourceConfigError
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-class ConfigFileError(ValueError):
-    """A configuration file cannot be read, parsed or expanded."""
 
 
 def expand_env(value: Any, environ: Mapping[str, str], where: str = "") -> Any:
