@@ -25,8 +25,10 @@
     │   ├── NotFound                   404 (``not_found``, ``unknown_subscriber``, …)
     │   ├── Conflict                   409 (``subscriber_exists``)
     │   └── Unprocessable              422 (``invalid_subscriber``, ``invalid_query``, …)
-    └── (elsewhere, subclassing it)
+    └── (defined next to their code, subclassing it)
         ├── service.api.ingest.sources.base.Rejection   a webhook refused by its source
+        ├── service.api.ingest.endpoint.ClientGone      the client left before its body came
+        ├── service.api.middleware.BodyTooLarge         a body over the limit (413)
         └── workers.delivery.errors.FanoutError         the fan-out machinery itself
 
 The KartaPay client keeps its own tree, :mod:`service.kartapay.errors` (``KartaPayError`` →

@@ -4,8 +4,7 @@ Starts, in this order and each as ``python -m kartahook.cli <command>``: an embe
 ``KARTAHOOK_REDIS_URL`` is unset), the demo subscriber, the service, a worker and the sandbox.
 It waits until each is ready, prints what listens where, drives demo payments through their
 lifecycle and shows the deliveries as they arrive. Ctrl-C or SIGTERM stops everything, last
-started first. Commands this build does not have yet are skipped, with a message; without the
-service or the worker, the sandbox sends its webhooks straight to the demo subscriber.
+started first; so does a process that fails to start or exits (its log's last lines are shown).
 
 Everything it writes goes under ``--var-dir`` (``./var``): Redis data, one log per process,
 the generated sources and subscribers files, and ``run.json`` (what runs where, no secrets).
@@ -16,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import json
 import os
 import signal
@@ -52,13 +50,8 @@ SUBSCRIBER_ID = "demo"
 SUBSCRIBER_PATH = "/hooks/payments"
 # A worker with no health-check key yet is taken as ready after this many seconds.
 WORKER_SETTLE_S = 10.0
-# Components in start order (stopped in reverse), with the command each runs.
-START_ORDER = {
-    "demo-subscriber": "demo-subscriber",
-    "service": "serve",
-    "worker": "worker",
-    "sandbox": "sandbox",
-}
+# Components in start order (stopped in reverse).
+START_ORDER = ("demo-subscriber", "service", "worker", "sandbox")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,22 +72,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--grace", type=float, default=10.0, help="seconds each process gets to stop"
     )
     parser.add_argument("--var-dir", type=Path, default=Path("var"), help="default ./var")
-
-
-def unavailable_reason(command: str) -> str | None:
-    """Why ``kartahook <command>`` cannot run in this build, or None when it can."""
-    from kartahook.cli import COMMANDS
-
-    module_name = COMMANDS[command][0]
-    try:
-        importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            return "not in this build yet"
-        return f"cannot be imported ({exc})"
-    except Exception as exc:
-        return f"cannot be imported ({type(exc).__name__}: {exc})"
-    return None
 
 
 def choose_ports(args: argparse.Namespace) -> dict[str, int]:
@@ -126,7 +103,6 @@ class Stack:
     ports: dict[str, int]
     var_dir: Path
     settings: Settings
-    skipped: dict[str, str] = field(default_factory=dict)
     redis: RedisServer | None = None
     redis_url: str = ""
     source_secret: str = field(default_factory=generate_secret, repr=False)
@@ -137,19 +113,12 @@ class Stack:
         return f"http://{host}:{self.ports[component]}"
 
     @property
-    def pipeline(self) -> bool:
-        """Whether webhooks go through the service and the worker (else straight to the demo)."""
-        return "serve" not in self.skipped and "worker" not in self.skipped
-
-    @property
     def subscriber_url(self) -> str:
         return self.url("subscriber") + SUBSCRIBER_PATH
 
     @property
     def webhook_url(self) -> str:
-        if self.pipeline:
-            return self.url("service") + "/v1/webhooks/kartapay"
-        return self.url("subscriber") + "/hooks/kartapay"
+        return self.url("service") + "/v1/webhooks/kartapay"
 
     def write_config_files(self) -> tuple[Path, Path]:
         """The sources and subscribers files; their secrets are ``${VAR}``s from the env."""
@@ -206,7 +175,7 @@ class Stack:
             )
         if name == "worker":
             return ChildSpec(name, [*cli, "worker"], env, self._worker_ready())
-        secret = self.source_secret if self.pipeline else self.subscriber_secret
+        secret = self.source_secret
         argv = [*cli, "sandbox", "--host", host, "--port", str(self.ports["sandbox"])]
         argv += ["--webhook-url", self.webhook_url]
         ready = tcp_open("127.0.0.1" if host == "0.0.0.0" else host, self.ports["sandbox"])
@@ -237,14 +206,11 @@ class Stack:
         redis_note = "embedded, AOF on, data in var/redis" if self.redis else "KARTAHOOK_REDIS_URL"
         rows = [("redis", self.redis_url, redis_note)]
         rows.append(("demo-subscriber", self.subscriber_url, "GET /received lists deliveries"))
-        if "service" in pids:
-            rows.append(("service", self.url("service"), "POST /v1/webhooks/kartapay, /metrics"))
-        if "worker" in pids:
-            rows.append(("worker", "-", f"arq worker, pid {pids['worker']}"))
-        if "sandbox" in pids:
-            rows.append(
-                ("sandbox", self.url("sandbox"), f"KartaPay API; webhooks to {self.webhook_url}")
-            )
+        rows.append(("service", self.url("service"), "POST /v1/webhooks/kartapay, /metrics"))
+        rows.append(("worker", "-", f"arq worker, pid {pids.get('worker')}"))
+        rows.append(
+            ("sandbox", self.url("sandbox"), f"KartaPay API; webhooks to {self.webhook_url}")
+        )
         return [f"  {name:<16} {where:<40} {what}" for name, where, what in rows]
 
     def state(self, supervisor: Supervisor) -> dict[str, Any]:
@@ -254,14 +220,12 @@ class Stack:
             children["redis"] = self.redis.process.pid
         return {
             "pid": os.getpid(),
-            "mode": "pipeline" if self.pipeline else "direct",
             "redis_url": self.redis_url,
-            "service_url": self.url("service") if "service" in children else None,
-            "sandbox_url": self.url("sandbox") if "sandbox" in children else None,
+            "service_url": self.url("service"),
+            "sandbox_url": self.url("sandbox"),
             "subscriber_url": self.url("subscriber"),
             "webhook_url": self.webhook_url,
             "children": children,
-            "skipped": self.skipped,
         }
 
 
@@ -297,14 +261,6 @@ async def _run(args: argparse.Namespace) -> int:
     var_dir: Path = args.var_dir
     print(f"kartahook run: data and logs in {var_dir}/ (logs: {var_dir}/log/)", flush=True)
     stack = Stack(args.host, choose_ports(args), var_dir, settings)
-    for command in ("serve", "worker", "sandbox"):
-        reason = unavailable_reason(command)
-        if reason:
-            stack.skipped[command] = reason
-            print(f"  skipping `kartahook {command}`: {reason}", flush=True)
-    if not stack.pipeline:
-        print("  without the service and a worker, the sandbox's webhooks go straight to the demo "
-              "subscriber", flush=True)  # fmt: skip
 
     supervisor = Supervisor(var_dir / "log", grace_s=args.grace)
     stop = asyncio.Event()
@@ -361,24 +317,10 @@ async def _start_and_demo(
         stack.redis_url = server.url
     sources, subscribers = stack.write_config_files()
     env = stack.child_env(sources, subscribers)
-    for name, command in START_ORDER.items():
-        if command in stack.skipped:
-            continue
+    for name in START_ORDER:
         child = supervisor.start(stack.spec_for(name, env))
-        try:
-            if not await supervisor.wait_ready(child, stop):
-                return 0
-        except ChildFailed as exc:
-            if name == "demo-subscriber":
-                raise
-            # A command this build has but cannot run yet: carry on without it, and say so.
-            print(f"  `kartahook {command}` failed to start ({exc}); last lines of "
-                  f"{child.log_path}:\n{child.log_tail(8)}", flush=True)  # fmt: skip
-            await supervisor.discard(child)
-            stack.skipped[command] = "failed to start"
-            if name in ("service", "worker"):
-                print("  carrying on without it: the sandbox's webhooks go straight to the demo "
-                      "subscriber", flush=True)  # fmt: skip
+        if not await supervisor.wait_ready(child, stop):  # ChildFailed when it cannot start
+            return 0
     state_path = stack.var_dir / "run.json"
     state_path.write_text(json.dumps(stack.state(supervisor), indent=2) + "\n")
     print("ready:", flush=True)
@@ -392,7 +334,7 @@ async def _start_and_demo(
         watcher = ReceivedWatcher(stack.url("subscriber"), http)
         watch = asyncio.create_task(_show_deliveries(watcher, supervisor))
         try:
-            if not args.no_demo and "sandbox" not in stack.skipped:
+            if not args.no_demo:
                 await _demo(args, stack, watcher)
             return await watch
         finally:
