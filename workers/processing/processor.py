@@ -1,5 +1,5 @@
-"""The ``process_event`` job: read the payment's true state, record it, emit its transitions
-with their deliveries, and run the first deliveries at once.
+"""The handler behind the ``process_event`` job: read the payment's true state, record it, emit
+its transitions with their deliveries, and start the first deliveries for the job to send.
 
 :class:`EventProcessor` is the plain handler that the tests drive directly; the arq job around
 it is :func:`workers.processing.job.process_event`. Delivery is reached only through
