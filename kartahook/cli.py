@@ -30,13 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         command_parser = sub.add_parser(name, help=help_text)
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            command_parser.set_defaults(_module=None)
-            continue
+        module = importlib.import_module(module_name)
         module.add_arguments(command_parser)
         command_parser.set_defaults(_module=module)
     return parser
@@ -45,10 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    module = args._module
-    if module is None:
-        parser.error(f"'{args.command}' is not available in this build")
-    return int(module.run(args))
+    return int(args._module.run(args))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,7 @@ references, the values reach the children through their environment only: no sec
 file or on a command line.
 
 ``async with Stack(...) as stack:`` starts and stops it; ``kartahook run`` calls
-:meth:`Stack.start` and :meth:`Stack.stop` itself, to stop early on Ctrl-C and to carry on
-without a component that fails to start (``tolerate_failures``).
+:meth:`Stack.start` and :meth:`Stack.stop` itself, to stop early on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from typing import Self
 
 from redis.exceptions import RedisError
 
-from kartahook.supervisor import ChildFailed, ChildSpec, ReadyCheck, Supervisor, http_ok, tcp_open
+from kartahook.supervisor import ChildSpec, ReadyCheck, Supervisor, http_ok, tcp_open
 from service.domain.signing import generate_secret
 from service.settings import Settings
 from service.store.client import redis_client
@@ -41,8 +40,6 @@ CLI = (sys.executable, "-m", "kartahook.cli")
 SOURCE_SECRET_ENV = "KARTAPAY_WEBHOOK_SECRET"  # noqa: S105 (a variable name, not a secret)
 SUBSCRIBER_PATH = "/hooks/payments"
 WEBHOOK_PATH = "/v1/webhooks/kartapay"
-# Components the stack may leave out, by the ``kartahook`` command each runs.
-OPTIONAL_COMMANDS = ("serve", "worker", "sandbox")
 
 
 def isolated_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -135,10 +132,6 @@ class Stack:
     sandbox_args: Sequence[str] = ()
     sandbox_webhooks: bool = True  # False: the sandbox sends none
     workers: int = 1
-    # Command -> why it is not started (``serve``, ``worker``, ``sandbox``).
-    skipped: dict[str, str] = field(default_factory=dict)
-    # Carry on without ``serve``/``worker``/``sandbox`` when it fails to start (kartahook run).
-    tolerate_failures: bool = False
     # A worker without arq's health-check key is taken as ready after this long (None: never).
     worker_settle_s: float | None = None
     # (role, argv) -> argv: e.g. the benchmark runs service and worker under py-spy.
@@ -181,16 +174,9 @@ class Stack:
         return self.url("sandbox")
 
     @property
-    def pipeline(self) -> bool:
-        """Whether webhooks go through the service and a worker (else straight to the first
-        demo subscriber)."""
-        return "serve" not in self.skipped and "worker" not in self.skipped
-
-    @property
     def webhook_url(self) -> str:
-        if self.pipeline or not self.demo_subscribers:
-            return self.service_url + WEBHOOK_PATH
-        return self.demo_subscribers[0].base_url(self.client_host) + "/hooks/kartapay"
+        """Where the sandbox sends KartaPay's webhooks: the service."""
+        return self.service_url + WEBHOOK_PATH
 
     @property
     def client_host(self) -> str:
@@ -254,7 +240,7 @@ class Stack:
         return self.wrap_argv(role, argv) if self.wrap_argv else argv
 
     def specs(self, env: Mapping[str, str]) -> list[tuple[str, ChildSpec]]:
-        """(command, how to start it) of every child, in start order, skipped ones left out.
+        """(command, how to start it) of every child, in start order.
 
         Readiness checks and the sandbox's command line are filled in by :meth:`prepare` just
         before each child starts: the sandbox's webhook target depends on whether the service
@@ -277,7 +263,7 @@ class Stack:
             argv = self._argv("worker", [*CLI, "worker"])
             specs.append(("worker", ChildSpec(name, argv, dict(env), None)))
         specs.append(("sandbox", ChildSpec("sandbox", [], dict(env), None)))
-        return [(command, spec) for command, spec in specs if command not in self.skipped]
+        return specs
 
     def prepare(self, command: str, spec: ChildSpec) -> ChildSpec:
         """``spec`` with its readiness check, and the sandbox's argv (known only now)."""
@@ -293,9 +279,7 @@ class Stack:
                 argv += ["--webhook-url", self.webhook_url]
                 # The secret goes through the environment (the sandbox's default for
                 # --webhook-secret), so it does not show in the process list.
-                pipeline_secret = self.source_secret
-                demo = self.demo_subscribers[0].secret if self.demo_subscribers else ""
-                env["KARTAHOOK_SANDBOX_WEBHOOK_SECRET"] = pipeline_secret if self.pipeline else demo
+                env["KARTAHOOK_SANDBOX_WEBHOOK_SECRET"] = self.source_secret
             spec.argv = [*argv, *self.sandbox_args]
             spec.env = env
             spec.ready = tcp_open(self.client_host, self.ports["sandbox"])
@@ -325,8 +309,7 @@ class Stack:
     async def start(self, stop: asyncio.Event | None = None) -> bool:
         """Start everything in order, each once ready; False when ``stop`` was set meanwhile.
 
-        Raises :class:`ChildFailed` for a child that exits or is not ready in time (unless
-        ``tolerate_failures`` lets the stack carry on without it), ``OSError`` or
+        Raises :class:`ChildFailed` for a child that exits or is not ready in time, ``OSError`` or
         ``RuntimeError`` when Redis cannot start. What did start stays running: call
         :meth:`stop` in any case.
         """
@@ -339,23 +322,9 @@ class Stack:
             self.redis_url = self.redis.url
         env = self.child_env(*self.write_config_files())
         for command, spec in self.specs(env):
-            if command in self.skipped:  # a service or worker that failed just before
-                continue
             child = self.supervisor.start(self.prepare(command, spec))
-            try:
-                if not await self.supervisor.wait_ready(child, stop):
-                    return False
-            except ChildFailed as exc:
-                if not self.tolerate_failures or command not in OPTIONAL_COMMANDS:
-                    raise
-                # A command this build has but cannot run yet: carry on without it, say so.
-                self.report(f"  `kartahook {command}` failed to start ({exc}); last lines of "
-                            f"{child.log_path}:\n{child.log_tail(8)}")  # fmt: skip
-                await self.supervisor.discard(child)
-                self.skipped[command] = "failed to start"
-                if command in ("serve", "worker"):
-                    self.report("  carrying on without it: the sandbox's webhooks go straight to "
-                                "the demo subscriber")  # fmt: skip
+            if not await self.supervisor.wait_ready(child, stop):
+                return False
         return True
 
     async def stop(self) -> None:
@@ -388,7 +357,6 @@ class Stack:
 
 __all__ = [
     "CLI",
-    "OPTIONAL_COMMANDS",
     "SOURCE_SECRET_ENV",
     "DemoSubscriber",
     "Stack",

@@ -180,11 +180,6 @@ class Supervisor:
         for child in reversed(self.children):
             await self._stop(child, report)
 
-    async def discard(self, child: Child) -> None:
-        """Stop ``child`` (if it still runs) and forget it."""
-        await self._stop(child, lambda _: None)
-        self.children.remove(child)
-
     async def _stop(self, child: Child, report: Callable[[str], None]) -> None:
         if child.exited() is not None:
             return

@@ -18,11 +18,9 @@ from typing import Any
 
 import yaml
 
+from service.errors import ConfigFileError
+
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-class ConfigFileError(ValueError):
-    """A configuration file cannot be read, parsed or expanded."""
 
 
 def expand_env(value: Any, environ: Mapping[str, str], where: str = "") -> Any:

@@ -1,4 +1,5 @@
-"""Prometheus metrics of the service: one registry, the metric objects, and the ``/metrics`` route.
+"""Prometheus metrics of the service: one registry, the metric objects, and their exposition text
+(served by :mod:`service.api.metrics_route`).
 
 Metrics live at module level on :data:`REGISTRY` (not the global default registry), so importing
 this module twice in tests never registers a metric twice. Add new metrics here, next to these.
@@ -21,8 +22,6 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
-from starlette.requests import Request
-from starlette.responses import Response
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -109,9 +108,3 @@ def render_latest() -> tuple[bytes, str]:
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
-
-
-async def metrics_endpoint(_: Request) -> Response:
-    """``GET /metrics``."""
-    body, content_type = render_latest()
-    return Response(body, media_type=content_type)

@@ -24,7 +24,9 @@ from service.settings import Settings
 from service.store.payments import PaymentStateStore
 from service.store.subscribers import Subscriber, SubscriberCache
 from tests.support import arq_pool
+from workers.context import CTX_KEY, WorkerContext
 from workers.delivery import job as fanout
+from workers.delivery.message import delivery_body
 from workers.processing.processor import match_subscribers
 
 __all__ = ["arq_pool"]
@@ -140,7 +142,7 @@ async def emit(redis: aioredis.Redis, settings: Settings, item: Transition) -> i
         seq=item.seq,
         status=item.status,
         at=item.occurred_at,
-        candidates=match_subscribers([item], await subscribers.all()),
+        candidates=match_subscribers([item], await subscribers.all(), delivery_body),
         subscribers_version=subscribers.version,
         received_at_ms=item.received_at_ms,
     )
@@ -155,15 +157,15 @@ def make_worker(
     **extra_ctx: Any,
 ) -> Worker:
     """A real arq worker running the fan-out functions (burst mode unless told); the id of each
-    job it starts is appended to ``started_jobs`` when given."""
+    job it starts is appended to ``started_jobs`` when given. ``extra_ctx`` are fields of its
+    :class:`WorkerContext` (e.g. ``delivery_transport``)."""
 
     async def on_job_start(ctx: dict[str, Any]) -> None:
         if started_jobs is not None:
             started_jobs.append(str(ctx["job_id"]))
 
     async def startup(ctx: dict[str, Any]) -> None:
-        ctx["settings"] = settings
-        ctx.update(extra_ctx)
+        ctx[CTX_KEY] = WorkerContext(settings, **extra_ctx)
         await fanout.on_startup(ctx)
 
     assert settings.redis_url

@@ -1,7 +1,8 @@
 """The arq worker: processing and fan-out in one stock ``arq.worker.Worker``.
 
-``ctx`` carries every resource (settings, the KartaPay client, the stores, the processor, the
-delivery client), built by ``on_startup``; there are no import-time globals.
+``ctx`` carries every resource in one :class:`workers.context.WorkerContext` (settings, the
+KartaPay client, the stores, the processor, the delivery client), built by ``on_startup``; there
+are no import-time globals.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import signal
 from typing import Any
 
+import httpx
 import structlog
 from arq.connections import ArqRedis
 from arq.worker import Function, Worker
@@ -18,8 +20,8 @@ from redis.exceptions import RedisError
 from service.domain.events import ARQ_EXPIRES_EXTRA_MS, deserialize, serialize
 from service.settings import Settings
 from service.store.client import arq_redis, check_url
+from workers.context import CTX_KEY, WorkerContext, worker_context
 from workers.delivery import job as fanout
-from workers.delivery.runner import STOPPING
 from workers.probe_server import ProbeServer
 from workers.processing.job import processing_function, processing_shutdown, processing_startup
 
@@ -83,9 +85,9 @@ class ResilientWorker(Worker):
         """SIGTERM/SIGINT: besides arq's drain (no new jobs; those in flight get
         ``worker_drain_s``), tell the jobs in flight to begin no more delivery attempts of their
         own: what they would have chained is left to its jobs, for another worker."""
-        stopping = self.ctx.get(STOPPING)
-        if isinstance(stopping, asyncio.Event):
-            stopping.set()
+        context = self.ctx.get(CTX_KEY)
+        if isinstance(context, WorkerContext):
+            context.stopping.set()
         super().handle_sig_wait_for_completion(signum)
 
     async def _poll_iteration(self) -> None:
@@ -97,25 +99,28 @@ class ResilientWorker(Worker):
 
 
 async def on_startup(ctx: dict[str, Any]) -> None:
-    """Build the resources of one worker process into ``ctx``: processing, fan-out, and the
-    probe server when a port is set."""
-    settings: Settings = ctx["settings"]
-    await processing_startup(ctx)
-    await fanout.on_startup(ctx)
+    """Build the resources of one worker process into its :class:`WorkerContext`: fan-out,
+    processing (which hands its deliveries to fan-out), and the probe server when a port is
+    set."""
+    context = worker_context(ctx)
+    settings = context.settings
+    await fanout.delivery_startup(context)
+    await processing_startup(context)
     if settings.worker_metrics_port is not None:
         probes = ProbeServer(
-            ctx["redis"], settings.worker_metrics_host, settings.worker_metrics_port
+            context.arq_redis(), settings.worker_metrics_host, settings.worker_metrics_port
         )
         await probes.start()
-        ctx["probe_server"] = probes
+        context.probe_server = probes
 
 
 async def on_shutdown(ctx: dict[str, Any]) -> None:
-    probes: ProbeServer | None = ctx.pop("probe_server", None)
+    context = worker_context(ctx)
+    probes, context.probe_server = context.probe_server, None
     if probes is not None:
         await probes.stop()
-    await fanout.on_shutdown(ctx)
-    await processing_shutdown(ctx)
+    await fanout.delivery_shutdown(context)
+    await processing_shutdown(context)
 
 
 def functions(settings: Settings) -> list[Function]:
@@ -128,11 +133,13 @@ def build_worker(
     redis_url: str | None = None,
     burst: bool = False,
     handle_signals: bool = True,
-    extra_ctx: dict[str, Any] | None = None,
+    kartapay_transport: httpx.AsyncBaseTransport | None = None,
+    delivery_transport: httpx.AsyncBaseTransport | None = None,
     **overrides: Any,
 ) -> Worker:
     """A stock arq ``Worker`` with JSON jobs, tuned from ``settings``; its Redis client comes
-    from ``service.store.client`` (``redis_url``, else ``settings.redis_url``)."""
+    from ``service.store.client`` (``redis_url``, else ``settings.redis_url``). The transports,
+    when given, replace the network for the KartaPay client and for deliveries (tests)."""
     url = redis_url or settings.redis_url
     if not url:
         raise ValueError("a Redis URL is needed: set KARTAHOOK_REDIS_URL")
@@ -153,7 +160,13 @@ def build_worker(
         "expires_extra_ms": ARQ_EXPIRES_EXTRA_MS,
         "burst": burst,
         "handle_signals": handle_signals,
-        "ctx": {"settings": settings, **(extra_ctx or {})},
+        "ctx": {
+            CTX_KEY: WorkerContext(
+                settings,
+                kartapay_transport=kartapay_transport,
+                delivery_transport=delivery_transport,
+            )
+        },
     }
     options.update(overrides)
     return ResilientWorker(redis_url=url, **options)

@@ -5,8 +5,7 @@ Starts, through the one stack builder (:mod:`kartahook.stack`), in this order an
 the demo subscriber, the service, a worker and the sandbox.
 It waits until each is ready, prints what listens where, drives demo payments through their
 lifecycle and shows the deliveries as they arrive. Ctrl-C or SIGTERM stops everything, last
-started first. Commands this build does not have yet are skipped, with a message; without the
-service or the worker, the sandbox sends its webhooks straight to the demo subscriber.
+started first; so does a process that fails to start or exits (its log's last lines are shown).
 
 Everything it writes goes under ``--var-dir`` (``./var``): Redis data, one log per process,
 the generated sources and subscribers files, and ``run.json`` (what runs where, no secrets).
@@ -17,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import json
 import os
 import signal
@@ -27,7 +25,7 @@ from typing import Any
 import httpx
 
 from kartahook.demo import ReceivedWatcher
-from kartahook.stack import OPTIONAL_COMMANDS, SUBSCRIBER_PATH, DemoSubscriber, Stack
+from kartahook.stack import SUBSCRIBER_PATH, DemoSubscriber, Stack
 from kartahook.supervisor import ChildFailed, Supervisor, port_is_free
 from service.settings import Settings
 from service.store.client import redacted_url
@@ -62,22 +60,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--var-dir", type=Path, default=Path("var"), help="default ./var")
 
 
-def unavailable_reason(command: str) -> str | None:
-    """Why ``kartahook <command>`` cannot run in this build, or None when it can."""
-    from kartahook.cli import COMMANDS
-
-    module_name = COMMANDS[command][0]
-    try:
-        importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            return "not in this build yet"
-        return f"cannot be imported ({exc})"
-    except Exception as exc:
-        return f"cannot be imported ({type(exc).__name__}: {exc})"
-    return None
-
-
 def choose_ports(args: argparse.Namespace) -> dict[str, int]:
     """One port per component: explicit, else base + offset when free, else any free port."""
     ports: dict[str, int] = {}
@@ -110,7 +92,6 @@ def run_stack(args: argparse.Namespace, settings: Settings) -> Stack:
         demo_subscribers=[demo],
         token=settings.kartapay_token.get_secret_value(),
         redis_url=settings.redis_url or "",
-        tolerate_failures=True,
         worker_settle_s=WORKER_SETTLE_S,
         grace_s=args.grace,
         report=lambda line: print(line, flush=True),
@@ -147,7 +128,6 @@ def state(stack: Stack) -> dict[str, Any]:
     children = stack.pids()
     return {
         "pid": os.getpid(),
-        "mode": "pipeline" if stack.pipeline else "direct",
         "redis_url": redacted_url(stack.redis_url),
         "service_url": stack.service_url if "service" in children else None,
         "admin_url": stack.admin_url if "service" in children else None,
@@ -155,7 +135,6 @@ def state(stack: Stack) -> dict[str, Any]:
         "subscriber_url": subscriber_base_url(stack),
         "webhook_url": stack.webhook_url,
         "children": children,
-        "skipped": stack.skipped,
     }
 
 
@@ -191,14 +170,6 @@ async def _run(args: argparse.Namespace) -> int:
     var_dir: Path = args.var_dir
     print(f"kartahook run: data and logs in {var_dir}/ (logs: {var_dir}/log/)", flush=True)
     stack = run_stack(args, settings)
-    for command in OPTIONAL_COMMANDS:
-        reason = unavailable_reason(command)
-        if reason:
-            stack.skipped[command] = reason
-            print(f"  skipping `kartahook {command}`: {reason}", flush=True)
-    if not stack.pipeline:
-        print("  without the service and a worker, the sandbox's webhooks go straight to the demo "
-              "subscriber", flush=True)  # fmt: skip
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -255,7 +226,7 @@ async def _start_and_demo(args: argparse.Namespace, stack: Stack, stop: asyncio.
         watcher = ReceivedWatcher(subscriber_base_url(stack), http)
         watch = asyncio.create_task(_show_deliveries(watcher, stack.supervisor))
         try:
-            if not args.no_demo and "sandbox" not in stack.skipped:
+            if not args.no_demo:
                 await _demo(args, stack, watcher)
             return await watch
         finally:

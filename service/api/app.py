@@ -31,7 +31,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.admin.event_routes import event_dead_letter_routes
-from service.api.admin.routes import admin_app
+from service.api.admin.routes import admin_app, api_error_response
 from service.api.health import healthz, readyz
 from service.api.ingest.endpoint import WebhookEndpoint
 from service.api.ingest.front import WebhookFront
@@ -43,6 +43,7 @@ from service.api.middleware import (
     RequestContextMiddleware,
     trusted_proxy_headers,
 )
+from service.errors import ApiError
 from service.logging import configure_logging
 from service.settings import Settings
 from service.store.client import redis_client
@@ -125,7 +126,7 @@ def _starlette(
             Middleware(RequestContextMiddleware),
             Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes),
         ],
-        exception_handlers={HTTPException: _http_error},
+        exception_handlers={HTTPException: _http_error, ApiError: api_error_response},
         lifespan=None if sources is None else _lifespan(settings, sources),
     )
 

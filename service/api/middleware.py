@@ -22,6 +22,7 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from service.errors import KartahookError
 from service.logging import write_json_line
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
@@ -117,7 +118,7 @@ class RequestContextMiddleware:
             self.request_log.write(scope, fields, status, start)
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(KartahookError):
     """Raised from ``receive`` once more than the limit has arrived."""
 
 

@@ -13,11 +13,8 @@ from typing import Any
 
 import orjson
 
-# arq's key prefixes (arq.constants); repeated here so Lua scripts can write arq jobs directly.
+# arq's job key prefix (arq.constants); repeated here so Lua scripts can write arq jobs directly.
 ARQ_JOB_PREFIX = "arq:job:"
-ARQ_RESULT_PREFIX = "arq:result:"
-ARQ_RETRY_PREFIX = "arq:retry:"
-ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"
 # How long a job key lives beyond its run time (arq's ``expires_extra_ms``; arq's default is one
 # day). A job whose key expires before a worker reaches it is lost ("job expired"), so this is
 # how long a backlog may last without losing a stored webhook or a delivery: seven days, longer

@@ -12,6 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+# Defined in service.errors (the error tree), re-exported here.
+from service.errors import UnknownStatusError as UnknownStatusError
+
 MAIN_LINE = ("init", "pending", "submitted", "approved", "captured", "completed")
 TERMINAL = ("canceled", "failed")
 TERMINAL_SEQ = len(MAIN_LINE)
@@ -27,10 +30,6 @@ TIMESTAMP_FIELD: dict[str, str] = {
     "canceled": "canceledAt",
     "failed": "failedAt",
 }
-
-
-class UnknownStatusError(ValueError):
-    """The payment's status is not one of the lifecycle's."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,20 +15,13 @@ import secrets as _secrets
 import time
 from collections.abc import Iterable, Mapping
 
+# Defined in service.errors (the error tree), re-exported here.
+from service.errors import MissingHeaderError as MissingHeaderError
+from service.errors import SignatureError as SignatureError
+from service.errors import TimestampError as TimestampError
+
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
 DEFAULT_TOLERANCE_S = 300
-
-
-class SignatureError(Exception):
-    """The request does not carry a valid signature. The message is for logs, never for bodies."""
-
-
-class MissingHeaderError(SignatureError):
-    """A required Standard Webhooks header is missing or malformed."""
-
-
-class TimestampError(SignatureError):
-    """The timestamp is outside the tolerance."""
 
 
 def generate_secret() -> str:

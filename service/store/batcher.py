@@ -35,11 +35,10 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from service import metrics
 
+# Defined in service.errors (the error tree), re-exported here.
+from service.errors import RedisUnavailable as RedisUnavailable
+
 Arg = str | bytes | int
-
-
-class RedisUnavailable(Exception):
-    """Redis could not take a write in time; the caller answers 503."""
 
 
 @dataclass(frozen=True)

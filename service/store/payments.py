@@ -27,6 +27,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from service.domain.events import ARQ_JOB_PREFIX, KEY_PREFIX
+
+# Defined in service.errors (the error tree), re-exported here.
+from service.errors import StaleSubscribers as StaleSubscribers
 from service.store.deliveries import FO_PREFIX, LUA_COMMON
 from service.store.delivery_state import TRY_ACQUIRE_LUA, Acquired
 from service.store.subscribers import SUBSCRIBERS_VERSION_KEY
@@ -139,11 +142,6 @@ def _dirty_key(payment_id: str) -> str:
 
 def _lock_key(payment_id: str) -> str:
     return f"{KEY_PREFIX}pay:{payment_id}:lock"
-
-
-class StaleSubscribers(Exception):
-    """The subscriber list the candidates were matched against has changed: nothing was written;
-    refresh it and match again."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,10 @@ from service import config_files
 from service.domain.events import KEY_PREFIX
 from service.domain.signing import decode_secret, generate_secret
 
+# Defined in service.errors (the error tree), re-exported here.
+from service.errors import RegistryKeepsChanging as RegistryKeepsChanging
+from service.errors import SubscriberError as SubscriberError
+
 SUBSCRIBERS_KEY = f"{KEY_PREFIX}subscribers"
 # Bumped by every write to the registry, in the same transaction: a worker's cached copy is
 # current exactly when its version is this one (the delivery scripts check it).
@@ -46,15 +50,6 @@ RESERVED_HEADERS = frozenset(
         "connection",
     }
 )
-
-
-class SubscriberError(ValueError):
-    """A subscriber definition is invalid: ``code`` for machines, the message for humans."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class Subscriber(BaseModel):
@@ -314,10 +309,6 @@ async def load_subscribers_into(
 # How many times in a row a script may refuse a cached copy of the registry as stale before
 # the caller gives up (with :class:`RegistryKeepsChanging`).
 RELOAD_TRIES = 5
-
-
-class RegistryKeepsChanging(RuntimeError):
-    """The registry changed under every one of :data:`RELOAD_TRIES` reloads of a cached copy."""
 
 
 class SubscriberCache:

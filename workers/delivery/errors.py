@@ -8,8 +8,10 @@ exception; the errors below are for the fan-out machinery itself.
 
 from __future__ import annotations
 
+from service.errors import KartahookError
 
-class FanoutError(Exception):
+
+class FanoutError(KartahookError):
     """Base of fan-out errors."""
 
 

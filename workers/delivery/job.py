@@ -3,7 +3,8 @@
 
 ``workers/main.py`` registers :func:`functions` and calls :func:`on_startup` /
 :func:`on_shutdown`. Processing's compare-and-set creates the deliveries and runs the first ones
-at once (:func:`workers.delivery.runner.deliver_now`); one job does the rest:
+at once (through :class:`workers.delivery.Deliveries`, which :func:`on_startup` puts in the
+worker context); one job does the rest:
 
 - ``fanout_deliver(subscriber_id, webhook_id)``: one attempt; job id ``fdl:<sub>:<id>:<gen>``,
   written by the Lua scripts (a fresh job per attempt; for a delivery run at once, the safety
@@ -12,12 +13,10 @@ at once (:func:`workers.delivery.runner.deliver_now`); one job does the rest:
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from typing import Any
 
-import httpx
 from arq.worker import Function, Retry, func
 from redis.exceptions import RedisError
 
@@ -25,26 +24,21 @@ from service.settings import Settings
 from service.store.deliveries import FANOUT_DELIVER, DeliveryAdmin
 from service.store.delivery_state import FanoutStore
 from service.store.subscribers import SubscriberCache, SubscriberStore, load_subscribers_into
+from workers.context import WorkerContext, worker_context
 from workers.delivery import metrics
 from workers.delivery.client import build_transport
 from workers.delivery.errors import FanoutNotStarted
-from workers.delivery.runner import STOPPING, FanoutDeps, deliver
+from workers.delivery.handoff import FanoutHandoff
+from workers.delivery.runner import FanoutDeps, deliver
 from workers.delivery.schedule import RetrySchedule
 
-CTX_KEY = "fanout"
 # arq counts every run, Retry included; a run that hits a Redis error is retried, and must never
 # drop a delivery.
 MAX_TRIES = 10_000
 
 
-def deps_if_started(ctx: dict[str, Any]) -> FanoutDeps | None:
-    """The fan-out resources of this worker, or None when :func:`on_startup` did not run."""
-    deps = ctx.get(CTX_KEY)
-    return deps if isinstance(deps, FanoutDeps) else None
-
-
 def _deps(ctx: dict[str, Any]) -> FanoutDeps:
-    deps = deps_if_started(ctx)
+    deps = worker_context(ctx).fanout
     if deps is None:
         raise FanoutNotStarted("workers.delivery.job.on_startup did not run in this worker")
     return deps
@@ -87,43 +81,47 @@ def functions(settings: Settings) -> list[Function]:
     ]
 
 
-def shared_subscriber_cache(ctx: dict[str, Any]) -> SubscriberCache:
-    """The worker's one copy of the subscriber registry (processing matches against it)."""
-    cache = ctx.get("subscribers")
-    if not isinstance(cache, SubscriberCache):
-        cache = ctx["subscribers"] = SubscriberCache(ctx["redis"])
-    return cache
-
-
 async def on_startup(ctx: dict[str, Any]) -> None:
-    """Build the fan-out resources into ``ctx``; load the subscribers file into Redis.
+    """arq hook: :func:`delivery_startup` of the worker context in ``ctx``."""
+    await delivery_startup(worker_context(ctx))
 
-    ``ctx["delivery_transport"]`` (an httpx transport), when present, is the test seam.
-    """
-    settings: Settings = ctx["settings"]
-    redis = ctx["redis"]
-    transport: httpx.AsyncBaseTransport | None = ctx.get("delivery_transport")
+
+async def on_shutdown(ctx: dict[str, Any]) -> None:
+    """arq hook: :func:`delivery_shutdown` of the worker context in ``ctx``."""
+    await delivery_shutdown(worker_context(ctx))
+
+
+async def delivery_startup(context: WorkerContext) -> None:
+    """Build the fan-out resources into ``context`` (``fanout``, and ``deliveries`` for
+    processing); load the subscribers file into Redis. ``context.delivery_transport`` (an
+    httpx transport), when set, is the test seam."""
+    settings = context.settings
+    redis = context.arq_redis()
     await load_subscribers_into(redis, settings.subscribers_file, settings.subscriber_allowlist)
-    subscribers = shared_subscriber_cache(ctx)
+    if context.subscribers is None:
+        context.subscribers = SubscriberCache(redis)
+    subscribers = context.subscribers
     await subscribers.refresh()
-    ctx[CTX_KEY] = FanoutDeps(
+    deps = FanoutDeps(
         redis=redis,
         settings=settings,
-        transport=build_transport(settings, transport),
+        transport=build_transport(settings, context.delivery_transport),
         store=FanoutStore(redis, settings.queue_name),
         registry=SubscriberStore(redis),
         subscribers=subscribers,
         schedule=RetrySchedule.from_settings(settings),
         rng=random.Random(),
-        stopping=ctx.setdefault(STOPPING, asyncio.Event()),
+        stopping=context.stopping,
     )
+    context.fanout = deps
+    context.deliveries = FanoutHandoff.from_deps(deps)
     metrics.DEAD_LETTERS.set(await DeliveryAdmin(redis, settings.queue_name).dead_letter_count())
     for subscriber in await subscribers.all():
         metrics.set_subscriber_state(subscriber.id, "enabled" if subscriber.enabled else "disabled")
 
 
-async def on_shutdown(ctx: dict[str, Any]) -> None:
+async def delivery_shutdown(context: WorkerContext) -> None:
     """Close the delivery transport (its connection pool)."""
-    deps = ctx.pop(CTX_KEY, None)
-    if isinstance(deps, FanoutDeps):
+    deps, context.fanout, context.deliveries = context.fanout, None, None
+    if deps is not None:
         await deps.transport.aclose()

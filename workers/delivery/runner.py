@@ -39,8 +39,6 @@ log = structlog.get_logger("kartahook.fanout")
 INLINE_CHAIN_MAX = 16
 # Margin kept between the last attempt a job may start and the job's arq timeout.
 JOB_TIMEOUT_MARGIN_S = 5.0
-# ctx key of the worker's "stopping" event (set on SIGTERM): no new attempts are chained.
-STOPPING = "stopping"
 
 
 @dataclass

@@ -1,11 +1,12 @@
 """The processing side of the worker: the ``process_event`` job as arq registers it, and the
-resources its ``on_startup`` puts into ``ctx``."""
+resources its startup puts into the :class:`workers.context.WorkerContext`."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-import httpx
+import structlog
 from arq.worker import Function, Retry, func
 
 from service.domain.events import PROCESS_EVENT, EventHint
@@ -13,12 +14,49 @@ from service.kartapay.client import KartaPayClient
 from service.settings import Settings
 from service.store.dead_letters import EventDeadLetters
 from service.store.payments import PaymentStateStore
-from workers.delivery.job import shared_subscriber_cache
-from workers.processing.processor import EventProcessor, InlineDelivery, process_event
+from service.store.subscribers import SubscriberCache
+from workers import metrics
+from workers.context import WorkerContext, WorkerNotStarted, worker_context
+from workers.delivery import bodies_only
+from workers.processing.processor import EventProcessor, InlineDelivery
 from workers.processing.retry_policy import FetchRetryPolicy
+
+log = structlog.get_logger("kartahook.process")
 
 # A run that raises something unexpected (Redis down, a bug) is retried by arq this many times.
 UNEXPECTED_ERROR_TRIES = 1000
+
+
+async def process_event(ctx: dict[str, Any], arg: dict[str, Any]) -> str:
+    """arq job: process one stored webhook (see :class:`EventProcessor`), then send the
+    deliveries it created that are first in their line."""
+    started = time.monotonic()
+    hint = EventHint.from_job_arg(arg)
+    context = worker_context(ctx)
+    processor = context.processor
+    if processor is None:
+        raise WorkerNotStarted("processing_startup did not run in this worker")
+    deliveries = context.deliveries or bodies_only()
+    until = deliveries.send_until(started, context.settings.worker_job_timeout_s)
+    with structlog.contextvars.bound_contextvars(
+        event_id=hint.event_id, payment_id=hint.payment_id, source=hint.source
+    ):
+        token = str(ctx.get("job_id", hint.job_id))
+        result = await processor.handle(hint, token=token, inline_until=until)
+        metrics.EVENTS_PROCESSED.labels(result.outcome).inc()
+        log.info(
+            "event_processed",
+            outcome=result.outcome,
+            transitions=list(result.emitted),
+            fetches=result.fetches,
+            attempt=hint.attempt,
+            reason=result.reason or None,
+            retry_in_s=result.retry_in_s,
+            duration_ms=round((time.monotonic() - started) * 1000, 2),
+        )
+        if result.deliveries:
+            await deliveries.send_started(result.deliveries, until)
+    return result.outcome
 
 
 async def process_event_job(ctx: dict[str, Any], arg: dict[str, Any]) -> str:
@@ -26,7 +64,8 @@ async def process_event_job(ctx: dict[str, Any], arg: dict[str, Any]) -> str:
     try:
         return await process_event(ctx, arg)
     except Exception as exc:
-        policy: FetchRetryPolicy = ctx["retry_policy"]
+        context = worker_context(ctx)
+        policy = context.retry_policy or FetchRetryPolicy.from_settings(context.settings)
         raise Retry(defer=policy.backoff_s(int(ctx.get("job_try", 1)))) from exc
 
 
@@ -41,12 +80,19 @@ def processing_function(settings: Settings) -> Function:
     )
 
 
-async def processing_startup(ctx: dict[str, Any]) -> None:
-    """Build the resources of the processing side into ``ctx``."""
-    settings: Settings = ctx["settings"]
-    redis = ctx["redis"]
-    transport: httpx.AsyncBaseTransport | None = ctx.get("kartapay_transport")
-    client = KartaPayClient.from_settings(settings, transport=transport)
+def shared_subscriber_cache(context: WorkerContext) -> SubscriberCache:
+    """The worker's one copy of the subscriber registry (created on first use)."""
+    if context.subscribers is None:
+        context.subscribers = SubscriberCache(context.arq_redis())
+    return context.subscribers
+
+
+async def processing_startup(context: WorkerContext) -> None:
+    """Build the resources of the processing side into ``context`` (after delivery's startup,
+    whose :class:`workers.delivery.Deliveries` it hands its transitions to)."""
+    settings = context.settings
+    redis = context.arq_redis()
+    client = KartaPayClient.from_settings(settings, transport=context.kartapay_transport)
     policy = FetchRetryPolicy.from_settings(settings)
 
     async def schedule(hint: EventHint, delay_s: float) -> None:
@@ -63,22 +109,23 @@ async def processing_startup(ctx: dict[str, Any]) -> None:
         settings.queue_name,
         lock_ttl_ms=(settings.worker_job_timeout_s + 10) * 1000,
     )
-    ctx["kartapay"] = client
-    ctx["retry_policy"] = policy
-    ctx["event_dead_letters"] = EventDeadLetters(redis, settings.queue_name)
-    ctx["event_processor"] = EventProcessor(
+    context.kartapay = client
+    context.retry_policy = policy
+    context.event_dead_letters = EventDeadLetters(redis, settings.queue_name)
+    context.processor = EventProcessor(
         store,
         client,
-        shared_subscriber_cache(ctx),
-        ctx["event_dead_letters"],
+        shared_subscriber_cache(context),
+        context.event_dead_letters,
         schedule,
         policy,
         timeout_s=min(settings.process_timeout_s, settings.worker_job_timeout_s * 0.8),
         inline=InlineDelivery.from_settings(settings),
+        deliveries=context.deliveries,
     )
 
 
-async def processing_shutdown(ctx: dict[str, Any]) -> None:
-    client: KartaPayClient | None = ctx.get("kartapay")
-    if client is not None:
-        await client.aclose()
+async def processing_shutdown(context: WorkerContext) -> None:
+    if context.kartapay is not None:
+        await context.kartapay.aclose()
+        context.kartapay = None

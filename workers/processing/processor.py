@@ -1,8 +1,9 @@
-"""The ``process_event`` job: read the payment's true state, record it, emit its transitions
-with their deliveries, and run the first deliveries at once.
+"""The handler behind the ``process_event`` job: read the payment's true state, record it, emit
+its transitions with their deliveries, and start the first deliveries for the job to send.
 
-:func:`process_event` is the thin arq job; :class:`EventProcessor` is the plain handler that the
-tests drive directly.
+:class:`EventProcessor` is the plain handler that the tests drive directly; the arq job around
+it is :func:`workers.processing.job.process_event`. Delivery is reached only through
+:class:`workers.delivery.Deliveries`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
 
@@ -21,7 +22,6 @@ from service.kartapay import errors
 from service.kartapay.models import PaymentRecord
 from service.settings import Settings
 from service.store.dead_letters import EventDeadLetters
-from service.store.delivery_state import Acquired
 from service.store.payments import Candidate, PaymentStateStore, RecordResult, StaleSubscribers
 from service.store.subscribers import (
     RELOAD_TRIES,
@@ -30,10 +30,7 @@ from service.store.subscribers import (
     SubscriberCache,
 )
 from workers import metrics
-from workers.delivery import job as fanout
-from workers.delivery.message import delivery_body
-from workers.delivery.runner import deliver_now
-from workers.delivery.schedule import breaker_wake_jitter_ms
+from workers.delivery import Deliveries, StartedDelivery, bodies_only
 from workers.processing.retry_policy import FetchRetryPolicy
 
 log = structlog.get_logger("kartahook.process")
@@ -55,7 +52,7 @@ class Outcome:
     fetches: int = 0
     reason: str = ""
     retry_in_s: float | None = None
-    deliveries: tuple[Acquired, ...] = ()
+    deliveries: tuple[StartedDelivery, ...] = ()
     """The deliveries created and started for this run to send at once."""
 
 
@@ -76,9 +73,7 @@ class InlineDelivery:
     default_cap: int = 4
     """Per-subscriber concurrency cap when the subscriber sets none."""
     breaker_cooldown_s: float = 60.0
-
-    def open_jitter_ms(self) -> int:
-        return breaker_wake_jitter_ms(self.breaker_cooldown_s)
+    """Used for the breaker jitter when the processor is given no :class:`Deliveries`."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> InlineDelivery:
@@ -102,6 +97,7 @@ class EventProcessor:
         policy: FetchRetryPolicy,
         timeout_s: float = 30.0,
         inline: InlineDelivery | None = None,
+        deliveries: Deliveries | None = None,
     ) -> None:
         self._store = store
         self._reader = reader
@@ -111,6 +107,7 @@ class EventProcessor:
         self._policy = policy
         self._timeout_s = timeout_s
         self._inline = inline or InlineDelivery(enabled=False)
+        self._deliveries = deliveries or bodies_only(self._inline.breaker_cooldown_s)
 
     async def handle(self, hint: EventHint, token: str, inline_until: float = 0.0) -> Outcome:
         """Process one hint. ``token`` identifies this run (the arq job id) for the fetch lock.
@@ -124,7 +121,7 @@ class EventProcessor:
             return Outcome("coalesced")
         fetches = 0
         emitted: list[str] = []
-        deliveries: list[Acquired] = []
+        deliveries: list[StartedDelivery] = []
         try:
             async with asyncio.timeout(self._timeout_s):
                 while True:
@@ -196,7 +193,7 @@ class EventProcessor:
         ]
         for _ in range(RELOAD_TRIES):
             subscribers = await self._subscribers.all()
-            candidates = match_subscribers(transitions, subscribers)
+            candidates = match_subscribers(transitions, subscribers, self._deliveries.body_for)
             try:
                 result = await self._store.record(
                     hint.payment_id,
@@ -210,7 +207,7 @@ class EventProcessor:
                     caps={s.id: s.cap(self._inline.default_cap) for s in subscribers},
                     hold_ms=hold_ms,
                     lease_ms=self._inline.lease_ms,
-                    open_jitter_ms=self._inline.open_jitter_ms(),
+                    open_jitter_ms=self._deliveries.open_jitter_ms(),
                 )
             except StaleSubscribers:
                 await self._subscribers.refresh()
@@ -249,15 +246,17 @@ class EventProcessor:
 
 
 def match_subscribers(
-    transitions: Sequence[Transition], subscribers: Sequence[Subscriber]
+    transitions: Sequence[Transition],
+    subscribers: Sequence[Subscriber],
+    body_for: Callable[[Transition], bytes],
 ) -> list[Candidate]:
     """Each transition with the enabled subscribers that want it (one delivery each), and the
-    body they are sent (built only when somebody wants it)."""
+    body they are sent (``body_for``, called only when somebody wants it)."""
     enabled = [s for s in subscribers if s.enabled]
     candidates = []
     for t in transitions:
         ids = tuple(s.id for s in enabled if s.wants(t.event_type, t.source, t.payment))
-        body = delivery_body(t) if ids else b""
+        body = body_for(t) if ids else b""
         candidates.append(Candidate(t.seq, t.status, t.id, t.event_type, body, ids))
     return candidates
 
@@ -265,35 +264,3 @@ def match_subscribers(
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-async def process_event(ctx: dict[str, Any], arg: dict[str, Any]) -> str:
-    """arq job: process one stored webhook (see :class:`EventProcessor`), then send the
-    deliveries it created that are first in their line."""
-    started = time.monotonic()
-    hint = EventHint.from_job_arg(arg)
-    processor: EventProcessor = ctx["event_processor"]
-    deps = fanout.deps_if_started(ctx)
-    settings = ctx["settings"]
-    until = 0.0
-    if deps is not None and not deps.stopping.is_set():
-        until = deps.attempts_until(started, settings.worker_job_timeout_s)
-    with structlog.contextvars.bound_contextvars(
-        event_id=hint.event_id, payment_id=hint.payment_id, source=hint.source
-    ):
-        token = str(ctx.get("job_id", hint.job_id))
-        result = await processor.handle(hint, token=token, inline_until=until)
-        metrics.EVENTS_PROCESSED.labels(result.outcome).inc()
-        log.info(
-            "event_processed",
-            outcome=result.outcome,
-            transitions=list(result.emitted),
-            fetches=result.fetches,
-            attempt=hint.attempt,
-            reason=result.reason or None,
-            retry_in_s=result.retry_in_s,
-            duration_ms=round((time.monotonic() - started) * 1000, 2),
-        )
-        if deps is not None and result.deliveries:
-            await deliver_now(deps, result.deliveries, until)
-    return result.outcome

@@ -13,7 +13,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.api.admin.routes import _json_object, _limit, error, parse_since
+from service.api.admin.routes import json_object, limit_param, since_param
+from service.errors import NotFound, Unprocessable
 from service.settings import Settings
 from service.store.dead_letters import EventDeadLetters
 
@@ -29,13 +30,14 @@ def _seconds(since_ms: int | None) -> float | None:
     return None if since_ms is None else since_ms / 1000
 
 
+def _unknown() -> NotFound:
+    return NotFound("unknown_dead_letter", "no such event dead letter")
+
+
 async def list_event_dead_letters(request: Request) -> Response:
     store = _store(request)
-    try:
-        since = parse_since(request.query_params.get("since"))
-        limit = _limit(request)
-    except ValueError as exc:
-        return error(400, "invalid_query", str(exc))
+    since = since_param(request.query_params.get("since"))
+    limit = limit_param(request)
     entries = await store.entries(limit=limit, since=_seconds(since))
     return JSONResponse({"total": await store.count(), "dead_letters": entries})
 
@@ -43,28 +45,23 @@ async def list_event_dead_letters(request: Request) -> Response:
 async def show_event_dead_letter(request: Request) -> Response:
     entry = await _store(request).get(request.path_params["entry_id"])
     if entry is None:
-        return error(404, "unknown_dead_letter", "no such event dead letter")
+        raise _unknown()
     return JSONResponse(entry)
 
 
 async def retry_event_dead_letter(request: Request) -> Response:
     entry_id = request.path_params["entry_id"]
     if not await _store(request).retry(entry_id):
-        return error(404, "unknown_dead_letter", "no such event dead letter")
+        raise _unknown()
     log.info("event_dead_letter_retried", entry_id=entry_id)
     return JSONResponse({"retried": [entry_id]})
 
 
 async def retry_event_dead_letters(request: Request) -> Response:
-    data = await _json_object(request)
-    if isinstance(data, JSONResponse):
-        return data
-    try:
-        since = parse_since(data.get("since"))
-    except ValueError as exc:
-        return error(422, "invalid_query", str(exc))
+    data = await json_object(request)
+    since = since_param(data.get("since"), Unprocessable)
     if since is None:
-        return error(422, "invalid_query", "give 'since' (use 0 for everything)")
+        raise Unprocessable("invalid_query", "give 'since' (use 0 for everything)")
     retried = await _store(request).retry_since(_seconds(since))
     log.info("event_dead_letters_retried", since=since, count=len(retried))
     return JSONResponse({"retried": retried})

@@ -7,7 +7,9 @@ lifespan state (``redis``, ``settings``). Errors are JSON ``{"error": <code>, "d
 - 400 ``invalid_json`` / ``invalid_query``; 404 ``unknown_subscriber`` / ``unknown_dead_letter``;
 - 409 ``subscriber_exists``; 422 ``invalid_url``, ``host_not_allowed``, ``invalid_subscriber``.
 
-Mount it with ``Mount("/admin", app=admin_app())``.
+Handlers (and the token check) raise :class:`service.errors.ApiError`; one exception handler,
+:func:`api_error_response`, renders them: the app registers it (``exception_handlers``) and mounts
+the routes with ``Mount("/admin", app=admin_app())``.
 """
 
 from __future__ import annotations
@@ -25,14 +27,19 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.errors import (
+    ApiError,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    SubscriberError,
+    Unauthorized,
+    Unprocessable,
+)
 from service.settings import Settings
 from service.store.deliveries import DeliveryAdmin
-from service.store.subscribers import (
-    Subscriber,
-    SubscriberError,
-    SubscriberStore,
-    build_subscriber,
-)
+from service.store.subscribers import Subscriber, SubscriberStore, build_subscriber
 
 log = structlog.get_logger("kartahook.admin")
 
@@ -42,41 +49,44 @@ MUTABLE_FIELDS = frozenset(
 )
 
 
-def error(status: int, code: str, detail: str) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+async def api_error_response(_: Request, exc: Exception) -> Response:
+    """The one exception handler of the admin API: an :class:`ApiError` as its JSON body."""
+    assert isinstance(exc, ApiError)
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers or None)
 
 
 class AdminAuth:
-    """Pure ASGI middleware: the Bearer admin token, compared in constant time."""
+    """Pure ASGI middleware: the Bearer admin token, compared in constant time; a refusal is
+    raised as an :class:`ApiError` for :func:`api_error_response`."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        settings: Settings = scope["state"]["settings"]
-        refusal = self._refusal(settings, dict(scope["headers"]).get(b"authorization"))
-        if refusal is not None:
-            log.warning("admin_refused", path=scope.get("path"), reason=refusal.status_code)
-            await refusal(scope, receive, send)
-            return
+        if scope["type"] == "http":
+            settings: Settings = scope["state"]["settings"]
+            try:
+                self.check(settings, dict(scope["headers"]).get(b"authorization"))
+            except ApiError as exc:
+                log.warning("admin_refused", path=scope.get("path"), reason=exc.status_code)
+                raise
         await self.app(scope, receive, send)
 
     @staticmethod
-    def _refusal(settings: Settings, header: bytes | None) -> Response | None:
+    def check(settings: Settings, header: bytes | None) -> None:
+        """Raise the refusal of a request with this ``Authorization`` header, if any."""
         if settings.admin_token is None or not settings.admin_token.get_secret_value():
-            return error(403, "admin_disabled", "the admin API is off: KARTAHOOK_ADMIN_TOKEN unset")
+            raise Forbidden("admin_disabled", "the admin API is off: KARTAHOOK_ADMIN_TOKEN unset")
         if not header:
-            response = error(401, "missing_token", "send Authorization: Bearer <admin token>")
-            response.headers["www-authenticate"] = "Bearer"
-            return response
+            raise Unauthorized(
+                "missing_token",
+                "send Authorization: Bearer <admin token>",
+                headers={"www-authenticate": "Bearer"},
+            )
         scheme, _, token = header.decode("latin-1").partition(" ")
         expected = settings.admin_token.get_secret_value().encode()
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
-            return error(403, "invalid_token", "the admin token is wrong")
-        return None
+            raise Forbidden("invalid_token", "the admin token is wrong")
 
 
 def _now_ms() -> int:
@@ -103,22 +113,48 @@ def parse_since(value: Any) -> int | None:
     raise ValueError("since must be an ISO 8601 time with timezone, or epoch milliseconds")
 
 
-def _limit(request: Request, default: int = 100) -> int:
+def since_param(value: Any, error: type[ApiError] = BadRequest) -> int | None:
+    """:func:`parse_since`, its refusal raised as ``error`` (``invalid_query``)."""
+    try:
+        return parse_since(value)
+    except ValueError as exc:
+        raise error("invalid_query", str(exc)) from None
+
+
+def limit_param(request: Request, default: int = 100) -> int:
+    """The ``limit`` query parameter (1 to 10000), or :class:`BadRequest` ``invalid_query``."""
     raw = request.query_params.get("limit", str(default))
     if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
-        raise ValueError("limit must be an integer from 1 to 10000")
+        raise BadRequest("invalid_query", "limit must be an integer from 1 to 10000")
     return int(raw)
 
 
-async def _json_object(request: Request) -> dict[str, Any] | JSONResponse:
+async def json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object, or :class:`BadRequest` ``invalid_json``."""
     body = await request.body()
     try:
         data = orjson.loads(body or b"{}")
     except orjson.JSONDecodeError:
-        return error(400, "invalid_json", "the body is not JSON")
+        raise BadRequest("invalid_json", "the body is not JSON") from None
     if not isinstance(data, dict):
-        return error(400, "invalid_json", "the body must be a JSON object")
+        raise BadRequest("invalid_json", "the body must be a JSON object")
     return data
+
+
+def unknown_subscriber(subscriber_id: object) -> NotFound:
+    return NotFound("unknown_subscriber", f"no subscriber {subscriber_id!r}")
+
+
+def unknown_dead_letter(webhook_id: str, subscriber_id: str) -> NotFound:
+    return NotFound("unknown_dead_letter", f"no dead letter {webhook_id!r} of {subscriber_id!r}")
+
+
+def build(data: dict[str, Any], settings: Settings) -> Subscriber:
+    """:func:`build_subscriber`, its refusal raised as :class:`Unprocessable` with its code."""
+    try:
+        return build_subscriber(data, settings.subscriber_allowlist)
+    except SubscriberError as exc:
+        raise Unprocessable(exc.code, exc.message) from None
 
 
 class AdminResources:
@@ -129,15 +165,12 @@ class AdminResources:
         self.subscribers = SubscriberStore(request.state.redis)
         self.deliveries = DeliveryAdmin(request.state.redis, self.settings.queue_name)
 
-    async def subscriber(self, subscriber_id: str) -> Subscriber | JSONResponse:
+    async def subscriber(self, subscriber_id: str) -> Subscriber:
+        """The subscriber, or :class:`NotFound` ``unknown_subscriber``."""
         found = await self.subscribers.get(subscriber_id)
         if found is None:
-            return error(404, "unknown_subscriber", f"no subscriber {subscriber_id!r}")
+            raise unknown_subscriber(subscriber_id)
         return found
-
-
-def _invalid(exc: SubscriberError) -> JSONResponse:
-    return error(422, exc.code, exc.message)
 
 
 async def list_subscribers(request: Request) -> Response:
@@ -147,16 +180,10 @@ async def list_subscribers(request: Request) -> Response:
 
 async def create_subscriber(request: Request) -> Response:
     res = AdminResources(request)
-    data = await _json_object(request)
-    if isinstance(data, JSONResponse):
-        return data
-    data = {**data, "origin": "api"}
-    try:
-        subscriber = build_subscriber(data, res.settings.subscriber_allowlist)
-    except SubscriberError as exc:
-        return _invalid(exc)
+    data = await json_object(request)
+    subscriber = build({**data, "origin": "api"}, res.settings)
     if not await res.subscribers.add(subscriber):
-        return error(409, "subscriber_exists", f"subscriber {subscriber.id!r} already exists")
+        raise Conflict("subscriber_exists", f"subscriber {subscriber.id!r} already exists")
     log.info("subscriber_added", subscriber=subscriber.id, url=subscriber.url)
     # The secret is shown once, on creation (it may have been generated).
     return JSONResponse({**subscriber.public(), "secret": subscriber.secret}, status_code=201)
@@ -164,26 +191,17 @@ async def create_subscriber(request: Request) -> Response:
 
 async def show_subscriber(request: Request) -> Response:
     found = await AdminResources(request).subscriber(request.path_params["subscriber_id"])
-    return found if isinstance(found, JSONResponse) else JSONResponse(found.public())
+    return JSONResponse(found.public())
 
 
 async def update_subscriber(request: Request) -> Response:
     res = AdminResources(request)
     found = await res.subscriber(request.path_params["subscriber_id"])
-    if isinstance(found, JSONResponse):
-        return found
-    data = await _json_object(request)
-    if isinstance(data, JSONResponse):
-        return data
+    data = await json_object(request)
     unknown = set(data) - MUTABLE_FIELDS
     if unknown:
-        return error(422, "invalid_subscriber", f"fields not changeable: {sorted(unknown)}")
-    try:
-        updated = build_subscriber(
-            {**found.model_dump(), **data}, res.settings.subscriber_allowlist
-        )
-    except SubscriberError as exc:
-        return _invalid(exc)
+        raise Unprocessable("invalid_subscriber", f"fields not changeable: {sorted(unknown)}")
+    updated = build({**found.model_dump(), **data}, res.settings)
     await res.subscribers.put(updated)
     log.info("subscriber_updated", subscriber=updated.id, fields=sorted(data))
     if updated.enabled and not found.enabled:
@@ -197,7 +215,7 @@ async def remove_subscriber(request: Request) -> Response:
     res = AdminResources(request)
     subscriber_id = request.path_params["subscriber_id"]
     if not await res.subscribers.remove(subscriber_id):
-        return error(404, "unknown_subscriber", f"no subscriber {subscriber_id!r}")
+        raise unknown_subscriber(subscriber_id)
     # Parked deliveries run once more, find no subscriber, and are dropped (logged, counted).
     await res.deliveries.wake(subscriber_id, 1_000_000, _now_ms())
     log.info("subscriber_removed", subscriber=subscriber_id)
@@ -209,7 +227,7 @@ async def enable_subscriber(request: Request) -> Response:
     subscriber_id = request.path_params["subscriber_id"]
     updated = await res.subscribers.set_enabled(subscriber_id, True)
     if updated is None:
-        return error(404, "unknown_subscriber", f"no subscriber {subscriber_id!r}")
+        raise unknown_subscriber(subscriber_id)
     woken = await res.deliveries.wake(
         subscriber_id, updated.cap(res.settings.delivery_concurrency), _now_ms()
     )
@@ -222,7 +240,7 @@ async def disable_subscriber(request: Request) -> Response:
     subscriber_id = request.path_params["subscriber_id"]
     updated = await res.subscribers.set_enabled(subscriber_id, False, "disabled by an operator")
     if updated is None:
-        return error(404, "unknown_subscriber", f"no subscriber {subscriber_id!r}")
+        raise unknown_subscriber(subscriber_id)
     log.info("subscriber_disabled", subscriber=subscriber_id)
     return JSONResponse(updated.public())
 
@@ -230,25 +248,17 @@ async def disable_subscriber(request: Request) -> Response:
 async def subscriber_attempts(request: Request) -> Response:
     res = AdminResources(request)
     found = await res.subscriber(request.path_params["subscriber_id"])
-    if isinstance(found, JSONResponse):
-        return found
-    try:
-        limit = _limit(request)
-    except ValueError as exc:
-        return error(400, "invalid_query", str(exc))
+    limit = limit_param(request)
     return JSONResponse({"attempts": await res.deliveries.attempts(found.id, limit)})
 
 
 async def list_dead_letters(request: Request) -> Response:
     res = AdminResources(request)
     subscriber_id = request.query_params.get("subscriber") or None
-    try:
-        since = parse_since(request.query_params.get("since"))
-        limit = _limit(request)
-    except ValueError as exc:
-        return error(400, "invalid_query", str(exc))
-    if subscriber_id is not None and await res.subscribers.get(subscriber_id) is None:
-        return error(404, "unknown_subscriber", f"no subscriber {subscriber_id!r}")
+    since = since_param(request.query_params.get("since"))
+    limit = limit_param(request)
+    if subscriber_id is not None:
+        await res.subscriber(subscriber_id)
     letters = await res.deliveries.dead_letters(subscriber_id, since, limit)
     total = await res.deliveries.dead_letter_count(subscriber_id)
     return JSONResponse({"total": total, "dead_letters": [d.to_dict() for d in letters]})
@@ -259,7 +269,7 @@ async def show_dead_letter(request: Request) -> Response:
     sub, webhook_id = request.path_params["subscriber_id"], request.path_params["webhook_id"]
     letter = await res.deliveries.dead_letter(sub, webhook_id)
     if letter is None:
-        return error(404, "unknown_dead_letter", f"no dead letter {webhook_id!r} of {sub!r}")
+        raise unknown_dead_letter(webhook_id, sub)
     return JSONResponse(letter.to_dict())
 
 
@@ -268,7 +278,7 @@ async def replay_dead_letter(request: Request) -> Response:
     sub, webhook_id = request.path_params["subscriber_id"], request.path_params["webhook_id"]
     result = await res.deliveries.replay(sub, webhook_id, _now_ms())
     if result != "ok":
-        return error(404, "unknown_dead_letter", f"no dead letter {webhook_id!r} of {sub!r}")
+        raise unknown_dead_letter(webhook_id, sub)
     log.info("dead_letter_replayed", subscriber=sub, webhook_id=webhook_id)
     return JSONResponse({"replayed": [{"subscriber": sub, "webhook_id": webhook_id}]})
 
@@ -276,29 +286,24 @@ async def replay_dead_letter(request: Request) -> Response:
 async def replay_dead_letters(request: Request) -> Response:
     """``POST /admin/dead-letters/replay`` with ``{"subscriber": …}``, ``{"since": …}`` or both."""
     res = AdminResources(request)
-    data = await _json_object(request)
-    if isinstance(data, JSONResponse):
-        return data
+    data = await json_object(request)
     subscriber_id = data.get("subscriber")
-    try:
-        since = parse_since(data.get("since"))
-    except ValueError as exc:
-        return error(422, "invalid_query", str(exc))
+    since = since_param(data.get("since"), Unprocessable)
     if subscriber_id is None and since is None:
-        return error(
-            422, "invalid_query", "give 'subscriber', 'since' (use 0 for everything), or both"
+        raise Unprocessable(
+            "invalid_query", "give 'subscriber', 'since' (use 0 for everything), or both"
         )
     if subscriber_id is not None and (
         not isinstance(subscriber_id, str) or await res.subscribers.get(subscriber_id) is None
     ):
-        return error(404, "unknown_subscriber", f"no subscriber {subscriber_id!r}")
+        raise unknown_subscriber(subscriber_id)
     replayed = await res.deliveries.replay_many(subscriber_id, since, _now_ms())
     log.info("dead_letters_replayed", subscriber=subscriber_id, since=since, count=len(replayed))
     return JSONResponse({"replayed": replayed})
 
 
 async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
-    await error(404, "not_found", "no such admin route")(scope, receive, send)
+    raise NotFound("not_found", "no such admin route")
 
 
 def admin_routes() -> list[Route]:
@@ -323,5 +328,6 @@ def admin_routes() -> list[Route]:
 
 
 def admin_app(extra_routes: Sequence[BaseRoute] = ()) -> ASGIApp:
-    """The admin routes (plus ``extra_routes``) behind the token check; mount at ``/admin``."""
+    """The admin routes (plus ``extra_routes``) behind the token check; mount at ``/admin`` in an
+    app whose exception handlers render :class:`ApiError` with :func:`api_error_response`."""
     return AdminAuth(Router(routes=[*admin_routes(), *extra_routes], default=not_found))

@@ -19,13 +19,14 @@ from service import metrics
 from service.api.ingest.sources.base import InboundRequest, Rejection, Source, Unroutable
 from service.api.middleware import TOO_LARGE_BODY, TOO_LARGE_HEADERS
 from service.clock import now_ms
+from service.errors import KartahookError
 from service.store.events import EventStore, RedisUnavailable, StoreResult
 
 UNKNOWN_SOURCE = "unknown"
 WEBHOOK_PATH_PREFIX = "/v1/webhooks/"
 
 
-class ClientGone(Exception):
+class ClientGone(KartahookError):
     """The client disconnected before its body arrived."""
 
 

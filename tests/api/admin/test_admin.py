@@ -73,6 +73,19 @@ async def test_bad_admin_requests_get_a_clear_4xx(admin_url: str) -> None:
         assert (since.status_code, since.json()["error"]) == (400, "invalid_query")
 
 
+async def test_admin_errors_have_one_shape_and_routing_errors_stay_json(admin_url: str) -> None:
+    """An unknown admin route is 404 not_found with the ApiError body (error, detail and nothing
+    else); a wrong method is still the app's JSON 405; neither answers without the token."""
+    async with httpx.AsyncClient(base_url=admin_url + "/admin") as http:
+        unknown = await http.get("/nope", headers=AUTH)
+        assert unknown.status_code == 404
+        assert unknown.json() == {"error": "not_found", "detail": "no such admin route"}
+        wrong_method = await http.delete("/dead-letters", headers=AUTH)
+        assert wrong_method.status_code == 405
+        assert wrong_method.json() == {"error": "Method Not Allowed"}
+        assert (await http.get("/nope")).json()["error"] == "missing_token"
+
+
 async def test_admin_disabled_without_a_token(redis_url: str) -> None:
     """With no KARTAHOOK_ADMIN_TOKEN configured the admin API refuses everything."""
     settings = Settings(redis_url=redis_url, admin_token=None)

@@ -15,6 +15,8 @@ from typing import Any, ClassVar, NamedTuple
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.errors import KartahookError
+
 
 class InboundRequest(NamedTuple):
     """One webhook request as the sources see it. Header names are lower case.
@@ -41,7 +43,7 @@ class VerifiedEvent(NamedTuple):
     body: bytes
 
 
-class Rejection(Exception):
+class Rejection(KartahookError):
     """A request refused by a source. ``reason`` is for logs only, never for response bodies."""
 
     status: ClassVar[int] = 400

@@ -14,13 +14,12 @@ from pydantic import ValidationError
 from service.api.ingest.sources.base import Source
 from service.api.ingest.sources.kartapay import KartaPaySource
 
+# Defined in service.errors (the error tree), re-exported here.
+from service.errors import SourceConfigError as SourceConfigError
+
 SOURCE_TYPES: dict[str, type[Source]] = {
     "kartapay": KartaPaySource,
 }
-
-
-class SourceConfigError(ValueError):
-    """The sources configuration is invalid; the message names the source and the problem."""
 
 
 def build_source(name: str, raw: Mapping[str, Any]) -> Source:
