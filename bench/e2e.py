@@ -163,8 +163,8 @@ async def enqueue_noops(redis_url: str, count: int) -> None:
     """Write ``count`` no-op jobs in arq's own format (what ``enqueue_job`` writes)."""
     import redis.asyncio as aioredis
 
-    from service.domain.events import arq_job_bytes
     from service.settings import Settings
+    from service.store.jobs import arq_job_bytes
 
     queue = Settings().queue_name
     client = aioredis.Redis.from_url(redis_url)

@@ -14,9 +14,10 @@ import structlog
 from arq.worker import Function, Worker
 from redis.exceptions import RedisError
 
-from service.domain.events import ARQ_EXPIRES_EXTRA_MS, deserialize, serialize
 from service.settings import Settings
 from service.store.client import arq_redis_settings
+from service.store.jobs import deserialize, serialize
+from service.store.layout import ARQ_EXPIRES_EXTRA_MS
 from workers.delivery import job as fanout
 from workers.delivery.runner import STOPPING
 from workers.probe_server import ProbeServer

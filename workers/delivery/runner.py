@@ -17,8 +17,8 @@ import structlog
 
 from service.logging import write_json_line
 from service.settings import Settings
-from service.store.deliveries import parse_deliver_job_id
 from service.store.delivery_state import Acquired, FanoutStore
+from service.store.layout import parse_deliver_job_id
 from service.store.subscribers import (
     RELOAD_TRIES,
     RegistryKeepsChanging,

@@ -8,10 +8,11 @@ from typing import Any
 import httpx
 from arq.worker import Function, Retry, func
 
-from service.domain.events import PROCESS_EVENT, EventHint
+from service.domain.events import EventHint
 from service.kartapay.client import KartaPayClient
 from service.settings import Settings
 from service.store.dead_letters import EventDeadLetters
+from service.store.layout import PROCESS_EVENT, event_retry_job_id
 from service.store.payments import PaymentStateStore
 from workers.delivery.job import shared_subscriber_cache
 from workers.processing.processor import EventProcessor, InlineDelivery, process_event
@@ -54,7 +55,7 @@ async def processing_startup(ctx: dict[str, Any]) -> None:
         await redis.enqueue_job(
             PROCESS_EVENT,
             hint.to_job_args()[0],
-            _job_id=f"{hint.job_id}:r{hint.attempt}",
+            _job_id=event_retry_job_id(hint.source, hint.event_id, hint.attempt),
             _defer_by=delay_s,
         )
 

@@ -22,6 +22,7 @@ from service.kartapay.models import PaymentRecord
 from service.settings import Settings
 from service.store.dead_letters import EventDeadLetters
 from service.store.delivery_state import Acquired
+from service.store.layout import event_job_id
 from service.store.payments import Candidate, PaymentStateStore, RecordResult, StaleSubscribers
 from service.store.subscribers import (
     RELOAD_TRIES,
@@ -281,7 +282,7 @@ async def process_event(ctx: dict[str, Any], arg: dict[str, Any]) -> str:
     with structlog.contextvars.bound_contextvars(
         event_id=hint.event_id, payment_id=hint.payment_id, source=hint.source
     ):
-        token = str(ctx.get("job_id", hint.job_id))
+        token = str(ctx.get("job_id", event_job_id(hint.source, hint.event_id)))
         result = await processor.handle(hint, token=token, inline_until=until)
         metrics.EVENTS_PROCESSED.labels(result.outcome).inc()
         log.info(
