@@ -165,6 +165,7 @@ async def enqueue_noops(redis_url: str, count: int) -> None:
 
     from service.settings import Settings
     from service.store.jobs import arq_job_bytes
+    from service.store.layout import arq_job_key
 
     queue = Settings().queue_name
     client = aioredis.Redis.from_url(redis_url)
@@ -174,7 +175,7 @@ async def enqueue_noops(redis_url: str, count: int) -> None:
             pipe = client.pipeline(transaction=False)
             for i in range(start, min(count, start + 1000)):
                 job_id = f"noop{i:08d}"
-                pipe.psetex(f"arq:job:{job_id}", 86_400_000, arq_job_bytes(NOOP, [], now_ms))
+                pipe.psetex(arq_job_key(job_id), 86_400_000, arq_job_bytes(NOOP, [], now_ms))
                 pipe.zadd(queue, {job_id: now_ms})
             await pipe.execute()
     finally:
@@ -376,11 +377,12 @@ async def wait_worker_ready(redis_url: str, timeout_s: float = 60.0) -> None:
     import redis.asyncio as aioredis
 
     from service.settings import Settings
+    from service.store.layout import health_check_key
 
     client = aioredis.Redis.from_url(redis_url)
     deadline = time.monotonic() + timeout_s
     try:
-        while not await client.exists(Settings().queue_name + ":health-check"):
+        while not await client.exists(health_check_key(Settings().queue_name)):
             if time.monotonic() > deadline:
                 raise TimeoutError("the worker did not start")
             await asyncio.sleep(0.1)
