@@ -79,3 +79,16 @@ def test_lua_files_name_no_key_prefix() -> None:
         text = path.read_text()
         offenders += [f"{path.name}: {prefix}" for prefix in prefixes if prefix in text]
     assert len(files) >= 9 and offenders == []
+
+
+def test_domain_modules_know_no_redis() -> None:
+    """service/domain (events, subscribers, signing, lifecycle) imports neither redis nor store."""
+    offenders = []
+    for path in sorted((ROOT / "service" / "domain").rglob("*.py")):
+        for line in path.read_text().splitlines():
+            words = line.split()
+            if words[:1] in (["import"], ["from"]) and len(words) > 1:
+                module = words[1]
+                if module.split(".")[0] == "redis" or module.startswith("service.store"):
+                    offenders.append(f"{path.name}: {line.strip()}")
+    assert offenders == []
