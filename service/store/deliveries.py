@@ -37,7 +37,14 @@ import orjson
 import redis.asyncio as aioredis
 
 from service.store.layout import DEAD_ALL as DEAD_ALL_KEY
-from service.store.layout import attempt_log_key, breaker_key, dead_key, delivery_key, waiting_key
+from service.store.layout import (
+    attempt_log_key,
+    breaker_key,
+    dead_key,
+    delivery_key,
+    parse_dead_member,
+    waiting_key,
+)
 from service.store.scripts import Script
 
 REPLAY = Script.load("delivery_replay")
@@ -128,8 +135,8 @@ class DeliveryAdmin:
         key = DEAD_ALL_KEY if subscriber_id is None else dead_key(subscriber_id)
         members: list[bytes] = await self.redis.zrangebyscore(key, low, "+inf", start, num)
         if subscriber_id is None:
-            refs = [m.decode().split("/", 1) for m in members]
-            return [(r[0], r[1]) for r in refs if len(r) == 2]
+            refs = [parse_dead_member(m.decode()) for m in members]
+            return [ref for ref in refs if ref is not None]
         return [(subscriber_id, m.decode()) for m in members]
 
     async def dead_letters(

@@ -86,6 +86,8 @@ EVENT_JOB_ID = "evt:{digest}"
 EVENT_RETRY_JOB_ID = "{event_job_id}:r{attempt}"
 EVENT_DLQ_RETRY_JOB_ID = "{event_job_id}:dlq{now_ms}"
 DELIVER_JOB_ID = "fdl:{sub}:{tid}:{gen}"
+# A member of DEAD_ALL: which delivery is dead.
+DEAD_MEMBER = "{sub}/{tid}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +252,16 @@ def parse_deliver_job_id(job_id: str) -> int:
         return -1
 
 
+def dead_member(subscriber_id: str, transition_id: str) -> str:
+    return DEAD_MEMBER.format(sub=subscriber_id, tid=transition_id)
+
+
+def parse_dead_member(member: str) -> tuple[str, str] | None:
+    """(subscriber id, webhook-id) of a member of DEAD_ALL; None when it is not one."""
+    sub, sep, tid = member.partition(DEAD_MEMBER[len("{sub}") : -len("{tid}")])
+    return (sub, tid) if sep else None
+
+
 def deliver_job_target(job_id: str) -> tuple[str, str]:
     """(subscriber id, webhook-id) of a delivery job id."""
     parts = job_id.split(":")
@@ -263,6 +275,7 @@ def deliver_job_target(job_id: str) -> tuple[str, str]:
 LUA_KEY_FUNCTIONS: dict[str, str] = {
     "arq_job_key": ARQ_JOB,
     "deliver_job_id": DELIVER_JOB_ID,
+    "dead_member": DEAD_MEMBER,
     "delivery_key": DELIVERY,
     "order_key": ORDER,
     "head_key": HEAD,

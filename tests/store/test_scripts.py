@@ -40,7 +40,7 @@ async def test_lua_key_functions_give_the_layout_keys(redis: aioredis.Redis) -> 
             "return {delivery_key(ARGV[1], ARGV[2]), order_key(ARGV[1], ARGV[3]),"
             " head_key(ARGV[1], ARGV[3]), waiting_key(ARGV[1]), inflight_key(ARGV[1]),"
             " breaker_key(ARGV[1]), deliver_job_id(ARGV[1], ARGV[2], ARGV[4]),"
-            " arq_job_key(ARGV[5])}"
+            " arq_job_key(ARGV[5]), dead_member(ARGV[1], ARGV[2])}"
         )
     )
     reply = await script(redis, [], ["sub-1", "msg_x", "pay_9", 3, "evt:abc"])
@@ -53,7 +53,9 @@ async def test_lua_key_functions_give_the_layout_keys(redis: aioredis.Redis) -> 
         layout.breaker_key("sub-1"),
         layout.deliver_job_id("sub-1", "msg_x", 3),
         layout.arq_job_key("evt:abc"),
+        layout.dead_member("sub-1", "msg_x"),
     ]
+    assert layout.parse_dead_member(layout.dead_member("sub-1", "msg_x")) == ("sub-1", "msg_x")
 
 
 async def test_lua_job_body_is_arq_job_bytes(redis: aioredis.Redis) -> None:

@@ -86,7 +86,7 @@ if state == 'active' and redis.call('HGET', dkey, 'gen') == gen then
     result = 'retry'
   else
     redis.call('HSET', dkey, 'state', 'dead', 'dead_ms', now)
-    redis.call('ZADD', dead_all, now, sub .. '/' .. tid)
+    redis.call('ZADD', dead_all, now, dead_member(sub, tid))
     redis.call('ZADD', dead_sub, now, tid)
     advance(queue, sub, pid, tid, now)
     result = 'dead'

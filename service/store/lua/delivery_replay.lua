@@ -8,7 +8,7 @@ local now, sub, tid = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local state = redis.call('HGET', dkey, 'state')
 if not state then return 'missing' end
 if state ~= 'dead' then return 'not_dead' end
-redis.call('ZREM', KEYS[3], sub .. '/' .. tid)
+redis.call('ZREM', KEYS[3], dead_member(sub, tid))
 redis.call('ZREM', KEYS[4], tid)
 redis.call('HSET', dkey, 'state', 'queued', 'attempts', 0, 'replayed_ms', now)
 redis.call('HINCRBY', dkey, 'replays', 1)
