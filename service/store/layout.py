@@ -75,6 +75,8 @@ DEAD = FO_PREFIX + "dead:{sub}"
 ATTEMPT_LOG = FO_PREFIX + "log:{sub}"
 
 SUBSCRIBERS = KEY_PREFIX + "subscribers"
+# Bumped by every write to the registry, in the same transaction: a worker's cached copy is
+# current exactly when its version is this one (the scripts that act on it check it).
 SUBSCRIBERS_VERSION = KEY_PREFIX + "subscribers:version"
 
 EVENT_DLQ_ENTRIES = KEY_PREFIX + "dlq:events"

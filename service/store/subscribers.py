@@ -25,9 +25,6 @@ from service.domain.subscribers import (
     load_subscribers_file,
 )
 from service.store.layout import SUBSCRIBERS as SUBSCRIBERS_KEY
-
-# Bumped by every write to the registry, in the same transaction: a worker's cached copy is
-# current exactly when its version is this one (the delivery scripts check it).
 from service.store.layout import SUBSCRIBERS_VERSION as SUBSCRIBERS_VERSION_KEY
 
 __all__ = [
