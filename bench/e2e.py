@@ -161,9 +161,10 @@ def run_noop_worker(redis_url: str) -> None:
 async def enqueue_noops(redis_url: str, count: int) -> None:
     """Write ``count`` no-op jobs in arq's own format (what ``enqueue_job`` writes)."""
     from service.clock import now_ms
-    from service.domain.events import arq_job_bytes
     from service.settings import Settings
     from service.store.client import redis_client
+    from service.store.jobs import arq_job_bytes
+    from service.store.layout import arq_job_key
 
     queue = Settings().queue_name
     client = redis_client(redis_url)
@@ -173,7 +174,7 @@ async def enqueue_noops(redis_url: str, count: int) -> None:
             pipe = client.pipeline(transaction=False)
             for i in range(start, min(count, start + 1000)):
                 job_id = f"noop{i:08d}"
-                pipe.psetex(f"arq:job:{job_id}", 86_400_000, arq_job_bytes(NOOP, [], now))
+                pipe.psetex(arq_job_key(job_id), 86_400_000, arq_job_bytes(NOOP, [], now))
                 pipe.zadd(queue, {job_id: now})
             await pipe.execute()
     finally:

@@ -19,8 +19,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.domain.events import Transition, deserialize, serialize
+from service.domain.events import Transition
 from service.settings import Settings
+from service.store.jobs import deserialize, serialize
 from service.store.payments import PaymentStateStore
 from service.store.subscribers import Subscriber, SubscriberCache
 from tests.support import arq_pool

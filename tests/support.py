@@ -15,8 +15,8 @@ from typing import Any
 import uvicorn
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
-from service.domain.events import deserialize, serialize
 from service.kartapay.client import KartaPayClient
+from service.store.jobs import deserialize, serialize
 from service.store.server import free_port
 
 

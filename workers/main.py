@@ -17,9 +17,10 @@ from arq.connections import ArqRedis
 from arq.worker import Function, Worker
 from redis.exceptions import RedisError
 
-from service.domain.events import ARQ_EXPIRES_EXTRA_MS, deserialize, serialize
 from service.settings import Settings
 from service.store.client import arq_redis, check_url
+from service.store.jobs import deserialize, serialize
+from service.store.layout import ARQ_EXPIRES_EXTRA_MS
 from workers.context import CTX_KEY, WorkerContext, worker_context
 from workers.delivery import job as fanout
 from workers.probe_server import ProbeServer

@@ -47,8 +47,8 @@ def check_subscribers(args: argparse.Namespace) -> list[str]:
     """Problems of the subscribers file (URLs, allowlist, secrets, ids); none when not set."""
     import yaml
 
+    from service.domain.subscribers import SubscriberError, load_subscribers_file
     from service.settings import Settings
-    from service.store.subscribers import SubscriberError, load_subscribers_file
 
     settings = Settings()
     path: Path | None = args.subscribers or settings.subscribers_file

@@ -11,6 +11,7 @@ and with ``socket_timeout`` set each send runs in a task of its own. Here one de
 connection (made by the client's pool, so URL, auth, TLS and Sentinel settings apply) is kept,
 commands are packed once, and deadlines are ``asyncio.timeout`` scopes.
 
+Scripts are :class:`service.store.scripts.Script` (the one runner; this is its pipelined path).
 After ``NOSCRIPT`` (Redis restarted or flushed its script cache) the script is loaded and the
 call sent again; nothing ran for it. On any connection error or timeout every call in flight
 fails with :class:`RedisUnavailable` (503), and the next batch reconnects.
@@ -20,10 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 from collections import deque
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -37,20 +37,9 @@ from service import metrics
 
 # Defined in service.errors (the error tree), re-exported here.
 from service.errors import RedisUnavailable as RedisUnavailable
+from service.store.scripts import Script
 
 Arg = str | bytes | int
-
-
-@dataclass(frozen=True)
-class LuaScript:
-    """A Lua script and its SHA1, as ``EVALSHA`` wants it."""
-
-    source: str
-    sha: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        digest = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
-        object.__setattr__(self, "sha", digest)
 
 
 def bulk_string(data: bytes) -> bytes:
@@ -88,7 +77,7 @@ def parsed_replies(conn: AbstractConnection) -> Any | None:
 
 @dataclass(slots=True)
 class _Call:
-    script: LuaScript
+    script: Script
     command: bytes
     future: asyncio.Future[Any]
     deadline: float
@@ -114,14 +103,14 @@ class ScriptBatcher:
         self._closed = False
         self._background: set[asyncio.Task[None]] = set()
 
-    async def call(self, script: LuaScript, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+    async def call(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
         """Run ``script`` with ``keys`` and ``args`` in the next batch; its reply.
 
         Raises :class:`RedisUnavailable` when Redis fails or the deadline passes.
         """
         return await self.send(script, pack_command("EVALSHA", script.sha, len(keys), *keys, *args))
 
-    def send(self, script: LuaScript, command: bytes) -> asyncio.Future[Any]:
+    def send(self, script: Script, command: bytes) -> asyncio.Future[Any]:
         """Like :meth:`call`, with the ``EVALSHA`` of ``script`` already packed (RESP): hand it
         to the next batch and return the future of its reply (a plain function, so the hot path
         awaits one coroutine fewer).

@@ -1,8 +1,8 @@
 """Dead-lettered events: hints that processing gave up on, kept for listing, inspection and retry.
 
 Written by the worker, read and retried through the admin API and ``kartahook dlq --kind events``.
-Keys: ``kh:dlq:events`` (hash: id → JSON entry) and ``kh:dlq:events:index`` (sorted set: id by
-time dead-lettered, epoch seconds).
+Keys (:mod:`service.store.layout`): ``EVENT_DLQ_ENTRIES`` (hash: id → JSON entry) and
+``EVENT_DLQ_INDEX`` (sorted set: id by time dead-lettered, epoch seconds).
 """
 
 from __future__ import annotations
@@ -14,38 +14,34 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from service.domain.events import (
-    ARQ_EXPIRES_EXTRA_MS,
-    ARQ_JOB_PREFIX,
-    KEY_PREFIX,
-    PROCESS_EVENT,
-    EventHint,
-    arq_job_bytes,
-)
+from service.domain.events import EventHint
+from service.store import layout
+from service.store.jobs import arq_job_bytes
 
-ENTRIES_KEY = f"{KEY_PREFIX}dlq:events"
-INDEX_KEY = f"{KEY_PREFIX}dlq:events:index"
+ENTRIES_KEY = layout.EVENT_DLQ_ENTRIES
+INDEX_KEY = layout.EVENT_DLQ_INDEX
 
 
 class EventDeadLetters:
     """The store of dead-lettered events."""
 
-    def __init__(self, redis: Redis, queue_name: str = "arq:queue") -> None:
+    def __init__(self, redis: Redis, queue_name: str = layout.DEFAULT_QUEUE) -> None:
         self._redis = redis
         self._queue = queue_name
 
     async def add(self, hint: EventHint, reason: str, last_error: str) -> None:
         now = time.time()
+        entry_id = layout.event_job_id(hint.source, hint.event_id)
         entry = {
-            "id": hint.job_id,
+            "id": entry_id,
             "hint": asdict(hint),
             "reason": reason,
             "last_error": last_error,
             "dead_at": now,
         }
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(ENTRIES_KEY, hint.job_id, orjson.dumps(entry).decode())
-            pipe.zadd(INDEX_KEY, {hint.job_id: now})
+            pipe.hset(ENTRIES_KEY, entry_id, orjson.dumps(entry).decode())
+            pipe.zadd(INDEX_KEY, {entry_id: now})
             await pipe.execute()
 
     async def count(self) -> int:
@@ -72,10 +68,12 @@ class EventDeadLetters:
             return False
         hint = EventHint.from_job_arg({**entry["hint"], "attempt": 0})
         now_ms = int(time.time() * 1000)
-        job_id = f"{hint.job_id}:dlq{now_ms}"
-        job = arq_job_bytes(PROCESS_EVENT, hint.to_job_args(), now_ms)
+        job_id = layout.event_dlq_retry_job_id(
+            layout.event_job_id(hint.source, hint.event_id), now_ms
+        )
+        job = arq_job_bytes(layout.PROCESS_EVENT, hint.to_job_args(), now_ms)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(ARQ_JOB_PREFIX + job_id, job, px=ARQ_EXPIRES_EXTRA_MS, nx=True)
+            pipe.set(layout.arq_job_key(job_id), job, px=layout.ARQ_EXPIRES_EXTRA_MS, nx=True)
             pipe.zadd(self._queue, {job_id: now_ms})
             pipe.hdel(ENTRIES_KEY, entry_id)
             pipe.zrem(INDEX_KEY, entry_id)

@@ -1,29 +1,31 @@
-"""Delivery state in Redis: the key layout, and what the admin side does with it.
+"""Delivery state in Redis, the admin side: dead letters, replay, wake, the attempt log.
 
-Fan-out (``workers/fanout``) drives deliveries; the admin API reads dead letters and attempt logs
-and replays dead letters. Both sides go through the layout and Lua below, so it lives here, in a
-leaf module ``service`` may import. Every state change that involves more than one key is one
-Lua script, so a crash between two writes never loses or duplicates a delivery.
+Fan-out (``workers/delivery``) drives deliveries through :mod:`service.store.delivery_state`; the
+admin API reads dead letters and attempt logs, replays dead letters and wakes parked deliveries
+here. Every state change that involves more than one key is one Lua script
+(``lua/delivery_*.lua``), so a crash between two writes never loses or duplicates a delivery.
 
-Key layout (``{s}`` subscriber id, ``{t}`` transition id = webhook-id, ``{p}`` payment id):
+The keys (:mod:`service.store.layout`; ``{s}`` subscriber id, ``{t}`` transition id =
+webhook-id, ``{p}`` payment id):
 
-- ``kh:fo:d:{s}:{t}``  hash, one delivery: state (queued, active, delivered, dead, dropped), gen
-  (bumped whenever its next arq job changes, so a stale job knows it is stale), attempts, seq,
-  payment_id, type, the body sent (the same bytes on every attempt and replay), when its webhook
-  was received, times, last status/error. Kept ``delivery_done_ttl_s``
-  after success, so a duplicate fan-out job creates nothing; kept without TTL while dead.
-- ``kh:fo:o:{s}:{p}``  zset of the pending deliveries of one (subscriber, payment), score = seq.
-- ``kh:fo:h:{s}:{p}``  string, the one active delivery of that pair (its head). Only the head has
+- ``DELIVERY`` ``{s}:{t}``: hash, one delivery: state (queued, active, delivered, dead, dropped),
+  gen (bumped whenever its next arq job changes, so a stale job knows it is stale), attempts,
+  seq, payment_id, type, the body sent (the same bytes on every attempt and replay), when its
+  webhook was received, times, last status/error. Kept ``delivery_done_ttl_s`` after success,
+  so a duplicate fan-out job creates nothing; kept without TTL while dead.
+- ``ORDER`` ``{s}:{p}``: zset of the pending deliveries of one (subscriber, payment), score = seq.
+- ``HEAD`` ``{s}:{p}``: string, the one active delivery of that pair (its head). Only the head has
   an arq job; the next one is activated when the head is delivered or dead-lettered.
-- ``kh:fo:w:{s}``      zset of parked heads (over the cap, breaker open, subscriber disabled),
+- ``WAITING`` ``{s}``: zset of parked heads (over the cap, breaker open, subscriber disabled),
   woken when a slot frees, the breaker closes, or the subscriber is enabled.
-- ``kh:fo:f:{s}``      zset of in-flight job ids, score = lease end (a dead worker's slot expires).
-- ``kh:fo:b:{s}``      hash, circuit breaker: fails, open_until (ms), probe, probe_until.
-- ``kh:fo:dead``       zset of ``{s}/{t}`` by dead-letter time; ``kh:fo:dead:{s}``: zset of ``{t}``.
-- ``kh:fo:log:{s}``    list, the attempt log, newest first, capped.
+- ``INFLIGHT`` ``{s}``: zset of in-flight job ids, score = lease end (a dead worker's slot
+  expires).
+- ``BREAKER`` ``{s}``: hash, circuit breaker: fails, open_until (ms), probe, probe_until.
+- ``DEAD_ALL``: zset of ``{s}/{t}`` by dead-letter time; ``DEAD`` ``{s}``: zset of ``{t}``.
+- ``ATTEMPT_LOG`` ``{s}``: list, the attempt log, newest first, capped.
 
-Each attempt is a fresh arq job ``fdl:{s}:{t}:{gen}`` written by the Lua scripts in arq's own
-format, so no job outlives arq's one-day job-key TTL however long the retry schedule is.
+Each attempt is a fresh arq job (``layout.DELIVER_JOB_ID``) written by the Lua scripts in arq's
+own format, so no job outlives its job-key TTL however long the retry schedule is.
 """
 
 from __future__ import annotations
@@ -34,173 +36,19 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from service.domain.events import ARQ_EXPIRES_EXTRA_MS, ARQ_JOB_PREFIX, KEY_PREFIX
-
-FO_PREFIX = f"{KEY_PREFIX}fo:"
-FANOUT_DELIVER = "fanout_deliver"
-DELIVER_JOB_PREFIX = "fdl:"
-DEAD_ALL_KEY = f"{FO_PREFIX}dead"
-
-
-def delivery_key(subscriber_id: str, transition_id: str) -> str:
-    return f"{FO_PREFIX}d:{subscriber_id}:{transition_id}"
-
-
-def order_key(subscriber_id: str, payment_id: str) -> str:
-    return f"{FO_PREFIX}o:{subscriber_id}:{payment_id}"
-
-
-def head_key(subscriber_id: str, payment_id: str) -> str:
-    return f"{FO_PREFIX}h:{subscriber_id}:{payment_id}"
-
-
-def waiting_key(subscriber_id: str) -> str:
-    return f"{FO_PREFIX}w:{subscriber_id}"
-
-
-def inflight_key(subscriber_id: str) -> str:
-    return f"{FO_PREFIX}f:{subscriber_id}"
-
-
-def breaker_key(subscriber_id: str) -> str:
-    return f"{FO_PREFIX}b:{subscriber_id}"
-
-
-def dead_key(subscriber_id: str) -> str:
-    return f"{FO_PREFIX}dead:{subscriber_id}"
-
-
-def attempt_log_key(subscriber_id: str) -> str:
-    return f"{FO_PREFIX}log:{subscriber_id}"
-
-
-def deliver_job_id(subscriber_id: str, transition_id: str, gen: int) -> str:
-    return f"{DELIVER_JOB_PREFIX}{subscriber_id}:{transition_id}:{gen}"
-
-
-def parse_deliver_job_id(job_id: str) -> int:
-    """The generation number at the end of a delivery job id (-1 when it has none)."""
-    try:
-        return int(job_id.rsplit(":", 1)[1])
-    except (IndexError, ValueError):
-        return -1
-
-
-# Lua shared by every script: writing arq jobs, activating the next delivery, waking parked ones.
-# ARGV conventions of the callers: the prefix, arq's job prefix and the queue are passed in, and
-# keys of other deliveries are built here from the prefix (single Redis or Sentinel, not Cluster).
-LUA_COMMON = """
-local function enqueue(queue, job_prefix, sub, tid, gen, score, now)
-  local job_id = 'fdl:' .. sub .. ':' .. tid .. ':' .. gen
-  local body = '{"t":null,"f":"fanout_deliver","a":[' .. cjson.encode(sub) .. ',' ..
-    cjson.encode(tid) .. '],"k":{},"et":' .. now .. '}'
-  local ttl = score - now + EXPIRES_EXTRA
-  if ttl < EXPIRES_EXTRA then ttl = EXPIRES_EXTRA end
-  redis.call('SET', job_prefix .. job_id, body, 'PX', ttl)
-  redis.call('ZADD', queue, score, job_id)
-  return job_id
-end
-
-local function cancel_job(queue, job_prefix, sub, tid, gen)
-  local job_id = 'fdl:' .. sub .. ':' .. tid .. ':' .. gen
-  redis.call('ZREM', queue, job_id)
-  redis.call('DEL', job_prefix .. job_id)
-end
-
--- Makes the first pending delivery of (sub, pid) its head, unless it has one; returns the job
--- id of the head's job, due at ``at`` (default now), and the head's key; or false. A caller
--- that runs the head at once passes a later ``at``: the job is then its safety net.
-local function activate_next(prefix, queue, job_prefix, sub, pid, now, at)
-  local hkey = prefix .. 'h:' .. sub .. ':' .. pid
-  if redis.call('EXISTS', hkey) == 1 then return false end
-  local okey = prefix .. 'o:' .. sub .. ':' .. pid
-  local nxt = redis.call('ZRANGE', okey, 0, 0)[1]
-  if not nxt then return false end
-  redis.call('SET', hkey, nxt)
-  local dkey = prefix .. 'd:' .. sub .. ':' .. nxt
-  redis.call('HSET', dkey, 'state', 'active', 'activated_ms', now)
-  local gen = redis.call('HINCRBY', dkey, 'gen', 1)
-  return enqueue(queue, job_prefix, sub, nxt, gen, at or now, now), dkey
-end
-
--- Creates the delivery of transition ``tid`` to ``sub`` unless it exists, and activates it when
--- it is first in its (sub, pid) line. Returns the activated head's job id, or false.
-local function insert_delivery(prefix, queue, job_prefix, sub, tid, pid, seq, etype, body,
-    received, now, at)
-  local dkey = prefix .. 'd:' .. sub .. ':' .. tid
-  if redis.call('EXISTS', dkey) == 1 then return false end
-  redis.call('HSET', dkey, 'sub', sub, 'tid', tid, 'payment_id', pid, 'seq', seq,
-    'type', etype, 'state', 'queued', 'gen', 0, 'attempts', 0, 'body', body,
-    'received_ms', received, 'created_ms', now)
-  redis.call('ZADD', prefix .. 'o:' .. sub .. ':' .. pid, seq, tid)
-  return activate_next(prefix, queue, job_prefix, sub, pid, now, at)
-end
-
--- Takes the longest-parked delivery of ``sub`` off the waiting set and gives it a fresh job,
--- due at ``at`` (default now); returns the job id and the delivery's key, or false.
-local function unpark_one(prefix, queue, job_prefix, sub, now, at)
-  local wkey = prefix .. 'w:' .. sub
-  while true do
-    local tid = redis.call('ZPOPMIN', wkey)[1]
-    if not tid then return false end
-    local dkey = prefix .. 'd:' .. sub .. ':' .. tid
-    if redis.call('HGET', dkey, 'state') == 'active' then
-      local old = tonumber(redis.call('HGET', dkey, 'gen')) or 0
-      cancel_job(queue, job_prefix, sub, tid, old)
-      local gen = redis.call('HINCRBY', dkey, 'gen', 1)
-      return enqueue(queue, job_prefix, sub, tid, gen, at or now, now), dkey
-    end
-  end
-end
-
-local function wake(prefix, queue, job_prefix, sub, count, now)
-  local woken = 0
-  while woken < count and unpark_one(prefix, queue, job_prefix, sub, now) do
-    woken = woken + 1
-  end
-  return woken
-end
-
-local function advance(prefix, queue, job_prefix, sub, pid, tid, now, at)
-  redis.call('ZREM', prefix .. 'o:' .. sub .. ':' .. pid, tid)
-  local hkey = prefix .. 'h:' .. sub .. ':' .. pid
-  if redis.call('GET', hkey) == tid then redis.call('DEL', hkey) end
-  return activate_next(prefix, queue, job_prefix, sub, pid, now, at)
-end
-""".replace("EXPIRES_EXTRA", str(ARQ_EXPIRES_EXTRA_MS))
-
-# KEYS: queue. ARGV: prefix, job_prefix, now_ms, sub, tid.
-REPLAY_LUA = (
-    LUA_COMMON
-    + """
-local queue = KEYS[1]
-local prefix, job_prefix, now, sub, tid = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local dkey = prefix .. 'd:' .. sub .. ':' .. tid
-local state = redis.call('HGET', dkey, 'state')
-if not state then return 'missing' end
-if state ~= 'dead' then return 'not_dead' end
-redis.call('ZREM', prefix .. 'dead', sub .. '/' .. tid)
-redis.call('ZREM', prefix .. 'dead:' .. sub, tid)
-redis.call('HSET', dkey, 'state', 'queued', 'attempts', 0, 'replayed_ms', now)
-redis.call('HINCRBY', dkey, 'replays', 1)
-local pid = redis.call('HGET', dkey, 'payment_id')
-local seq = tonumber(redis.call('HGET', dkey, 'seq'))
-redis.call('ZADD', prefix .. 'o:' .. sub .. ':' .. pid, seq, tid)
-activate_next(prefix, queue, job_prefix, sub, pid, now)
-return 'ok'
-"""
+from service.store.layout import DEAD_ALL as DEAD_ALL_KEY
+from service.store.layout import (
+    attempt_log_key,
+    breaker_key,
+    dead_key,
+    delivery_key,
+    parse_dead_member,
+    waiting_key,
 )
+from service.store.scripts import Script
 
-# KEYS: queue. ARGV: prefix, job_prefix, now_ms, sub, count. Also resets the breaker.
-WAKE_LUA = (
-    LUA_COMMON
-    + """
-local queue = KEYS[1]
-local prefix, job_prefix, now, sub = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-redis.call('DEL', prefix .. 'b:' .. sub)
-return wake(prefix, queue, job_prefix, sub, tonumber(ARGV[5]), now)
-"""
-)
+REPLAY = Script.load("delivery_replay")
+WAKE = Script.load("delivery_wake")
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,8 +122,6 @@ class DeliveryAdmin:
     def __init__(self, redis: aioredis.Redis, queue_name: str) -> None:
         self.redis = redis
         self.queue_name = queue_name
-        self._replay = redis.register_script(REPLAY_LUA)
-        self._wake = redis.register_script(WAKE_LUA)
 
     async def dead_letter_count(self, subscriber_id: str | None = None) -> int:
         key = DEAD_ALL_KEY if subscriber_id is None else dead_key(subscriber_id)
@@ -289,8 +135,8 @@ class DeliveryAdmin:
         key = DEAD_ALL_KEY if subscriber_id is None else dead_key(subscriber_id)
         members: list[bytes] = await self.redis.zrangebyscore(key, low, "+inf", start, num)
         if subscriber_id is None:
-            refs = [m.decode().split("/", 1) for m in members]
-            return [(r[0], r[1]) for r in refs if len(r) == 2]
+            refs = [parse_dead_member(m.decode()) for m in members]
+            return [ref for ref in refs if ref is not None]
         return [(subscriber_id, m.decode()) for m in members]
 
     async def dead_letters(
@@ -312,10 +158,13 @@ class DeliveryAdmin:
 
     async def replay(self, subscriber_id: str, transition_id: str, now_ms: int) -> str:
         """Queue a dead letter again, same webhook-id: 'ok', 'missing' or 'not_dead'."""
-        result = await self._replay(
-            keys=[self.queue_name],
-            args=[FO_PREFIX, ARQ_JOB_PREFIX, now_ms, subscriber_id, transition_id],
-        )
+        keys = [
+            self.queue_name,
+            delivery_key(subscriber_id, transition_id),
+            DEAD_ALL_KEY,
+            dead_key(subscriber_id),
+        ]
+        result = await REPLAY(self.redis, keys, [now_ms, subscriber_id, transition_id])
         return result.decode() if isinstance(result, bytes) else str(result)
 
     async def replay_many(
@@ -330,10 +179,8 @@ class DeliveryAdmin:
 
     async def wake(self, subscriber_id: str, count: int, now_ms: int) -> int:
         """Reset the breaker and start up to ``count`` parked deliveries of a subscriber."""
-        woken = await self._wake(
-            keys=[self.queue_name],
-            args=[FO_PREFIX, ARQ_JOB_PREFIX, now_ms, subscriber_id, count],
-        )
+        keys = [self.queue_name, breaker_key(subscriber_id), waiting_key(subscriber_id)]
+        woken = await WAKE(self.redis, keys, [now_ms, subscriber_id, count])
         return int(woken)
 
     async def attempts(self, subscriber_id: str, limit: int = 100) -> list[dict[str, Any]]:

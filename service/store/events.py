@@ -3,16 +3,17 @@
 One Lua script does all four in one round trip (and Redis runs it atomically, so nothing is
 ever half-written):
 
-- ``SET kh:dedupe:<digest> <job id> NX EX dedupe_ttl_s``; when the key exists the event is a
+- ``SET <dedupe key> <job id> NX EX dedupe_ttl_s``; when the key exists the event is a
   duplicate and nothing else happens;
-- ``PSETEX arq:job:<job id>`` with the job in arq's own format (JSON), as ``arq`` writes it;
+- ``PSETEX <arq job key>`` with the job in arq's own format (JSON), as ``arq`` writes it;
 - ``ZADD <queue> <enqueue ms> <job id>``, so a stock arq ``Worker`` picks it up;
-- ``SET kh:raw:<digest> <raw record> EX raw_ttl_s``: body plus minimal metadata, for audit and
+- ``SET <raw key> <raw record> EX raw_ttl_s``: body plus minimal metadata, for audit and
   replay.
 
-An authentic event without a payment id is pushed onto the capped list ``kh:unroutable``
+An authentic event without a payment id is pushed onto the capped unroutable list
 instead, and nothing is enqueued. The scripts of concurrent requests share one pipeline
-(:mod:`service.store.batcher`).
+(:mod:`service.store.batcher`). Keys: :mod:`service.store.layout`; scripts: ``lua/store_event.lua``,
+``lua/keep_unroutable.lua``.
 """
 
 from __future__ import annotations
@@ -26,54 +27,26 @@ import orjson
 import redis.asyncio as aioredis
 
 from service.api.ingest.sources.base import VerifiedEvent
-from service.domain.events import (
-    ARQ_EXPIRES_EXTRA_MS,
-    ARQ_JOB_PREFIX,
-    DEDUPE_PREFIX,
-    DIGEST_CHARS,
-    EVENT_JOB_PREFIX,
-    PROCESS_EVENT,
-    RAW_EVENT_PREFIX,
-    arq_job_bytes,
-    event_digest,
-)
+from service.domain.events import DIGEST_CHARS, event_digest
 from service.settings import Settings
-from service.store.batcher import LuaScript, RedisUnavailable, ScriptBatcher, bulk_string
+from service.store import layout
+from service.store.batcher import RedisUnavailable, ScriptBatcher, bulk_string
+from service.store.jobs import arq_job_bytes
+from service.store.scripts import Script
 
-UNROUTABLE_KEY = "kh:unroutable"
+UNROUTABLE_KEY = layout.UNROUTABLE
 UNROUTABLE_CAP = 10_000
 
 # Header names (or parts of names) never archived: signatures and credentials.
 _SENSITIVE_HEADER_PARTS = ("signature", "authorization", "secret", "token", "cookie", "api-key")
 
-STORE_EVENT = LuaScript(
-    """
--- KEYS: 1 dedupe, 2 arq job, 3 arq queue, 4 raw archive
--- ARGV: 1 job id, 2 dedupe ttl s, 3 job bytes, 4 job ttl ms, 5 enqueue ms, 6 raw, 7 raw ttl s
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  return 0
-end
-redis.call('PSETEX', KEYS[2], ARGV[4], ARGV[3])
-redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
-redis.call('SET', KEYS[4], ARGV[6], 'EX', ARGV[7])
-return 1
-"""
-)
+STORE_EVENT = Script.load("store_event")
+KEEP_UNROUTABLE = Script.load("keep_unroutable")
 
-KEEP_UNROUTABLE = LuaScript(
-    """
--- KEYS: 1 unroutable list; ARGV: 1 raw record, 2 cap
-redis.call('LPUSH', KEYS[1], ARGV[1])
-redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
-return 1
-"""
-)
-
-
-_DEDUPE_PREFIX = DEDUPE_PREFIX.encode()
-_RAW_PREFIX = RAW_EVENT_PREFIX.encode()
-_JOB_ID_PREFIX = EVENT_JOB_PREFIX.encode()
-_ARQ_JOB_ID_PREFIX = ARQ_JOB_PREFIX.encode() + _JOB_ID_PREFIX
+_DEDUPE_PREFIX = layout.prefix(layout.DEDUPE).encode()
+_RAW_PREFIX = layout.prefix(layout.RAW_EVENT).encode()
+_JOB_ID_PREFIX = layout.prefix(layout.EVENT_JOB_ID).encode()
+_ARQ_JOB_ID_PREFIX = layout.prefix(layout.ARQ_JOB).encode() + _JOB_ID_PREFIX
 
 
 def _store_template(queue_name: str, dedupe_ttl_s: int, raw_ttl_s: int) -> bytes:
@@ -101,7 +74,7 @@ def _store_template(queue_name: str, dedupe_ttl_s: int, raw_ttl_s: int) -> bytes
             keyed(_JOB_ID_PREFIX),
             constant(b"%d" % dedupe_ttl_s),
             variable,  # the arq job
-            constant(b"%d" % ARQ_EXPIRES_EXTRA_MS),
+            constant(b"%d" % layout.ARQ_EXPIRES_EXTRA_MS),
             variable,  # enqueue time, ms
             variable,  # the raw record
             constant(b"%d" % raw_ttl_s),
@@ -198,7 +171,7 @@ class EventStore:
     def store_command(self, event: VerifiedEvent, headers: Mapping[str, str]) -> bytes:
         """``EVALSHA`` of :data:`STORE_EVENT` for ``event``, packed (RESP).
 
-        Equal to ``pack_command("EVALSHA", sha, 4, dedupe_key(...), ARQ_JOB_PREFIX + job_id,
+        Equal to ``pack_command("EVALSHA", sha, 4, dedupe_key(...), arq_job_key(job_id),
         queue, raw_event_key(...), job_id, dedupe_ttl_s, arq_job_bytes(PROCESS_EVENT,
         EventHint(...).to_job_args(), now_ms), ARQ_EXPIRES_EXTRA_MS, now_ms, raw_record(...),
         raw_ttl_s)`` (a test holds it to that), built with one digest instead of three and with
@@ -217,7 +190,7 @@ class EventStore:
                 "attempt": 0,
             }
         ]
-        job = arq_job_bytes(PROCESS_EVENT, job_args, now_ms)
+        job = arq_job_bytes(layout.PROCESS_EVENT, job_args, now_ms)
         now = b"%d" % now_ms
         raw = raw_record(source, event_id, now_ms, headers, body)
         return self._store_template % (

@@ -9,11 +9,9 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from service.store.dead_letters import EventDeadLetters
-from service.store.deliveries import DeliveryAdmin, breaker_key, inflight_key, waiting_key
+from service.store.deliveries import DeliveryAdmin
+from service.store.layout import breaker_key, health_check_key, inflight_key, waiting_key
 from service.store.subscribers import SubscriberStore
-
-# arq writes its health line to "<queue>:health-check" every health_check_interval.
-HEALTH_CHECK_SUFFIX = ":health-check"
 
 
 async def snapshot(redis: aioredis.Redis, queue_name: str) -> dict[str, Any]:
@@ -39,7 +37,7 @@ async def snapshot(redis: aioredis.Redis, queue_name: str) -> dict[str, Any]:
                 "dead_letters": await deliveries.dead_letter_count(sub.id),
             }
         )
-    health = await redis.get(queue_name + HEALTH_CHECK_SUFFIX)
+    health = await redis.get(health_check_key(queue_name))
     return {
         "backlog": {
             "ready": ready,

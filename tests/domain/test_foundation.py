@@ -9,8 +9,8 @@ import pytest
 import redis.asyncio as aioredis
 from standardwebhooks import Webhook
 
-from service.domain import events as jobs
-from service.domain import signing
+from service.domain import events, signing
+from service.store import layout
 from service.store.server import RedisServer
 
 
@@ -48,9 +48,9 @@ def test_verify_rejects_stale_and_future_timestamps() -> None:
 
 def test_transition_id_is_stable_and_distinct() -> None:
     """A transition id depends on (payment id, status) only."""
-    assert jobs.transition_id("p1", "captured") == jobs.transition_id("p1", "captured")
-    assert jobs.transition_id("p1", "captured") != jobs.transition_id("p1", "approved")
-    assert jobs.transition_id("p1", "captured") != jobs.transition_id("p2", "captured")
+    assert events.transition_id("p1", "captured") == events.transition_id("p1", "captured")
+    assert events.transition_id("p1", "captured") != events.transition_id("p1", "approved")
+    assert events.transition_id("p1", "captured") != events.transition_id("p2", "captured")
 
 
 async def test_embedded_redis_persists_with_aof(tmp_path: Path) -> None:
@@ -76,6 +76,6 @@ async def test_job_keys_outlive_a_multi_day_backlog(redis_url: str) -> None:
     from service.settings import Settings
     from workers.main import build_worker
 
-    assert jobs.ARQ_EXPIRES_EXTRA_MS >= 3 * 86_400_000
+    assert layout.ARQ_EXPIRES_EXTRA_MS >= 3 * 86_400_000
     worker = build_worker(Settings(redis_url=redis_url), handle_signals=False)
-    assert worker.expires_extra_ms == jobs.ARQ_EXPIRES_EXTRA_MS
+    assert worker.expires_extra_ms == layout.ARQ_EXPIRES_EXTRA_MS

@@ -6,7 +6,6 @@ import pytest
 from arq.connections import ArqRedis
 from redis.asyncio.sentinel import MasterNotFoundError, SentinelConnectionPool
 
-from service.domain.events import deserialize, serialize
 from service.store.client import (
     arq_redis,
     check_url,
@@ -15,6 +14,7 @@ from service.store.client import (
     redacted_url,
     redis_client,
 )
+from service.store.jobs import deserialize, serialize
 
 
 def test_sentinel_url_is_parsed_into_hosts_master_password_and_db() -> None:

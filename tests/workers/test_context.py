@@ -10,8 +10,9 @@ import httpx
 import orjson
 import redis.asyncio as aioredis
 
-from service.domain.events import PROCESS_EVENT, EventHint
+from service.domain.events import EventHint
 from service.settings import Settings
+from service.store.layout import PROCESS_EVENT
 from service.store.subscribers import Subscriber, SubscriberStore
 from tests.support import arq_pool
 from workers.context import CTX_KEY, WorkerContext

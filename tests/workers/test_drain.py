@@ -16,9 +16,11 @@ import redis.asyncio as aioredis
 from arq.connections import RedisSettings, create_pool
 
 from sandbox.kartapay_api import SandboxConfig, create_app
-from service.domain.events import PROCESS_EVENT, EventHint, deserialize, serialize
+from service.domain.events import EventHint
 from service.domain.signing import generate_secret, sign_headers
 from service.kartapay.client import KartaPayClient
+from service.store.jobs import deserialize, serialize
+from service.store.layout import PROCESS_EVENT, hint_job_id, payment_lock_key
 from service.store.payments import TRANSITIONS_LOG_KEY
 from service.store.server import free_port
 from tests.support import (
@@ -49,7 +51,7 @@ async def test_sigterm_lets_the_job_in_flight_finish(
         )
         try:
             hint = EventHint("kartapay", uuid.uuid4().hex, payment_id, int(time.time() * 1000))
-            await pool.enqueue_job(PROCESS_EVENT, hint.to_job_args()[0], _job_id=hint.job_id)
+            await pool.enqueue_job(PROCESS_EVENT, hint.to_job_args()[0], _job_id=hint_job_id(hint))
         finally:
             await pool.aclose()
         log = tmp_path / "worker.log"
@@ -57,7 +59,7 @@ async def test_sigterm_lets_the_job_in_flight_finish(
         try:
 
             async def fetching() -> bool:
-                return bool(await redis.exists(f"kh:pay:{payment_id}:lock"))
+                return bool(await redis.exists(payment_lock_key(payment_id)))
 
             await wait_for(fetching, timeout_s=20)
             worker.send_signal(signal.SIGTERM)

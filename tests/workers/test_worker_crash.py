@@ -12,9 +12,11 @@ import redis.asyncio as aioredis
 from arq.connections import RedisSettings, create_pool
 
 from sandbox.kartapay_api import SandboxConfig, create_app
-from service.domain.events import PROCESS_EVENT, EventHint, deserialize, serialize
+from service.domain.events import EventHint
 from service.kartapay.client import KartaPayClient
 from service.store.dead_letters import EventDeadLetters
+from service.store.jobs import deserialize, serialize
+from service.store.layout import PROCESS_EVENT, hint_job_id
 from service.store.payments import TRANSITIONS_LOG_KEY
 from tests.support import completed_payments, exit_code, serve_app, start_worker, wait_for
 
@@ -55,7 +57,7 @@ async def test_sigkill_mid_batch_then_restart_processes_all_and_emits_once(
                         "kartapay", uuid.uuid4().hex, payment_id, int(time.time() * 1000)
                     )
                     await pool.enqueue_job(
-                        PROCESS_EVENT, hint.to_job_args()[0], _job_id=hint.job_id
+                        PROCESS_EVENT, hint.to_job_args()[0], _job_id=hint_job_id(hint)
                     )
         finally:
             await pool.aclose()

@@ -1,6 +1,6 @@
 """Errors of the fan-out side.
 
-``service.store.subscribers.SubscriberError`` covers invalid subscriber definitions (file,
+``service.domain.subscribers.SubscriberError`` covers invalid subscriber definitions (file,
 admin API).
 Everything a subscriber's endpoint does wrong is an outcome recorded on the attempt, never an
 exception; the errors below are for the fan-out machinery itself.

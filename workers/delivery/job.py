@@ -21,8 +21,9 @@ from arq.worker import Function, Retry, func
 from redis.exceptions import RedisError
 
 from service.settings import Settings
-from service.store.deliveries import FANOUT_DELIVER, DeliveryAdmin
+from service.store.deliveries import DeliveryAdmin
 from service.store.delivery_state import FanoutStore
+from service.store.layout import FANOUT_DELIVER
 from service.store.subscribers import SubscriberCache, SubscriberStore, load_subscribers_into
 from workers.context import WorkerContext, worker_context
 from workers.delivery import metrics

@@ -8,7 +8,7 @@ import orjson
 
 from service.domain.events import Transition
 from service.domain.signing import sign_headers
-from service.store.subscribers import Subscriber
+from service.domain.subscribers import Subscriber
 
 USER_AGENT = "kartahook-delivery/1"
 

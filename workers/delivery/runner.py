@@ -19,8 +19,8 @@ from service.clock import now_ms
 from service.logging import write_json_line
 from service.retry_after import parse_retry_after
 from service.settings import Settings
-from service.store.deliveries import parse_deliver_job_id
 from service.store.delivery_state import Acquired, FanoutStore
+from service.store.layout import parse_deliver_job_id
 from service.store.subscribers import (
     RELOAD_TRIES,
     RegistryKeepsChanging,

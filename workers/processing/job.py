@@ -9,10 +9,11 @@ from typing import Any
 import structlog
 from arq.worker import Function, Retry, func
 
-from service.domain.events import PROCESS_EVENT, EventHint
+from service.domain.events import EventHint
 from service.kartapay.client import KartaPayClient
 from service.settings import Settings
 from service.store.dead_letters import EventDeadLetters
+from service.store.layout import PROCESS_EVENT, event_retry_job_id, hint_job_id
 from service.store.payments import PaymentStateStore
 from service.store.subscribers import SubscriberCache
 from workers import metrics
@@ -41,7 +42,7 @@ async def process_event(ctx: dict[str, Any], arg: dict[str, Any]) -> str:
     with structlog.contextvars.bound_contextvars(
         event_id=hint.event_id, payment_id=hint.payment_id, source=hint.source
     ):
-        token = str(ctx.get("job_id", hint.job_id))
+        token = str(ctx.get("job_id", hint_job_id(hint)))
         result = await processor.handle(hint, token=token, inline_until=until)
         metrics.EVENTS_PROCESSED.labels(result.outcome).inc()
         log.info(
@@ -100,7 +101,7 @@ async def processing_startup(context: WorkerContext) -> None:
         await redis.enqueue_job(
             PROCESS_EVENT,
             hint.to_job_args()[0],
-            _job_id=f"{hint.job_id}:r{hint.attempt}",
+            _job_id=event_retry_job_id(hint.source, hint.event_id, hint.attempt),
             _defer_by=delay_s,
         )
 

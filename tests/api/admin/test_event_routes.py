@@ -13,9 +13,10 @@ import redis.asyncio as aioredis
 
 from kartahook.cli import main as cli_main
 from service.api.app import create_admin_app
-from service.domain.events import ARQ_JOB_PREFIX, PROCESS_EVENT, EventHint
+from service.domain.events import EventHint
 from service.settings import Settings
 from service.store.dead_letters import EventDeadLetters
+from service.store.layout import ARQ_JOB_PREFIX, PROCESS_EVENT, hint_job_id
 from tests.support import serve_app
 
 TOKEN = "admin-events-token"
@@ -47,17 +48,17 @@ async def test_event_dead_letters_listed_shown_and_retried_through_the_cli(
     listing = capsys.readouterr().out
     assert "2 dead-lettered event(s)" in listing and "pay_1" in listing and "not_found" in listing
 
-    assert await asyncio.to_thread(cli_main, [*conn, "show", first.job_id]) == 0
+    assert await asyncio.to_thread(cli_main, [*conn, "show", hint_job_id(first)]) == 0
     assert '"event_id": "evt_1"' in capsys.readouterr().out
 
-    assert await asyncio.to_thread(cli_main, [*conn, "replay", first.job_id]) == 0
+    assert await asyncio.to_thread(cli_main, [*conn, "replay", hint_job_id(first)]) == 0
     assert "1 queued again" in capsys.readouterr().out
     [job_id] = [j.decode() for j in await redis.zrange("arq:queue", 0, -1)]
     job = orjson.loads(await redis.get(ARQ_JOB_PREFIX + job_id))
     assert job["f"] == PROCESS_EVENT
     assert job["a"][0]["event_id"] == "evt_1" and job["a"][0]["attempt"] == 0
     remaining = await EventDeadLetters(redis).entries()
-    assert [e["id"] for e in remaining] == [second.job_id]
+    assert [e["id"] for e in remaining] == [hint_job_id(second)]
 
     assert await asyncio.to_thread(cli_main, [*conn, "replay", "--all"]) == 0
     assert await EventDeadLetters(redis).count() == 0

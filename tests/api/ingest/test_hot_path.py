@@ -28,32 +28,33 @@ from service import metrics
 from service.api.app import create_app
 from service.api.ingest.sources import build_sources
 from service.api.ingest.sources.base import VerifiedEvent
-from service.domain import events as jobs
-from service.domain import signing
+from service.domain import events, signing
 from service.logging import REDACTED, LineWriter, UTCTimeStamper, redact
 from service.settings import Settings
-from service.store.batcher import LuaScript, ScriptBatcher, pack_command, parsed_replies
+from service.store import jobs, layout
+from service.store.batcher import ScriptBatcher, pack_command, parsed_replies
 from service.store.events import STORE_EVENT, EventStore, archived_headers, raw_record
+from service.store.scripts import Script
 from tests.support import serve_app
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
 def reference_store_command(store: EventStore, event: VerifiedEvent, headers: Any) -> bytes:
-    """STORE_EVENT's EVALSHA packed the plain way, from service.domain.events' own helpers."""
-    hint = jobs.EventHint(event.source, event.event_id, event.payment_id, event.received_at_ms)
+    """STORE_EVENT's EVALSHA packed the plain way, from the layout and job helpers."""
+    hint = events.EventHint(event.source, event.event_id, event.payment_id, event.received_at_ms)
     return pack_command(
         "EVALSHA",
         STORE_EVENT.sha,
         4,
-        jobs.dedupe_key(event.source, event.event_id),
-        jobs.ARQ_JOB_PREFIX + hint.job_id,
+        layout.dedupe_key(event.source, event.event_id),
+        layout.arq_job_key(layout.hint_job_id(hint)),
         store.queue_name,
-        jobs.raw_event_key(event.source, event.event_id),
-        hint.job_id,
+        layout.raw_event_key(event.source, event.event_id),
+        layout.hint_job_id(hint),
         store.dedupe_ttl_s,
-        jobs.arq_job_bytes(jobs.PROCESS_EVENT, hint.to_job_args(), event.received_at_ms),
-        jobs.ARQ_EXPIRES_EXTRA_MS,
+        jobs.arq_job_bytes(layout.PROCESS_EVENT, hint.to_job_args(), event.received_at_ms),
+        layout.ARQ_EXPIRES_EXTRA_MS,
         event.received_at_ms,
         raw_record(event.source, event.event_id, event.received_at_ms, headers, event.body),
         store.raw_ttl_s,
@@ -287,7 +288,7 @@ async def test_batcher_hands_each_caller_its_own_reply_from_parsed_replies(
 ) -> None:
     """Replies taken straight from the hiredis reader reach their callers in order, an error
     reply included (NOSCRIPT: reloaded and sent again), across several batches."""
-    echo = LuaScript("return tonumber(ARGV[1])")
+    echo = Script("return tonumber(ARGV[1])")
     batcher = ScriptBatcher(redis, timeout_s=2)
     try:
         assert await batcher.call(echo, (), (0,)) == 0

@@ -20,9 +20,10 @@ from standardwebhooks import Webhook
 
 from service.api.app import create_app
 from service.api.ingest.sources import build_sources
-from service.domain import events as jobs
+from service.domain import events
 from service.domain.signing import generate_secret
 from service.settings import Settings
+from service.store import jobs, layout
 from service.store.events import UNROUTABLE_KEY
 from tests.support import serve_app, serve_listeners
 
@@ -107,19 +108,19 @@ async def test_accepted_event_is_stored_as_arq_job_dedupe_and_raw(
     response = await post(client, body, signed(body, "msg_accept"))
     assert response.status_code == 202
     assert response.json() == {"status": "accepted", "event_id": "msg_accept"}
-    job_id = jobs.event_job_id("kartapay", "msg_accept")
+    job_id = layout.event_job_id("kartapay", "msg_accept")
     assert await redis.zscore("arq:queue", job_id) is not None
-    job = orjson.loads(await redis.get(jobs.ARQ_JOB_PREFIX + job_id))
-    assert job["f"] == jobs.PROCESS_EVENT and job["t"] is None and job["k"] == {}
+    job = orjson.loads(await redis.get(layout.ARQ_JOB_PREFIX + job_id))
+    assert job["f"] == layout.PROCESS_EVENT and job["t"] is None and job["k"] == {}
     received_at_ms = job["a"][0]["received_at_ms"]
-    hint = jobs.EventHint("kartapay", "msg_accept", "pay_42", received_at_ms)
+    hint = events.EventHint("kartapay", "msg_accept", "pay_42", received_at_ms)
     assert job["a"] == hint.to_job_args() and job["et"] == received_at_ms
-    assert 0 < await redis.pttl(jobs.ARQ_JOB_PREFIX + job_id) <= jobs.ARQ_EXPIRES_EXTRA_MS
-    assert await redis.ttl(jobs.dedupe_key("kartapay", "msg_accept")) > 72 * 3600
-    raw = orjson.loads(await redis.get(jobs.raw_event_key("kartapay", "msg_accept")))
+    assert 0 < await redis.pttl(layout.ARQ_JOB_PREFIX + job_id) <= layout.ARQ_EXPIRES_EXTRA_MS
+    assert await redis.ttl(layout.dedupe_key("kartapay", "msg_accept")) > 72 * 3600
+    raw = orjson.loads(await redis.get(layout.raw_event_key("kartapay", "msg_accept")))
     assert raw["body"] == body.decode() and raw["source"] == "kartapay"
     assert "webhook-signature" not in raw["headers"] and raw["headers"]["webhook-id"]
-    assert 6 * 86400 < await redis.ttl(jobs.raw_event_key("kartapay", "msg_accept")) <= 7 * 86400
+    assert 6 * 86400 < await redis.ttl(layout.raw_event_key("kartapay", "msg_accept")) <= 7 * 86400
     assert await metric_value(client, "kartapay", "accepted") == before + 1
 
 
@@ -271,7 +272,7 @@ async def test_fifty_concurrent_copies_make_one_job(
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [200] * 49 + [202]
     assert await redis.zcard("arq:queue") == 1
-    assert len(await redis.keys(jobs.ARQ_JOB_PREFIX + "*")) == 1
+    assert len(await redis.keys(layout.ARQ_JOB_PREFIX + "*")) == 1
 
 
 async def test_stock_arq_worker_runs_ingested_jobs(
@@ -289,7 +290,7 @@ async def test_stock_arq_worker_runs_ingested_jobs(
         received.append(hint)
 
     worker = Worker(
-        functions=[func(process_event, name=jobs.PROCESS_EVENT)],
+        functions=[func(process_event, name=layout.PROCESS_EVENT)],
         burst=True,
         job_serializer=jobs.serialize,
         job_deserializer=jobs.deserialize,
@@ -304,7 +305,7 @@ async def test_stock_arq_worker_runs_ingested_jobs(
             warnings.simplefilter("ignore", DeprecationWarning)
             await worker.close()
     assert worker.jobs_complete == 3 and worker.jobs_failed == 0
-    hints = [jobs.EventHint.from_job_arg(arg) for arg in received]
+    hints = [events.EventHint.from_job_arg(arg) for arg in received]
     assert {h.event_id: h.payment_id for h in hints} == sent
     assert all(h.source == "kartapay" and h.received_at_ms > 0 for h in hints)
 

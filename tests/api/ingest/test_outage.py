@@ -19,9 +19,9 @@ from standardwebhooks import Webhook
 
 from service.api.app import create_app
 from service.api.ingest.sources import build_sources
-from service.domain import events as jobs
 from service.domain.signing import generate_secret
 from service.settings import Settings
+from service.store import layout
 from service.store.server import RedisServer
 from tests.support import serve_app
 
@@ -60,12 +60,12 @@ def make_app(redis_url: str) -> object:
 
 async def event_keys(client: aioredis.Redis, msg_id: str) -> list[bool]:
     """Which of dedupe, job, queue entry and raw archive exist for an event."""
-    job_id = jobs.event_job_id("kartapay", msg_id)
+    job_id = layout.event_job_id("kartapay", msg_id)
     return [
-        bool(await client.exists(jobs.dedupe_key("kartapay", msg_id))),
-        bool(await client.exists(jobs.ARQ_JOB_PREFIX + job_id)),
+        bool(await client.exists(layout.dedupe_key("kartapay", msg_id))),
+        bool(await client.exists(layout.ARQ_JOB_PREFIX + job_id)),
         await client.zscore("arq:queue", job_id) is not None,
-        bool(await client.exists(jobs.raw_event_key("kartapay", msg_id))),
+        bool(await client.exists(layout.raw_event_key("kartapay", msg_id))),
     ]
 
 

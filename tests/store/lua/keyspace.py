@@ -8,7 +8,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from service.domain.events import ARQ_EXPIRES_EXTRA_MS, deserialize
+from service.store.jobs import deserialize
+from service.store.layout import ARQ_EXPIRES_EXTRA_MS
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,15 +9,10 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from service.domain.events import ARQ_JOB_PREFIX, transition_id
-from service.store.deliveries import (
-    DeliveryAdmin,
-    deliver_job_id,
-    delivery_key,
-    head_key,
-    order_key,
-)
+from service.domain.events import transition_id
+from service.store.deliveries import DeliveryAdmin, delivery_key
 from service.store.delivery_state import Acquired, FanoutStore, Finished
+from service.store.layout import ARQ_JOB_PREFIX, deliver_job_id, head_key, order_key
 from service.store.payments import (
     TRANSITIONS_LOG_KEY,
     Candidate,

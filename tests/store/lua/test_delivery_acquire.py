@@ -7,14 +7,9 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aioredis
 
-from service.store.deliveries import (
-    breaker_key,
-    deliver_job_id,
-    delivery_key,
-    inflight_key,
-    waiting_key,
-)
+from service.store.deliveries import breaker_key, delivery_key, waiting_key
 from service.store.delivery_state import Acquired
+from service.store.layout import deliver_job_id, inflight_key
 from service.store.subscribers import SUBSCRIBERS_VERSION_KEY
 from tests.store.lua.keyspace import (
     NO_TTL,

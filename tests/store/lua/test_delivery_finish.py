@@ -14,14 +14,11 @@ from service.store.deliveries import (
     attempt_log_key,
     breaker_key,
     dead_key,
-    deliver_job_id,
     delivery_key,
-    head_key,
-    inflight_key,
-    order_key,
     waiting_key,
 )
 from service.store.delivery_state import Acquired, Finished
+from service.store.layout import deliver_job_id, head_key, inflight_key, order_key
 from service.store.subscribers import SUBSCRIBERS_VERSION_KEY
 from tests.store.lua.keyspace import (
     NO_TTL,

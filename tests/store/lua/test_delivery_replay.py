@@ -6,15 +6,8 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from service.store.deliveries import (
-    DEAD_ALL_KEY,
-    breaker_key,
-    dead_key,
-    deliver_job_id,
-    delivery_key,
-    head_key,
-    order_key,
-)
+from service.store.deliveries import DEAD_ALL_KEY, breaker_key, dead_key, delivery_key
+from service.store.layout import deliver_job_id, head_key, order_key
 from tests.store.lua.keyspace import (
     NO_TTL,
     Expected,

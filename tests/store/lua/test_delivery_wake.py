@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from service.store.deliveries import breaker_key, deliver_job_id, delivery_key, waiting_key
+from service.store.deliveries import breaker_key, delivery_key, waiting_key
+from service.store.layout import deliver_job_id
 from tests.store.lua.keyspace import NO_TTL, Expected, assert_keyspace, hash_of, server_ms, zset
 from tests.store.lua.staging import (
     LEASE_MS,

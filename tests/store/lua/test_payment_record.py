@@ -8,23 +8,12 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from service.store.deliveries import (
-    breaker_key,
-    deliver_job_id,
-    delivery_key,
-    head_key,
-    inflight_key,
-    order_key,
-    waiting_key,
-)
+from service.store.deliveries import breaker_key, delivery_key, waiting_key
 from service.store.delivery_state import Acquired
-from service.store.payments import (
-    TRANSITIONS_LOG_KEY,
-    StaleSubscribers,
-    _dirty_key,
-    _lock_key,
-    state_key,
-)
+from service.store.layout import deliver_job_id, head_key, inflight_key, order_key
+from service.store.layout import payment_dirty_key as _dirty_key
+from service.store.layout import payment_lock_key as _lock_key
+from service.store.payments import TRANSITIONS_LOG_KEY, StaleSubscribers, state_key
 from service.store.subscribers import SUBSCRIBERS_VERSION_KEY
 from tests.store.lua.keyspace import (
     NO_TTL,

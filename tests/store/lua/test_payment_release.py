@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from service.store.payments import _dirty_key, _lock_key
+from service.store.layout import payment_dirty_key as _dirty_key
+from service.store.layout import payment_lock_key as _lock_key
 from tests.store.lua.keyspace import assert_keyspace, ttl_ms, ttl_s
 from tests.store.lua.staging import DIRTY_TTL_S, LOCK_TTL_MS, PID, payment_store
 

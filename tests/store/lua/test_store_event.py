@@ -10,7 +10,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from service.api.ingest.sources.base import VerifiedEvent
-from service.domain.events import (
+from service.store.events import EventStore, StoreResult
+from service.store.layout import (
     ARQ_EXPIRES_EXTRA_MS,
     ARQ_JOB_PREFIX,
     PROCESS_EVENT,
@@ -18,7 +19,6 @@ from service.domain.events import (
     event_job_id,
     raw_event_key,
 )
-from service.store.events import EventStore, StoreResult
 from tests.store.lua.keyspace import (
     NO_TTL,
     Expected,

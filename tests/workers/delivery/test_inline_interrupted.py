@@ -13,8 +13,9 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from sandbox.kartapay_api import SandboxConfig, create_app
-from service.domain.events import PROCESS_EVENT, EventHint, transition_id
+from service.domain.events import EventHint, transition_id
 from service.kartapay.client import KartaPayClient
+from service.store.layout import PROCESS_EVENT, hint_job_id
 from service.store.subscribers import SubscriberStore
 from tests.delivery_support import Recorder, subscriber
 from tests.support import (
@@ -45,7 +46,7 @@ async def hinted_payment(
         await SubscriberStore(redis).put(subscriber("ledger", base))
         hint = EventHint("kartapay", f"evt-{payment_id}", payment_id, int(time.time() * 1000))
         async with arq_pool(redis_url) as pool:
-            await pool.enqueue_job(PROCESS_EVENT, hint.to_job_args()[0], _job_id=hint.job_id)
+            await pool.enqueue_job(PROCESS_EVENT, hint.to_job_args()[0], _job_id=hint_job_id(hint))
         yield sandbox_url, [transition_id(payment_id, status) for status in STEPS]
 
 

@@ -20,10 +20,11 @@ from starlette.routing import Route
 from structlog.testing import capture_logs
 
 from sandbox.kartapay_api import SandboxConfig, create_app
-from service.domain.events import PROCESS_EVENT, EventHint
+from service.domain.events import EventHint
 from service.kartapay.client import KartaPayClient
 from service.settings import Settings
 from service.store.dead_letters import EventDeadLetters
+from service.store.layout import PROCESS_EVENT
 from service.store.subscribers import Subscriber, SubscriberStore
 from tests.support import arq_pool, completed_payments, serve_app, wait_for
 from workers.main import build_worker

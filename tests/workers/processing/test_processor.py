@@ -9,11 +9,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from service.domain.events import ARQ_JOB_PREFIX, EventHint, transition_id
+from service.domain.events import EventHint, transition_id
 from service.kartapay import errors
 from service.kartapay.models import Payment, PaymentRecord
 from service.store.dead_letters import EventDeadLetters
-from service.store.deliveries import delivery_key, inflight_key
+from service.store.layout import ARQ_JOB_PREFIX, deliver_job_id, delivery_key, inflight_key
 from service.store.payments import TRANSITIONS_LOG_KEY, PaymentStateStore
 from service.store.subscribers import Subscriber, SubscriberCache, SubscriberStore
 from workers.processing.processor import EventProcessor, InlineDelivery
@@ -186,13 +186,15 @@ async def test_inline_run_over_the_cap_parks_the_head_instead(redis: aioredis.Re
     a fresh job, due after the lease, stays queued for it."""
     store = SubscriberStore(redis)
     await store.put(Subscriber(id="one", url="http://127.0.0.1:1/hook", concurrency=1))
-    await redis.zadd(inflight_key("one"), {"fdl:one:other:1": time.time() * 1000 + 60_000})
+    await redis.zadd(
+        inflight_key("one"), {deliver_job_id("one", "other", 1): time.time() * 1000 + 60_000}
+    )
     processor = make_processor(redis, released(COMPLETED), [], inline=True)
     outcome = await processor.handle(hint(1), "a", inline_until=time.monotonic() + 60)
     assert outcome.deliveries == ()
     tid = transition_id("pay_1", "submitted")
     assert [j.decode() for j in await redis.zrange(QUEUE, 0, -1)] == [f"fdl:one:{tid}:2"]
-    assert not await redis.exists(ARQ_JOB_PREFIX + f"fdl:one:{tid}:1")
+    assert not await redis.exists(ARQ_JOB_PREFIX + deliver_job_id("one", tid, 1))
 
 
 async def test_a_subscriber_added_after_the_cache_was_read_still_gets_its_deliveries(

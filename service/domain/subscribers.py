@@ -1,0 +1,219 @@
+"""Subscribers: the model, its validation, its event/source/channel filters, and the YAML file.
+
+A subscriber is an internal HTTP endpoint that receives signed ``payment.<status>`` events.
+Subscribers come from ``KARTAHOOK_SUBSCRIBERS_FILE`` (loaded into Redis at start by the API and
+by every worker) and from the admin API. The registry in Redis is
+:mod:`service.store.subscribers`; nothing here touches Redis.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import orjson
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from service import config_files
+from service.domain.signing import decode_secret, generate_secret
+from service.errors import SubscriberError as SubscriberError
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# Headers that delivery sets itself; a subscriber's extra headers may not replace them.
+RESERVED_HEADERS = frozenset(
+    {
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "idempotency-key",
+        "content-type",
+        "content-length",
+        "host",
+        "transfer-encoding",
+        "connection",
+    }
+)
+
+
+class Subscriber(BaseModel):
+    """One internal endpoint and what it subscribed to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=ID_PATTERN)
+    url: str
+    secret: str = Field(default_factory=generate_secret, repr=False)
+    events: list[str] = Field(default_factory=lambda: ["payment.*"], min_length=1)
+    channels: list[str] | None = None
+    """Deliver only payments whose ``context.channels`` share one of these."""
+    sources: list[str] | None = None
+    """Deliver only transitions revealed by one of these inbound sources."""
+    enabled: bool = True
+    disabled_reason: str | None = None
+    concurrency: int | None = Field(None, ge=1, le=1000)
+    headers: dict[str, str] = Field(default_factory=dict)
+    origin: Literal["file", "api"] = "api"
+    updated_at: float = Field(default_factory=time.time)
+
+    @field_validator("secret")
+    @classmethod
+    def _whsec(cls, value: str) -> str:
+        if not value.startswith("whsec_"):
+            raise ValueError("the secret must start with whsec_")
+        decode_secret(value)
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            if not re.fullmatch(r"payment\.[a-z*?\[\]]+|\*", pattern):
+                raise ValueError(f"event pattern {pattern!r} must look like payment.* or payment.x")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if name.lower() in RESERVED_HEADERS:
+                raise ValueError(f"header {name!r} is set by kartahook and cannot be overridden")
+            if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", name):
+                raise ValueError(f"header name {name!r} is not a valid HTTP token")
+        return value
+
+    def cap(self, default: int) -> int:
+        """The concurrency cap of this subscriber."""
+        return self.concurrency or default
+
+    def public(self) -> dict[str, Any]:
+        """The subscriber as the admin API shows it: everything but the secret."""
+        return self.model_dump(exclude={"secret"})
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Subscriber:
+        return cls.model_validate(orjson.loads(raw))
+
+    def wants(self, event_type: str, source: str, payment: Mapping[str, Any]) -> bool:
+        """Whether this subscriber asked for this event (enabled state is checked separately)."""
+        if not any(fnmatch.fnmatchcase(event_type, pattern) for pattern in self.events):
+            return False
+        if self.sources is not None and source not in self.sources:
+            return False
+        if self.channels is not None:
+            context = payment.get("context")
+            channels = context.get("channels") if isinstance(context, dict) else None
+            if not isinstance(channels, list) or not set(self.channels) & set(map(str, channels)):
+                return False
+        return True
+
+
+def host_allowed(host: str, allowlist: Iterable[str]) -> bool:
+    """Whether ``host`` is in the allowlist: exact host names, ``*.domain`` wildcards, or CIDRs.
+
+    Host names are compared as written, never resolved: a CIDR entry only admits IP literals.
+    """
+    host = host.lower().rstrip(".")
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    for entry in allowlist:
+        entry = entry.strip().lower()
+        if not entry:
+            continue
+        if address is not None:
+            try:
+                if address in ipaddress.ip_network(entry, strict=False):
+                    return True
+            except ValueError:
+                pass
+            continue
+        if entry.startswith("*."):
+            if host.endswith(entry[1:]) and host != entry[2:]:
+                return True
+        elif host == entry.rstrip("."):
+            return True
+    return False
+
+
+def check_url(url: str, allowlist: Iterable[str]) -> None:
+    """Raise :class:`SubscriberError` unless ``url`` is http(s) and its host is allowed."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise SubscriberError("invalid_url", f"invalid URL: {exc}") from exc
+    del port
+    if parts.scheme not in ("http", "https"):
+        raise SubscriberError("invalid_url", "the URL must start with http:// or https://")
+    if not parts.hostname:
+        raise SubscriberError("invalid_url", "the URL has no host")
+    if parts.username or parts.password:
+        raise SubscriberError("invalid_url", "the URL must not carry credentials")
+    if not host_allowed(parts.hostname, allowlist):
+        raise SubscriberError(
+            "host_not_allowed",
+            f"host {parts.hostname!r} is outside the subscriber allowlist "
+            "(KARTAHOOK_SUBSCRIBER_ALLOWLIST)",
+        )
+
+
+def build_subscriber(data: Mapping[str, Any], allowlist: Iterable[str]) -> Subscriber:
+    """A validated subscriber from untrusted data; :class:`SubscriberError` says what is wrong."""
+    try:
+        subscriber = Subscriber.model_validate(dict(data))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        code = "invalid_url" if where == "url" else "invalid_subscriber"
+        raise SubscriberError(code, f"{where}: {first['msg']}") from exc
+    check_url(subscriber.url, allowlist)
+    return subscriber
+
+
+def expand_env(value: Any, env: Mapping[str, str]) -> Any:
+    """``value`` with ``${NAME}`` / ``${NAME:-default}`` expanded (:mod:`service.config_files`);
+    an unset name without a default is a ``missing_env`` error naming it."""
+    try:
+        return config_files.expand_env(value, env)
+    except config_files.ConfigFileError as exc:
+        raise SubscriberError("missing_env", str(exc)) from None
+
+
+def load_subscribers_file(
+    path: Path, allowlist: Iterable[str], env: Mapping[str, str] | None = None
+) -> list[Subscriber]:
+    """Parse and validate a subscribers YAML file (``subscribers: [{id, url, …}]``)."""
+    allowed = list(allowlist)
+    document = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(document, dict) or not isinstance(document.get("subscribers", []), list):
+        raise SubscriberError("invalid_file", f"{path}: expected 'subscribers:' with a list")
+    seen: set[str] = set()
+    result: list[Subscriber] = []
+    for index, entry in enumerate(document.get("subscribers") or []):
+        if not isinstance(entry, dict):
+            raise SubscriberError("invalid_file", f"{path}: subscriber #{index} is not a mapping")
+        try:
+            data = expand_env(entry, os.environ if env is None else env)
+            data["origin"] = "file"
+            subscriber = build_subscriber(data, allowed)
+        except SubscriberError as exc:
+            raise SubscriberError(exc.code, f"{path}: subscriber #{index}: {exc.message}") from exc
+        if subscriber.id in seen:
+            raise SubscriberError(
+                "invalid_file", f"{path}: duplicate subscriber id {subscriber.id}"
+            )
+        seen.add(subscriber.id)
+        result.append(subscriber)
+    return result

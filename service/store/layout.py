@@ -1,0 +1,310 @@
+"""Every Redis key, key prefix and job-id format of kartahook, in one place.
+
+Each key is one format string (``{name}`` fields); the Python key functions below format it, and
+the Lua scripts get the same format strings as Lua key functions (:func:`lua_key_functions`,
+prepended to every script by :mod:`service.store.scripts`), so the layout is one fact in one
+place. arq's own key names are imported from :mod:`arq.constants`, not copied.
+
+:data:`KEY_PATTERNS` lists every key with its type and lifetime; ``docs/architecture.md`` shows
+it as a table (a test holds the two equal).
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+
+from arq.constants import (
+    default_queue_name,
+    health_check_key_suffix,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+
+from service.domain.events import EventHint, event_digest
+
+# ---- arq -------------------------------------------------------------------------------------
+
+DEFAULT_QUEUE = default_queue_name
+ARQ_JOB_PREFIX = job_key_prefix
+ARQ_IN_PROGRESS_PREFIX = in_progress_key_prefix
+ARQ_RETRY_PREFIX = retry_key_prefix
+ARQ_RESULT_PREFIX = result_key_prefix
+HEALTH_CHECK_SUFFIX = health_check_key_suffix
+# How long a job key lives beyond its run time (arq's ``expires_extra_ms``; arq's default is one
+# day). A job whose key expires before a worker reaches it is lost ("job expired"), so this is
+# how long a backlog may last without losing a stored webhook or a delivery: seven days, longer
+# than the providers' retry windows. Every writer of jobs uses it, arq's pools and workers too.
+ARQ_EXPIRES_EXTRA_MS = 7 * 86_400_000
+
+# The arq functions that ingestion, processing and delivery enqueue.
+PROCESS_EVENT = "process_event"
+FANOUT_DELIVER = "fanout_deliver"
+
+# ---- key formats -------------------------------------------------------------------------------
+
+KEY_PREFIX = "kh:"
+
+QUEUE = "{queue}"
+HEALTH_CHECK = "{queue}" + HEALTH_CHECK_SUFFIX
+ARQ_JOB = ARQ_JOB_PREFIX + "{job_id}"
+ARQ_IN_PROGRESS = ARQ_IN_PROGRESS_PREFIX + "{job_id}"
+ARQ_RETRY = ARQ_RETRY_PREFIX + "{job_id}"
+ARQ_RESULT = ARQ_RESULT_PREFIX + "{job_id}"
+
+DEDUPE = KEY_PREFIX + "dedupe:{digest}"
+RAW_EVENT = KEY_PREFIX + "raw:{digest}"
+UNROUTABLE = KEY_PREFIX + "unroutable"
+
+PAYMENT_STATE = KEY_PREFIX + "pay:{payment_id}:state"
+PAYMENT_LOCK = KEY_PREFIX + "pay:{payment_id}:lock"
+PAYMENT_DIRTY = KEY_PREFIX + "pay:{payment_id}:dirty"
+TRANSITIONS = KEY_PREFIX + "transitions"
+
+FO_PREFIX = KEY_PREFIX + "fo:"
+DELIVERY = FO_PREFIX + "d:{sub}:{tid}"
+ORDER = FO_PREFIX + "o:{sub}:{payment_id}"
+HEAD = FO_PREFIX + "h:{sub}:{payment_id}"
+WAITING = FO_PREFIX + "w:{sub}"
+INFLIGHT = FO_PREFIX + "f:{sub}"
+BREAKER = FO_PREFIX + "b:{sub}"
+DEAD_ALL = FO_PREFIX + "dead"
+DEAD = FO_PREFIX + "dead:{sub}"
+ATTEMPT_LOG = FO_PREFIX + "log:{sub}"
+
+SUBSCRIBERS = KEY_PREFIX + "subscribers"
+# Bumped by every write to the registry, in the same transaction: a worker's cached copy is
+# current exactly when its version is this one (the scripts that act on it check it).
+SUBSCRIBERS_VERSION = KEY_PREFIX + "subscribers:version"
+
+EVENT_DLQ_ENTRIES = KEY_PREFIX + "dlq:events"
+EVENT_DLQ_INDEX = KEY_PREFIX + "dlq:events:index"
+
+# ---- job-id formats ----------------------------------------------------------------------------
+
+EVENT_JOB_ID = "evt:{digest}"
+EVENT_RETRY_JOB_ID = "{event_job_id}:r{attempt}"
+EVENT_DLQ_RETRY_JOB_ID = "{event_job_id}:dlq{now_ms}"
+DELIVER_JOB_ID = "fdl:{sub}:{tid}:{gen}"
+# A member of DEAD_ALL: which delivery is dead.
+DEAD_MEMBER = "{sub}/{tid}"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPattern:
+    """One key (or family of keys) in Redis: its format, Redis type and lifetime."""
+
+    pattern: str
+    type: str
+    ttl: str
+
+
+KEY_PATTERNS: tuple[KeyPattern, ...] = (
+    KeyPattern(QUEUE, "zset", "none"),
+    KeyPattern(HEALTH_CHECK, "string", "health check interval + 1 s"),
+    KeyPattern(ARQ_JOB, "string", "time until due + ARQ_EXPIRES_EXTRA_MS"),
+    KeyPattern(ARQ_IN_PROGRESS, "string", "longest job timeout + 10 s"),
+    KeyPattern(ARQ_RETRY, "string", "88400 s (arq)"),
+    KeyPattern(ARQ_RESULT, "string", "keep_result"),
+    KeyPattern(DEDUPE, "string", "dedupe_ttl_s"),
+    KeyPattern(RAW_EVENT, "string", "raw_ttl_s"),
+    KeyPattern(UNROUTABLE, "list", "none (capped)"),
+    KeyPattern(PAYMENT_STATE, "hash", "state_ttl_s"),
+    KeyPattern(PAYMENT_LOCK, "string", "lock_ttl_ms"),
+    KeyPattern(PAYMENT_DIRTY, "string", "dirty_ttl_s"),
+    KeyPattern(TRANSITIONS, "stream", "none (capped)"),
+    KeyPattern(DELIVERY, "hash", "delivery_done_ttl_s once done; none while pending or dead"),
+    KeyPattern(ORDER, "zset", "none (emptied as the line advances)"),
+    KeyPattern(HEAD, "string", "none (deleted when the head finishes)"),
+    KeyPattern(WAITING, "zset", "none"),
+    KeyPattern(INFLIGHT, "zset", "none (members expire by score)"),
+    KeyPattern(BREAKER, "hash", "none"),
+    KeyPattern(DEAD_ALL, "zset", "none"),
+    KeyPattern(DEAD, "zset", "none"),
+    KeyPattern(ATTEMPT_LOG, "list", "none (capped)"),
+    KeyPattern(SUBSCRIBERS, "hash", "none"),
+    KeyPattern(SUBSCRIBERS_VERSION, "string", "none"),
+    KeyPattern(EVENT_DLQ_ENTRIES, "hash", "none"),
+    KeyPattern(EVENT_DLQ_INDEX, "zset", "none"),
+)
+
+
+def fields(pattern: str) -> list[str]:
+    """The ``{name}`` fields of a format, in order."""
+    return [name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None]
+
+
+def prefix(pattern: str) -> str:
+    """The constant part of a format that is a prefix and one field at its end."""
+    head, brace, tail = pattern.partition("{")
+    if not brace or fields(pattern) != [tail[:-1]] or not tail.endswith("}"):
+        raise ValueError(f"{pattern!r} is not a prefix followed by one field")
+    return head
+
+
+# ---- keys --------------------------------------------------------------------------------------
+
+
+def arq_job_key(job_id: str) -> str:
+    return ARQ_JOB.format(job_id=job_id)
+
+
+def arq_in_progress_key(job_id: str) -> str:
+    return ARQ_IN_PROGRESS.format(job_id=job_id)
+
+
+def arq_retry_key(job_id: str) -> str:
+    return ARQ_RETRY.format(job_id=job_id)
+
+
+def arq_result_key(job_id: str) -> str:
+    return ARQ_RESULT.format(job_id=job_id)
+
+
+def health_check_key(queue: str) -> str:
+    return HEALTH_CHECK.format(queue=queue)
+
+
+def dedupe_key(source: str, event_id: str) -> str:
+    return DEDUPE.format(digest=event_digest(source, event_id))
+
+
+def raw_event_key(source: str, event_id: str) -> str:
+    return RAW_EVENT.format(digest=event_digest(source, event_id))
+
+
+def payment_state_key(payment_id: str) -> str:
+    return PAYMENT_STATE.format(payment_id=payment_id)
+
+
+def payment_lock_key(payment_id: str) -> str:
+    return PAYMENT_LOCK.format(payment_id=payment_id)
+
+
+def payment_dirty_key(payment_id: str) -> str:
+    return PAYMENT_DIRTY.format(payment_id=payment_id)
+
+
+def delivery_key(subscriber_id: str, transition_id: str) -> str:
+    return DELIVERY.format(sub=subscriber_id, tid=transition_id)
+
+
+def order_key(subscriber_id: str, payment_id: str) -> str:
+    return ORDER.format(sub=subscriber_id, payment_id=payment_id)
+
+
+def head_key(subscriber_id: str, payment_id: str) -> str:
+    return HEAD.format(sub=subscriber_id, payment_id=payment_id)
+
+
+def waiting_key(subscriber_id: str) -> str:
+    return WAITING.format(sub=subscriber_id)
+
+
+def inflight_key(subscriber_id: str) -> str:
+    return INFLIGHT.format(sub=subscriber_id)
+
+
+def breaker_key(subscriber_id: str) -> str:
+    return BREAKER.format(sub=subscriber_id)
+
+
+def dead_key(subscriber_id: str) -> str:
+    return DEAD.format(sub=subscriber_id)
+
+
+def attempt_log_key(subscriber_id: str) -> str:
+    return ATTEMPT_LOG.format(sub=subscriber_id)
+
+
+# ---- job ids -----------------------------------------------------------------------------------
+
+
+def event_job_id(source: str, event_id: str) -> str:
+    """The arq job id of a stored event, the same for every copy of the event."""
+    return EVENT_JOB_ID.format(digest=event_digest(source, event_id))
+
+
+def hint_job_id(hint: EventHint) -> str:
+    """The arq job id of the stored event ``hint`` stands for (:func:`event_job_id`)."""
+    return event_job_id(hint.source, hint.event_id)
+
+
+def event_retry_job_id(source: str, event_id: str, attempt: int) -> str:
+    """The job id of processing's try number ``attempt`` + 1 of a stored event."""
+    return EVENT_RETRY_JOB_ID.format(event_job_id=event_job_id(source, event_id), attempt=attempt)
+
+
+def event_dlq_retry_job_id(event_job: str, now_ms: int) -> str:
+    """The job id of a dead-lettered event queued again by an operator."""
+    return EVENT_DLQ_RETRY_JOB_ID.format(event_job_id=event_job, now_ms=now_ms)
+
+
+def deliver_job_id(subscriber_id: str, transition_id: str, gen: int) -> str:
+    return DELIVER_JOB_ID.format(sub=subscriber_id, tid=transition_id, gen=gen)
+
+
+def parse_deliver_job_id(job_id: str) -> int:
+    """The generation number at the end of a delivery job id (-1 when it has none)."""
+    try:
+        return int(job_id.rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def dead_member(subscriber_id: str, transition_id: str) -> str:
+    return DEAD_MEMBER.format(sub=subscriber_id, tid=transition_id)
+
+
+def parse_dead_member(member: str) -> tuple[str, str] | None:
+    """(subscriber id, webhook-id) of a member of DEAD_ALL; None when it is not one."""
+    sub, sep, tid = member.partition(DEAD_MEMBER[len("{sub}") : -len("{tid}")])
+    return (sub, tid) if sep else None
+
+
+def deliver_job_target(job_id: str) -> tuple[str, str]:
+    """(subscriber id, webhook-id) of a delivery job id."""
+    parts = job_id.split(":")
+    return parts[1], parts[2]
+
+
+# ---- the same layout, for Lua ------------------------------------------------------------------
+
+# The key and job-id formats Lua scripts derive themselves (keys discovered inside a script:
+# docs/decisions/lua-keys.md), by the name of their Lua function.
+LUA_KEY_FUNCTIONS: dict[str, str] = {
+    "arq_job_key": ARQ_JOB,
+    "deliver_job_id": DELIVER_JOB_ID,
+    "dead_member": DEAD_MEMBER,
+    "delivery_key": DELIVERY,
+    "order_key": ORDER,
+    "head_key": HEAD,
+    "waiting_key": WAITING,
+    "inflight_key": INFLIGHT,
+    "breaker_key": BREAKER,
+}
+
+
+def lua_string(text: str) -> str:
+    """``text`` as a Lua string literal."""
+    escaped = text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n")
+    return f"'{escaped}'"
+
+
+def lua_function(name: str, pattern: str) -> str:
+    """A Lua function of the fields of ``pattern`` that returns the formatted string."""
+    params = fields(pattern)
+    parts = []
+    for literal, field, _, _ in string.Formatter().parse(pattern):
+        if literal:
+            parts.append(lua_string(literal))
+        if field is not None:
+            parts.append(field)
+    return f"local function {name}({', '.join(params)})\n  return {' .. '.join(parts)}\nend\n"
+
+
+def lua_key_functions() -> str:
+    """``lua/lib/keys.lua``: one Lua function per entry of :data:`LUA_KEY_FUNCTIONS`."""
+    return "".join(lua_function(name, pattern) for name, pattern in LUA_KEY_FUNCTIONS.items())

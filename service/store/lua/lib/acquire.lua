@@ -1,0 +1,58 @@
+-- Letting a delivery attempt start, shared by delivery_acquire.lua and payment_record.lua (which
+-- starts the heads it creates).
+-- lib: keys jobs
+
+-- What an attempt needs of a delivery, read when it starts (Acquired.started).
+local function delivery_fields(dkey)
+  return redis.call('HMGET', dkey, 'body', 'attempts', 'payment_id', 'type', 'received_ms')
+end
+
+-- The keys try_acquire works on for (sub, tid), derived (for a caller that did not pass them).
+local function acquire_keys(sub, tid)
+  return {delivery = delivery_key(sub, tid), waiting = waiting_key(sub),
+    inflight = inflight_key(sub), breaker = breaker_key(sub)}
+end
+
+-- Lets the attempt of job ``job_id`` on delivery (sub, tid, gen) start, or parks the delivery
+-- (over the cap, breaker open, probe in flight, subscriber disabled: a fresh job when it may
+-- go, none while disabled). ``k``: the keys, as acquire_keys names them. Returns
+-- {verdict, until_ms[, body, attempts, payment id, type, received ms]}.
+local function try_acquire(queue, k, sub, tid, gen, job_id, enabled, cap, lease, open_jitter,
+    now)
+  local dkey, fkey, bkey = k.delivery, k.inflight, k.breaker
+  if redis.call('HGET', dkey, 'state') ~= 'active' or redis.call('HGET', dkey, 'gen') ~= gen then
+    return {'stale', 0}
+  end
+  local function park(at)
+    local g = redis.call('HINCRBY', dkey, 'gen', 1)
+    redis.call('ZADD', k.waiting, 'NX', now, tid)
+    if at then enqueue(queue, sub, tid, g, at, now) end
+  end
+  local function start()
+    redis.call('ZADD', fkey, now + lease, job_id)
+    return unpack(delivery_fields(dkey))
+  end
+  if not enabled then park(nil) return {'disabled', 0} end
+  redis.call('ZREMRANGEBYSCORE', fkey, '-inf', now)
+  if redis.call('ZSCORE', fkey, job_id) then return {'ok', 0, start()} end
+  local open_until = tonumber(redis.call('HGET', bkey, 'open_until')) or 0
+  if open_until > now then
+    park(open_until + open_jitter)
+    return {'open', open_until}
+  end
+  if open_until > 0 then
+    local probe = redis.call('HGET', bkey, 'probe')
+    local probe_until = tonumber(redis.call('HGET', bkey, 'probe_until')) or 0
+    if probe and probe ~= '' and probe ~= job_id and probe_until > now then
+      park(probe_until)
+      return {'probing', probe_until}
+    end
+    redis.call('HSET', bkey, 'probe', job_id, 'probe_until', now + lease)
+    return {'probe', 0, start()}
+  end
+  if redis.call('ZCARD', fkey) >= cap then
+    park(now + lease)
+    return {'cap', 0}
+  end
+  return {'ok', 0, start()}
+end
