@@ -216,4 +216,9 @@ async def run_until(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        # Let the jobs still running finish first: close() cancels them, and then fails with
+        # their CancelledError before on_shutdown runs (leaving the transports open).
+        running = [job for job in worker.tasks.values() if not job.done()]
+        if running:
+            await asyncio.wait(running, timeout=timeout_s)
         await worker.close()
