@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import hashlib
 import hmac
+import signal
 import ssl
 import time
 import zlib
@@ -49,7 +50,8 @@ from sandbox.providers.paypal import PayPal
 from sandbox.providers.paypal_certs import generate
 from sandbox.providers.stripe import Stripe
 from service.domain.signing import generate_secret
-from tests.support import serve_app, wait_for
+from service.store.server import free_port
+from tests.support import exit_code, serve_app, start_kartahook, wait_for
 
 TOKEN = "providers-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -619,3 +621,88 @@ def test_cli_flags_and_environment_set_provider_settings(monkeypatch: pytest.Mon
     assert args.drop_status == ["approved", "failed"] and args.kartahook_url == "http://127.0.0.1:9"
     with pytest.raises(SystemExit):
         parser.parse_args(["--drop-status", "lost"])
+
+
+async def test_sandbox_command_sends_provider_webhooks_without_leaking(
+    capture: Capture, tmp_path: Path
+) -> None:
+    """`kartahook sandbox --webhooks provider` as a real process sends signed provider webhooks
+    with the credentials given by flags and environment, writes the PayPal CA where told, honours
+    --drop-status, and logs no secret, credential, signature or payer data."""
+    ca_file = tmp_path / "paypal-ca.pem"
+    stripe_secret = "whsec_cli_stripe_secret_value"
+    password = "cli-basic-password-value"
+    env = {
+        "KARTAHOOK_KARTAPAY_TOKEN": TOKEN,
+        "KARTAHOOK_LOG_FORMAT": "json",
+        "KARTAHOOK_SANDBOX_BASIC_PASSWORD": password,
+    }
+    port = free_port()
+    log_path = tmp_path / "sandbox.log"
+    process = start_kartahook(
+        [
+            "sandbox",
+            "--port",
+            str(port),
+            "--step-delay",
+            "0.05",
+            "--webhooks",
+            "provider",
+            "--kartahook-url",
+            capture.url,
+            "--stripe-secret",
+            stripe_secret,
+            "--paypal-ca-out",
+            str(ca_file),
+            "--drop-status",
+            "approved",
+        ],
+        env,
+        log_path,
+    )
+    signatures: list[str] = []
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", headers=AUTH, timeout=5
+        ) as client:
+
+            async def up() -> bool:
+                try:
+                    return (await client.get("/healthz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await wait_for(up, timeout_s=30, interval_s=0.1)
+            stripe_payment = await pay(client, "STR")
+            mvola_payment = await pay(client, "MVM")
+            await arrived(capture, "stripe", 3)
+            await arrived(capture, "mvola-mg", 3)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = await exit_code(process, 30)
+    assert code in (0, -signal.SIGTERM)
+    for request in capture.of("stripe"):
+        assert stripe.WebhookSignature.verify_header(
+            request.body.decode(), request.headers["stripe-signature"], stripe_secret, 300
+        )
+        assert json_path(orjson.loads(request.body), "data.object.metadata.paymentId") == (
+            stripe_payment
+        )
+        signatures.append(request.headers["stripe-signature"].split("v1=")[1])
+    assert sorted(orjson.loads(r.body)["type"] for r in capture.of("stripe")) == [
+        "payment_intent.processing",
+        "payment_intent.succeeded",
+        "payment_intent.succeeded",
+    ]
+    for request in capture.of("mvola-mg"):
+        assert basic(request.headers) == (ProviderSettings().basic_user, password)
+        signatures.append(request.headers["authorization"].split(" ")[1])
+        assert json_path(orjson.loads(request.body), "metadata[key=paymentId].value") == (
+            mvola_payment
+        )
+    assert capture.of("kartapay") == []
+    assert b"BEGIN CERTIFICATE" in ca_file.read_bytes()
+    logs = log_path.read_text()
+    assert "webhook sent" in logs and "paypal certificate served" in logs
+    for leak in (stripe_secret, password, PHONE.lstrip("+"), "Payer Name", *signatures):
+        assert leak not in logs
