@@ -10,7 +10,6 @@ from sandbox.providers.base import STATUSES, ProviderSettings
 from service.domain.signing import decode_secret
 
 WEBHOOK_MODES = ("kartapay", "provider", "both")
-KARTAPAY_PATH = "/v1/webhooks/kartapay"
 
 # Fields that ``POST /_sandbox/faults`` may change while the sandbox runs, with their types.
 RUNTIME_FIELDS: dict[str, type] = {
@@ -44,8 +43,8 @@ class SandboxConfig:
     webhook_secret: str | None = None  # whsec_…; webhooks are sent only with url and secret
     # Which webhooks a status change sends: KartaPay's own, its plan's provider's, or both.
     webhooks: str = "both"
-    # kartahook's base URL: provider webhooks go to <kartahook_url>/v1/webhooks/<source>. When
-    # unset, it is taken from a webhook_url ending in /v1/webhooks/kartapay, if it does.
+    # kartahook's base URL: provider webhooks go to <kartahook_url>/v1/webhooks/<source>, and
+    # only when it is set (callers that give just webhook_url keep KartaPay's webhooks only).
     kartahook_url: str | None = None
     drop_statuses: tuple[str, ...] = ()  # statuses whose webhooks (of every kind) are not sent
     providers: ProviderSettings = field(default_factory=ProviderSettings)
@@ -106,11 +105,7 @@ class SandboxConfig:
     @property
     def provider_base_url(self) -> str | None:
         """Where provider webhooks go (``/v1/webhooks/<source>`` is appended), if anywhere."""
-        if self.kartahook_url:
-            return self.kartahook_url.rstrip("/")
-        if self.webhook_url and self.webhook_url.endswith(KARTAPAY_PATH):
-            return self.webhook_url.removesuffix(KARTAPAY_PATH)
-        return None
+        return self.kartahook_url.rstrip("/") if self.kartahook_url else None
 
     @property
     def kartapay_webhooks(self) -> bool:

@@ -98,8 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     providers.add_argument(
         "--kartahook-url",
         default=os.environ.get(ENV_PREFIX + "KARTAHOOK_URL"),
-        help="kartahook base URL for provider webhooks (default: from a --webhook-url ending in "
-        "/v1/webhooks/kartapay)",
+        help="kartahook base URL: provider webhooks go to <URL>/v1/webhooks/<source>; without "
+        "it none are sent",
     )
     providers.add_argument(
         "--webhooks",

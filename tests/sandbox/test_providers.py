@@ -20,6 +20,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
+from cryptography.x509.verification import PolicyBuilder, Store
 from standardwebhooks import Webhook
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -291,11 +293,7 @@ async def test_each_plan_code_sends_its_providers_webhook_per_status(
     secret = generate_secret()
     source = PLAN_SOURCES[code]
     config = config_for(
-        capture,
-        tmp_path,
-        kartahook_url=None,  # taken from the kartapay webhook URL
-        webhook_url=capture.url + "/v1/webhooks/kartapay",
-        webhook_secret=secret,
+        capture, tmp_path, webhook_url=capture.url + "/v1/webhooks/kartapay", webhook_secret=secret
     )
     async with running(config) as (client, url):
         payment_id = await pay(client, code)
@@ -422,21 +420,22 @@ async def test_out_of_order_applies_to_provider_webhooks(capture: Capture, tmp_p
 
 
 async def test_no_provider_webhooks_without_a_kartahook_url(capture: Capture) -> None:
-    """With a KartaPay URL outside /v1/webhooks/kartapay and no kartahook_url, only KartaPay's
-    webhooks are sent (the sandbox as it always was), and 'provider' mode is refused."""
+    """Without kartahook_url only KartaPay's webhooks are sent, even to a URL under
+    /v1/webhooks/ (callers that give only webhook_url see no change), no PayPal certificate is
+    made, and 'provider' mode is refused."""
     secret = generate_secret()
     config = SandboxConfig(
         token=TOKEN,
-        webhook_url=capture.url + "/v1/webhooks/custom",
+        webhook_url=capture.url + "/v1/webhooks/kartapay",
         webhook_secret=secret,
         step_delay_s=0.05,
     )
     async with running(config) as (client, url):
         await pay(client, "STR")
-        await arrived(capture, "custom", len(AFTER_SUBMIT) + 1)
+        await arrived(capture, "kartapay", len(AFTER_SUBMIT) + 1)
         async with httpx.AsyncClient(base_url=url) as control:
             providers = (await control.get("/_sandbox/providers")).json()
-    assert {r.source for r in capture.requests} == {"custom"}
+    assert {r.source for r in capture.requests} == {"kartapay"}
     assert providers["providerWebhooks"] is False and providers["paypal"] is None
     with pytest.raises(ValueError, match="kartahook_url"):
         SandboxConfig(webhooks="provider")
@@ -481,7 +480,8 @@ def test_stripe_builder_makes_a_payment_intent_event_stripe_accepts() -> None:
 
 def test_paypal_builder_signs_id_time_webhook_id_and_crc() -> None:
     """PayPal: event with resource.custom_id, signed with the leaf key over
-    transmissionId|transmissionTime|webhookId|crc32(body); the leaf chains to the CA."""
+    transmissionId|transmissionTime|webhookId|crc32(body); the leaf chains to the CA, also
+    under cryptography's server verification policy for its subject name."""
     certificates = generate("messageverificationcerts.paypal.com")
     cert_url = "https://127.0.0.1:1/cert"
     provider = PayPal(SETTINGS.paypal_webhook_id, certificates.signing_key, cert_url)
@@ -494,7 +494,16 @@ def test_paypal_builder_signs_id_time_webhook_id_and_crc() -> None:
     assert headers["PAYPAL-TRANSMISSION-TIME"] == "2025-01-31T12:00:05Z"
     assert headers["PAYPAL-CERT-URL"] == cert_url
     leaf = x509.load_pem_x509_certificate(certificates.leaf_pem)
-    leaf.verify_directly_issued_by(x509.load_pem_x509_certificate(certificates.ca_pem))
+    ca = x509.load_pem_x509_certificate(certificates.ca_pem)
+    leaf.verify_directly_issued_by(ca)
+    # The chain also passes cryptography's web-PKI server policy for the subject name.
+    verifier = (
+        PolicyBuilder()
+        .store(Store([ca]))
+        .time(datetime.now(UTC))
+        .build_server_verifier(x509.DNSName("messageverificationcerts.paypal.com"))
+    )
+    assert verifier.verify(leaf, [])[-1] == ca
     message = (
         f"{headers['PAYPAL-TRANSMISSION-ID']}|{headers['PAYPAL-TRANSMISSION-TIME']}|"
         f"{SETTINGS.paypal_webhook_id}|{zlib.crc32(event.body)}"
