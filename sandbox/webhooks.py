@@ -261,11 +261,11 @@ class WebhookSender:
     async def _attempt(
         self, event: WebhookEvent, attempt: int
     ) -> tuple[int | None, str | None, float | None]:
-        request = self._request(event)
         started = time.perf_counter()
         async with self._limit:
             try:
-                response = await self._client.send(request)
+                # Signed once a slot is free, so a signature's timestamp is fresh when it leaves.
+                response = await self._client.send(self._request(event))
             except httpx.HTTPError as exc:
                 error = type(exc).__name__
                 log.warning(

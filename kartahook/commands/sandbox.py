@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 import uvicorn
 
@@ -149,6 +150,10 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(settings.log_format, settings.log_level)
     if bool(args.webhook_url) != bool(args.webhook_secret):
         raise SystemExit("sandbox: give both --webhook-url and --webhook-secret, or neither")
+    if args.paypal_ca_out and not Path(args.paypal_ca_out).parent.is_dir():
+        raise SystemExit(
+            f"sandbox: --paypal-ca-out: no directory {Path(args.paypal_ca_out).parent}"
+        )
     try:
         config = SandboxConfig(
             token=settings.kartapay_token.get_secret_value(),
