@@ -1,11 +1,15 @@
-"""Settings of one KartaPay sandbox: auth, lifecycle pace, webhooks and injected faults."""
+"""Settings of one KartaPay sandbox: auth, lifecycle pace, webhooks (KartaPay's and the
+providers'), and injected faults."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from sandbox.providers.base import STATUSES, ProviderSettings
 from service.domain.signing import decode_secret
+
+WEBHOOK_MODES = ("kartapay", "provider", "both")
 
 # Fields that ``POST /_sandbox/faults`` may change while the sandbox runs, with their types.
 RUNTIME_FIELDS: dict[str, type] = {
@@ -17,6 +21,7 @@ RUNTIME_FIELDS: dict[str, type] = {
     "step_delay_s": float,
     "duplicate_webhooks": bool,
     "out_of_order_webhooks": bool,
+    "drop_statuses": tuple,
 }
 _RATIOS = ("fail_ratio", "error_500_ratio", "error_429_ratio")
 _NON_NEGATIVE = (
@@ -36,6 +41,13 @@ class SandboxConfig:
     token: str = "sandbox-token"  # noqa: S105 (the well-known sandbox default)
     webhook_url: str | None = None
     webhook_secret: str | None = None  # whsec_…; webhooks are sent only with url and secret
+    # Which webhooks a status change sends: KartaPay's own, its plan's provider's, or both.
+    webhooks: str = "both"
+    # kartahook's base URL: provider webhooks go to <kartahook_url>/v1/webhooks/<source>, and
+    # only when it is set (callers that give just webhook_url keep KartaPay's webhooks only).
+    kartahook_url: str | None = None
+    drop_statuses: tuple[str, ...] = ()  # statuses whose webhooks (of every kind) are not sent
+    providers: ProviderSettings = field(default_factory=ProviderSettings)
     step_delay_s: float = 0.3  # between automatic lifecycle steps (submitted -> approved -> …)
     fail_ratio: float = 0.0  # share of submitted payments that end in `failed`
     latency_s: float = 0.0  # added to every /v1 response
@@ -77,6 +89,33 @@ class SandboxConfig:
             raise ValueError("default_limit must be between 1 and max_limit")
         if self.webhook_secret is not None:
             decode_secret(self.webhook_secret)
+        if self.webhooks not in WEBHOOK_MODES:
+            raise ValueError(f"webhooks must be one of {', '.join(WEBHOOK_MODES)}")
+        unknown = set(self.drop_statuses) - set(STATUSES)
+        if unknown:
+            raise ValueError(f"drop_statuses: unknown status {', '.join(sorted(unknown))}")
+        if self.kartahook_url is not None and not self.kartahook_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError("kartahook_url must be an http(s) URL")
+        if self.webhooks == "provider" and self.provider_base_url is None:
+            raise ValueError("webhooks 'provider' needs kartahook_url")
+        self.providers.validate()
+
+    @property
+    def provider_base_url(self) -> str | None:
+        """Where provider webhooks go (``/v1/webhooks/<source>`` is appended), if anywhere."""
+        return self.kartahook_url.rstrip("/") if self.kartahook_url else None
+
+    @property
+    def kartapay_webhooks(self) -> bool:
+        """Whether KartaPay's own webhook is sent."""
+        return self.webhooks != "provider" and bool(self.webhook_url and self.webhook_secret)
+
+    @property
+    def provider_webhooks(self) -> bool:
+        """Whether the plan's provider webhook is sent."""
+        return self.webhooks != "kartapay" and self.provider_base_url is not None
 
     def runtime_view(self) -> dict[str, Any]:
         """The values that can be changed at runtime (no secrets)."""
@@ -93,6 +132,11 @@ class SandboxConfig:
             if kind is bool:
                 if not isinstance(value, bool):
                     raise ValueError(f"{name} must be a boolean")
+            elif kind is tuple:
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise ValueError(f"{name} must be a list of strings")
+                coerced[name] = tuple(dict.fromkeys(value))
+                continue
             elif isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"{name} must be a number")
             elif kind is int and not float(value).is_integer():

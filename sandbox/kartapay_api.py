@@ -1,7 +1,9 @@
 """The KartaPay API sandbox: a Starlette app true to ``kartapay-api-spec.json``.
 
 Five endpoints under ``/v1`` with Bearer auth, the payment lifecycle, signed webhooks for every
-change of status, and injected faults; plus control endpoints under ``/_sandbox`` (no auth).
+change of status (KartaPay's own and the plan's provider's), and injected faults; plus control
+endpoints under ``/_sandbox`` (no auth). With provider webhooks on, the lifespan also runs the
+https server of the PayPal certificate (``sandbox.providers.paypal_certs``).
 Everything lives in memory, built in the lifespan. See docs/sandbox.md.
 """
 
@@ -31,6 +33,9 @@ from sandbox.lifecycle import Lifecycle
 from sandbox.listing import build_page, parse_query
 from sandbox.middleware import BearerAuthMiddleware, FaultInjectionMiddleware
 from sandbox.payments_store import PaymentRecord, PaymentStore
+from sandbox.providers import PLAN_SOURCES, build_registry
+from sandbox.providers.paypal_certs import PayPalCertService
+from sandbox.providers.paypal_certs import serve as serve_paypal_certs
 from sandbox.schemas import CLAIM_SCHEMA, PLAN_SCHEMA, validate
 from sandbox.state import Sandbox
 from sandbox.webhooks import WebhookSender
@@ -156,6 +161,30 @@ async def clear_webhooks(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def get_providers(request: Request) -> Response:
+    """Where provider webhooks go and how to trust the PayPal certificate (no secrets)."""
+    sandbox = _sandbox(request)
+    config = sandbox.config
+    paypal = sandbox.paypal
+    return json_response(
+        {
+            "webhooks": config.webhooks,
+            "kartapayWebhooks": config.kartapay_webhooks,
+            "providerWebhooks": sandbox.sender.providers_enabled,
+            "kartahookUrl": config.provider_base_url,
+            "sources": PLAN_SOURCES,
+            "paypal": None
+            if paypal is None
+            else {
+                "certUrl": paypal.cert_url,
+                "caFile": paypal.ca_file,
+                "webhookId": config.providers.paypal_webhook_id,
+                "certSubjectCn": config.providers.paypal_cert_cn,
+            },
+        }
+    )
+
+
 async def healthz(request: Request) -> Response:
     return json_response({"status": "ok", "payments": len(_sandbox(request).store)})
 
@@ -187,23 +216,32 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         runtime = dataclasses.replace(config)  # control endpoints change this copy only
         rng = random.Random(config.seed)
-        async with httpx.AsyncClient(
-            timeout=config.webhook_timeout_s,
-            transport=webhook_transport,
-            follow_redirects=False,
-            trust_env=False,
-        ) as client:
-            sender = WebhookSender(runtime, client, rng)
+        async with contextlib.AsyncExitStack() as stack:
+            paypal: PayPalCertService | None = None
+            if runtime.provider_webhooks:
+                paypal = await stack.enter_async_context(serve_paypal_certs(runtime.providers))
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(
+                    timeout=config.webhook_timeout_s,
+                    transport=webhook_transport,
+                    follow_redirects=False,
+                    trust_env=False,
+                )
+            )
+            providers = build_registry(runtime.providers, paypal)
+            sender = WebhookSender(runtime, client, rng, providers)
             store = PaymentStore(
                 new_id=lambda: str(uuid.UUID(int=rng.getrandbits(128), version=4)),
                 on_change=sender.enqueue,
             )
             lifecycle = Lifecycle(store, runtime, rng)
-            sandbox = Sandbox(runtime, rng, store, lifecycle, sender)
+            sandbox = Sandbox(runtime, rng, store, lifecycle, sender, paypal)
             async with _background(lifecycle.scheduler.run(), sender.run()):
                 log.info(
                     "sandbox started",
                     webhooks=sender.enabled,
+                    kartapay_webhooks=runtime.kartapay_webhooks,
+                    provider_webhooks=sender.providers_enabled,
                     **runtime.runtime_view(),
                 )
                 yield {"sandbox": sandbox}
@@ -219,6 +257,7 @@ def create_app(
         Route("/_sandbox/payments/{id}/fail", force_failure, methods=["POST"]),
         Route("/_sandbox/webhooks", list_webhooks, methods=["GET"]),
         Route("/_sandbox/webhooks", clear_webhooks, methods=["DELETE"]),
+        Route("/_sandbox/providers", get_providers, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]
     return Starlette(

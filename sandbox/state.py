@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from sandbox.config import SandboxConfig
 from sandbox.lifecycle import Lifecycle
 from sandbox.payments_store import PaymentStore
+from sandbox.providers.paypal_certs import PayPalCertService
 from sandbox.webhooks import WebhookSender
 
 
@@ -21,3 +22,4 @@ class Sandbox:
     store: PaymentStore
     lifecycle: Lifecycle
     sender: WebhookSender
+    paypal: PayPalCertService | None = None
