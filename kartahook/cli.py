@@ -162,19 +162,20 @@ def _report(command: str, message: str) -> None:
 
 def _fail(exc: BaseException, command: str, args: argparse.Namespace | None) -> int:
     """Report ``exc`` as one scrubbed line; return the exit code."""
-    from kartahook.errors import scrub, secret_values
+    from kartahook.errors import redact, scrub, secret_values
 
+    extra = [getattr(args, name, None) for name in ("token", "secret", "webhook_secret")]
+    secrets = secret_values(v for v in extra if isinstance(v, str))
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
-    if debug:
-        traceback.print_exception(exc)
+    if debug:  # the traceback, redacted like the line
+        sys.stderr.write(redact("".join(traceback.format_exception(exc)), secrets))
     try:
         from kartahook.errors import describe
 
         code, message, expected = describe(exc)
     except Exception:
         code, message, expected = RUNTIME, f"unexpected error: {type(exc).__name__}", False
-    extra = [getattr(args, name, None) for name in ("token", "secret", "webhook_secret")]
-    line = scrub(message, secret_values(v for v in extra if isinstance(v, str)))
+    line = scrub(message, secrets)
     if not expected and not debug:
         line = f"{line} ({DEBUG_HINT})"
     _report(command, line)

@@ -62,15 +62,19 @@ def secret_values(extra: Iterable[str | None] = ()) -> list[str]:
     return sorted({v for v in values if len(v) >= 6}, key=len, reverse=True)
 
 
-def scrub(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` as one line with passwords, tokens and webhook secrets shown as ``***``."""
-    line = " ".join(str(text).split())
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with ``secrets``, URL passwords, tokens and webhook secrets shown as ``***``."""
     for secret in secrets:
-        line = line.replace(secret, "***")
-    line = _URL_PASSWORD.sub(r"\1***@", line)
-    line = _QUERY_SECRET.sub(r"\1***", line)
-    line = _WEBHOOK_SECRET.sub("whsec_***", line)
-    line = _BEARER.sub(r"\1***", line)
+        text = text.replace(secret, "***")
+    text = _URL_PASSWORD.sub(r"\1***@", text)
+    text = _QUERY_SECRET.sub(r"\1***", text)
+    text = _WEBHOOK_SECRET.sub("whsec_***", text)
+    return _BEARER.sub(r"\1***", text)
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` as one (bounded) line, redacted (:func:`redact`)."""
+    line = redact(" ".join(str(text).split()), secrets)
     if len(line) > _MAX_LINE:
         line = line[: _MAX_LINE - 1] + "…"
     return line or "failed (no detail)"
@@ -85,9 +89,14 @@ def _settings_problem(exc: BaseException) -> str | None:
         return None
     if not isinstance(exc, ValidationError):
         return None
+    from service.settings import Settings
+
+    env_prefix = str(Settings.model_config.get("env_prefix", ""))
     parts = []
     for error in exc.errors(include_url=False, include_input=False):
         where = ".".join(str(part) for part in error["loc"]) or exc.title
+        if exc.title == Settings.__name__ and error["loc"]:  # name the environment variable
+            where = f"{env_prefix}{str(error['loc'][0]).upper()}"
         parts.append(f"{where}: {error['msg']}")
     return f"invalid configuration: {'; '.join(parts)}"
 

@@ -82,6 +82,8 @@ CHECKS: list[Check] = [check_sources, check_subscribers]
 
 def run(args: argparse.Namespace) -> int:
     problems = [problem for check in CHECKS for problem in check(args)]
-    for problem in problems:
-        print(f"kartahook config: {problem}", file=sys.stderr)
+    from kartahook.errors import scrub
+
+    for problem in problems:  # one line each, even when a YAML parser's message has several
+        print(f"kartahook config: {scrub(problem)}", file=sys.stderr)
     return 1 if problems else 0
