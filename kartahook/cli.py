@@ -188,7 +188,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args: argparse.Namespace | None = None
     try:
         parser = build_parser()
-        args = parser.parse_args(arguments)
+        args, extras = parser.parse_known_args(arguments)
+        if extras:  # what parse_args refuses, with the command's help to look at
+            raise UsageError(
+                f"unrecognized arguments: {' '.join(extras)} "
+                f"(see `kartahook {args.command} --help`)"
+            )
         module = args._module
         if module is None:
             raise UsageError(f"'{args.command}' is not available in this build")
