@@ -16,25 +16,49 @@ from typing import Any
 import httpx
 import orjson
 
+from kartahook.errors import RUNTIME, USAGE, CliError
+
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8090"
 
 
-class AdminCallError(Exception):
+class AdminCallError(CliError):
     """The admin API refused a request or could not be reached; the message says why."""
 
 
+def connection_options(sub_level: bool = False) -> argparse.ArgumentParser:
+    """``--admin-url``, ``--token`` and ``--json`` as a parent parser. Given both to a command
+    and (``sub_level=True``) to each of its actions, they work before or after the action: at
+    the action's level they default to nothing, so they never overwrite the command's value."""
+
+    parent = argparse.ArgumentParser(add_help=False)
+    _add_options(parent, sub_level)
+    return parent
+
+
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    """Add the connection options to ``parser`` (a command, before its action)."""
+    _add_options(parser, sub_level=False)
+
+
+def _add_options(parent: argparse.ArgumentParser, sub_level: bool) -> None:
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if sub_level else value
+
+    parent.add_argument(
         "--admin-url",
-        default=os.environ.get("KARTAHOOK_ADMIN_URL", DEFAULT_ADMIN_URL),
-        help="base URL of kartahook serve's admin listener (env KARTAHOOK_ADMIN_URL)",
+        metavar="URL",
+        default=default(os.environ.get("KARTAHOOK_ADMIN_URL", DEFAULT_ADMIN_URL)),
+        help=f"base URL of kartahook serve's admin listener (env KARTAHOOK_ADMIN_URL, default "
+        f"{DEFAULT_ADMIN_URL})",
     )
-    parser.add_argument(
+    parent.add_argument(
         "--token",
-        default=os.environ.get("KARTAHOOK_ADMIN_TOKEN"),
-        help="admin Bearer token (env KARTAHOOK_ADMIN_TOKEN)",
+        default=default(os.environ.get("KARTAHOOK_ADMIN_TOKEN")),
+        help="the admin API's Bearer token (env KARTAHOOK_ADMIN_TOKEN)",
     )
-    parser.add_argument("--json", action="store_true", help="print raw JSON")
+    parent.add_argument(
+        "--json", action="store_true", default=default(False), help="print the raw JSON answer"
+    )
 
 
 class AdminClient:
@@ -42,6 +66,14 @@ class AdminClient:
         self, base_url: str, token: str | None, transport: httpx.BaseTransport | None = None
     ) -> None:
         headers = {"authorization": f"Bearer {token}"} if token else {}
+        try:
+            url = httpx.URL(base_url)
+        except httpx.InvalidURL as exc:
+            raise AdminCallError(f"bad --admin-url: {exc}", USAGE) from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise AdminCallError(
+                "bad --admin-url: expected http://HOST[:PORT] or https://HOST[:PORT]", USAGE
+            )
         self.http = httpx.Client(
             base_url=base_url.rstrip("/") + "/admin",
             headers=headers,
@@ -65,7 +97,8 @@ class AdminClient:
             )
         except httpx.HTTPError as exc:
             raise AdminCallError(
-                f"cannot reach the admin API at {self.http.base_url}: {exc}"
+                f"cannot reach the admin API at {self.http.base_url}: "
+                f"{type(exc).__name__}: {exc or 'no detail'}"
             ) from exc
         if response.status_code == 204:
             return None
@@ -87,5 +120,6 @@ def print_json(data: Any) -> None:
 
 
 def fail(message: str) -> int:
+    """Print ``message`` as the CLI's one error line; the exit code of a runtime failure."""
     sys.stderr.write(f"kartahook: {message}\n")
-    return 1
+    return RUNTIME

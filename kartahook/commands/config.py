@@ -3,7 +3,8 @@
 Checks the sources file (``KARTAHOOK_SOURCES_FILE`` or ``--sources``): YAML, ``${ENV}``
 references set, known source types, valid options (secrets decode); and the subscribers file
 (``KARTAHOOK_SUBSCRIBERS_FILE`` or ``--subscribers``): ids, URLs inside the allowlist, secrets.
-Prints one line per problem and exits 1 when there is any. Secrets are never printed.
+Prints one line per problem (``kartahook config: …`` on stderr) and exits 1 when there is any.
+Secrets are never printed.
 """
 
 from __future__ import annotations
@@ -18,10 +19,21 @@ Check = Callable[[argparse.Namespace], list[str]]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    check = sub.add_parser("check", help="validate the sources (and subscribers) files")
-    check.add_argument("--sources", type=Path, help="sources file (default KARTAHOOK_SOURCES_FILE)")
+    check = sub.add_parser(
+        "check",
+        help="validate the sources (and subscribers) files",
+        description="Validate the sources file (YAML, ${ENV} references set, known source "
+        "types, secrets that decode) and the subscribers file (ids, URLs inside the "
+        "allowlist, secrets). Prints one line per problem; exits 1 when there is any.",
+    )
     check.add_argument(
-        "--subscribers", type=Path, help="subscribers file (default KARTAHOOK_SUBSCRIBERS_FILE)"
+        "--sources", type=Path, metavar="FILE", help="sources file (default KARTAHOOK_SOURCES_FILE)"
+    )
+    check.add_argument(
+        "--subscribers",
+        type=Path,
+        metavar="FILE",
+        help="subscribers file (default KARTAHOOK_SUBSCRIBERS_FILE)",
     )
 
 
@@ -70,6 +82,8 @@ CHECKS: list[Check] = [check_sources, check_subscribers]
 
 def run(args: argparse.Namespace) -> int:
     problems = [problem for check in CHECKS for problem in check(args)]
-    for problem in problems:
-        print(problem, file=sys.stderr)
+    from kartahook.errors import scrub
+
+    for problem in problems:  # one line each, even when a YAML parser's message has several
+        print(f"kartahook config: {scrub(problem)}", file=sys.stderr)
     return 1 if problems else 0

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kartahook.errors import USAGE, CliError
 from service.settings import Settings
 
 DEFAULT_SUBSCRIBER_URL = "http://127.0.0.1:8702"
@@ -46,14 +47,14 @@ def read_run_state(var_dir: Path) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from kartahook.demo import delivery_line, run_demo
-    from service.kartapay import KartaPayClient, KartaPayError
+    from service.kartapay import KartaPayClient
 
     settings = Settings()
     state = read_run_state(args.var_dir)
     kartapay_url = args.kartapay_url or state.get("sandbox_url") or settings.kartapay_url
     subscriber_url = args.subscriber_url or state.get("subscriber_url") or DEFAULT_SUBSCRIBER_URL
     if args.payments < 1:
-        raise SystemExit("demo: --payments must be at least 1")
+        raise CliError("--payments must be at least 1", USAGE)
     print(f"demo: {args.payments} payments via {kartapay_url}, deliveries from {subscriber_url}")
 
     async def main() -> int:
@@ -75,10 +76,5 @@ def run(args: argparse.Namespace) -> int:
             return 1
         return 0
 
-    try:
-        return asyncio.run(main())
-    except KartaPayError as exc:
-        print(f"demo: the KartaPay API failed: {exc}")
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    # A failing KartaPay API or subscriber ends in the CLI's one error line (kartahook.errors).
+    return asyncio.run(main())

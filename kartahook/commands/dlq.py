@@ -3,6 +3,7 @@
 ``--kind deliveries`` (the default) is the delivery dead letters of fan-out; ``--kind events`` is
 processing's dead letters (events whose payment could not be read), where ``show`` and
 ``replay`` take the entry id in place of SUBSCRIBER and ``replay`` queues the event again.
+``--kind`` and the connection options are accepted before or after the action.
 """
 
 from __future__ import annotations
@@ -16,29 +17,38 @@ from kartahook.commands.admin_client import (
     AdminCallError,
     AdminClient,
     add_connection_arguments,
-    fail,
+    connection_options,
     print_json,
 )
+
+KIND_HELP = "which dead letters: deliveries (the default) or events"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_connection_arguments(parser)
-    parser.add_argument(
-        "--kind", default="deliveries", help="which dead letters: deliveries (default) or events"
-    )
+    parser.add_argument("--kind", default="deliveries", help=KIND_HELP)
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = sub.add_parser("list", help="list dead letters, oldest first")
-    listing.add_argument("--subscriber")
-    listing.add_argument("--since", help="ISO 8601 time with timezone, or epoch ms")
-    listing.add_argument("--limit", type=int, default=100)
-    show = sub.add_parser("show", help="show one dead letter")
+    options = connection_options(sub_level=True)
+    options.add_argument("--kind", default=argparse.SUPPRESS, help=KIND_HELP)
+
+    def action(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".",
+                              parents=[options])  # fmt: skip
+
+    listing = action("list", "list dead letters, oldest first")
+    listing.add_argument("--subscriber", help="only this subscriber's (deliveries)")
+    listing.add_argument("--since", help="only since this ISO 8601 time with timezone, or epoch ms")
+    listing.add_argument("--limit", type=int, default=100, help="how many at most (default 100)")
+    show = action("show", "show one dead letter")
     show.add_argument("subscriber", help="subscriber id (deliveries) or entry id (events)")
-    show.add_argument("webhook_id", nargs="?")
-    replay = sub.add_parser(
-        "replay", help="replay one (SUBSCRIBER WEBHOOK_ID), a subscriber's, or all since a time"
+    show.add_argument("webhook_id", nargs="?", help="the delivery's webhook id (deliveries)")
+    replay = action(
+        "replay", "replay one (SUBSCRIBER WEBHOOK_ID), a subscriber's, or all since a time"
     )
-    replay.add_argument("subscriber", nargs="?")
-    replay.add_argument("webhook_id", nargs="?")
+    replay.add_argument(
+        "subscriber", nargs="?", help="subscriber id (deliveries) or entry id (events)"
+    )
+    replay.add_argument("webhook_id", nargs="?", help="the delivery's webhook id (deliveries)")
     replay.add_argument("--since", help="replay every dead letter since this time")
     replay.add_argument("--all", action="store_true", help="replay every dead letter")
 
@@ -134,11 +144,9 @@ KINDS: dict[str, Callable[[AdminClient, argparse.Namespace], int]] = {
 def run(args: argparse.Namespace) -> int:
     handler = KINDS.get(args.kind)
     if handler is None:
-        return fail(f"unknown --kind {args.kind!r}; available: {', '.join(sorted(KINDS))}")
+        raise AdminCallError(f"unknown --kind {args.kind!r}; available: {', '.join(sorted(KINDS))}")
     client = AdminClient.from_args(args)
     try:
         return handler(client, args)
-    except AdminCallError as exc:
-        return fail(str(exc))
     finally:
         client.close()

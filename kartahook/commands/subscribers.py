@@ -1,4 +1,9 @@
-"""``kartahook subscribers list|show|add|remove|enable|disable|attempts`` over the admin API."""
+"""``kartahook subscribers list|show|add|remove|enable|disable|attempts`` over the admin API.
+
+The connection options (``--admin-url``, ``--token``, ``--json``) are accepted before or after
+the action (``kartahook.commands.admin_client.connection_options``). Failures are raised as
+``AdminCallError`` and reported by the CLI's error boundary (``kartahook.cli.main``).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from kartahook.commands.admin_client import (
     AdminCallError,
     AdminClient,
     add_connection_arguments,
-    fail,
+    connection_options,
     print_json,
 )
 
@@ -18,20 +23,26 @@ from kartahook.commands.admin_client import (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_connection_arguments(parser)
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    sub.add_parser("list", help="list subscribers")
+    options = connection_options(sub_level=True)
+
+    def action(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".",
+                              parents=[options])  # fmt: skip
+
+    action("list", "list the subscribers")
     for name, text in (
         ("show", "show one subscriber"),
         ("remove", "remove a subscriber (its pending deliveries are dropped)"),
         ("enable", "enable a subscriber and resume its parked deliveries"),
         ("disable", "disable a subscriber (its deliveries wait)"),
     ):
-        sub.add_parser(name, help=text).add_argument("id")
-    attempts = sub.add_parser("attempts", help="the attempt log of a subscriber, newest first")
-    attempts.add_argument("id")
-    attempts.add_argument("--limit", type=int, default=20)
-    add = sub.add_parser("add", help="add a subscriber (prints its secret once)")
-    add.add_argument("id")
-    add.add_argument("url")
+        action(name, text).add_argument("id", help="the subscriber's id")
+    attempts = action("attempts", "show a subscriber's delivery attempts, newest first")
+    attempts.add_argument("id", help="the subscriber's id")
+    attempts.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    add = action("add", "add a subscriber (its signing secret is printed once)")
+    add.add_argument("id", help="the new subscriber's id")
+    add.add_argument("url", help="where its deliveries are POSTed (inside the allowlist)")
     add.add_argument("--secret", help="whsec_… (generated when omitted)")
     add.add_argument("--events", nargs="+", default=None, help="patterns, e.g. payment.*")
     add.add_argument("--channels", nargs="+", default=None, help="only these context.channels")
@@ -67,8 +78,6 @@ def run(args: argparse.Namespace) -> int:
     client = AdminClient.from_args(args)
     try:
         return _run(client, args)
-    except AdminCallError as exc:
-        return fail(str(exc))
     finally:
         client.close()
 
