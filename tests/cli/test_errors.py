@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from kartahook.cli import main as cli_main
-from service.api.app import create_app
+from service.api.app import create_admin_app
 from service.domain.events import EventHint
 from service.store.dead_letters import EventDeadLetters
 from service.store.subscribers import Subscriber, SubscriberStore
@@ -148,9 +148,9 @@ async def run_cli(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[int,
 
 @pytest.fixture
 async def admin_url(redis_url: str) -> AsyncIterator[str]:
-    """The real service app with its /admin routes and an admin token, on 127.0.0.1."""
+    """The real admin listener app with its /admin routes and an admin token, on 127.0.0.1."""
     settings = settings_for(redis_url, admin_token=TOKEN, subscriber_allowlist=["127.0.0.0/8"])
-    async with serve_app(create_app(settings, sources={})) as base:
+    async with serve_app(create_admin_app(settings)) as base:
         yield base
 
 
