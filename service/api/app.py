@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -73,6 +73,9 @@ def create_app(settings: Settings, sources: Mapping[str, Source] | None = None) 
     async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:
         client = redis_client(settings)
         store = EventStore.from_settings(client, settings)
+        resources = AsyncExitStack()  # what sources hold while the app runs (PayPal's client)
+        for source in webhooks.sources.values():
+            await source.start(resources)
         log.info("service starting", sources=sorted(webhooks.sources))
         # Everything built so far lives as long as the process: keep it out of the garbage
         # collector's full passes, which otherwise stall the loop for milliseconds (p99).
@@ -93,6 +96,7 @@ def create_app(settings: Settings, sources: Mapping[str, Source] | None = None) 
             }
         finally:
             gc.set_threshold(*thresholds)  # the process may go on (an app served in tests)
+            await resources.aclose()
             await store.close()
             await client.aclose()
 

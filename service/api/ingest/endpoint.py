@@ -77,12 +77,17 @@ class WebhookEndpoint:
         request = _inbound_request(scope, body)
         store: EventStore = scope["state"]["event_store"]
         try:
-            event = source.verify(request)
+            if source.is_async:
+                event = await source.verify_async(request)
+            else:
+                event = source.verify(request)
         except Unroutable as exc:
             return await self._unroutable(fields, store, exc, request, start)
         except Rejection as exc:
             self._rejected(fields, name, exc.outcome, exc.reason)
-            return Answer(exc.status, {"error": exc.public_message})
+            # A 503 (the source cannot verify now) tells the provider when to retry.
+            headers = self.unavailable_headers if exc.status == 503 else exc.headers
+            return Answer(exc.status, {"error": exc.public_message}, headers)
         fields["event_id"] = event.event_id
         fields["payment_id"] = event.payment_id
         try:
