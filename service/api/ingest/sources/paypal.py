@@ -28,6 +28,7 @@ import binascii
 import functools
 import ssl
 import time
+import warnings
 import zlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,6 +41,7 @@ from urllib.parse import urlsplit
 import httpx
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
@@ -129,7 +131,10 @@ def parse_pem_certificates(data: bytes) -> list[x509.Certificate]:
         if start < 0:
             continue
         try:
-            certificates.append(x509.load_pem_x509_certificate(block[start:] + end))
+            with warnings.catch_warnings():
+                # Some system bundles hold old roots with non-positive serial numbers.
+                warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+                certificates.append(x509.load_pem_x509_certificate(block[start:] + end))
         except ValueError:
             continue
     return certificates
@@ -251,7 +256,12 @@ class CertificateKeys:
             pem = await self.fetcher(url)
         except CertificateFetchError as exc:
             raise SourceUnavailable(str(exc)) from None
-        return self.verify_certificate(pem)
+        try:
+            return self.verify_certificate(pem)
+        except NotAuthentic:
+            raise
+        except Exception as exc:  # noqa: BLE001 (whatever the certificate: an answer, not a 500)
+            raise NotAuthentic(f"certificate check failed ({type(exc).__name__})") from None
 
     def trust_store(self) -> Store:
         if self._store is None:
@@ -314,6 +324,7 @@ class PayPalSource(Source):
         self.certificates.fetcher = fetcher
 
     async def start(self, stack: AsyncExitStack) -> None:
+        self.certificates.trust_store()  # the system's roots parsed now, not on a request
         if self.certificates.fetcher is not None:
             return
         client = httpx.AsyncClient(
