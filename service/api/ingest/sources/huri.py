@@ -50,7 +50,7 @@ class HuriOptions(SourceOptions):
     def _header_name(cls, name: str | None) -> str | None:
         if name is not None and (not name.strip() or any(c in name for c in " :\r\n\t")):
             raise ValueError(f"{name!r} is not a header name")
-        return name.strip().lower() if name is not None else None
+        return name.strip() if name is not None else None
 
 
 class HuriSource(Source):
@@ -65,8 +65,11 @@ class HuriSource(Source):
         self.digest = ALGORITHMS[options.algorithm]
         self.encoding = options.encoding
         self.prefix = options.signature_prefix
-        self.signature_header = options.signature_header
-        self.timestamp_header = options.timestamp_header
+        # Lower case, as InboundRequest's header names (defaults are not run through validators).
+        self.signature_header = options.signature_header.lower()
+        self.timestamp_header = (
+            options.timestamp_header.lower() if options.timestamp_header else None
+        )
         self.tolerance_s = options.tolerance_s
 
     def _offered(self, request: InboundRequest) -> bytes:

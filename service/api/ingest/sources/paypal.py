@@ -41,9 +41,9 @@ from urllib.parse import urlsplit
 import httpx
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 from pydantic import Field, field_validator
@@ -260,7 +260,7 @@ class CertificateKeys:
             return self.verify_certificate(pem)
         except NotAuthentic:
             raise
-        except Exception as exc:  # noqa: BLE001 (whatever the certificate: an answer, not a 500)
+        except Exception as exc:
             raise NotAuthentic(f"certificate check failed ({type(exc).__name__})") from None
 
     def trust_store(self) -> Store:

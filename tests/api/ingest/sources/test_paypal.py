@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import zlib
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,8 +293,6 @@ async def test_certificate_server_down(
 async def test_wrong_method(client: httpx.AsyncClient) -> None:
     """PUT on the PayPal source: 405."""
     assert (await client.put(PATH, content=b"{}")).status_code == 405
-
-
 
 
 def test_options_checked_at_load(tmp_path: Path) -> None:
