@@ -82,7 +82,8 @@ class WebhookEndpoint:
             else:
                 event = source.verify(request)
         except Unroutable as exc:
-            return await self._unroutable(fields, store, exc, request, start)
+            body = source.event_body(request)  # Holo's GET: its query string
+            return await self._unroutable(fields, store, exc, request.headers, body, start)
         except Rejection as exc:
             self._rejected(fields, name, exc.outcome, exc.reason)
             # A 503 (the source cannot verify now) tells the provider when to retry.
@@ -116,13 +117,14 @@ class WebhookEndpoint:
         fields: dict[str, Any],
         store: EventStore,
         exc: Unroutable,
-        request: InboundRequest,
+        headers: Mapping[str, str],
+        body: bytes,
         start: float,
     ) -> Answer:
         fields["event_id"] = exc.event_id
         try:
             await store.keep_unroutable(
-                exc.source, exc.event_id, exc.received_at_ms, request.headers, request.body
+                exc.source, exc.event_id, exc.received_at_ms, headers, body
             )
         except RedisUnavailable as unavailable:
             return self._unavailable(fields, exc.source, str(unavailable))

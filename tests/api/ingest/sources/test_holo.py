@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 
 from service.api.ingest.sources import SourceConfigError, build_sources
 from service.domain.events import raw_event_key
+from service.store.events import UNROUTABLE_KEY
 from tests.api.ingest.sources.support import basic, served
 
 CONFIG = {
@@ -47,3 +48,14 @@ def test_locators_must_be_configured() -> None:
     """Holo has no default locators: a configuration without them names source and field."""
     with pytest.raises(SourceConfigError, match=r"source 'holo': event_id"):
         build_sources({"holo": {"credentials": [{"username": "u", "password": "p"}]}})
+
+
+async def test_no_payment_id_keeps_the_query(redis_url: str, redis: aioredis.Redis) -> None:
+    """Without the payment id parameter: 422, and what is kept is the query string."""
+    transaction = uuid4().hex
+    params = {"transactionId": transaction, "status": "PAID"}
+    async with served(redis_url, CONFIG) as client:
+        response = await client.get("/v1/webhooks/holo", params=params, headers=AUTH)
+    assert response.status_code == 422
+    kept = [orjson.loads(item) for item in await redis.lrange(UNROUTABLE_KEY, 0, -1)]  # type: ignore[misc]
+    assert any(record["body"] == f"transactionId={transaction}&status=PAID" for record in kept)
