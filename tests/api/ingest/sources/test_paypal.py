@@ -61,6 +61,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
             "wrong-cn": issue(ca, "other.paypal.test"),
             "expired": issue(ca, CN, expired=True),
             "untrusted": issue(stranger, CN),
+            "slow": issue(ca, CN),
         },
     )
 
@@ -87,6 +88,8 @@ async def cert_servers(pki: Pki) -> AsyncIterator[CertServers]:
         servers.fetches[name] += 1
         if name == "moved":
             return RedirectResponse(servers.url("good"), status_code=302)
+        if name == "slow":
+            await asyncio.sleep(2)
         issued = pki.certificates.get(name)
         if issued is None:
             return Response(status_code=404)
@@ -288,6 +291,18 @@ async def test_certificate_server_down(
         assert (line["source"], line["outcome"]) == ("paypal", "verification_unavailable")
     assert cert_servers.fetches["moved"] == 1
     assert cert_servers.fetches["good"] == 0  # the redirect was not followed
+
+
+async def test_certificate_fetch_times_out(
+    redis_url: str, pki: Pki, cert_servers: CertServers
+) -> None:
+    """A certificate server slower than cert_timeout_s: 503 with Retry-After, not a hang."""
+    async with served(redis_url, paypal_config(pki, cert_timeout_s=0.2)) as client:
+        body = event()
+        headers = signed(pki.certificates["slow"], cert_servers.url("slow"), body)
+        response = await client.post(PATH, content=body, headers=headers)
+    assert response.status_code == 503
+    assert "retry-after" in response.headers
 
 
 async def test_wrong_method(client: httpx.AsyncClient) -> None:
