@@ -123,9 +123,7 @@ class WebhookEndpoint:
     ) -> Answer:
         fields["event_id"] = exc.event_id
         try:
-            await store.keep_unroutable(
-                exc.source, exc.event_id, exc.received_at_ms, headers, body
-            )
+            await store.keep_unroutable(exc.source, exc.event_id, exc.received_at_ms, headers, body)
         except RedisUnavailable as unavailable:
             return self._unavailable(fields, exc.source, str(unavailable))
         self._rejected(fields, exc.source, exc.outcome, exc.reason)
