@@ -1,7 +1,8 @@
 """``kartahook config check``: validate the configuration files without starting anything.
 
 Checks the sources file (``KARTAHOOK_SOURCES_FILE`` or ``--sources``): YAML, ``${ENV}``
-references set, known source types, valid options (secrets decode); and the subscribers file
+references set, known source types, every source's options valid (one line per source in
+error, naming the field); and the subscribers file
 (``KARTAHOOK_SUBSCRIBERS_FILE`` or ``--subscribers``): ids, URLs inside the allowlist, secrets.
 Prints one line per problem (``kartahook config: …`` on stderr) and exits 1 when there is any.
 Secrets are never printed.
@@ -39,19 +40,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_sources(args: argparse.Namespace) -> list[str]:
     """Problems of the sources file, or [] (an 'ok' line is printed when it is valid)."""
-    from service.api.ingest.sources.config import ConfigFileError, SourceConfigError, load_sources
+    from service.api.ingest.sources.config import ConfigFileError, load_sources_config
+    from service.api.ingest.sources.registry import source_problems
     from service.settings import Settings
 
     path: Path | None = args.sources or Settings().sources_file
     if path is None:
         return ["sources: no file given (set KARTAHOOK_SOURCES_FILE or pass --sources)"]
     try:
-        sources = load_sources(path)
-    except (ConfigFileError, SourceConfigError) as exc:
+        config = load_sources_config(path)
+    except ConfigFileError as exc:
         return [f"sources: {exc}"]
-    if not sources:
+    if not config:
         return [f"sources: {path} defines no source"]
-    print(f"sources: {path}: ok ({', '.join(sorted(sources))})")
+    problems = source_problems(config)  # every source checked, not only up to the first error
+    if problems:
+        return [f"sources: {problem}" for problem in problems]
+    print(f"sources: {path}: ok ({', '.join(sorted(config))})")
     return []
 
 

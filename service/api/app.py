@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -82,6 +82,9 @@ def _lifespan(
     async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:
         client = ingestion_redis(settings)
         store = EventStore.from_settings(client, settings)
+        resources = AsyncExitStack()  # what sources hold while the app runs (PayPal's client)
+        for source in sources.values():
+            await source.start(resources)
         log.info("service starting", sources=sorted(sources))
         # Everything built so far lives as long as the process: keep it out of the garbage
         # collector's full passes, which otherwise stall the loop for milliseconds (p99).
@@ -102,6 +105,7 @@ def _lifespan(
             }
         finally:
             gc.set_threshold(*thresholds)  # the process may go on (an app served in tests)
+            await resources.aclose()
             await store.close()
             await client.aclose()
 

@@ -79,12 +79,18 @@ class WebhookEndpoint:
         request = _inbound_request(scope, body)
         store: EventStore = scope["state"]["event_store"]
         try:
-            event = source.verify(request)
+            if source.is_async:
+                event = await source.verify_async(request)
+            else:
+                event = source.verify(request)
         except Unroutable as exc:
-            return await self._unroutable(fields, store, exc, request, start)
+            body = source.event_body(request)  # Holo's GET: its query string
+            return await self._unroutable(fields, store, exc, request.headers, body, start)
         except Rejection as exc:
             self._rejected(fields, name, exc.outcome, exc.reason)
-            return Answer(exc.status, {"error": exc.public_message})
+            # A 503 (the source cannot verify now) tells the provider when to retry.
+            headers = self.unavailable_headers if exc.status == 503 else exc.headers
+            return Answer(exc.status, {"error": exc.public_message}, headers)
         fields["event_id"] = event.event_id
         fields["payment_id"] = event.payment_id
         try:
@@ -113,14 +119,13 @@ class WebhookEndpoint:
         fields: dict[str, Any],
         store: EventStore,
         exc: Unroutable,
-        request: InboundRequest,
+        headers: Mapping[str, str],
+        body: bytes,
         start: float,
     ) -> Answer:
         fields["event_id"] = exc.event_id
         try:
-            await store.keep_unroutable(
-                exc.source, exc.event_id, exc.received_at_ms, request.headers, request.body
-            )
+            await store.keep_unroutable(exc.source, exc.event_id, exc.received_at_ms, headers, body)
         except RedisUnavailable as unavailable:
             return self._unavailable(fields, exc.source, str(unavailable))
         self._rejected(fields, exc.source, exc.outcome, exc.reason)

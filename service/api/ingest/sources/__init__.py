@@ -1,6 +1,7 @@
 """Inbound webhook sources: one module per provider, built from the sources file."""
 
 from service.api.ingest.sources.base import (
+    Forbidden,
     InboundRequest,
     Locator,
     MalformedRequest,
@@ -8,6 +9,7 @@ from service.api.ingest.sources.base import (
     Rejection,
     Source,
     SourceOptions,
+    SourceUnavailable,
     Unroutable,
     VerifiedEvent,
     WrongContentType,
@@ -21,6 +23,7 @@ from service.api.ingest.sources.registry import (
 
 __all__ = [
     "SOURCE_TYPES",
+    "Forbidden",
     "InboundRequest",
     "Locator",
     "MalformedRequest",
@@ -29,6 +32,7 @@ __all__ = [
     "Source",
     "SourceConfigError",
     "SourceOptions",
+    "SourceUnavailable",
     "Unroutable",
     "VerifiedEvent",
     "WrongContentType",

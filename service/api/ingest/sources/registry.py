@@ -1,7 +1,7 @@
 """Source types by name, and building the configured sources from the sources file.
 
-Adding a provider: write ``service/sources/<provider>.py`` with a :class:`Source` subclass, add
-one line to :data:`SOURCE_TYPES`, and add its entry to the sources file.
+Adding a provider: write ``service/api/ingest/sources/<provider>.py`` with a :class:`Source`
+subclass, add one line to :data:`SOURCE_TYPES`, and add its entry to the sources file.
 """
 
 from __future__ import annotations
@@ -12,13 +12,27 @@ from typing import Any
 from pydantic import ValidationError
 
 from service.api.ingest.sources.base import Source
+from service.api.ingest.sources.basic_auth import (
+    HoloSource,
+    MVolaComorosSource,
+    MVolaMadagascarSource,
+)
+from service.api.ingest.sources.huri import HuriSource
 from service.api.ingest.sources.kartapay import KartaPaySource
+from service.api.ingest.sources.paypal import PayPalSource
+from service.api.ingest.sources.stripe import StripeSource
 
 # Defined in service.errors (the error tree), re-exported here.
 from service.errors import SourceConfigError as SourceConfigError
 
 SOURCE_TYPES: dict[str, type[Source]] = {
     "kartapay": KartaPaySource,
+    "stripe": StripeSource,
+    "paypal": PayPalSource,
+    "mvola-mg": MVolaMadagascarSource,
+    "mvola-km": MVolaComorosSource,
+    "holo": HoloSource,
+    "huri": HuriSource,
 }
 
 
@@ -46,3 +60,14 @@ def build_source(name: str, raw: Mapping[str, Any]) -> Source:
 def build_sources(config: Mapping[str, Mapping[str, Any]]) -> dict[str, Source]:
     """All configured sources by name (the ``{source}`` of ``/v1/webhooks/{source}``)."""
     return {name: build_source(name, raw) for name, raw in config.items()}
+
+
+def source_problems(config: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Every source's configuration problem (one line each, naming source and field)."""
+    problems = []
+    for name, raw in config.items():
+        try:
+            build_source(name, raw)
+        except SourceConfigError as exc:
+            problems.append(str(exc))
+    return problems
