@@ -9,10 +9,12 @@ from typing import Any
 
 import httpx
 
-from service.api.app import create_app
 from service.api.ingest.sources import Source, build_sources
 from service.settings import Settings
-from tests.support import serve_app
+from tests.support import serve_listeners
+
+# The admin listener beside each public URL served here: /metrics is served there.
+ADMIN_OF: dict[str, str] = {}
 
 
 @contextlib.asynccontextmanager
@@ -29,12 +31,16 @@ async def served(
     which ``X-Forwarded-For`` to trust (``trusted_proxies``)."""
     if sources is None:
         sources = build_sources(config or {})
-    app = create_app(Settings(redis_url=redis_url, sources_file=None, **settings), sources)
+    config = Settings(redis_url=redis_url, sources_file=None, **settings)
     async with (
-        serve_app(app, proxy_headers=False) as url,
+        serve_listeners(config, sources, proxy_headers=False) as (url, admin),
         httpx.AsyncClient(base_url=url, timeout=30) as client,
     ):
-        yield client
+        ADMIN_OF[url] = admin
+        try:
+            yield client
+        finally:
+            del ADMIN_OF[url]
 
 
 def basic(username: str, password: str) -> str:
@@ -44,7 +50,7 @@ def basic(username: str, password: str) -> str:
 
 async def metric_value(client: httpx.AsyncClient, source: str, outcome: str) -> float:
     """``kartahook_webhooks_total{source,outcome}`` as ``/metrics`` shows it (0 when absent)."""
-    text = (await client.get("/metrics")).text
+    text = (await client.get(ADMIN_OF[str(client.base_url).rstrip("/")] + "/metrics")).text
     for line in text.splitlines():
         if line.startswith("kartahook_webhooks_total{") and (
             f'source="{source}"' in line and f'outcome="{outcome}"' in line

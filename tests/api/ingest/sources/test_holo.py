@@ -9,8 +9,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from service.api.ingest.sources import SourceConfigError, build_sources
-from service.domain.events import raw_event_key
 from service.store.events import UNROUTABLE_KEY
+from service.store.layout import raw_event_key
 from tests.api.ingest.sources.support import basic, served
 
 CONFIG = {
