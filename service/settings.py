@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     trusted_proxies: CommaList = Field(default_factory=lambda: ["127.0.0.1"])
     retry_after_s: int = Field(5, gt=0)
     backlog_high_water: int = Field(100_000, gt=0)
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, description="Header block (request target and fields); over: 431."
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="From a connection's or request's first byte to its headers' end."
+    )
+    max_connections: int = Field(1000, ge=1, description="Open HTTP connections; over: closed.")
 
     # Queue
     queue_name: str = "arq:queue"

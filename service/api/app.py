@@ -90,6 +90,8 @@ def create_app(settings: Settings, sources: Mapping[str, Source] | None = None) 
                 "redis": client,
                 "settings": settings,
                 "backlog_high_water": settings.backlog_high_water,
+                # For the HTTP protocol's own answers (431): metric labels of known sources.
+                "webhook_sources": frozenset(webhooks.sources),
             }
         finally:
             gc.set_threshold(*thresholds)  # the process may go on (an app served in tests)
