@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import httpx
+import structlog
 from arq.worker import Function, Retry, func
 from redis.exceptions import RedisError
 
@@ -25,11 +26,14 @@ from service.settings import Settings
 from service.store.deliveries import FANOUT_DELIVER, DeliveryAdmin
 from service.store.delivery_state import FanoutStore
 from service.store.subscribers import SubscriberCache, SubscriberStore, load_subscribers_into
+from workers import metrics as worker_metrics
 from workers.delivery import metrics
 from workers.delivery.client import build_transport
 from workers.delivery.errors import FanoutNotStarted
 from workers.delivery.runner import STOPPING, FanoutDeps, deliver
 from workers.delivery.schedule import RetrySchedule
+
+log = structlog.get_logger("kartahook.fanout")
 
 CTX_KEY = "fanout"
 # arq counts every run, Retry included; a run that hits a Redis error is retried, and must never
@@ -62,6 +66,17 @@ async def fanout_deliver(ctx: dict[str, Any], subscriber_id: str, webhook_id: st
     try:
         return await deliver(deps, subscriber_id, webhook_id, str(ctx["job_id"]), until)
     except RedisError as exc:
+        raise Retry(defer=_backoff(ctx, base=0.5, cap=30)) from exc
+    except Exception as exc:
+        # A bug: seen (logged with its traceback, counted) before retried, never dropped.
+        worker_metrics.UNEXPECTED_ERRORS.labels(FANOUT_DELIVER).inc()
+        log.exception(
+            "fanout_deliver_error",
+            subscriber_id=subscriber_id,
+            webhook_id=webhook_id,
+            error=type(exc).__name__,
+            job_try=ctx.get("job_try"),
+        )
         raise Retry(defer=_backoff(ctx, base=0.5, cap=30)) from exc
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import structlog
 from arq.worker import Function, Retry, func
 
 from service.domain.events import PROCESS_EVENT, EventHint
@@ -13,9 +14,12 @@ from service.kartapay.client import KartaPayClient
 from service.settings import Settings
 from service.store.dead_letters import EventDeadLetters
 from service.store.payments import PaymentStateStore
+from workers import metrics
 from workers.delivery.job import shared_subscriber_cache
 from workers.processing.processor import EventProcessor, InlineDelivery, process_event
 from workers.processing.retry_policy import FetchRetryPolicy
+
+log = structlog.get_logger("kartahook.process")
 
 # A run that raises something unexpected (Redis down, a bug) is retried by arq this many times.
 UNEXPECTED_ERROR_TRIES = 1000
@@ -26,6 +30,17 @@ async def process_event_job(ctx: dict[str, Any], arg: dict[str, Any]) -> str:
     try:
         return await process_event(ctx, arg)
     except Exception as exc:
+        # Seen before retried: arq logs retries at INFO, below its logger's level.
+        metrics.UNEXPECTED_ERRORS.labels(PROCESS_EVENT).inc()
+        fields = arg if isinstance(arg, dict) else {}
+        log.exception(
+            "process_event_error",
+            event_id=fields.get("event_id"),
+            payment_id=fields.get("payment_id"),
+            source=fields.get("source"),
+            error=type(exc).__name__,
+            job_try=ctx.get("job_try"),
+        )
         policy: FetchRetryPolicy = ctx["retry_policy"]
         raise Retry(defer=policy.backoff_s(int(ctx.get("job_try", 1)))) from exc
 
