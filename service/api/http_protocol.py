@@ -32,8 +32,13 @@ from typing import Any
 import httptools
 import orjson
 from prometheus_client import Counter
+from uvicorn._types import ASGI3Application
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 from uvicorn.server import ServerState
 
 from service import metrics
@@ -104,6 +109,7 @@ class KartahookHttpProtocol(HttpToolsProtocol):
         self.message_begins = 0
         self.refused = False
         self.header_timer: asyncio.TimerHandle | None = None
+        self.running_cycle: RequestResponseCycle | None = None
 
     # Connection
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -117,7 +123,26 @@ class KartahookHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()
+        self._abandon_cycles()
         super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn writes this 400 and closes at once. A request still being answered (pipelined
+        # before the bad one) would then write on the closed transport, and uvloop's error would
+        # be logged as "Exception in ASGI application": it is told the client is gone instead.
+        self._abandon_cycles()
+        super().send_400_response(msg)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        self.running_cycle = cycle  # uvicorn's self.cycle is the last request parsed
+        super()._start_asgi_task(cycle, app)
+
+    def _abandon_cycles(self) -> None:
+        """Tell the request being answered, and the last one parsed, that the client is gone."""
+        for cycle in (self.running_cycle, self.cycle):
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
 
     def data_received(self, data: bytes) -> None:
         if self.refused:
@@ -174,6 +199,7 @@ class KartahookHttpProtocol(HttpToolsProtocol):
                 # The request is being answered already: no 431 fits; drop the connection.
                 CONNECTIONS_CLOSED.labels("trailers_too_large").inc()
                 self.refused = True
+                self._abandon_cycles()
                 self.transport.close()
             else:
                 self._refuse_headers()
