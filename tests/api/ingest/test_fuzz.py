@@ -111,7 +111,9 @@ def _b64(rng: random.Random, size: int = 32) -> bytes:
     return base64.b64encode(rng.randbytes(size))
 
 
-# Mutations: (name, breaks authenticity, function). Functions may set terminal etc. themselves.
+# A mutation is a function; MUTATIONS below says whether it makes the request one the service
+# must not accept (a broken signature, id, timestamp, header or framing, a refused size, path or
+# method). Functions set ``terminal``, ``half_close`` and ``leftover`` themselves.
 Mutation = Callable[[Req, random.Random], None]
 
 
@@ -457,7 +459,7 @@ def m_half_close_complete(r: Req, rng: random.Random) -> None:
     r.half_close = True
 
 
-# (name, breaks authenticity, weight, mutation)
+# (name, must not be accepted, weight, mutation)
 MUTATIONS: list[tuple[str, bool, int, Mutation]] = [
     ("sig_wrong", True, 4, m_sig_wrong),
     ("sig_truncated", True, 3, m_sig_truncated),

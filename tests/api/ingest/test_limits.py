@@ -216,26 +216,33 @@ async def test_header_limit_is_configurable_and_bounds_what_passes(redis_url: st
     assert small_answer is not None and small_answer[0] == 202
 
 
-async def test_trickled_header_block_gets_408_and_is_closed(redis_url: str) -> None:
-    """A header block trickled a byte at a time is answered 408 and closed at the timeout."""
-    async with serve_like_cli(redis_url, header_timeout_s="0.5") as port:
+async def test_trickled_header_blocks_get_408_and_are_closed(redis_url: str) -> None:
+    """Fifty connections trickling their header blocks are each answered 408 and closed."""
+
+    async def trickle(port: int) -> tuple[int | None, bytes, bool]:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        trickle = b"POST " + URL_PATH.encode() + b" HTTP/1.1\r\nx-slow: " + b"s" * 1000
+        head = b"POST " + URL_PATH.encode() + b" HTTP/1.1\r\nx-slow: " + b"s" * 1000
 
         async def send_slowly() -> None:
             with contextlib.suppress(ConnectionError):
-                for byte in trickle:
+                for byte in head:
                     writer.write(bytes([byte]))
                     await writer.drain()
                     await asyncio.sleep(0.05)
 
         sender = asyncio.create_task(send_slowly())
         answer = await read_response(reader)
-        assert answer is not None and answer[0] == 408
-        assert await reader.read() == b""  # closed
-        assert not sender.done()  # still trickling when the answer came
+        rest = await reader.read()
+        still_sending = not sender.done()
         sender.cancel()
         writer.close()
+        return (answer[0] if answer else None), rest, still_sending
+
+    async with serve_like_cli(redis_url, header_timeout_s="0.5") as port:
+        results = await asyncio.gather(*(trickle(port) for _ in range(50)))
+    assert all(status == 408 for status, _, _ in results), results
+    assert all(rest == b"" for _, rest, _ in results)  # closed after the 408
+    assert all(still for _, _, still in results)  # answered while still trickling
 
 
 async def test_silent_connection_is_closed_at_header_timeout(redis_url: str) -> None:
