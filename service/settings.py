@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     # 0 (default): /readyz checks Redis only. A large backlog is a metric and an alert (every
     # replica sees the same backlog, so failing readiness on it empties the load balancer).
     backlog_high_water: int = Field(0, ge=0, description="/readyz fails at this backlog; 0: off.")
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, description="Header block (request target and fields); over: 431."
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="From a connection's or request's first byte to its headers' end."
+    )
+    max_connections: int = Field(1000, ge=1, description="Open HTTP connections; over: closed.")
 
     # Queue
     queue_name: str = "arq:queue"

@@ -30,3 +30,9 @@ KARTAPAY_AUTH_FAILURES = Counter(
     "kartahook_kartapay_auth_failures_total",
     "401/403 answers from the KartaPay API: the token needs attention.",
 )
+UNEXPECTED_ERRORS = Counter(
+    "kartahook_worker_unexpected_errors_total",
+    "Job runs that raised something unexpected (a bug, Redis down), by job; each is logged with"
+    " its traceback and retried.",
+    ["job"],
+)

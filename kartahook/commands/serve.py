@@ -21,6 +21,7 @@ import tempfile
 from typing import Any
 
 APP_FACTORY = "service.api.app:create_app_from_env"
+HTTP_PROTOCOL = "service.api.http_protocol:KartahookHttpProtocol"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +51,9 @@ def uvicorn_options(host: str, port: int, workers: int, grace_period_s: float) -
         "port": port,
         "workers": workers,
         "loop": "uvloop",
-        "http": "httptools",
+        # httptools, with a header-block limit, a header-read timeout, a connection cap, and
+        # chunked trailers ignored (service/api/http_protocol.py).
+        "http": HTTP_PROTOCOL,
         "lifespan": "on",
         "access_log": False,
         "log_config": None,

@@ -102,6 +102,8 @@ def _lifespan(
                 "redis": client,
                 "settings": settings,
                 "backlog_high_water": settings.backlog_high_water,
+                # For the HTTP protocol's own answers (431): metric labels of known sources.
+                "webhook_sources": frozenset(sources),
             }
         finally:
             gc.set_threshold(*thresholds)  # the process may go on (an app served in tests)

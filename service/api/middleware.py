@@ -37,6 +37,12 @@ def trusted_proxy_headers(app: ASGIApp, trusted: Sequence[str]) -> ASGIApp:
     return ProxyHeadersMiddleware(app, trusted_hosts=list(trusted))  # type: ignore[arg-type,return-value]
 
 
+def new_request_id() -> str:
+    """A fresh request id."""
+    # Unique, not secret: the random module (reseeded in forked children) costs no syscall.
+    return random.getrandbits(128).to_bytes(16).hex()
+
+
 def start_request(scope: Scope) -> tuple[str, dict[str, Any]]:
     """Begin a request's context: its id (``X-Request-ID`` when sane, else a new one), bound
     with ``structlog.contextvars`` and kept in ``scope["state"]``. Returns the id and the log
@@ -48,8 +54,7 @@ def start_request(scope: Scope) -> tuple[str, dict[str, Any]]:
                 request_id = value.decode("ascii")
             break
     if request_id is None:
-        # Unique, not secret: the random module (reseeded in forked children) costs no syscall.
-        request_id = random.getrandbits(128).to_bytes(16).hex()
+        request_id = new_request_id()
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     scope.setdefault("state", {})["request_id"] = request_id

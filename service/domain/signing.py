@@ -11,6 +11,7 @@ import binascii
 import functools
 import hashlib
 import hmac
+import re
 import secrets as _secrets
 import time
 from collections.abc import Iterable, Mapping
@@ -22,6 +23,9 @@ from service.errors import TimestampError as TimestampError
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
 DEFAULT_TOLERANCE_S = 300
+# Unix seconds as ASCII digits (a leading minus allowed: such a time is simply outside any
+# tolerance). 15 digits reach far past any real clock yet keep the comparison with a float exact.
+_TIMESTAMP = re.compile(r"-?[0-9]{1,15}")
 
 
 def generate_secret() -> str:
@@ -98,10 +102,10 @@ def verify(
     sig_header = headers.get("webhook-signature")
     if not msg_id or not ts_raw or not sig_header:
         raise MissingHeaderError("missing webhook-id, webhook-timestamp or webhook-signature")
-    try:
-        timestamp = int(ts_raw)
-    except ValueError as exc:
-        raise MissingHeaderError("webhook-timestamp is not an integer") from exc
+    if not _TIMESTAMP.fullmatch(ts_raw):
+        # Huge numbers included: int() of 309 digits or more cannot be compared with a float.
+        raise MissingHeaderError("webhook-timestamp is not an integer of at most 15 digits")
+    timestamp = int(ts_raw)
     current = time.time() if now is None else now
     if abs(current - timestamp) > tolerance_s:
         raise TimestampError("timestamp outside tolerance")
@@ -110,7 +114,13 @@ def verify(
     ]
     if not offered:
         raise SignatureError("no v1 signature")
-    signed_prefix = f"{msg_id}.{timestamp}.".encode()
+    # A non-ASCII id is signed as its UTF-8 bytes, as the Standard Webhooks reference library
+    # does (``f"{msg_id}.{timestamp}.{data}".encode()``). Lone surrogates cannot be encoded, so
+    # no signature can match them.
+    try:
+        signed_prefix = f"{msg_id}.{timestamp}.".encode()
+    except UnicodeEncodeError as exc:
+        raise MissingHeaderError("webhook-id is not valid Unicode") from exc
     for key in keys:
         expected = _signature(key, signed_prefix, body)
         for candidate in offered:

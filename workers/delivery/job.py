@@ -17,6 +17,7 @@ import random
 import time
 from typing import Any
 
+import structlog
 from arq.worker import Function, Retry, func
 from redis.exceptions import RedisError
 
@@ -25,6 +26,7 @@ from service.store.deliveries import DeliveryAdmin
 from service.store.delivery_state import FanoutStore
 from service.store.layout import FANOUT_DELIVER
 from service.store.subscribers import SubscriberCache, SubscriberStore, load_subscribers_into
+from workers import metrics as worker_metrics
 from workers.context import WorkerContext, worker_context
 from workers.delivery import metrics
 from workers.delivery.client import build_transport
@@ -32,6 +34,8 @@ from workers.delivery.errors import FanoutNotStarted
 from workers.delivery.handoff import FanoutHandoff
 from workers.delivery.runner import FanoutDeps, deliver
 from workers.delivery.schedule import RetrySchedule
+
+log = structlog.get_logger("kartahook.fanout")
 
 # arq counts every run, Retry included; a run that hits a Redis error is retried, and must never
 # drop a delivery.
@@ -57,6 +61,17 @@ async def fanout_deliver(ctx: dict[str, Any], subscriber_id: str, webhook_id: st
     try:
         return await deliver(deps, subscriber_id, webhook_id, str(ctx["job_id"]), until)
     except RedisError as exc:
+        raise Retry(defer=_backoff(ctx, base=0.5, cap=30)) from exc
+    except Exception as exc:
+        # A bug: seen (logged with its traceback, counted) before retried, never dropped.
+        worker_metrics.UNEXPECTED_ERRORS.labels(FANOUT_DELIVER).inc()
+        log.exception(
+            "fanout_deliver_error",
+            subscriber_id=subscriber_id,
+            webhook_id=webhook_id,
+            error=type(exc).__name__,
+            job_try=ctx.get("job_try"),
+        )
         raise Retry(defer=_backoff(ctx, base=0.5, cap=30)) from exc
 
 

@@ -65,6 +65,17 @@ async def process_event_job(ctx: dict[str, Any], arg: dict[str, Any]) -> str:
     try:
         return await process_event(ctx, arg)
     except Exception as exc:
+        # Seen before retried: arq logs retries at INFO, below its logger's level.
+        metrics.UNEXPECTED_ERRORS.labels(PROCESS_EVENT).inc()
+        fields = arg if isinstance(arg, dict) else {}
+        log.exception(
+            "process_event_error",
+            event_id=fields.get("event_id"),
+            payment_id=fields.get("payment_id"),
+            source=fields.get("source"),
+            error=type(exc).__name__,
+            job_try=ctx.get("job_try"),
+        )
         context = worker_context(ctx)
         policy = context.retry_policy or FetchRetryPolicy.from_settings(context.settings)
         raise Retry(defer=policy.backoff_s(int(ctx.get("job_try", 1)))) from exc

@@ -149,7 +149,13 @@ async def _read_body(receive: Receive) -> bytes:
 
 
 def _inbound_request(scope: Scope, body: bytes) -> InboundRequest:
-    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+    raw_headers = scope["headers"]
+    try:
+        # Values as their senders mean them: UTF-8 (a Standard Webhooks sender signs a non-ASCII
+        # webhook-id as its UTF-8 bytes). ASCII, nearly every request, decodes the same either way.
+        headers = {name.decode("latin-1"): value.decode() for name, value in raw_headers}
+    except UnicodeDecodeError:
+        headers = {name.decode("latin-1"): _header_value(value) for name, value in raw_headers}
     query_string: bytes = scope.get("query_string", b"")
     query = dict(parse_qsl(query_string.decode("latin-1"))) if query_string else {}
     client = scope.get("client")
@@ -162,3 +168,10 @@ def _inbound_request(scope: Scope, body: bytes) -> InboundRequest:
         client[0] if client else None,  # client_ip
         now_ms(),  # received_at_ms
     )
+
+
+def _header_value(value: bytes) -> str:
+    """A header value, from UTF-8; bytes that are not UTF-8 become U+FFFD. Not as latin-1: the
+    bytes ``e9 76 74`` would then read as "évt", and a signature over "évt" would verify two
+    different ids."""
+    return value.decode(errors="replace")

@@ -1,0 +1,63 @@
+"""An unexpected exception in the delivery job is logged with its traceback and counted before
+it is retried, never dropped (issue 12, item 6), from a real arq worker."""
+
+from __future__ import annotations
+
+import httpx
+import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
+
+from service.store.deliveries import FANOUT_DELIVER
+from service.store.subscribers import SubscriberStore
+from tests.delivery_support import (
+    emit,
+    make_worker,
+    run_until,
+    settings_for,
+    subscriber,
+    transition,
+)
+
+
+class BuggyTransport(httpx.AsyncBaseTransport):
+    """The delivery transport seam raising what no delivery code expects."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        raise RuntimeError("a bug in the delivery path")
+
+
+def unexpected_count() -> float:
+    value = REGISTRY.get_sample_value(
+        "kartahook_worker_unexpected_errors_total", {"job": FANOUT_DELIVER}
+    )
+    return value or 0.0
+
+
+async def test_unexpected_delivery_error_is_logged_counted_and_retried(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    """fanout_deliver raising RuntimeError: error line with exc_info, metric +1, run again."""
+    settings = settings_for(redis_url)
+    transport = BuggyTransport()
+    before = unexpected_count()
+    await SubscriberStore(redis).put(subscriber("ledger", "http://127.0.0.1:9"))
+    await emit(redis, settings, transition("pay_bug", "captured"))
+
+    async def logged() -> bool:
+        return unexpected_count() >= before + 1
+
+    with capture_logs() as entries:
+        await run_until(make_worker(settings, burst=False, delivery_transport=transport), logged)
+    errors = [e for e in entries if e["event"] == "fanout_deliver_error"]
+    assert errors, "no fanout_deliver_error line"
+    line = errors[0]
+    assert line["log_level"] == "error" and line["exc_info"] is True
+    assert (line["subscriber_id"], line["error"]) == ("ledger", "RuntimeError")
+    assert line["webhook_id"]
+    assert transport.calls >= 1
+    assert await redis.zcard(settings.queue_name) >= 1  # retried, not dropped

@@ -1,0 +1,73 @@
+"""An unexpected exception in the processing job is logged with its traceback and counted
+before arq retries it (issue 12, item 6), from a real burst worker."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import httpx
+import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
+
+from service.domain.events import PROCESS_EVENT, EventHint
+from service.settings import Settings
+from tests.support import arq_pool
+from workers.main import build_worker
+
+
+class FailsOnceTransport(httpx.AsyncBaseTransport):
+    """The KartaPay API seam: a bug (RuntimeError) on the first call, then 404s."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("a bug in the handler")
+        return httpx.Response(404, json={"error": "not found"})
+
+
+def unexpected_count(job: str) -> float:
+    value = REGISTRY.get_sample_value("kartahook_worker_unexpected_errors_total", {"job": job})
+    return value or 0.0
+
+
+async def test_unexpected_error_is_logged_with_traceback_and_counted_then_retried(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    """process_event raising RuntimeError: error line with exc_info and ids, metric +1, retry."""
+    settings = Settings(
+        redis_url=redis_url,
+        process_backoff_base_s=0.05,
+        process_backoff_cap_s=0.2,
+        process_not_found_tries=1,
+        process_not_found_delay_s=0.05,
+        worker_poll_delay_s=0.01,
+    )
+    transport = FailsOnceTransport()
+    before = unexpected_count(PROCESS_EVENT)
+    hint = EventHint("kartapay", "evt_bug", "pay_bug", int(time.time() * 1000))
+    async with arq_pool(redis_url) as pool:
+        await pool.enqueue_job(PROCESS_EVENT, hint.to_job_args()[0], _job_id=uuid.uuid4().hex)
+    worker = build_worker(
+        settings, burst=True, handle_signals=False, extra_ctx={"kartapay_transport": transport}
+    )
+    with capture_logs() as entries:
+        try:
+            await worker.main()
+        finally:
+            await worker.close()
+    errors = [e for e in entries if e["event"] == "process_event_error"]
+    assert len(errors) == 1
+    [line] = errors
+    assert line["log_level"] == "error" and line["exc_info"] is True
+    assert (line["event_id"], line["payment_id"], line["error"]) == (
+        "evt_bug",
+        "pay_bug",
+        "RuntimeError",
+    )
+    assert unexpected_count(PROCESS_EVENT) == before + 1
+    assert transport.calls >= 2  # retried after the error
