@@ -53,9 +53,7 @@ async def test_unexpected_error_is_logged_with_traceback_and_counted_then_retrie
     hint = EventHint("kartapay", "evt_bug", "pay_bug", int(time.time() * 1000))
     async with arq_pool(redis_url) as pool:
         await pool.enqueue_job(PROCESS_EVENT, hint.to_job_args()[0], _job_id=uuid.uuid4().hex)
-    worker = build_worker(
-        settings, burst=True, handle_signals=False, extra_ctx={"kartapay_transport": transport}
-    )
+    worker = build_worker(settings, burst=True, handle_signals=False, kartapay_transport=transport)
     with capture_logs() as entries:
         try:
             await worker.main()
