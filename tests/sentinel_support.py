@@ -196,6 +196,8 @@ class SentinelCluster:
             "--requirepass", self.password,
             "--masterauth", self.password,
             "--replica-announce-ip", "127.0.0.1",
+            # A (re)joining replica is synced at once, not after the default 5 s wait for others.
+            "--repl-diskless-sync-delay", "0",
         ]  # fmt: skip
         if replica_of is not None:
             args += ["--replicaof", "127.0.0.1", str(replica_of)]
