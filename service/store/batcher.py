@@ -1,4 +1,4 @@
-r"""Coalesce the Redis script calls of concurrent requests into pipelined writes on one connection.
+"""Coalesce the Redis script calls of concurrent requests into pipelined writes on one connection.
 
 Each request calls :meth:`ScriptBatcher.call` and awaits its own reply: a 2xx is only sent after
 Redis confirmed that write. Calls made during one turn of the event loop go out together in one
@@ -259,17 +259,17 @@ class ScriptBatcher:
         """Hand ``reply`` (a :class:`ResponseError` for an error reply) to the oldest call (held
         until its batch's ``WAIT`` answers, when there is one), or release a batch on ``WAIT``'s
         reply. Raises for ``READONLY``: the connection is to a demoted primary."""
-        if isinstance(reply, ReadOnlyError):
-            raise RedisConnectionError("READONLY: the primary was demoted to a replica")
         call = self._in_flight.popleft()
-        if isinstance(call, _Wait):
-            self._released(call, reply)
-        elif isinstance(reply, ResponseError):
+        if isinstance(reply, ResponseError):
             self._error_reply(call, reply)
-        elif self.min_replicas:
-            call.reply = reply
-        elif not call.future.done():
-            call.future.set_result(reply)
+        elif self.min_replicas:  # (the path without replicas checks only this)
+            if isinstance(call, _Wait):
+                self._released(call, reply)
+            else:
+                call.reply = reply
+        # Without replicas there is no WAIT in flight: ``call`` is a _Call (no check, hot path).
+        elif not call.future.done():  # type: ignore[union-attr]
+            call.future.set_result(reply)  # type: ignore[union-attr]
 
     def _released(self, wait: _Wait, reply: Any) -> None:
         """``WAIT`` answered ``reply`` for ``wait``'s batch: hand over the held replies when
@@ -321,8 +321,15 @@ class ScriptBatcher:
             if self._in_flight and self._in_flight[0].deadline <= now:
                 self._broken(expired)
 
-    def _error_reply(self, call: _Call, exc: ResponseError) -> None:
-        if isinstance(exc, NoScriptError) and not call.reloaded and not call.future.done():
+    def _error_reply(self, call: _Call | _Wait, exc: ResponseError) -> None:
+        if isinstance(exc, ReadOnlyError):
+            # A demoted primary: nothing more on this connection can succeed; the read loop
+            # drops it (failing everything in flight) and the next batch connects again.
+            self._fail([call], exc)
+            raise RedisConnectionError("READONLY: the primary was demoted to a replica")
+        if isinstance(call, _Wait):
+            self._released(call, exc)
+        elif isinstance(exc, NoScriptError) and not call.reloaded and not call.future.done():
             call.reloaded = True
             self._spawn(self._reload_and_resend(call))
         elif not call.future.done():
