@@ -145,3 +145,21 @@ async def test_paused_replica_gives_503_not_replicated_then_the_retry_is_a_dupli
         await primary_client.aclose()
     retried = await http.post(URL_PATH, content=body, headers=headers)
     assert retried.status_code == 200 and retried.json()["status"] == "duplicate"
+
+
+def test_wait_timeout_must_fit_in_the_write_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With min replicas set, a WAIT timeout not below the write deadline is refused, naming
+    both variables; without min replicas it is not checked, and the defaults fit."""
+    monkeypatch.setenv("KARTAHOOK_REDIS_MIN_REPLICAS", "1")
+    monkeypatch.setenv("KARTAHOOK_REDIS_WAIT_TIMEOUT_MS", "500")
+    with pytest.raises(ValueError, match="KARTAHOOK_REDIS_WAIT_TIMEOUT_MS must be below") as info:
+        Settings(redis_timeout_s=0.5)
+    assert "KARTAHOOK_REDIS_TIMEOUT_S" in str(info.value)
+    assert Settings(redis_timeout_s=0.6).redis_wait_timeout_ms == 500
+    monkeypatch.setenv("KARTAHOOK_REDIS_MIN_REPLICAS", "0")
+    assert Settings(redis_timeout_s=0.5).redis_min_replicas == 0
+    monkeypatch.delenv("KARTAHOOK_REDIS_MIN_REPLICAS")
+    monkeypatch.delenv("KARTAHOOK_REDIS_WAIT_TIMEOUT_MS")
+    defaults = Settings()
+    assert defaults.redis_min_replicas == 0
+    assert defaults.redis_wait_timeout_ms < defaults.redis_timeout_s * 1000
