@@ -15,6 +15,7 @@
     │       └── TimestampError         the timestamp is outside the tolerance
     ├── StoreError                     Redis did not do what the store asked
     │   ├── RedisUnavailable           Redis could not take a write in time (the answer is 503)
+    │   │   └── NotReplicated          fewer replicas than KARTAHOOK_REDIS_MIN_REPLICAS have it
     │   ├── StaleSubscribers           a script refused a stale copy of the subscriber registry
     │   └── RegistryKeepsChanging      ... on every reload (also a RuntimeError)
     ├── ApiError                       an HTTP answer: ``status_code``, ``code``, ``detail``;
@@ -109,6 +110,11 @@ class StoreError(KartahookError):
 
 class RedisUnavailable(StoreError):
     """Redis could not take a write in time; the caller answers 503."""
+
+
+class NotReplicated(RedisUnavailable):
+    """``WAIT`` saw fewer replicas than ``KARTAHOOK_REDIS_MIN_REPLICAS`` take the write in time:
+    the write may be on the primary, but it is not acknowledged (503)."""
 
 
 class StaleSubscribers(StoreError):

@@ -38,6 +38,13 @@ ACK_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
     registry=REGISTRY,
 )
+REDIS_WAIT_SHORT = Counter(
+    "kartahook_ingest_wait_short_total",
+    "Ingestion batches answered 503 because WAIT saw fewer replicas than "
+    "KARTAHOOK_REDIS_MIN_REPLICAS.",
+    registry=REGISTRY,
+)
+
 REDIS_BATCH_SIZE = Histogram(
     "kartahook_ingest_batch_size",
     "Event writes sent to Redis in one pipeline by the ingestion batcher.",

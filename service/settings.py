@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from arq.constants import default_queue_name
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     # Infrastructure
     redis_url: str | None = None
     redis_timeout_s: float = Field(0.5, gt=0, description="Deadline for one Redis write.")
+    # Behind Sentinel: a webhook is acknowledged only once this many replicas have it (WAIT).
+    redis_min_replicas: int = Field(0, ge=0, description="Replicas that must have a write; 0: off.")
+    redis_wait_timeout_ms: int = Field(
+        300, gt=0, description="WAIT's timeout; kept below redis_timeout_s."
+    )
 
     # KartaPay REST API
     kartapay_url: str = "http://127.0.0.1:8081"
@@ -108,6 +113,15 @@ class Settings(BaseSettings):
         """How long a delivery attempt holds its in-flight slot (or probe) before it is presumed
         dead, and how long the job of a delivery sent at once waits as its safety net."""
         return int((self.delivery_timeout_s + 20) * 1000)
+
+    @model_validator(mode="after")
+    def _wait_within_write_deadline(self) -> Settings:
+        if self.redis_min_replicas and self.redis_wait_timeout_ms >= self.redis_timeout_s * 1000:
+            raise ValueError(
+                "KARTAHOOK_REDIS_WAIT_TIMEOUT_MS must be below KARTAHOOK_REDIS_TIMEOUT_S "
+                f"({self.redis_wait_timeout_ms} ms >= {self.redis_timeout_s * 1000:g} ms)"
+            )
+        return self
 
     @field_validator(
         "trusted_proxies", "subscriber_allowlist", "delivery_retry_schedule_s", mode="before"

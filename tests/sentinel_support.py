@@ -142,6 +142,21 @@ class SentinelCluster:
                 return int(addr[1])
         return None
 
+    def restart_as_replica(self, node: Node, timeout_s: float = 30.0) -> None:
+        """Start the stopped data node ``node`` again as a replica of the current primary (as a
+        supervisor brings a dead pod back) and return once it is in sync with it."""
+        master = self.master_port()
+        assert master is not None and master != node.port, "no other primary to follow"
+        self._start_data_node(node, replica_of=master)
+        deadline = time.monotonic() + timeout_s
+
+        def in_sync() -> bool:
+            with self._data_client(node) as client:
+                info = client.info("replication")
+            return info.get("role") == "slave" and info.get("master_link_status") == "up"
+
+        self._wait(in_sync, deadline, f"{node.name} in sync again")
+
     def node_on(self, port: int) -> Node:
         """The data node listening on ``port``."""
         return next(node for node in (self.primary, self.replica) if node.port == port)
@@ -181,6 +196,8 @@ class SentinelCluster:
             "--requirepass", self.password,
             "--masterauth", self.password,
             "--replica-announce-ip", "127.0.0.1",
+            # A (re)joining replica is synced at once, not after the default 5 s wait for others.
+            "--repl-diskless-sync-delay", "0",
         ]  # fmt: skip
         if replica_of is not None:
             args += ["--replicaof", "127.0.0.1", str(replica_of)]

@@ -15,6 +15,20 @@ Scripts are :class:`service.store.scripts.Script` (the one runner; this is its p
 After ``NOSCRIPT`` (Redis restarted or flushed its script cache) the script is loaded and the
 call sent again; nothing ran for it. On any connection error or timeout every call in flight
 fails with :class:`RedisUnavailable` (503), and the next batch reconnects.
+
+Replicas (``min_replicas`` > 0, ``KARTAHOOK_REDIS_MIN_REPLICAS``): the ``EVALSHA`` commands of
+each batch are followed by ONE ``WAIT min_replicas wait_timeout_ms`` on the same connection.
+``WAIT`` covers every write sent before it on that connection, so one per batch is enough; the
+replies of the batch are held and handed to their callers only once ``WAIT`` reports at least
+``min_replicas`` replicas. Fewer, and every call of the batch fails with
+:class:`NotReplicated` (a :class:`RedisUnavailable`: 503, nothing acknowledged; the write may be
+on the primary, so the provider's retry is answered as a duplicate). With ``min_replicas`` 0 no
+``WAIT`` is sent and nothing is held.
+
+Failover: the dedicated connection is made by the client's pool's connection class, so with a
+``redis+sentinel://`` URL each (re)connection asks the Sentinels for the primary. A ``READONLY``
+reply (the primary was demoted to a replica under us) drops the connection like an I/O error:
+every call in flight fails and the next batch reconnects through the Sentinels.
 """
 
 from __future__ import annotations
@@ -31,11 +45,12 @@ from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
 from redis._parsers.hiredis import _AsyncHiredisParser
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 
 from service import metrics
 
 # Defined in service.errors (the error tree), re-exported here.
+from service.errors import NotReplicated as NotReplicated
 from service.errors import RedisUnavailable as RedisUnavailable
 from service.store.scripts import Script
 
@@ -75,6 +90,9 @@ def parsed_replies(conn: AbstractConnection) -> Any | None:
     return None
 
 
+_NO_REPLY: Any = object()
+
+
 @dataclass(slots=True)
 class _Call:
     script: Script
@@ -82,17 +100,40 @@ class _Call:
     future: asyncio.Future[Any]
     deadline: float
     reloaded: bool = False
+    # With WAIT: the reply, held until the batch's WAIT answers (_NO_REPLY until it came).
+    reply: Any = _NO_REPLY
+
+
+@dataclass(slots=True)
+class _Wait:
+    """The ``WAIT`` that ends a batch, in flight like a call: its reply releases ``calls``."""
+
+    calls: list[_Call]
+    deadline: float
 
 
 class ScriptBatcher:
     """Pipelines concurrent ``EVALSHA`` calls over one dedicated connection."""
 
-    def __init__(self, client: aioredis.Redis, *, timeout_s: float, max_batch: int = 1024) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        timeout_s: float,
+        max_batch: int = 1024,
+        min_replicas: int = 0,
+        wait_timeout_ms: int = 100,
+    ) -> None:
+        if min_replicas < 0:
+            raise ValueError("min_replicas must be >= 0")
         self._client = client
         self._timeout_s = timeout_s
         self._max_batch = max_batch
+        self.min_replicas = min_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        self._wait_command = pack_command("WAIT", min_replicas, wait_timeout_ms)
         self._pending: list[_Call] = []
-        self._in_flight: deque[_Call] = deque()
+        self._in_flight: deque[_Call | _Wait] = deque()
         self._wake = asyncio.Event()
         self._replies_due = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None  # the sender task's
@@ -137,7 +178,11 @@ class ScriptBatcher:
     async def close(self) -> None:
         """Let the calls already handed over finish, then drop the connection."""
         self._closed = True
-        waiting = [call.future for call in (*self._pending, *self._in_flight)]
+        waiting = {call.future for call in self._pending}
+        for item in self._in_flight:  # a WAIT's calls include those whose replies it holds
+            waiting.update(
+                call.future for call in (item.calls if isinstance(item, _Wait) else [item])
+            )
         if waiting:
             await asyncio.wait(waiting, timeout=self._timeout_s * 2)
         for task in (self._sender, self._reader, self._watchdog):
@@ -174,13 +219,17 @@ class ScriptBatcher:
                 if not batch:
                     continue
                 metrics.REDIS_BATCH_SIZE.observe(len(batch))
+                commands = [call.command for call in batch]
                 try:
                     conn = await self._connection()
                     self._in_flight.extend(batch)
+                    if self.min_replicas:
+                        for call in batch:
+                            call.reply = _NO_REPLY
+                        self._in_flight.append(_Wait(batch, max(c.deadline for c in batch)))
+                        commands.append(self._wait_command)
                     self._replies_due.set()
-                    await conn.send_packed_command(
-                        [call.command for call in batch], check_health=False
-                    )
+                    await conn.send_packed_command(commands, check_health=False)
                 except Exception as exc:
                     self._fail(batch, exc)
                     self._broken(exc)
@@ -207,12 +256,43 @@ class ScriptBatcher:
                 self._broken(exc)
 
     def _resolve(self, reply: Any) -> None:
-        """Hand ``reply`` (a :class:`ResponseError` for an error reply) to the oldest call."""
+        """Hand ``reply`` (a :class:`ResponseError` for an error reply) to the oldest call (held
+        until its batch's ``WAIT`` answers, when there is one), or release a batch on ``WAIT``'s
+        reply. Raises for ``READONLY``: the connection is to a demoted primary."""
         call = self._in_flight.popleft()
         if isinstance(reply, ResponseError):
             self._error_reply(call, reply)
-        elif not call.future.done():
-            call.future.set_result(reply)
+        elif self.min_replicas:  # (the path without replicas checks only this)
+            if isinstance(call, _Wait):
+                self._released(call, reply)
+            else:
+                call.reply = reply
+        # Without replicas there is no WAIT in flight: ``call`` is a _Call (no check, hot path).
+        elif not call.future.done():  # type: ignore[union-attr]
+            call.future.set_result(reply)  # type: ignore[union-attr]
+
+    def _released(self, wait: _Wait, reply: Any) -> None:
+        """``WAIT`` answered ``reply`` for ``wait``'s batch: hand over the held replies when
+        enough replicas have the writes, else fail every call of the batch."""
+        replicas = reply if isinstance(reply, int) else -1
+        if replicas >= self.min_replicas:
+            for call in wait.calls:
+                if call.reply is not _NO_REPLY and not call.future.done():
+                    call.future.set_result(call.reply)
+            return
+        metrics.REDIS_WAIT_SHORT.inc()
+        if isinstance(reply, ResponseError):
+            detail = f"WAIT failed: {reply}"
+        else:
+            detail = (
+                f"{replicas} of {self.min_replicas} replicas acknowledged the write within "
+                f"{self.wait_timeout_ms} ms"
+            )
+        failure = NotReplicated(detail)
+        for call in wait.calls:
+            # A call without its reply was sent again (NOSCRIPT) and waits for a later WAIT.
+            if call.reply is not _NO_REPLY and not call.future.done():
+                call.future.set_exception(failure)
 
     def _resolve_parsed(self, reader: Any) -> None:
         """Hand over every reply that already arrived, without an await each: the bytes of a
@@ -241,8 +321,15 @@ class ScriptBatcher:
             if self._in_flight and self._in_flight[0].deadline <= now:
                 self._broken(expired)
 
-    def _error_reply(self, call: _Call, exc: ResponseError) -> None:
-        if isinstance(exc, NoScriptError) and not call.reloaded and not call.future.done():
+    def _error_reply(self, call: _Call | _Wait, exc: ResponseError) -> None:
+        if isinstance(exc, ReadOnlyError):
+            # A demoted primary: nothing more on this connection can succeed; the read loop
+            # drops it (failing everything in flight) and the next batch connects again.
+            self._fail([call], exc)
+            raise RedisConnectionError("READONLY: the primary was demoted to a replica")
+        if isinstance(call, _Wait):
+            self._released(call, exc)
+        elif isinstance(exc, NoScriptError) and not call.reloaded and not call.future.done():
             call.reloaded = True
             self._spawn(self._reload_and_resend(call))
         elif not call.future.done():
@@ -256,11 +343,13 @@ class ScriptBatcher:
             return
         self._submit(call)
 
-    def _fail(self, calls: Sequence[_Call], exc: BaseException) -> None:
+    def _fail(self, calls: Sequence[_Call | _Wait], exc: BaseException) -> None:
         failure = RedisUnavailable(f"redis write failed: {type(exc).__name__}")
-        for call in calls:
-            if not call.future.done():
-                call.future.set_exception(failure)
+        for item in calls:
+            # A WAIT's calls: those whose reply came are held by it, and fail with it.
+            for call in item.calls if isinstance(item, _Wait) else (item,):
+                if not call.future.done():
+                    call.future.set_exception(failure)
 
     def _broken(self, exc: BaseException) -> None:
         """The connection is unusable: fail everything in flight and reconnect next time."""

@@ -30,7 +30,7 @@ from service.api.ingest.sources.base import VerifiedEvent
 from service.domain.events import DIGEST_CHARS, event_digest
 from service.settings import Settings
 from service.store import layout
-from service.store.batcher import RedisUnavailable, ScriptBatcher, bulk_string
+from service.store.batcher import NotReplicated, RedisUnavailable, ScriptBatcher, bulk_string
 from service.store.jobs import arq_job_bytes
 from service.store.scripts import Script
 
@@ -141,6 +141,8 @@ class EventStore:
         raw_ttl_s: int,
         timeout_s: float,
         unroutable_cap: int = UNROUTABLE_CAP,
+        min_replicas: int = 0,
+        wait_timeout_ms: int = 100,
     ) -> None:
         self.client = client
         self.queue_name = queue_name
@@ -148,7 +150,9 @@ class EventStore:
         self.raw_ttl_s = raw_ttl_s
         self.timeout_s = timeout_s
         self.unroutable_cap = unroutable_cap
-        self.batcher = ScriptBatcher(client, timeout_s=timeout_s)
+        self.batcher = ScriptBatcher(
+            client, timeout_s=timeout_s, min_replicas=min_replicas, wait_timeout_ms=wait_timeout_ms
+        )
         # STORE_EVENT's command as one format: the parts that are the same for every event are
         # in it, and the per-event parts are filled in by one % operation.
         self._store_template = _store_template(queue_name, dedupe_ttl_s, raw_ttl_s)
@@ -161,10 +165,13 @@ class EventStore:
             dedupe_ttl_s=settings.dedupe_ttl_s,
             raw_ttl_s=settings.raw_ttl_s,
             timeout_s=settings.redis_timeout_s,
+            min_replicas=settings.redis_min_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
         )
 
     async def store(self, event: VerifiedEvent, headers: Mapping[str, str]) -> StoreResult:
-        """Store and enqueue ``event`` unless a duplicate; raises :class:`RedisUnavailable`."""
+        """Store and enqueue ``event`` unless a duplicate; raises :class:`RedisUnavailable`
+        (:class:`NotReplicated` when too few replicas have it, ``min_replicas`` > 0)."""
         reply = await self.batcher.send(STORE_EVENT, self.store_command(event, headers))
         return StoreResult.STORED if reply == 1 else StoreResult.DUPLICATE
 
@@ -238,6 +245,7 @@ __all__ = [
     "STORE_EVENT",
     "UNROUTABLE_KEY",
     "EventStore",
+    "NotReplicated",
     "RedisUnavailable",
     "StoreResult",
     "archived_headers",

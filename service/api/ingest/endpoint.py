@@ -20,7 +20,7 @@ from service.api.ingest.sources.base import InboundRequest, Rejection, Source, U
 from service.api.middleware import TOO_LARGE_BODY, TOO_LARGE_HEADERS
 from service.clock import now_ms
 from service.errors import KartahookError
-from service.store.events import EventStore, RedisUnavailable, StoreResult
+from service.store.events import EventStore, NotReplicated, RedisUnavailable, StoreResult
 
 UNKNOWN_SOURCE = "unknown"
 WEBHOOK_PATH_PREFIX = "/v1/webhooks/"
@@ -96,7 +96,7 @@ class WebhookEndpoint:
         try:
             result = await store.store(event, request.headers)
         except RedisUnavailable as exc:
-            return self._unavailable(fields, name, str(exc))
+            return self._unavailable(fields, name, exc)
         outcome, status = ("accepted", 202) if result is StoreResult.STORED else ("duplicate", 200)
         fields["source"] = name
         fields["outcome"] = outcome
@@ -110,8 +110,9 @@ class WebhookEndpoint:
         fields["reason"] = reason
         self.metrics.count(source, outcome)
 
-    def _unavailable(self, fields: dict[str, Any], source: str, reason: str) -> Answer:
-        self._rejected(fields, source, "unavailable", reason)
+    def _unavailable(self, fields: dict[str, Any], source: str, exc: RedisUnavailable) -> Answer:
+        outcome = "not_replicated" if isinstance(exc, NotReplicated) else "unavailable"
+        self._rejected(fields, source, outcome, str(exc))
         return Answer(503, {"error": "temporarily unavailable"}, self.unavailable_headers)
 
     async def _unroutable(
@@ -127,7 +128,7 @@ class WebhookEndpoint:
         try:
             await store.keep_unroutable(exc.source, exc.event_id, exc.received_at_ms, headers, body)
         except RedisUnavailable as unavailable:
-            return self._unavailable(fields, exc.source, str(unavailable))
+            return self._unavailable(fields, exc.source, unavailable)
         self._rejected(fields, exc.source, exc.outcome, exc.reason)
         self.metrics.observe_ack(exc.source, time.perf_counter() - start)
         return Answer(422, {"error": exc.public_message, "event_id": exc.event_id})
