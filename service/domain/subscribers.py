@@ -199,6 +199,11 @@ def check_control_characters(data: Mapping[str, Any]) -> None:
                 "control_characters",
                 f"headers.{name}: the value has a control character ({where})",
             )
+        if isinstance(value, str) and not value.isascii():
+            raise SubscriberError(
+                "invalid_subscriber",
+                f"headers.{name}: the value must be ASCII (HTTP sends no other)",
+            )
 
 
 def check_subscriber(
