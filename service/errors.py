@@ -29,6 +29,8 @@
         ├── service.api.ingest.sources.base.Rejection   a webhook refused by its source
         ├── service.api.ingest.endpoint.ClientGone      the client left before its body came
         ├── service.api.middleware.BodyTooLarge         a body over the limit (413)
+        ├── service.domain.targets.ForbiddenAddress     a host resolved to kartahook's own
+        │                                               listener (also an OSError)
         └── workers.delivery.errors.FanoutError         the fan-out machinery itself
 
 The KartaPay client keeps its own tree, :mod:`service.kartapay.errors` (``KartaPayError`` →
