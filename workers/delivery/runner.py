@@ -295,7 +295,8 @@ async def _send(
         url = deps.url_of(subscriber)
     except Exception as exc:  # a record that cannot be sent as it is: a failed attempt
         latency_ms = (time.perf_counter() - started) * 1000
-        return AttemptResult(None, describe_error(exc, headers), latency_ms, "", None)
+        masked = {**subscriber.headers, "secret": subscriber.secret, **headers}
+        return AttemptResult(None, describe_error(exc, masked), latency_ms, "", None)
     result = await post_once(deps.transport, url, headers, body, deps.settings.delivery_timeout_s)
     if result.forbidden is not None:  # refused in the connect path (a name's address)
         reason = f"{FORBIDDEN_TARGET}: {result.forbidden}"

@@ -67,8 +67,7 @@ def _resolvable_hostname() -> str | None:
 async def test_control_characters_are_refused_by_the_admin_api(
     guarded: tuple[httpx.AsyncClient, Settings], redis: aioredis.Redis
 ) -> None:
-    """CR/LF and every other C0/C1/DEL character in the URL, a header name or a header value is
-    a 422 control_characters (create and update), the value never echoed, nothing stored."""
+    """Control characters in URL, header name or value: 422 control_characters, nothing stored."""
     http, _ = guarded
     port = free_port()
     for char in CONTROL:
@@ -100,8 +99,7 @@ async def test_control_characters_are_refused_by_the_admin_api(
 async def test_urls_at_kartahooks_own_listeners_are_refused_whatever_the_allowlist(
     guarded: tuple[httpx.AsyncClient, Settings],
 ) -> None:
-    """A URL at the tests' Redis, the admin listener or the worker metrics port is a 422
-    forbidden_target, by any loopback alias or local name; another port of 127.0.0.1 is fine."""
+    """A URL at Redis/admin/metrics ports, any local alias: 422 forbidden_target, any allowlist."""
     http, settings = guarded
     assert settings.redis_url and settings.worker_metrics_port
     redis_port = urlsplit(settings.redis_url).port
@@ -142,8 +140,7 @@ async def test_urls_at_kartahooks_own_listeners_are_refused_whatever_the_allowli
 async def test_enable_refuses_a_subscriber_that_would_be_paused_again(
     guarded: tuple[httpx.AsyncClient, Settings], redis: aioredis.Redis, redis_url: str
 ) -> None:
-    """Enabling a stored subscriber outside the allowlist (or at a forbidden target) is a 422
-    with the reason, and it stays disabled."""
+    """Enable refuses (422) a subscriber at a forbidden target or outside the allowlist."""
     http, settings = guarded
     redis_port = urlsplit(redis_url).port
     store = SubscriberStore(redis)
@@ -171,8 +168,7 @@ def _write(path: Path, url: str, headers: str = "") -> Path:
 def test_the_subscribers_file_refuses_control_characters_and_own_listeners(
     tmp_path: Path, redis_url: str
 ) -> None:
-    """Loading the file: a CR/LF in the URL or a header, or a URL at kartahook's Redis, is a
-    SubscriberError naming the subscriber and the problem (not the header's value)."""
+    """The file load refuses control characters and URLs at kartahook's Redis, naming the entry."""
     allow = ["127.0.0.0/8", "localhost"]
     bad_value = _write(
         tmp_path / "value.yaml",
@@ -206,8 +202,7 @@ def test_config_check_names_the_problem_in_one_line(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """`kartahook config check` exits 1 with one clear line for a header with CR/LF and for a
-    URL at kartahook's Redis port (from KARTAHOOK_REDIS_URL), 0 for a good file."""
+    """`config check` exits 1 with one line for a CR/LF header or a URL at Redis; 0 when good."""
     sources = tmp_path / "sources.yaml"
     sources.write_text(f'sources:\n  kartapay: {{secrets: ["{generate_secret()}"]}}\n')
     monkeypatch.setenv("KARTAHOOK_REDIS_URL", redis_url)

@@ -56,10 +56,7 @@ def payments_in_order(recorder: Recorder) -> dict[str, list[str]]:
 async def test_a_narrowed_allowlist_pauses_the_subscriber_and_enable_resumes_in_order(
     redis_url: str, redis: aioredis.Redis, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Registered inside the allowlist, then the worker's allowlist narrows: the worker pauses
-    it (disabled_reason outside_allowlist) and sends it nothing, parks its deliveries (no dead
-    letters), keeps delivering to a subscriber still inside; status and the admin API show the
-    reason; enabling it with the allowlist widened delivers everything, in lifecycle order."""
+    """Narrowed allowlist: paused with reason, nothing sent, parked; enable delivers in order."""
     wide = settings_for(
         redis_url, admin_token=TOKEN, subscriber_allowlist=["127.0.0.0/8", "localhost"]
     )
@@ -123,24 +120,27 @@ async def test_a_narrowed_allowlist_pauses_the_subscriber_and_enable_resumes_in_
 async def test_a_url_at_kartahooks_own_listeners_is_paused_at_send_time(
     redis_url: str, redis: aioredis.Redis, transport: str
 ) -> None:
-    """Records written straight to the store (as an old registry would hold them), whatever the
-    allowlist: a URL at the worker's metrics port (a live server there), at the tests' Redis by
-    a loopback alias, or by a host name that resolves to this machine, is never sent to; each
-    subscriber is paused with a forbidden_target reason; a good one next to them is delivered."""
-    metrics_server = Recorder()
-    good = Recorder()
-    async with serve_app(metrics_server.app()) as metrics_base, serve_app(good.app()) as good_base:
+    """A stored URL at Redis/admin/metrics ports (alias or name) is paused at send time, unsent."""
+    metrics_server, admin_server, good = Recorder(), Recorder(), Recorder()
+    async with (
+        serve_app(metrics_server.app()) as metrics_base,
+        serve_app(admin_server.app()) as admin_base,
+        serve_app(good.app()) as good_base,
+    ):
         metrics_port = urlsplit(metrics_base).port
+        admin_port = urlsplit(admin_base).port
         redis_port = urlsplit(redis_url).port
         settings = settings_for(
             redis_url,
             subscriber_allowlist=EVERYWHERE,
             worker_metrics_port=metrics_port,
+            admin_port=admin_port,
             delivery_http_transport=transport,
         )
         store = SubscriberStore(redis)
         evil = {
             "metrics": metrics_base,
+            "admin": f"http://0.0.0.0:{admin_port}",
             "redis": f"http://[::ffff:127.0.0.2]:{redis_port}",
             "redis-local": f"http://localhost:{redis_port}",
         }
@@ -158,7 +158,7 @@ async def test_a_url_at_kartahooks_own_listeners_is_paused_at_send_time(
 
         await run_worker(make_worker(settings))
 
-    assert metrics_server.requests == []
+    assert metrics_server.requests == [] and admin_server.requests == []
     assert [r.json["data"]["id"] for r in good.delivered()] == ["pay_1"]
     for sub_id in evil:
         stored = await store.get(sub_id)
@@ -169,6 +169,7 @@ async def test_a_url_at_kartahooks_own_listeners_is_paused_at_send_time(
         assert log[0]["error"] == stored.disabled_reason
     reasons = {s.id: s.disabled_reason or "" for s in await store.all()}
     assert "worker metrics port" in reasons["metrics"]
+    assert "admin listener" in reasons["admin"]
     assert "Redis" in reasons["redis"] and "Redis" in reasons["redis-local"]
     if "by-name" in evil:
         assert "resolves to" in reasons["by-name"] or "worker metrics" in reasons["by-name"]
@@ -179,10 +180,7 @@ async def test_a_url_at_kartahooks_own_listeners_is_paused_at_send_time(
 async def test_a_record_the_http_client_refuses_is_an_attempt_and_follows_the_schedule(
     redis_url: str, redis: aioredis.Redis, transport: str
 ) -> None:
-    """Old records with a CR/LF or a non-ASCII header value (written straight to the store,
-    bypassing validation) make the HTTP client raise: each attempt is recorded with the error
-    (never the value), retried on the schedule, then dead-lettered; nothing reaches the
-    subscriber, no job fails, and a good subscriber is delivered meanwhile."""
+    """A header value the HTTP client refuses is an attempt record each try, then a dead letter."""
     settings = settings_for(redis_url, delivery_http_transport=transport)
     target, good = Recorder(), Recorder()
     async with serve_app(target.app()) as base, serve_app(good.app()) as good_base:
