@@ -33,6 +33,8 @@
         ├── service.api.http_protocol.HeadersTooLarge   a header block over the limit (431)
         ├── service.api.ingest.sources.paypal.CertificateFetchError
         │                                              PayPal's certificate could not be fetched
+        ├── service.targets.ForbiddenAddress            a host resolved to kartahook's own
+        │                                               listener (also an OSError)
         └── workers.delivery.errors.FanoutError         the fan-out machinery itself
 
 The KartaPay client keeps its own tree, :mod:`service.kartapay.errors` (``KartaPayError`` →

@@ -11,11 +11,44 @@ aiohttp, which keeps up. Delivery and the KartaPay client both use it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
+from service.targets import Address, ForbiddenAddress, parse_address
+
+AddressGuard = Callable[[Address, int], str | None]
+"""Says why an address:port may not be connected to (None: it may)."""
+
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp's resolver, with every address it returns checked by ``guard`` before aiohttp
+    connects to it: a name that resolves to a refused address is refused as a whole
+    (:class:`ForbiddenAddress`), so the address checked is the address connected to. (aiohttp
+    does not resolve IP literals: callers check those themselves, no DNS involved.)"""
+
+    def __init__(self, guard: AddressGuard, inner: AbstractResolver | None = None) -> None:
+        self._guard = guard
+        self._inner = inner or DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        for result in results:
+            address = parse_address(result["host"])
+            reason = None if address is None else self._guard(address, result["port"] or port)
+            if reason is not None:
+                raise ForbiddenAddress(f"{host} resolves to {reason}")
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
 
 
 def _map_error(exc: BaseException, request: httpx.Request) -> httpx.TransportError:
@@ -49,15 +82,22 @@ class _Body(httpx.AsyncByteStream):
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """Every pooled connection kept alive (``limit`` connections, ``keepalive_s`` idle)."""
 
-    def __init__(self, max_connections: int, keepalive_s: float = 30.0) -> None:
+    def __init__(
+        self, max_connections: int, keepalive_s: float = 30.0, guard: AddressGuard | None = None
+    ) -> None:
         self._limit = max_connections
         self._keepalive_s = keepalive_s
+        self._guard = guard
+        """Checks every address a host name resolves to before connecting (delivery)."""
         self._session: aiohttp.ClientSession | None = None
 
     def _session_now(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
-                limit=self._limit, limit_per_host=0, keepalive_timeout=self._keepalive_s
+                limit=self._limit,
+                limit_per_host=0,
+                keepalive_timeout=self._keepalive_s,
+                resolver=None if self._guard is None else GuardedResolver(self._guard),
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,

@@ -61,18 +61,22 @@ def check_sources(args: argparse.Namespace) -> list[str]:
 
 
 def check_subscribers(args: argparse.Namespace) -> list[str]:
-    """Problems of the subscribers file (URLs, allowlist, secrets, ids); none when not set."""
+    """Problems of the subscribers file (URLs, allowlist, kartahook's own listeners, control
+    characters, secrets, ids); none when not set."""
     import yaml
 
     from service.domain.subscribers import SubscriberError, load_subscribers_file
     from service.settings import Settings
+    from service.store.subscribers import configured_targets
 
     settings = Settings()
     path: Path | None = args.subscribers or settings.subscribers_file
     if path is None:
         return []
     try:
-        subscribers = load_subscribers_file(path, settings.subscriber_allowlist)
+        subscribers = load_subscribers_file(
+            path, settings.subscriber_allowlist, forbidden=configured_targets(settings)
+        )
     except SubscriberError as exc:
         return [f"subscribers: {exc.message}"]
     except (OSError, yaml.YAMLError) as exc:

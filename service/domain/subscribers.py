@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from service import config_files
 from service.domain.signing import decode_secret, generate_secret
 from service.errors import SubscriberError as SubscriberError
+from service.targets import ForbiddenTargets, check_target
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 # Headers that delivery sets itself; a subscriber's extra headers may not replace them.
@@ -169,8 +170,62 @@ def check_url(url: str, allowlist: Iterable[str]) -> None:
         )
 
 
-def build_subscriber(data: Mapping[str, Any], allowlist: Iterable[str]) -> Subscriber:
-    """A validated subscriber from untrusted data; :class:`SubscriberError` says what is wrong."""
+# C0 controls, DEL and C1 controls: never in a URL or a header (CR/LF would split the request).
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def control_character(text: str) -> str | None:
+    """The first control character in ``text`` as ``U+XXXX at position n``, or None."""
+    found = CONTROL_CHARACTERS.search(text)
+    return None if found is None else f"U+{ord(found.group()):04X} at position {found.start()}"
+
+
+def check_control_characters(data: Mapping[str, Any]) -> None:
+    """Raise :class:`SubscriberError` ``control_characters`` when the URL, a header name or a
+    header value holds a control character. The message never repeats a header's value."""
+    url = data.get("url")
+    if isinstance(url, str) and (where := control_character(url)) is not None:
+        raise SubscriberError("control_characters", f"url: a control character ({where})")
+    headers = data.get("headers")
+    if not isinstance(headers, Mapping):
+        return
+    for name, value in headers.items():
+        if isinstance(name, str) and (where := control_character(name)) is not None:
+            raise SubscriberError(
+                "control_characters", f"headers: a header name has a control character ({where})"
+            )
+        if isinstance(value, str) and (where := control_character(value)) is not None:
+            raise SubscriberError(
+                "control_characters",
+                f"headers.{name}: the value has a control character ({where})",
+            )
+        if isinstance(value, str) and not value.isascii():
+            raise SubscriberError(
+                "invalid_subscriber",
+                f"headers.{name}: the value must be ASCII (HTTP sends no other)",
+            )
+
+
+def check_subscriber(
+    subscriber: Subscriber, allowlist: Iterable[str], forbidden: ForbiddenTargets | None = None
+) -> None:
+    """Raise :class:`SubscriberError` unless ``subscriber`` may be sent to now: no control
+    characters, the URL allowed and not one of kartahook's own listeners (no DNS here)."""
+    check_control_characters({"url": subscriber.url, "headers": subscriber.headers})
+    check_url(subscriber.url, allowlist)
+    if forbidden is not None:
+        check_target(subscriber.url, forbidden)
+
+
+def build_subscriber(
+    data: Mapping[str, Any],
+    allowlist: Iterable[str],
+    forbidden: ForbiddenTargets | None = None,
+) -> Subscriber:
+    """A validated subscriber from untrusted data; :class:`SubscriberError` says what is wrong.
+
+    ``forbidden``: kartahook's own listeners, refused whatever the allowlist says."""
+    check_control_characters(data)
     try:
         subscriber = Subscriber.model_validate(dict(data))
     except ValidationError as exc:
@@ -178,7 +233,7 @@ def build_subscriber(data: Mapping[str, Any], allowlist: Iterable[str]) -> Subsc
         where = ".".join(str(part) for part in first["loc"]) or "body"
         code = "invalid_url" if where == "url" else "invalid_subscriber"
         raise SubscriberError(code, f"{where}: {first['msg']}") from exc
-    check_url(subscriber.url, allowlist)
+    check_subscriber(subscriber, allowlist, forbidden)
     return subscriber
 
 
@@ -192,9 +247,13 @@ def expand_env(value: Any, env: Mapping[str, str]) -> Any:
 
 
 def load_subscribers_file(
-    path: Path, allowlist: Iterable[str], env: Mapping[str, str] | None = None
+    path: Path,
+    allowlist: Iterable[str],
+    env: Mapping[str, str] | None = None,
+    forbidden: ForbiddenTargets | None = None,
 ) -> list[Subscriber]:
-    """Parse and validate a subscribers YAML file (``subscribers: [{id, url, …}]``)."""
+    """Parse and validate a subscribers YAML file (``subscribers: [{id, url, …}]``);
+    ``forbidden``: kartahook's own listeners (:func:`build_subscriber`)."""
     allowed = list(allowlist)
     document = yaml.safe_load(path.read_text()) or {}
     if not isinstance(document, dict) or not isinstance(document.get("subscribers", []), list):
@@ -207,7 +266,7 @@ def load_subscribers_file(
         try:
             data = expand_env(entry, os.environ if env is None else env)
             data["origin"] = "file"
-            subscriber = build_subscriber(data, allowed)
+            subscriber = build_subscriber(data, allowed, forbidden)
         except SubscriberError as exc:
             raise SubscriberError(exc.code, f"{path}: subscriber #{index}: {exc.message}") from exc
         if subscriber.id in seen:

@@ -223,3 +223,31 @@ def arq_redis(
     pool.default_queue_name = default_queue_name
     pool.expires_extra_ms = expires_extra_ms
     return pool
+
+
+def redis_listeners(url: str) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """Where ``url`` reaches Redis: the (host, port)s of the server (none for a Sentinel URL, or
+    a unix socket) and of the Sentinels, for the subscriber URL guard."""
+    if url.startswith(SENTINEL_SCHEME):
+        return [], list(parse_sentinel_url(url).sentinels)
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        return [], []
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        return [], []
+    return [(parts.hostname, port)], []
+
+
+async def sentinel_primary(client: aioredis.Redis) -> tuple[str, int] | None:
+    """The primary's address as the Sentinels name it now, for a Sentinel client; None for a
+    plain client or when no Sentinel answers."""
+    pool = client.connection_pool
+    if not isinstance(pool, SentinelConnectionPool):
+        return None
+    try:
+        host, port = await pool.get_master_address()  # type: ignore[no-untyped-call]
+    except Exception:  # no Sentinel answered: the configured addresses are still refused
+        return None
+    return str(host), int(port)

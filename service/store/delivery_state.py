@@ -6,7 +6,8 @@ created by processing's compare-and-set
 - :meth:`FanoutStore.acquire` lets an attempt start, or parks the delivery: over the concurrency
   cap, breaker open, probe in flight, or subscriber disabled. A parked delivery holds no worker.
 - :meth:`FanoutStore.finish` records the attempt and moves the delivery on: delivered, retried
-  later (a fresh job), dead-lettered, or parked (410); then it wakes parked deliveries. After a
+  later (a fresh job), dead-lettered, or parked (outcome ``gone``: a 410, or a subscriber the
+  send-time guards paused); then it wakes parked deliveries. After a
   success it may acquire the line's next delivery for the caller in the same step.
 
 Both scripts refuse to act on a stale copy of the subscriber registry (see

@@ -19,14 +19,18 @@ from service.domain.subscribers import (
     Subscriber,
     SubscriberError,
     build_subscriber,
+    check_subscriber,
     check_url,
     expand_env,
     host_allowed,
     load_subscribers_file,
 )
 from service.errors import RegistryKeepsChanging as RegistryKeepsChanging
+from service.settings import Settings
+from service.store.client import redis_listeners, sentinel_primary
 from service.store.layout import SUBSCRIBERS as SUBSCRIBERS_KEY
 from service.store.layout import SUBSCRIBERS_VERSION as SUBSCRIBERS_VERSION_KEY
+from service.targets import ForbiddenTargets, listeners_of, resolve_listeners
 
 __all__ = [
     "ID_PATTERN",
@@ -40,8 +44,11 @@ __all__ = [
     "SubscriberError",
     "SubscriberStore",
     "build_subscriber",
+    "check_subscriber",
     "check_url",
+    "configured_targets",
     "expand_env",
+    "forbidden_targets",
     "host_allowed",
     "load_subscribers_file",
     "load_subscribers_into",
@@ -115,13 +122,43 @@ class SubscriberStore:
             await self.put(subscriber)
 
 
+def configured_targets(settings: Settings) -> ForbiddenTargets:
+    """kartahook's own listeners as the settings name them (unresolved): Redis or its
+    Sentinels, the admin listener (any local address when ``KARTAHOOK_ADMIN_HOST`` is unset)
+    and the worker's metrics port when it is served."""
+    redis, sentinels = redis_listeners(settings.redis_url) if settings.redis_url else ([], [])
+    metrics = settings.worker_metrics_port
+    return listeners_of(
+        redis,
+        sentinels,
+        (settings.admin_host, settings.admin_port),
+        None if metrics is None else (settings.worker_metrics_host, metrics),
+    )
+
+
+async def forbidden_targets(
+    settings: Settings, redis: aioredis.Redis | None = None
+) -> ForbiddenTargets:
+    """:func:`configured_targets` plus, through Sentinel, the primary's current address; every
+    host resolved (:func:`service.targets.resolve_listeners`)."""
+    targets = configured_targets(settings)
+    if redis is not None:
+        primary = await sentinel_primary(redis)
+        if primary is not None:
+            targets = targets.with_listener("Redis primary", *primary)
+    return await resolve_listeners(targets)
+
+
 async def load_subscribers_into(
-    redis: aioredis.Redis, path: Path | None, allowlist: Iterable[str]
+    redis: aioredis.Redis,
+    path: Path | None,
+    allowlist: Iterable[str],
+    forbidden: ForbiddenTargets | None = None,
 ) -> list[Subscriber]:
     """Load ``KARTAHOOK_SUBSCRIBERS_FILE`` into the Redis registry (nothing when unset)."""
     if path is None:
         return []
-    subscribers = load_subscribers_file(path, allowlist)
+    subscribers = load_subscribers_file(path, allowlist, forbidden=forbidden)
     await SubscriberStore(redis).load(subscribers)
     return subscribers
 

@@ -202,3 +202,32 @@ async def test_worker_with_a_wrong_sentinel_password_exits_with_one_line(
     assert "cannot use Redis: MasterNotFoundError" in errors[0]
     assert "AuthenticationError" in errors[0]
     assert text.count("worker_redis_unavailable") >= 1, "it retried before giving up"
+
+
+async def test_subscriber_urls_at_the_sentinels_or_the_primary_are_refused(
+    cluster: SentinelCluster, primary: aioredis.Redis
+) -> None:
+    """With a redis+sentinel URL, the admin API refuses URLs at every Sentinel and the primary."""
+    from service.api.app import create_admin_app
+    from service.settings import Settings
+
+    settings = Settings(
+        redis_url=cluster.url(), admin_token=TOKEN, subscriber_allowlist=["0.0.0.0/0"]
+    )
+    master_port = cluster.master_port()
+    assert master_port is not None
+    targets = {f"127.0.0.2:{node.port}" for node in cluster.sentinels}
+    targets.add(f"127.0.0.1:{master_port}")
+    async with (
+        serve_app(create_admin_app(settings)) as base,
+        httpx.AsyncClient(
+            base_url=base + "/admin", headers={"authorization": f"Bearer {TOKEN}"}
+        ) as http,
+    ):
+        for target in sorted(targets):
+            answer = await http.post("/subscribers", json={"id": "x", "url": f"http://{target}/"})
+            assert (answer.status_code, answer.json()["error"]) == (422, "forbidden_target"), target
+        fine = await http.post(
+            "/subscribers", json={"id": "x", "url": f"http://127.0.0.1:{free_port()}/"}
+        )
+        assert fine.status_code == 201

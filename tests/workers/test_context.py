@@ -49,7 +49,11 @@ async def test_worker_runs_on_its_context_and_its_transport_seams(
         return httpx.Response(204, stream=httpx.ByteStream(b""))
 
     await SubscriberStore(redis).put(Subscriber(id="ledger", url="http://ledger.test/hook"))
-    settings = Settings(redis_url=redis_url, kartapay_url="http://kartapay.test")
+    settings = Settings(
+        redis_url=redis_url,
+        kartapay_url="http://kartapay.test",
+        subscriber_allowlist=["ledger.test"],  # the worker re-checks it before each send
+    )
     worker = build_worker(
         settings,
         burst=True,

@@ -19,20 +19,25 @@ from dataclasses import dataclass
 
 import httpx
 
-from service.http_transport import AiohttpTransport
+from service.http_transport import AddressGuard, AiohttpTransport
 from service.settings import Settings
+from service.targets import forbidden_cause
 
 BODY_HEAD_BYTES = 1024
 
 
 def build_transport(
-    settings: Settings, transport: httpx.AsyncBaseTransport | None = None
+    settings: Settings,
+    transport: httpx.AsyncBaseTransport | None = None,
+    guard: AddressGuard | None = None,
 ) -> httpx.AsyncBaseTransport:
-    """The worker's one delivery transport; ``transport`` is the test seam."""
+    """The worker's one delivery transport; ``transport`` is the test seam. ``guard`` checks
+    every address a subscriber's host name resolves to before connecting (aiohttp transport;
+    see ``workers.delivery.guard`` for the httpx one)."""
     if transport is not None:
         return transport
     if settings.delivery_http_transport == "aiohttp":
-        return AiohttpTransport(settings.delivery_max_connections, keepalive_s=30.0)
+        return AiohttpTransport(settings.delivery_max_connections, keepalive_s=30.0, guard=guard)
     limits = httpx.Limits(
         max_connections=settings.delivery_max_connections,
         max_keepalive_connections=settings.delivery_max_connections,
@@ -50,6 +55,8 @@ class AttemptResult:
     latency_ms: float
     body_head: str
     retry_after: str | None
+    forbidden: str | None = None
+    """Set when the connect path refused the address (one of kartahook's own listeners)."""
 
     @property
     def succeeded(self) -> bool:
@@ -60,7 +67,19 @@ class AttemptResult:
         return self.status == 410
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException, headers: dict[str, str] | None = None) -> str:
+    """``exc`` as an attempt's error: one line, at most 500 characters, and no header value
+    (an HTTP client's message may quote the value it refused: a token, a signature)."""
+    text = _name(exc)
+    for value in (headers or {}).values():
+        if len(value) < 3:
+            continue
+        for form in (value, repr(value)[1:-1], repr(value.encode("utf-8", "replace"))[2:-1]):
+            text = text.replace(form, "***")
+    return " ".join(text.split())[:500]
+
+
+def _name(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError | httpx.TimeoutException):
         return "timeout"
     if isinstance(exc, httpx.ConnectError):
@@ -78,17 +97,19 @@ async def post_once(
     body: bytes,
     timeout_s: float,
 ) -> AttemptResult:
-    """POST ``body`` and read at most the first KiB of the answer; never raises for the network."""
+    """POST ``body`` and read at most the first KiB of the answer. Never raises (but for
+    cancellation): whatever fails, building the request included, is the result's ``error``."""
     started = time.perf_counter()
     status: int | None = None
     retry_after: str | None = None
     head = bytearray()
     error: str | None = None
+    forbidden: str | None = None
     phases = {"connect": timeout_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}
-    request = httpx.Request(
-        "POST", url, headers=headers, content=body, extensions={"timeout": phases}
-    )
     try:
+        request = httpx.Request(
+            "POST", url, headers=headers, content=body, extensions={"timeout": phases}
+        )
         async with asyncio.timeout(timeout_s):
             response = await transport.handle_async_request(request)
             try:
@@ -100,9 +121,11 @@ async def post_once(
                         break
             finally:
                 await response.aclose()
-    except (TimeoutError, httpx.HTTPError, OSError) as exc:
+    except Exception as exc:  # every failure is an attempt's error, never the job's exception
         if status is None:
-            error = _describe(exc)
+            error = describe_error(exc, headers)
+            refused = forbidden_cause(exc)
+            forbidden = None if refused is None else refused.reason
     latency_ms = (time.perf_counter() - started) * 1000
     return AttemptResult(
         status=status,
@@ -110,4 +133,5 @@ async def post_once(
         latency_ms=latency_ms,
         body_head=bytes(head[:BODY_HEAD_BYTES]).decode("utf-8", "replace"),
         retry_after=retry_after,
+        forbidden=forbidden,
     )

@@ -31,6 +31,7 @@ from workers.context import WorkerContext, worker_context
 from workers.delivery import metrics
 from workers.delivery.client import build_transport
 from workers.delivery.errors import FanoutNotStarted
+from workers.delivery.guard import SendGuard
 from workers.delivery.handoff import FanoutHandoff
 from workers.delivery.runner import FanoutDeps, deliver
 from workers.delivery.schedule import RetrySchedule
@@ -113,7 +114,11 @@ async def delivery_startup(context: WorkerContext) -> None:
     httpx transport), when set, is the test seam."""
     settings = context.settings
     redis = context.arq_redis()
-    await load_subscribers_into(redis, settings.subscribers_file, settings.subscriber_allowlist)
+    guard = SendGuard(settings, redis)
+    await guard.refresh()
+    await load_subscribers_into(
+        redis, settings.subscribers_file, settings.subscriber_allowlist, guard.targets
+    )
     if context.subscribers is None:
         context.subscribers = SubscriberCache(redis)
     subscribers = context.subscribers
@@ -121,13 +126,14 @@ async def delivery_startup(context: WorkerContext) -> None:
     deps = FanoutDeps(
         redis=redis,
         settings=settings,
-        transport=build_transport(settings, context.delivery_transport),
+        transport=build_transport(settings, context.delivery_transport, guard.address_refusal),
         store=FanoutStore(redis, settings.queue_name),
         registry=SubscriberStore(redis),
         subscribers=subscribers,
         schedule=RetrySchedule.from_settings(settings),
         rng=random.Random(),
         stopping=context.stopping,
+        guard=guard,
     )
     context.fanout = deps
     context.deliveries = FanoutHandoff.from_deps(deps)

@@ -29,7 +29,8 @@ from service.store.subscribers import (
     SubscriberStore,
 )
 from workers.delivery import metrics
-from workers.delivery.client import AttemptResult, post_once
+from workers.delivery.client import AttemptResult, describe_error, post_once
+from workers.delivery.guard import FORBIDDEN_TARGET, SendGuard
 from workers.delivery.message import delivery_headers
 from workers.delivery.schedule import RetrySchedule, breaker_wake_jitter_ms
 
@@ -55,7 +56,18 @@ class FanoutDeps:
     rng: random.Random = field(default_factory=random.Random)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when the worker drains: runs in flight finish their attempt and chain no more."""
+    guard: SendGuard | None = None
+    """The send-time URL checks (None: built from ``settings`` and ``redis``)."""
     _urls: dict[str, httpx.URL] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.guard is None:
+            self.guard = SendGuard(self.settings, self.redis)
+
+    @property
+    def send_guard(self) -> SendGuard:
+        assert self.guard is not None  # set by __post_init__
+        return self.guard
 
     @property
     def lease_ms(self) -> int:
@@ -196,11 +208,10 @@ async def _attempt(
     job_id, body, webhook_id = acquired.job_id, acquired.body, acquired.webhook_id
     settings = deps.settings
     attempt = acquired.attempts + 1
-    headers = delivery_headers(subscriber, webhook_id, body)
     started_at = time.time()
-    result = await post_once(
-        deps.transport, deps.url_of(subscriber), headers, body, settings.delivery_timeout_s
-    )
+    result = await _send(deps, subscriber, webhook_id, body)
+    if result.forbidden is not None:
+        return await _pause(deps, subscriber, acquired, cap, result)
     finished = now_ms()
     retry_at: int | None = None
     if not result.succeeded and not result.gone:
@@ -267,6 +278,83 @@ async def _attempt(
     if not write_json_line("info", "delivery_attempt", line):
         log.info("delivery_attempt", **line)
     return finished_state.result, finished_state.handed
+
+
+async def _send(
+    deps: FanoutDeps, subscriber: Subscriber, webhook_id: str, body: bytes
+) -> AttemptResult:
+    """The send-time checks, then one POST. Never raises (but for cancellation): a refusal is
+    the result's ``forbidden`` (nothing sent), any other failure its ``error``."""
+    started = time.perf_counter()
+    headers: dict[str, str] = {}
+    try:
+        refusal = await deps.send_guard.refusal(subscriber)
+        if refusal is not None:
+            return AttemptResult(None, refusal, 0.0, "", None, forbidden=refusal)
+        headers = delivery_headers(subscriber, webhook_id, body)
+        url = deps.url_of(subscriber)
+    except Exception as exc:  # a record that cannot be sent as it is: a failed attempt
+        latency_ms = (time.perf_counter() - started) * 1000
+        masked = {**subscriber.headers, "secret": subscriber.secret, **headers}
+        return AttemptResult(None, describe_error(exc, masked), latency_ms, "", None)
+    result = await post_once(deps.transport, url, headers, body, deps.settings.delivery_timeout_s)
+    if result.forbidden is not None:  # refused in the connect path (a name's address)
+        reason = f"{FORBIDDEN_TARGET}: {result.forbidden}"
+        return AttemptResult(None, reason, result.latency_ms, "", None, forbidden=reason)
+    return result
+
+
+async def _pause(
+    deps: FanoutDeps, subscriber: Subscriber, acquired: Acquired, cap: int, result: AttemptResult
+) -> tuple[str, Acquired | None]:
+    """The subscriber may not be sent to (outside the allowlist, or one of kartahook's own
+    listeners): disable it with the reason, and park this delivery, unsent, with its other
+    ones (the 410 path: parked, neither dropped nor dead-lettered). The attempt log says why.
+    Enabling the subscriber (admin API) wakes them, in order."""
+    reason = result.forbidden or "paused"
+    job_id, webhook_id = acquired.job_id, acquired.webhook_id
+    if subscriber.enabled or subscriber.disabled_reason != reason:
+        await deps.registry.set_enabled(subscriber.id, False, reason)
+    now = now_ms()
+    entry = {
+        "at": datetime.fromtimestamp(now / 1000, UTC).isoformat(),
+        "at_ms": now,
+        "webhook_id": webhook_id,
+        "payment_id": acquired.payment_id,
+        "type": acquired.event_type,
+        "attempt": acquired.attempts + 1,
+        "status": None,
+        "outcome": "paused",
+        "latency_ms": round(result.latency_ms, 2),
+        "error": reason,
+        "body": "",
+        "next_attempt_ms": None,
+    }
+    settings = deps.settings
+    finished = await deps.store.finish(
+        subscriber_id=subscriber.id,
+        transition_id=webhook_id,
+        gen=parse_deliver_job_id(job_id),
+        job_id=job_id,
+        outcome="gone",  # the script's "park it, unsent by choice": no breaker, no wake
+        retry_at_ms=None,
+        breaker_failures=settings.delivery_breaker_failures,
+        breaker_cooldown_ms=int(settings.delivery_breaker_cooldown_s * 1000),
+        cap=cap,
+        enabled=False,
+        done_ttl_s=settings.delivery_done_ttl_s,
+        log_entry=entry,
+        log_cap=settings.delivery_attempt_log_size,
+        status="",
+        error=reason,
+        now_ms=now,
+        lease_ms=deps.lease_ms,
+        subscribers_version=deps.subscribers.version,
+    )
+    metrics.DELIVERIES.labels(subscriber.id, "paused").inc()
+    metrics.set_subscriber_state(subscriber.id, "disabled")
+    log.warning("subscriber_paused", subscriber=subscriber.id, webhook_id=webhook_id, reason=reason)
+    return finished.result, None
 
 
 def _observe(

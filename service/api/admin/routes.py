@@ -5,7 +5,9 @@ lifespan state (``redis``, ``settings``). Errors are JSON ``{"error": <code>, "d
 
 - 401 ``missing_token``; 403 ``invalid_token`` or ``admin_disabled`` (no token configured);
 - 400 ``invalid_json`` / ``invalid_query``; 404 ``unknown_subscriber`` / ``unknown_dead_letter``;
-- 409 ``subscriber_exists``; 422 ``invalid_url``, ``host_not_allowed``, ``invalid_subscriber``.
+- 409 ``subscriber_exists``; 422 ``invalid_url``, ``host_not_allowed``, ``invalid_subscriber``,
+  ``control_characters`` (in the URL or a header), ``forbidden_target`` (the URL reaches
+  kartahook's own Redis, admin listener or worker metrics port, whatever the allowlist says).
 
 Handlers (and the token check) raise :class:`service.errors.ApiError`; one exception handler,
 :func:`api_error_response`, renders them: the app registers it (``exception_handlers``) and mounts
@@ -39,7 +41,14 @@ from service.errors import (
 )
 from service.settings import Settings
 from service.store.deliveries import DeliveryAdmin
-from service.store.subscribers import Subscriber, SubscriberStore, build_subscriber
+from service.store.subscribers import (
+    Subscriber,
+    SubscriberStore,
+    build_subscriber,
+    check_subscriber,
+    forbidden_targets,
+)
+from service.targets import check_target_resolved
 
 log = structlog.get_logger("kartahook.admin")
 
@@ -145,10 +154,25 @@ def unknown_dead_letter(webhook_id: str, subscriber_id: str) -> NotFound:
     return NotFound("unknown_dead_letter", f"no dead letter {webhook_id!r} of {subscriber_id!r}")
 
 
-def build(data: dict[str, Any], settings: Settings) -> Subscriber:
-    """:func:`build_subscriber`, its refusal raised as :class:`Unprocessable` with its code."""
+async def build(data: dict[str, Any], res: AdminResources) -> Subscriber:
+    """:func:`build_subscriber` with kartahook's own listeners refused (the URL's host resolved
+    now too), its refusal raised as :class:`Unprocessable` with its code."""
+    forbidden = await forbidden_targets(res.settings, res.redis)
     try:
-        return build_subscriber(data, settings.subscriber_allowlist)
+        subscriber = build_subscriber(data, res.settings.subscriber_allowlist, forbidden)
+        await check_target_resolved(subscriber.url, forbidden)
+    except SubscriberError as exc:
+        raise Unprocessable(exc.code, exc.message) from None
+    return subscriber
+
+
+async def check_sendable(subscriber: Subscriber, res: AdminResources) -> None:
+    """Before enabling: the stored subscriber would be refused at send time as it is (control
+    characters, outside the allowlist, one of kartahook's own listeners): :class:`Unprocessable`."""
+    forbidden = await forbidden_targets(res.settings, res.redis)
+    try:
+        check_subscriber(subscriber, res.settings.subscriber_allowlist, forbidden)
+        await check_target_resolved(subscriber.url, forbidden)
     except SubscriberError as exc:
         raise Unprocessable(exc.code, exc.message) from None
 
@@ -158,6 +182,7 @@ class AdminResources:
 
     def __init__(self, request: Request) -> None:
         self.settings: Settings = request.state.settings
+        self.redis = request.state.redis
         self.subscribers = SubscriberStore(request.state.redis)
         self.deliveries = DeliveryAdmin(request.state.redis, self.settings.queue_name)
 
@@ -177,7 +202,7 @@ async def list_subscribers(request: Request) -> Response:
 async def create_subscriber(request: Request) -> Response:
     res = AdminResources(request)
     data = await json_object(request)
-    subscriber = build({**data, "origin": "api"}, res.settings)
+    subscriber = await build({**data, "origin": "api"}, res)
     if not await res.subscribers.add(subscriber):
         raise Conflict("subscriber_exists", f"subscriber {subscriber.id!r} already exists")
     log.info("subscriber_added", subscriber=subscriber.id, url=subscriber.url)
@@ -197,7 +222,9 @@ async def update_subscriber(request: Request) -> Response:
     unknown = set(data) - MUTABLE_FIELDS
     if unknown:
         raise Unprocessable("invalid_subscriber", f"fields not changeable: {sorted(unknown)}")
-    updated = build({**found.model_dump(), **data}, res.settings)
+    updated = await build({**found.model_dump(), **data}, res)
+    if updated.enabled:
+        updated.disabled_reason = None
     await res.subscribers.put(updated)
     log.info("subscriber_updated", subscriber=updated.id, fields=sorted(data))
     if updated.enabled and not found.enabled:
@@ -221,6 +248,7 @@ async def remove_subscriber(request: Request) -> Response:
 async def enable_subscriber(request: Request) -> Response:
     res = AdminResources(request)
     subscriber_id = request.path_params["subscriber_id"]
+    await check_sendable(await res.subscriber(subscriber_id), res)
     updated = await res.subscribers.set_enabled(subscriber_id, True)
     if updated is None:
         raise unknown_subscriber(subscriber_id)
