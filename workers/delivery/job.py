@@ -63,8 +63,8 @@ async def fanout_deliver(ctx: dict[str, Any], subscriber_id: str, webhook_id: st
 def job_timeout_s(settings: Settings) -> int:
     """The delivery job's timeout: the worker's job timeout, at least twice the HTTP timeout.
 
-    arq re-runs the jobs of a dead worker only after the longest function timeout + 10 s, so
-    no delivery job may hold that recovery back beyond what processing needs.
+    A dead worker's jobs run again once their in-progress key, a short lease renewed while
+    they run (``workers.main.ResilientWorker``), lapses: this timeout does not delay that.
     """
     return max(settings.worker_job_timeout_s, int(settings.delivery_timeout_s * 2))
 
@@ -113,6 +113,7 @@ async def delivery_startup(context: WorkerContext) -> None:
         schedule=RetrySchedule.from_settings(settings),
         rng=random.Random(),
         stopping=context.stopping,
+        leases=context.leases,
     )
     context.fanout = deps
     context.deliveries = FanoutHandoff.from_deps(deps)

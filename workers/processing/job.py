@@ -105,11 +105,8 @@ async def processing_startup(context: WorkerContext) -> None:
             _defer_by=delay_s,
         )
 
-    store = PaymentStateStore(
-        redis,
-        settings.queue_name,
-        lock_ttl_ms=(settings.worker_job_timeout_s + 10) * 1000,
-    )
+    # The fetch lock is a short lease, renewed by the worker's heartbeat while the run holds it.
+    store = PaymentStateStore(redis, settings.queue_name, lock_ttl_ms=settings.lease_ms)
     context.kartapay = client
     context.retry_policy = policy
     context.event_dead_letters = EventDeadLetters(redis, settings.queue_name)
@@ -123,6 +120,7 @@ async def processing_startup(context: WorkerContext) -> None:
         timeout_s=min(settings.process_timeout_s, settings.worker_job_timeout_s * 0.8),
         inline=InlineDelivery.from_settings(settings),
         deliveries=context.deliveries,
+        leases=context.leases,
     )
 
 
