@@ -116,10 +116,17 @@ class Settings(BaseSettings):
 
     @property
     def delivery_lease_ms(self) -> int:
-        """How long a delivery attempt holds its in-flight slot (or probe) before it is presumed
-        dead, and how long the job of a delivery sent at once waits as its safety net; both are
-        renewed while the attempt runs (:attr:`lease_ms`)."""
+        """How long a delivery attempt holds its in-flight slot (or probe) unless renewed
+        (:attr:`lease_ms`): a dead worker's slots lapse after this."""
         return self.lease_ms
+
+    @property
+    def delivery_hold_ms(self) -> int:
+        """How long the job of a delivery sent at once (its safety net) waits. Should the
+        sender die, the job that was sending runs again once its lease lapses and makes the
+        safety net due when the slot's lease ends (``FanoutStore.resume``); a live sender's
+        heartbeat pushes a safety net due sooner back with its slot."""
+        return int((self.delivery_timeout_s + 20) * 1000)
 
     @field_validator(
         "trusted_proxies", "subscriber_allowlist", "delivery_retry_schedule_s", mode="before"

@@ -5,6 +5,8 @@ created by processing's compare-and-set
 
 - :meth:`FanoutStore.acquire` lets an attempt start, or parks the delivery: over the concurrency
   cap, breaker open, probe in flight, or subscriber disabled. A parked delivery holds no worker.
+- :meth:`FanoutStore.resume`, after a crash, makes the deferred safety-net jobs of the attempts
+  in flight of some subscribers due when their slot's lease ends (``lua/delivery_resume.lua``).
 - :meth:`FanoutStore.finish` records the attempt and moves the delivery on: delivered, retried
   later (a fresh job), dead-lettered, or parked (410); then it wakes parked deliveries. After a
   success it may acquire the line's next delivery for the caller in the same step.
@@ -16,6 +18,7 @@ hands nothing over.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +41,7 @@ from service.store.scripts import Script
 
 ACQUIRE = Script.load("delivery_acquire")
 FINISH = Script.load("delivery_finish")
+RESUME = Script.load("delivery_resume")
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,3 +229,13 @@ class FanoutStore:
             dead_letters=int(reply[2]),
             handed=Acquired.started(handed, reply[4:]) if handed else None,
         )
+
+    async def resume(self, subscriber_ids: Sequence[str], now_ms: int) -> int:
+        """Make the deferred safety-net job of each attempt in flight for ``subscriber_ids`` due
+        when its slot's lease ends (at once if it lapsed): called by a job that runs again after
+        its worker died, so what that worker was sending resumes within a lease. How many jobs
+        were made due earlier."""
+        if not subscriber_ids:
+            return 0
+        keys = [self.queue_name, *(inflight_key(sub) for sub in subscriber_ids)]
+        return int(await RESUME(self.redis, keys, [now_ms]))

@@ -20,6 +20,7 @@ from typing import Any
 from arq.worker import Function, Retry, func
 from redis.exceptions import RedisError
 
+from service.clock import now_ms
 from service.settings import Settings
 from service.store.deliveries import DeliveryAdmin
 from service.store.delivery_state import FanoutStore
@@ -55,6 +56,9 @@ async def fanout_deliver(ctx: dict[str, Any], subscriber_id: str, webhook_id: st
     deps = _deps(ctx)
     until = deps.attempts_until(time.monotonic(), job_timeout_s(deps.settings))
     try:
+        if int(ctx.get("job_try", 1)) > 1:
+            # Run again: if its worker died mid-chain, the attempt it was sending resumes now.
+            await deps.store.resume([subscriber_id], now_ms())
         return await deliver(deps, subscriber_id, webhook_id, str(ctx["job_id"]), until)
     except RedisError as exc:
         raise Retry(defer=_backoff(ctx, base=0.5, cap=30)) from exc

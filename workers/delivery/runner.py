@@ -66,6 +66,11 @@ class FanoutDeps:
         """How long an in-flight slot or a probe is held before it is presumed dead."""
         return self.settings.delivery_lease_ms
 
+    @property
+    def hold_ms(self) -> int:
+        """How long the job of a delivery sent at once waits, as its safety net."""
+        return self.settings.delivery_hold_ms
+
     def url_of(self, subscriber: Subscriber) -> httpx.URL:
         """The subscriber's URL, parsed once per URL (parsing costs more than sending)."""
         url = self._urls.get(subscriber.url)
@@ -266,7 +271,7 @@ async def _attempt(
         status=status,
         error=result.error or "",
         now_ms=finished,
-        hold_ms=deps.lease_ms if chain else 0,
+        hold_ms=deps.hold_ms if chain else 0,
         lease_ms=deps.lease_ms,
         subscribers_version=deps.subscribers.version,
     )

@@ -71,16 +71,22 @@ class InlineDelivery:
 
     enabled: bool = True
     lease_ms: int = 30_000
-    """How long a started delivery holds its slot; its job waits as long, as the safety net."""
+    """How long a started delivery holds its slot unless renewed (the worker's lease)."""
+    hold_ms: int | None = None
+    """How long its job waits, as the safety net (None: as long as the lease)."""
     default_cap: int = 4
     """Per-subscriber concurrency cap when the subscriber sets none."""
     breaker_cooldown_s: float = 60.0
     """Used for the breaker jitter when the processor is given no :class:`Deliveries`."""
 
+    def hold(self) -> int:
+        return self.lease_ms if self.hold_ms is None else self.hold_ms
+
     @classmethod
     def from_settings(cls, settings: Settings) -> InlineDelivery:
         return cls(
             lease_ms=settings.delivery_lease_ms,
+            hold_ms=settings.delivery_hold_ms,
             default_cap=settings.delivery_concurrency,
             breaker_cooldown_s=settings.delivery_breaker_cooldown_s,
         )
@@ -148,7 +154,7 @@ class EventProcessor:
                     fetches += 1
                     record = await self._fetch(hint.payment_id)
                     inline = self._inline.enabled and time.monotonic() < inline_until
-                    hold_ms = self._inline.lease_ms if inline else 0
+                    hold_ms = self._inline.hold() if inline else 0
                     result, statuses = await self._record(hint, token, record, hold_ms)
                     emitted += statuses
                     deliveries += result.started
