@@ -136,7 +136,11 @@ class FanoutStore:
         open_jitter_ms: int,
         now_ms: int,
         subscribers_version: str,
+        recheck_ms: int = 0,
     ) -> Acquired:
+        """Start the attempt of job ``job_id``, or park the delivery. A started attempt holds
+        its slot for ``lease_ms`` unless renewed; a delivery parked over the cap has its job due
+        after ``recheck_ms`` (0: after the lease) unless a finish wakes it sooner."""
         reply = await ACQUIRE(
             self.redis,
             [
@@ -158,6 +162,7 @@ class FanoutStore:
                 lease_ms,
                 open_jitter_ms,
                 subscribers_version,
+                recheck_ms,
             ],
         )
         return Acquired.from_reply(reply, job_id)

@@ -181,6 +181,7 @@ async def _acquire(
             ),
             now_ms=now_ms(),
             subscribers_version=cache.version,
+            recheck_ms=deps.hold_ms,
         )
         if acquired.verdict == "reload":
             await cache.refresh()
