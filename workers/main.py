@@ -40,7 +40,7 @@ CONNECT_TIMEOUT_S = 1.0
 class ResilientWorker(Worker):
     """arq's ``Worker``, but a Redis outage does not end it: a poll that fails is logged and
     tried again a second later, so the worker rides out a Redis restart or failover instead of
-    exiting. Jobs cut off by the outage run again when their in-progress key expires.
+    exiting. Jobs cut off by the outage run again when their in-progress key (a lease) expires.
 
     Its Redis client is ``service.store.client.arq_redis(redis_url)`` (so a ``redis+sentinel://``
     URL works, Sentinel password included), made in ``main`` in place of arq's ``create_pool``
