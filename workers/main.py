@@ -95,7 +95,9 @@ class ResilientWorker(Worker):
                 leases = Leases(self.pool, self.queue_name, lease_ms)
             running = [job_id for job_id, task in self.tasks.items() if not task.done()]
             try:
-                renewed = await leases.renew(running, now_ms())
+                # A renewal that hangs (Redis failing over) must not hold up the next one.
+                async with asyncio.timeout(self.lease_s):
+                    renewed = await leases.renew(running, now_ms())
             except (RedisError, OSError, TimeoutError) as exc:
                 log.warning("lease_renewal_failed", error=type(exc).__name__)
                 continue
