@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     worker_health_check_s: int = Field(15, ge=10, le=30)
     worker_job_timeout_s: int = Field(60, gt=0, description="arq kills a job after this.")
     worker_drain_s: int = Field(25, ge=0, description="SIGTERM grace for jobs in flight.")
+    worker_lease_s: float = Field(
+        5.0,
+        ge=0.5,
+        description="Lease on a running job, a fetch lock and a delivery slot, renewed every "
+        "third of it while the work runs: a dead worker's hold lapses after this.",
+    )
     worker_metrics_host: str = "127.0.0.1"
     worker_metrics_port: int | None = Field(
         None, description="Serve /healthz, /readyz and /metrics on this port."
@@ -109,9 +115,30 @@ class Settings(BaseSettings):
     delivery_done_ttl_s: int = Field(7 * 24 * 3600, gt=0)
 
     @property
+    def lease_ms(self) -> int:
+        """:attr:`worker_lease_s` in milliseconds: how long a worker's hold on a job (arq's
+        in-progress key), a fetch lock or a delivery slot lasts unless its heartbeat renews it
+        (``service.store.leases``)."""
+        return int(self.worker_lease_s * 1000)
+
+    @property
+    def lease_renew_s(self) -> float:
+        """How often a worker's heartbeat renews its leases: a third of a lease, so two
+        renewals may fail before a live worker's hold lapses."""
+        return self.worker_lease_s / 3
+
+    @property
     def delivery_lease_ms(self) -> int:
-        """How long a delivery attempt holds its in-flight slot (or probe) before it is presumed
-        dead, and how long the job of a delivery sent at once waits as its safety net."""
+        """How long a delivery attempt holds its in-flight slot (or probe) unless renewed
+        (:attr:`lease_ms`): a dead worker's slots lapse after this."""
+        return self.lease_ms
+
+    @property
+    def delivery_hold_ms(self) -> int:
+        """How long the job of a delivery sent at once (its safety net) waits. Should the
+        sender die, the job that was sending runs again once its lease lapses and makes the
+        safety net due when the slot's lease ends (``FanoutStore.resume``); a live sender's
+        heartbeat pushes a safety net due sooner back with its slot."""
         return int((self.delivery_timeout_s + 20) * 1000)
 
     @model_validator(mode="after")

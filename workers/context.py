@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from service.kartapay.client import KartaPayClient
     from service.store.dead_letters import EventDeadLetters
+    from service.store.leases import Leases
     from service.store.subscribers import SubscriberCache
     from workers.delivery import Deliveries
     from workers.delivery.runner import FanoutDeps
@@ -65,6 +66,9 @@ class WorkerContext:
     deliveries: Deliveries | None = None
     """What processing hands its transitions and started deliveries to."""
     probe_server: ProbeServer | None = None
+    leases: Leases | None = None
+    """The fetch locks and delivery slots this worker's runs hold, which its heartbeat renews
+    (``workers.main.ResilientWorker``), with the in-progress keys of its jobs."""
 
     def arq_redis(self) -> ArqRedis:
         if self.redis is None:

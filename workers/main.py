@@ -8,6 +8,7 @@ are no import-time globals.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from typing import Any
 
@@ -17,10 +18,12 @@ from arq.connections import ArqRedis
 from arq.worker import Function, Worker
 from redis.exceptions import RedisError
 
+from service.clock import now_ms
 from service.settings import Settings
 from service.store.client import arq_redis, check_url
 from service.store.jobs import deserialize, serialize
 from service.store.layout import ARQ_EXPIRES_EXTRA_MS
+from service.store.leases import Leases
 from workers.context import CTX_KEY, WorkerContext, worker_context
 from workers.delivery import job as fanout
 from workers.probe_server import ProbeServer
@@ -37,22 +40,69 @@ CONNECT_TIMEOUT_S = 1.0
 class ResilientWorker(Worker):
     """arq's ``Worker``, but a Redis outage does not end it: a poll that fails is logged and
     tried again a second later, so the worker rides out a Redis restart or failover instead of
-    exiting. Jobs cut off by the outage run again when their in-progress key expires.
+    exiting. Jobs cut off by the outage run again when their in-progress key (a lease) expires.
 
     Its Redis client is ``service.store.client.arq_redis(redis_url)`` (so a ``redis+sentinel://``
     URL works, Sentinel password included), made in ``main`` in place of arq's ``create_pool``
-    unless a ``redis_pool`` is given."""
+    unless a ``redis_pool`` is given.
 
-    def __init__(self, *, redis_url: str, **options: Any) -> None:
+    With ``lease_s``, a dead worker's jobs run again within seconds, not after arq's job timeout
+    + 10 s: arq's in-progress key of a job is set for ``lease_s`` only (``job_timeout`` stays as
+    long as it is), and a heartbeat task renews it every ``renew_s`` while the job runs, in the
+    same round trip as the fetch locks and delivery slots this worker's runs hold
+    (``WorkerContext.leases``, :mod:`service.store.leases`)."""
+
+    def __init__(
+        self,
+        *,
+        redis_url: str,
+        lease_s: float | None = None,
+        renew_s: float | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(**options)
         self.redis_url = redis_url
         if self._pool is None:
             self.redis_settings = None  # the pool comes from service.store.client, not arq
+        self.lease_s = lease_s
+        self.renew_s = renew_s or (lease_s / 3 if lease_s else None)
+        if lease_s is not None:
+            # arq sets it to the longest function timeout + 10 s; the heartbeat keeps it alive.
+            self.in_progress_timeout_s = lease_s
 
     async def main(self) -> None:
         if self._pool is None:
             self._pool = await self.connect()
-        await super().main()
+        heartbeat = None if self.lease_s is None else asyncio.create_task(self.heartbeat())
+        try:
+            await super().main()
+        finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
+
+    async def heartbeat(self) -> None:
+        """Renew, every ``renew_s``, the in-progress keys of the jobs running here and the
+        leases this worker's runs hold, until cancelled."""
+        assert self.lease_s is not None and self.renew_s is not None
+        lease_ms = int(self.lease_s * 1000)
+        while True:
+            await asyncio.sleep(self.renew_s)
+            context = self.ctx.get(CTX_KEY)
+            leases = context.leases if isinstance(context, WorkerContext) else None
+            if leases is None:
+                leases = Leases(self.pool, self.queue_name, lease_ms)
+            running = [job_id for job_id, task in self.tasks.items() if not task.done()]
+            try:
+                # A renewal that hangs (Redis failing over) must not hold up the next one.
+                async with asyncio.timeout(self.lease_s):
+                    renewed = await leases.renew(running, now_ms())
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.warning("lease_renewal_failed", error=type(exc).__name__)
+                continue
+            for lease in renewed.lost:
+                log.warning("lease_lost", kind=lease.kind, holder=lease.member)
 
     async def connect(self) -> ArqRedis:
         """The worker's pool from ``service.store.client`` (plain or Sentinel URL, Sentinel
@@ -105,6 +155,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     set."""
     context = worker_context(ctx)
     settings = context.settings
+    context.leases = Leases(context.arq_redis(), settings.queue_name, settings.lease_ms)
     await fanout.delivery_startup(context)
     await processing_startup(context)
     if settings.worker_metrics_port is not None:
@@ -170,4 +221,6 @@ def build_worker(
         },
     }
     options.update(overrides)
-    return ResilientWorker(redis_url=url, **options)
+    return ResilientWorker(
+        redis_url=url, lease_s=settings.worker_lease_s, renew_s=settings.lease_renew_s, **options
+    )

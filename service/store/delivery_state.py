@@ -5,6 +5,8 @@ created by processing's compare-and-set
 
 - :meth:`FanoutStore.acquire` lets an attempt start, or parks the delivery: over the concurrency
   cap, breaker open, probe in flight, or subscriber disabled. A parked delivery holds no worker.
+- :meth:`FanoutStore.resume`, after a crash, makes the deferred safety-net jobs of the attempts
+  in flight of some subscribers due when their slot's lease ends (``lua/delivery_resume.lua``).
 - :meth:`FanoutStore.finish` records the attempt and moves the delivery on: delivered, retried
   later (a fresh job), dead-lettered, or parked (outcome ``gone``: a 410, or a subscriber the
   send-time guards paused); then it wakes parked deliveries. After a
@@ -17,6 +19,7 @@ hands nothing over.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +42,7 @@ from service.store.scripts import Script
 
 ACQUIRE = Script.load("delivery_acquire")
 FINISH = Script.load("delivery_finish")
+RESUME = Script.load("delivery_resume")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +137,11 @@ class FanoutStore:
         open_jitter_ms: int,
         now_ms: int,
         subscribers_version: str,
+        recheck_ms: int = 0,
     ) -> Acquired:
+        """Start the attempt of job ``job_id``, or park the delivery. A started attempt holds
+        its slot for ``lease_ms`` unless renewed; a delivery parked over the cap has its job due
+        after ``recheck_ms`` (0: after the lease) unless a finish wakes it sooner."""
         reply = await ACQUIRE(
             self.redis,
             [
@@ -155,6 +163,7 @@ class FanoutStore:
                 lease_ms,
                 open_jitter_ms,
                 subscribers_version,
+                recheck_ms,
             ],
         )
         return Acquired.from_reply(reply, job_id)
@@ -226,3 +235,13 @@ class FanoutStore:
             dead_letters=int(reply[2]),
             handed=Acquired.started(handed, reply[4:]) if handed else None,
         )
+
+    async def resume(self, subscriber_ids: Sequence[str], now_ms: int) -> int:
+        """Make the deferred safety-net job of each attempt in flight for ``subscriber_ids`` due
+        when its slot's lease ends (at once if it lapsed): called by a job that runs again after
+        its worker died, so what that worker was sending resumes within a lease. How many jobs
+        were made due earlier."""
+        if not subscriber_ids:
+            return 0
+        keys = [self.queue_name, *(inflight_key(sub) for sub in subscriber_ids)]
+        return int(await RESUME(self.redis, keys, [now_ms]))

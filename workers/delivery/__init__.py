@@ -5,7 +5,7 @@ Processing uses delivery only through what this module exports:
 - :class:`Deliveries`, the interface processing hands its transitions to: the body each
   delivery of a transition sends, the jitter of a wake-up behind an open breaker (the
   compare-and-set script parks such deliveries), and the sending of the deliveries that the
-  compare-and-set has just created and started;
+  compare-and-set has just created and started, and their resumption after a crash;
 - :data:`StartedDelivery`, one such started delivery (what the script returns);
 - :class:`FanoutHandoff`, the implementation over this worker's fan-out, and
   :func:`bodies_only`, the same without a fan-out to send with (nothing is sent at once; the
@@ -46,6 +46,12 @@ class Deliveries(Protocol):
     async def send_started(self, started: Sequence[StartedDelivery], until: float) -> None:
         """Send the started deliveries (then their lines' next ones, while before ``until``).
         Never raises for a delivery: their jobs, deferred by the lease, are the safety net."""
+        ...
+
+    async def resume(self, subscriber_ids: Sequence[str]) -> int:
+        """After a crash (a job run again because its worker died): make the safety-net jobs of
+        the attempts that worker was sending to ``subscriber_ids`` due when their slot's lease
+        ends, not after the hold. How many were made due earlier."""
         ...
 
 

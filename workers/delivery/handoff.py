@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from service.clock import now_ms
 from service.domain.events import Transition
 from service.store.delivery_state import Acquired
 from workers.delivery.message import delivery_body
@@ -38,3 +39,8 @@ class FanoutHandoff:
     async def send_started(self, started: Sequence[Acquired], until: float) -> None:
         if self._deps is not None and started:
             await deliver_now(self._deps, started, until)
+
+    async def resume(self, subscriber_ids: Sequence[str]) -> int:
+        if self._deps is None:
+            return 0
+        return await self._deps.store.resume(subscriber_ids, now_ms())

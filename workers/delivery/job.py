@@ -21,6 +21,7 @@ import structlog
 from arq.worker import Function, Retry, func
 from redis.exceptions import RedisError
 
+from service.clock import now_ms
 from service.settings import Settings
 from service.store.deliveries import DeliveryAdmin
 from service.store.delivery_state import FanoutStore
@@ -60,6 +61,9 @@ async def fanout_deliver(ctx: dict[str, Any], subscriber_id: str, webhook_id: st
     deps = _deps(ctx)
     until = deps.attempts_until(time.monotonic(), job_timeout_s(deps.settings))
     try:
+        if int(ctx.get("job_try", 1)) > 1:
+            # Run again: if its worker died mid-chain, the attempt it was sending resumes now.
+            await deps.store.resume([subscriber_id], now_ms())
         return await deliver(deps, subscriber_id, webhook_id, str(ctx["job_id"]), until)
     except RedisError as exc:
         raise Retry(defer=_backoff(ctx, base=0.5, cap=30)) from exc
@@ -79,8 +83,8 @@ async def fanout_deliver(ctx: dict[str, Any], subscriber_id: str, webhook_id: st
 def job_timeout_s(settings: Settings) -> int:
     """The delivery job's timeout: the worker's job timeout, at least twice the HTTP timeout.
 
-    arq re-runs the jobs of a dead worker only after the longest function timeout + 10 s, so
-    no delivery job may hold that recovery back beyond what processing needs.
+    A dead worker's jobs run again once their in-progress key, a short lease renewed while
+    they run (``workers.main.ResilientWorker``), lapses: this timeout does not delay that.
     """
     return max(settings.worker_job_timeout_s, int(settings.delivery_timeout_s * 2))
 
@@ -134,6 +138,7 @@ async def delivery_startup(context: WorkerContext) -> None:
         rng=random.Random(),
         stopping=context.stopping,
         guard=guard,
+        leases=context.leases,
     )
     context.fanout = deps
     context.deliveries = FanoutHandoff.from_deps(deps)

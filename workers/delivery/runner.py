@@ -21,6 +21,7 @@ from service.retry_after import parse_retry_after
 from service.settings import Settings
 from service.store.delivery_state import Acquired, FanoutStore
 from service.store.layout import parse_deliver_job_id
+from service.store.leases import Lease, Leases
 from service.store.subscribers import (
     RELOAD_TRIES,
     RegistryKeepsChanging,
@@ -58,6 +59,9 @@ class FanoutDeps:
     """Set when the worker drains: runs in flight finish their attempt and chain no more."""
     guard: SendGuard | None = None
     """The send-time URL checks (None: built from ``settings`` and ``redis``)."""
+    leases: Leases | None = None
+    """The worker's leases: each attempt's slot is renewed by the heartbeat while it runs
+    (None: not renewed, it lasts one lease)."""
     _urls: dict[str, httpx.URL] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -73,6 +77,11 @@ class FanoutDeps:
     def lease_ms(self) -> int:
         """How long an in-flight slot or a probe is held before it is presumed dead."""
         return self.settings.delivery_lease_ms
+
+    @property
+    def hold_ms(self) -> int:
+        """How long the job of a delivery sent at once waits, as its safety net."""
+        return self.settings.delivery_hold_ms
 
     def url_of(self, subscriber: Subscriber) -> httpx.URL:
         """The subscriber's URL, parsed once per URL (parsing costs more than sending)."""
@@ -137,11 +146,25 @@ async def _run_line(
     result = ""
     for n in range(INLINE_CHAIN_MAX):
         may_chain = n < INLINE_CHAIN_MAX - 1
-        result, handed = await _attempt(deps, subscriber, acquired, cap, may_chain, until)
+        lease = _hold(deps, subscriber.id, acquired.job_id)
+        try:
+            result, handed = await _attempt(
+                deps, subscriber, acquired, cap, may_chain, until, lease
+            )
+        finally:
+            if lease is not None and deps.leases is not None:
+                deps.leases.drop(lease)
         if handed is None:
             break
         acquired = handed
     return result
+
+
+def _hold(deps: FanoutDeps, subscriber_id: str, job_id: str) -> Lease | None:
+    """Have the heartbeat renew the slot of the attempt ``job_id`` while it runs."""
+    if deps.leases is None:
+        return None
+    return deps.leases.hold_slot(subscriber_id, job_id)
 
 
 async def _acquire(
@@ -170,6 +193,7 @@ async def _acquire(
             ),
             now_ms=now_ms(),
             subscribers_version=cache.version,
+            recheck_ms=deps.hold_ms,
         )
         if acquired.verdict == "reload":
             await cache.refresh()
@@ -201,9 +225,11 @@ async def _attempt(
     cap: int,
     may_chain: bool,
     until: float,
+    lease: Lease | None = None,
 ) -> tuple[str, Acquired | None]:
     """POST once and record it: the result, and the line's next delivery if it was handed over
-    (decided when the attempt ends: only before ``until`` and while the worker is not draining)."""
+    (decided when the attempt ends: only before ``until``, while the worker is not draining, and
+    while the attempt's slot ``lease`` was not lost: a run that lost it takes on nothing more)."""
     assert acquired.body is not None
     job_id, body, webhook_id = acquired.job_id, acquired.body, acquired.webhook_id
     settings = deps.settings
@@ -238,7 +264,8 @@ async def _attempt(
         "body": result.body_head,
         "next_attempt_ms": retry_at,
     }
-    chain = may_chain and time.monotonic() < until and not deps.stopping.is_set()
+    lost = lease is not None and lease.lost
+    chain = may_chain and time.monotonic() < until and not deps.stopping.is_set() and not lost
     finished_state = await deps.store.finish(
         subscriber_id=subscriber.id,
         transition_id=webhook_id,
@@ -256,7 +283,7 @@ async def _attempt(
         status=status,
         error=result.error or "",
         now_ms=finished,
-        hold_ms=deps.lease_ms if chain else 0,
+        hold_ms=deps.hold_ms if chain else 0,
         lease_ms=deps.lease_ms,
         subscribers_version=deps.subscribers.version,
     )

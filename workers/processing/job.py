@@ -18,7 +18,7 @@ from service.store.payments import PaymentStateStore
 from service.store.subscribers import SubscriberCache
 from workers import metrics
 from workers.context import WorkerContext, WorkerNotStarted, worker_context
-from workers.delivery import bodies_only
+from workers.delivery import Deliveries, bodies_only
 from workers.processing.processor import EventProcessor, InlineDelivery
 from workers.processing.retry_policy import FetchRetryPolicy
 
@@ -43,6 +43,9 @@ async def process_event(ctx: dict[str, Any], arg: dict[str, Any]) -> str:
         event_id=hint.event_id, payment_id=hint.payment_id, source=hint.source
     ):
         token = str(ctx.get("job_id", hint_job_id(hint)))
+        if int(ctx.get("job_try", 1)) > 1:
+            # Run again: if its worker died mid-send, what it was sending resumes now.
+            await resume_deliveries(context, deliveries)
         result = await processor.handle(hint, token=token, inline_until=until)
         metrics.EVENTS_PROCESSED.labels(result.outcome).inc()
         log.info(
@@ -58,6 +61,15 @@ async def process_event(ctx: dict[str, Any], arg: dict[str, Any]) -> str:
         if result.deliveries:
             await deliveries.send_started(result.deliveries, until)
     return result.outcome
+
+
+async def resume_deliveries(context: WorkerContext, deliveries: Deliveries) -> None:
+    """Resume the attempts a dead run of this job may have been sending (to any subscriber:
+    a payment's lines span them all), logged when there were any."""
+    subscribers = await shared_subscriber_cache(context).all()
+    resumed = await deliveries.resume([s.id for s in subscribers])
+    if resumed:
+        log.info("deliveries_resumed", count=resumed)
 
 
 async def process_event_job(ctx: dict[str, Any], arg: dict[str, Any]) -> str:
@@ -116,11 +128,8 @@ async def processing_startup(context: WorkerContext) -> None:
             _defer_by=delay_s,
         )
 
-    store = PaymentStateStore(
-        redis,
-        settings.queue_name,
-        lock_ttl_ms=(settings.worker_job_timeout_s + 10) * 1000,
-    )
+    # The fetch lock is a short lease, renewed by the worker's heartbeat while the run holds it.
+    store = PaymentStateStore(redis, settings.queue_name, lock_ttl_ms=settings.lease_ms)
     context.kartapay = client
     context.retry_policy = policy
     context.event_dead_letters = EventDeadLetters(redis, settings.queue_name)
@@ -134,6 +143,7 @@ async def processing_startup(context: WorkerContext) -> None:
         timeout_s=min(settings.process_timeout_s, settings.worker_job_timeout_s * 0.8),
         inline=InlineDelivery.from_settings(settings),
         deliveries=context.deliveries,
+        leases=context.leases,
     )
 
 

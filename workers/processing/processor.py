@@ -22,6 +22,7 @@ from service.kartapay import errors
 from service.kartapay.models import PaymentRecord
 from service.settings import Settings
 from service.store.dead_letters import EventDeadLetters
+from service.store.leases import Lease, Leases
 from service.store.payments import Candidate, PaymentStateStore, RecordResult, StaleSubscribers
 from service.store.subscribers import (
     RELOAD_TRIES,
@@ -45,7 +46,8 @@ class PaymentReader(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What one run did: ``processed``, ``coalesced``, ``retry`` or ``dead_lettered``."""
+    """What one run did: ``processed``, ``coalesced``, ``retry``, ``dead_lettered``, or
+    ``lease_lost`` (its fetch lock lapsed while it ran, and another run has the payment)."""
 
     outcome: str
     emitted: tuple[str, ...] = ()
@@ -69,16 +71,22 @@ class InlineDelivery:
 
     enabled: bool = True
     lease_ms: int = 30_000
-    """How long a started delivery holds its slot; its job waits as long, as the safety net."""
+    """How long a started delivery holds its slot unless renewed (the worker's lease)."""
+    hold_ms: int | None = None
+    """How long its job waits, as the safety net (None: as long as the lease)."""
     default_cap: int = 4
     """Per-subscriber concurrency cap when the subscriber sets none."""
     breaker_cooldown_s: float = 60.0
     """Used for the breaker jitter when the processor is given no :class:`Deliveries`."""
 
+    def hold(self) -> int:
+        return self.lease_ms if self.hold_ms is None else self.hold_ms
+
     @classmethod
     def from_settings(cls, settings: Settings) -> InlineDelivery:
         return cls(
             lease_ms=settings.delivery_lease_ms,
+            hold_ms=settings.delivery_hold_ms,
             default_cap=settings.delivery_concurrency,
             breaker_cooldown_s=settings.delivery_breaker_cooldown_s,
         )
@@ -98,7 +106,9 @@ class EventProcessor:
         timeout_s: float = 30.0,
         inline: InlineDelivery | None = None,
         deliveries: Deliveries | None = None,
+        leases: Leases | None = None,
     ) -> None:
+        self._leases = leases
         self._store = store
         self._reader = reader
         self._subscribers = subscribers
@@ -119,6 +129,22 @@ class EventProcessor:
         """
         if not await self._store.acquire(hint.payment_id, token):
             return Outcome("coalesced")
+        held: list[Lease] = []
+        try:
+            return await self._handle_locked(hint, token, inline_until, held)
+        finally:
+            if self._leases is not None:
+                for lease in held:
+                    self._leases.drop(lease)
+
+    async def _handle_locked(
+        self, hint: EventHint, token: str, inline_until: float, held: list[Lease]
+    ) -> Outcome:
+        """:meth:`handle` once the fetch lock is taken: its lease, and the slots of the
+        deliveries started for this run, are renewed while the run lasts (``held``)."""
+        lock = None if self._leases is None else self._leases.hold_lock(hint.payment_id, token)
+        if lock is not None:
+            held.append(lock)
         fetches = 0
         emitted: list[str] = []
         deliveries: list[StartedDelivery] = []
@@ -128,10 +154,20 @@ class EventProcessor:
                     fetches += 1
                     record = await self._fetch(hint.payment_id)
                     inline = self._inline.enabled and time.monotonic() < inline_until
-                    hold_ms = self._inline.lease_ms if inline else 0
+                    hold_ms = self._inline.hold() if inline else 0
                     result, statuses = await self._record(hint, token, record, hold_ms)
                     emitted += statuses
                     deliveries += result.started
+                    if self._leases is not None:
+                        held += [
+                            self._leases.hold_slot(a.subscriber_id, a.job_id)
+                            for a in result.started
+                        ]
+                    if result.fetch_again and lock is not None and lock.lost:
+                        # The lock lapsed and another run holds the payment: it fetches again.
+                        return Outcome(
+                            "lease_lost", tuple(emitted), fetches, deliveries=tuple(deliveries)
+                        )
                     if not result.fetch_again:
                         return Outcome(
                             "processed", tuple(emitted), fetches, deliveries=tuple(deliveries)

@@ -11,6 +11,7 @@
 -- handed back to run at once: its job stays queued, deferred by hold ms, as the safety net should
 -- the caller die. With no next one in the line, the longest-parked delivery of the subscriber
 -- (waiting for a slot) is handed over the same way, instead of being woken into a job.
+-- Slots whose lease lapsed are dropped first, so a dead worker's slots wake parked deliveries.
 -- Reply: {result, woken, dead letters, handed job id[, its body, attempts, payment id, type,
 --        received ms]}
 -- The line's keys are derived (lib/lines.lua): its payment id is read from the delivery.
@@ -28,6 +29,8 @@ local handed, handed_fields = '', {}
 -- The caller's copy of the subscriber is current: it may be handed more work.
 local current = enabled and (redis.call('GET', KEYS[2]) or '0') == ARGV[20]
 redis.call('ZREM', fkey, job_id)
+-- Slots whose lease lapsed (their holder died) are free again: they count for the wake below.
+redis.call('ZREMRANGEBYSCORE', fkey, '-inf', now)
 -- This attempt is over: its job (an arq run, or the safety job of an inline run) is spent.
 redis.call('ZREM', queue, job_id)
 redis.call('DEL', KEYS[10])

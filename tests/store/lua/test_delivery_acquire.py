@@ -28,6 +28,7 @@ from tests.store.lua.staging import (
     SUB,
     acquire,
     body_of,
+    fanout,
     job_entry,
     job_key,
     line,
@@ -124,6 +125,44 @@ async def test_expired_leases_free_their_slots(redis: aioredis.Redis, now: int) 
     assert got.verdict == "ok"
     await assert_keyspace(redis, {**STAGED, inflight_key(SUB): ("zset", NO_TTL)})
     assert await zset(redis, inflight_key(SUB)) == {JOB1: now + LEASE_MS}
+
+
+async def test_cap_reached_with_a_recheck_parks_with_a_job_after_the_recheck(
+    redis: aioredis.Redis, now: int
+) -> None:
+    """At the cap with a recheck given: parked as usual, its fresh job due after the recheck
+    (not the short lease, so parked deliveries do not poll each lease)."""
+    busy = "fdl:ledger:busy:1"
+    await redis.zadd(inflight_key(SUB), {busy: now + HOUR_MS})
+    recheck = 30_000
+    got = await fanout(redis).acquire(
+        subscriber_id=SUB,
+        transition_id=T1,
+        gen=1,
+        job_id=JOB1,
+        enabled=True,
+        cap=1,
+        lease_ms=3_000,
+        open_jitter_ms=0,
+        now_ms=now,
+        subscribers_version="0",
+        recheck_ms=recheck,
+    )
+    assert (got.verdict, got.until_ms, got.may_send) == ("cap", 0, False)
+    await assert_keyspace(
+        redis,
+        {
+            **STAGED,
+            **job_entry(SUB, T1, 2, recheck),
+            inflight_key(SUB): ("zset", NO_TTL),
+            waiting_key(SUB): ("zset", NO_TTL),
+        },
+    )
+    queue = await zset(redis, QUEUE)
+    assert queue[JOB2] == now + recheck and set(queue) == {JOB1, JOB2}
+    assert await zset(redis, waiting_key(SUB)) == {T1: now}
+    assert await zset(redis, inflight_key(SUB)) == {busy: now + HOUR_MS}
+    assert (await hash_of(redis, delivery_key(SUB, T1)))["gen"] == "2"
 
 
 async def test_cap_reached_parks_with_a_job_after_the_lease(

@@ -541,3 +541,30 @@ async def test_disabled_subscriber_is_handed_nothing_and_wakes_nothing(
         },
     )
     assert (await zset(redis, QUEUE))[deliver_job_id(SUB, T2, 1)] == now
+
+
+async def test_lapsed_slot_of_a_dead_holder_is_freed_and_wakes_a_parked_one(
+    redis: aioredis.Redis,
+) -> None:
+    """A slot whose lease lapsed (its worker died) is dropped, so its room wakes a parked one."""
+    now = await stage(redis, ["pending"])
+    await park_other(redis, now)
+    dead, live = "fdl:ledger:dead:1", "fdl:ledger:live:1"
+    await redis.zadd(inflight_key(SUB), {dead: now - 1, live: now + 60_000})
+    done = await finish_ok(redis, now, cap=2)
+    job3 = deliver_job_id(SUB, P2, 3)
+    assert done.result == "delivered" and done.woken == 1
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            delivery_key(SUB, T1): DONE,
+            breaker_key(SUB): ("hash", NO_TTL),
+            **woken_other(),
+            QUEUE: ("zset", NO_TTL),
+            **job_entry(SUB, P2, 3),
+            inflight_key(SUB): ("zset", NO_TTL),
+        },
+    )
+    assert (await zset(redis, QUEUE))[job3] == now
+    assert await zset(redis, inflight_key(SUB)) == {live: now + 60_000}

@@ -13,7 +13,15 @@ from service.domain.events import EventHint, transition_id
 from service.kartapay import errors
 from service.kartapay.models import Payment, PaymentRecord
 from service.store.dead_letters import EventDeadLetters
-from service.store.layout import ARQ_JOB_PREFIX, deliver_job_id, delivery_key, inflight_key
+from service.store.layout import (
+    ARQ_JOB_PREFIX,
+    deliver_job_id,
+    delivery_key,
+    inflight_key,
+    payment_dirty_key,
+    payment_lock_key,
+)
+from service.store.leases import Leases
 from service.store.payments import TRANSITIONS_LOG_KEY, PaymentStateStore
 from service.store.subscribers import Subscriber, SubscriberCache, SubscriberStore
 from workers.processing.processor import EventProcessor, InlineDelivery
@@ -67,6 +75,7 @@ def make_processor(
     reader: Any,
     scheduled: list[tuple[EventHint, float]],
     inline: bool = False,
+    leases: Leases | None = None,
 ) -> EventProcessor:
     async def schedule(h: EventHint, delay: float) -> None:
         scheduled.append((h, delay))
@@ -82,6 +91,7 @@ def make_processor(
         policy,
         timeout_s=5,
         inline=InlineDelivery(enabled=inline, lease_ms=30_000),
+        leases=leases,
     )
 
 
@@ -277,3 +287,24 @@ async def test_server_errors_dead_letter_past_max_age(redis: aioredis.Redis) -> 
     old = EventHint("kartapay", "evt_old", "pay_1", int((time.time() - 120) * 1000), 9)
     outcome = await processor.handle(old, "a")
     assert (outcome.outcome, outcome.reason) == ("dead_lettered", "max_age_exceeded")
+
+
+async def test_run_whose_lock_lease_was_lost_fetches_no_more(redis: aioredis.Redis) -> None:
+    """A run whose fetch lock lapsed while it fetched (seen by a renewal) and was taken back by
+    a rerun of its job (same token) stops: no second fetch, outcome ``lease_lost``."""
+    reader = HeldReader(COMPLETED)
+    leases = Leases(redis, QUEUE, 30_000)
+    processor = make_processor(redis, reader, [], leases=leases)
+    run = asyncio.create_task(processor.handle(hint(0), "job-0"))
+    await reader.entered.wait()
+    await redis.delete(payment_lock_key("pay_1"))  # the lease lapsed: the worker stalled
+    renewed = await leases.renew([], int(time.time() * 1000))
+    assert len(renewed.lost) == 1
+    # The job's rerun elsewhere takes the lock (same token), and a hint marks the payment dirty.
+    await redis.set(payment_lock_key("pay_1"), "job-0", px=30_000)
+    await redis.set(payment_dirty_key("pay_1"), "1")
+    reader.release.set()
+    outcome = await run
+    assert (outcome.outcome, outcome.fetches, reader.calls) == ("lease_lost", 1, 1)
+    assert outcome.emitted == STEPS
+    assert leases.held() == []

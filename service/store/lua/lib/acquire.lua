@@ -17,8 +17,11 @@ end
 -- (over the cap, breaker open, probe in flight, subscriber disabled: a fresh job when it may
 -- go, none while disabled). ``k``: the keys, as acquire_keys names them. Returns
 -- {verdict, until_ms[, body, attempts, payment id, type, received ms]}.
+-- ``lease``: how long a started attempt holds its slot (or probe) unless its worker renews it.
+-- ``recheck`` (default: the lease): when a delivery parked over the cap is tried again should
+-- nothing wake it sooner (the finish of an attempt wakes parked ones, lapsed slots included).
 local function try_acquire(queue, k, sub, tid, gen, job_id, enabled, cap, lease, open_jitter,
-    now)
+    now, recheck)
   local dkey, fkey, bkey = k.delivery, k.inflight, k.breaker
   if redis.call('HGET', dkey, 'state') ~= 'active' or redis.call('HGET', dkey, 'gen') ~= gen then
     return {'stale', 0}
@@ -51,7 +54,7 @@ local function try_acquire(queue, k, sub, tid, gen, job_id, enabled, cap, lease,
     return {'probe', 0, start()}
   end
   if redis.call('ZCARD', fkey) >= cap then
-    park(now + lease)
+    park(now + (recheck or lease))
     return {'cap', 0}
   end
   return {'ok', 0, start()}
