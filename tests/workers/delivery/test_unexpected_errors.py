@@ -3,7 +3,9 @@ it is retried, never dropped (issue 12, item 6), from a real arq worker."""
 
 from __future__ import annotations
 
-import httpx
+from typing import Any
+
+import pytest
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
@@ -18,15 +20,17 @@ from tests.delivery_support import (
     subscriber,
     transition,
 )
+from workers.delivery import job as delivery_job
 
 
-class BuggyTransport(httpx.AsyncBaseTransport):
-    """The delivery transport seam raising what no delivery code expects."""
+class BuggyDeliver:
+    """The delivery runner raising what no delivery code expects (a failed send is an attempt
+    record, never an exception: the bug has to be in the runner itself)."""
 
     def __init__(self) -> None:
         self.calls = 0
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def __call__(self, *args: Any, **kwargs: Any) -> str:
         self.calls += 1
         raise RuntimeError("a bug in the delivery path")
 
@@ -39,11 +43,12 @@ def unexpected_count() -> float:
 
 
 async def test_unexpected_delivery_error_is_logged_counted_and_retried(
-    redis_url: str, redis: aioredis.Redis
+    redis_url: str, redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """fanout_deliver raising RuntimeError: error line with exc_info, metric +1, run again."""
     settings = settings_for(redis_url)
-    transport = BuggyTransport()
+    transport = BuggyDeliver()
+    monkeypatch.setattr(delivery_job, "deliver", transport)
     before = unexpected_count()
     await SubscriberStore(redis).put(subscriber("ledger", "http://127.0.0.1:9"))
     await emit(redis, settings, transition("pay_bug", "captured"))
@@ -52,7 +57,7 @@ async def test_unexpected_delivery_error_is_logged_counted_and_retried(
         return unexpected_count() >= before + 1
 
     with capture_logs() as entries:
-        await run_until(make_worker(settings, burst=False, delivery_transport=transport), logged)
+        await run_until(make_worker(settings, burst=False), logged)
     errors = [e for e in entries if e["event"] == "fanout_deliver_error"]
     assert errors, "no fanout_deliver_error line"
     line = errors[0]
