@@ -7,6 +7,8 @@ Keys (:mod:`service.store.layout`), for payment ``P``:
 - ``PAYMENT_LOCK``   the token of the job that is fetching ``P`` right now (single flight).
 - ``PAYMENT_DIRTY``  set when a hint arrived that no fetch has answered yet.
 - ``TRANSITIONS``    a capped stream: one entry per transition emitted, for audit.
+- ``CONVERGE``, ``STUCK`` and the state hash's ``cv_`` fields: the convergence schedule, kept by
+  the same compare-and-set when the store has a plan (:mod:`service.store.converge`).
 
 Scripts: ``lua/payment_lock.lua``, ``lua/payment_record.lua``, ``lua/payment_release.lua``.
 
