@@ -34,6 +34,7 @@ from kartahook.supervisor import ChildSpec, ReadyCheck, Supervisor, http_ok, tcp
 from service.domain.signing import generate_secret
 from service.settings import Settings
 from service.store.client import redis_client
+from service.store.layout import health_check_key
 from service.store.server import RedisServer, free_port
 
 CLI = (sys.executable, "-m", "kartahook.cli")
@@ -287,7 +288,7 @@ class Stack:
 
     def _worker_ready(self) -> ReadyCheck:
         """Ready once arq has written its health-check key (or after ``worker_settle_s``)."""
-        key = Settings().queue_name + ":health-check"
+        key = health_check_key(Settings().queue_name)
         started = time.monotonic()
 
         async def check() -> bool:

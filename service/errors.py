@@ -29,6 +29,9 @@
         ├── service.api.ingest.sources.base.Rejection   a webhook refused by its source
         ├── service.api.ingest.endpoint.ClientGone      the client left before its body came
         ├── service.api.middleware.BodyTooLarge         a body over the limit (413)
+        ├── service.api.http_protocol.HeadersTooLarge   a header block over the limit (431)
+        ├── service.api.ingest.sources.paypal.CertificateFetchError
+        │                                              PayPal's certificate could not be fetched
         └── workers.delivery.errors.FanoutError         the fan-out machinery itself
 
 The KartaPay client keeps its own tree, :mod:`service.kartapay.errors` (``KartaPayError`` →

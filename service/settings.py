@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
+from arq.constants import default_queue_name
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -63,7 +64,7 @@ class Settings(BaseSettings):
     max_connections: int = Field(1000, ge=1, description="Open HTTP connections; over: closed.")
 
     # Queue
-    queue_name: str = "arq:queue"
+    queue_name: str = default_queue_name  # arq's own, from arq.constants
 
     # Processing (workers)
     worker_max_jobs: int = Field(200, gt=0, description="Jobs one worker process runs at once.")

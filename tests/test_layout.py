@@ -87,3 +87,32 @@ def test_processing_reaches_delivery_only_through_its_interface() -> None:
             ) not in {"Deliveries", "StartedDelivery", "bodies_only", "FanoutHandoff"}:
                 offenders.append(f"{path.relative_to(ROOT)}: {name}")
     assert offenders == []
+
+
+def test_service_has_at_most_ten_top_level_modules() -> None:
+    """service/ is grouped by role: at most ten modules beside its packages (api, domain, store,
+    kartapay), so a newcomer sees the roles before the files."""
+    modules = sorted(p.name for p in (ROOT / "service").glob("*.py") if p.name != "__init__.py")
+    packages = sorted(p.name for p in (ROOT / "service").iterdir() if (p / "__init__.py").exists())
+    assert len(modules) <= 10, modules
+    assert packages == ["api", "domain", "kartapay", "store"]
+
+
+def test_the_repository_reads_nothing_beside_it() -> None:
+    """No code, test, doc or build file points at the shared folder beside the repository: a
+    clone stands on its own."""
+    offenders = []
+    for path in ROOT.rglob("*"):
+        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(ROOT).parts):
+            continue
+        if path.suffix not in {".py", ".md", ".toml", ".yml", ".yaml", ".cfg", ".lua", ""}:
+            continue
+        if path.relative_to(ROOT).parts[0] in {"var", "build"}:
+            continue
+        try:
+            text = path.read_text()
+        except (UnicodeDecodeError, OSError):
+            continue
+        if "../" + "shared" in text:
+            offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []

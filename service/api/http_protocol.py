@@ -44,6 +44,7 @@ from uvicorn.server import ServerState
 from service import metrics
 from service.api.ingest.endpoint import UNKNOWN_SOURCE, WEBHOOK_PATH_PREFIX
 from service.api.middleware import REQUEST_ID_HEADER, RequestLog, new_request_id
+from service.errors import KartahookError
 from service.settings import Settings
 
 HTTP_PROTOCOL = "service.api.http_protocol:KartahookHttpProtocol"
@@ -83,7 +84,7 @@ def limits_of(config: Config) -> HttpLimits:
     return limits
 
 
-class _HeadersTooLarge(Exception):
+class HeadersTooLarge(KartahookError):
     """Raised from a parser callback: stops parsing the request at once."""
 
 
@@ -189,7 +190,7 @@ class KartahookHttpProtocol(HttpToolsProtocol):
         self.head_bytes += len(url)
         if self.head_bytes > self.limits.max_header_bytes:
             self._refuse_headers()
-            raise _HeadersTooLarge
+            raise HeadersTooLarge
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -203,7 +204,7 @@ class KartahookHttpProtocol(HttpToolsProtocol):
                 self.transport.close()
             else:
                 self._refuse_headers()
-            raise _HeadersTooLarge
+            raise HeadersTooLarge
         if self.in_trailers:
             return  # a chunked trailer field: not a header (DESIGN)
         super().on_header(name, value)

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from service.clock import now_ms
 from service.domain.events import EventHint
 from service.store import layout
 from service.store.jobs import arq_job_bytes
@@ -67,14 +68,12 @@ class EventDeadLetters:
         if entry is None:
             return False
         hint = EventHint.from_job_arg({**entry["hint"], "attempt": 0})
-        now_ms = int(time.time() * 1000)
-        job_id = layout.event_dlq_retry_job_id(
-            layout.event_job_id(hint.source, hint.event_id), now_ms
-        )
-        job = arq_job_bytes(layout.PROCESS_EVENT, hint.to_job_args(), now_ms)
+        now = now_ms()
+        job_id = layout.event_dlq_retry_job_id(layout.event_job_id(hint.source, hint.event_id), now)
+        job = arq_job_bytes(layout.PROCESS_EVENT, hint.to_job_args(), now)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(layout.arq_job_key(job_id), job, px=layout.ARQ_EXPIRES_EXTRA_MS, nx=True)
-            pipe.zadd(self._queue, {job_id: now_ms})
+            pipe.zadd(self._queue, {job_id: now})
             pipe.hdel(ENTRIES_KEY, entry_id)
             pipe.zrem(INDEX_KEY, entry_id)
             await pipe.execute()

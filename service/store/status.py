@@ -3,11 +3,11 @@ worker heartbeats. Used by ``kartahook status`` (and anyone scripting against it
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from service.clock import now_ms
 from service.store.dead_letters import EventDeadLetters
 from service.store.deliveries import DeliveryAdmin
 from service.store.layout import breaker_key, health_check_key, inflight_key, waiting_key
@@ -16,8 +16,8 @@ from service.store.subscribers import SubscriberStore
 
 async def snapshot(redis: aioredis.Redis, queue_name: str) -> dict[str, Any]:
     """The state as plain JSON-able data."""
-    now_ms = int(time.time() * 1000)
-    ready = int(await redis.zcount(queue_name, "-inf", now_ms))
+    now = now_ms()
+    ready = int(await redis.zcount(queue_name, "-inf", now))
     total = int(await redis.zcard(queue_name))
     oldest = await redis.zrange(queue_name, 0, 0, withscores=True)
     deliveries = DeliveryAdmin(redis, queue_name)
@@ -30,7 +30,7 @@ async def snapshot(redis: aioredis.Redis, queue_name: str) -> dict[str, Any]:
                 "id": sub.id,
                 "enabled": sub.enabled,
                 "disabled_reason": sub.disabled_reason,
-                "breaker": "open" if open_until > now_ms else "closed",
+                "breaker": "open" if open_until > now else "closed",
                 "consecutive_failures": int(breaker.get(b"fails", b"0") or 0),
                 "waiting": int(await redis.zcard(waiting_key(sub.id))),
                 "in_flight": int(await redis.zcard(inflight_key(sub.id))),
@@ -43,7 +43,7 @@ async def snapshot(redis: aioredis.Redis, queue_name: str) -> dict[str, Any]:
             "ready": ready,
             "deferred": total - ready,
             "oldest_ready_age_s": (
-                round((now_ms - oldest[0][1]) / 1000, 3) if oldest and ready else 0.0
+                round((now - oldest[0][1]) / 1000, 3) if oldest and ready else 0.0
             ),
         },
         "dead_letters": {

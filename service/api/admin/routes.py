@@ -16,7 +16,6 @@ the routes with ``Mount("/admin", app=admin_app())``.
 from __future__ import annotations
 
 import hmac
-import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -28,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.clock import now_ms
 from service.errors import (
     ApiError,
     BadRequest,
@@ -89,10 +89,6 @@ class AdminAuth:
         expected = settings.admin_token.get_secret_value().encode()
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
             raise Forbidden("invalid_token", "the admin token is wrong")
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def parse_since(value: Any) -> int | None:
@@ -208,7 +204,7 @@ async def update_subscriber(request: Request) -> Response:
     log.info("subscriber_updated", subscriber=updated.id, fields=sorted(data))
     if updated.enabled and not found.enabled:
         await res.deliveries.wake(
-            updated.id, updated.cap(res.settings.delivery_concurrency), _now_ms()
+            updated.id, updated.cap(res.settings.delivery_concurrency), now_ms()
         )
     return JSONResponse(updated.public())
 
@@ -219,7 +215,7 @@ async def remove_subscriber(request: Request) -> Response:
     if not await res.subscribers.remove(subscriber_id):
         raise unknown_subscriber(subscriber_id)
     # Parked deliveries run once more, find no subscriber, and are dropped (logged, counted).
-    await res.deliveries.wake(subscriber_id, 1_000_000, _now_ms())
+    await res.deliveries.wake(subscriber_id, 1_000_000, now_ms())
     log.info("subscriber_removed", subscriber=subscriber_id)
     return Response(status_code=204)
 
@@ -231,7 +227,7 @@ async def enable_subscriber(request: Request) -> Response:
     if updated is None:
         raise unknown_subscriber(subscriber_id)
     woken = await res.deliveries.wake(
-        subscriber_id, updated.cap(res.settings.delivery_concurrency), _now_ms()
+        subscriber_id, updated.cap(res.settings.delivery_concurrency), now_ms()
     )
     log.info("subscriber_enabled", subscriber=subscriber_id, woken=woken)
     return JSONResponse(updated.public())
@@ -278,7 +274,7 @@ async def show_dead_letter(request: Request) -> Response:
 async def replay_dead_letter(request: Request) -> Response:
     res = AdminResources(request)
     sub, webhook_id = request.path_params["subscriber_id"], request.path_params["webhook_id"]
-    result = await res.deliveries.replay(sub, webhook_id, _now_ms())
+    result = await res.deliveries.replay(sub, webhook_id, now_ms())
     if result != "ok":
         raise unknown_dead_letter(webhook_id, sub)
     log.info("dead_letter_replayed", subscriber=sub, webhook_id=webhook_id)
@@ -299,7 +295,7 @@ async def replay_dead_letters(request: Request) -> Response:
         not isinstance(subscriber_id, str) or await res.subscribers.get(subscriber_id) is None
     ):
         raise unknown_subscriber(subscriber_id)
-    replayed = await res.deliveries.replay_many(subscriber_id, since, _now_ms())
+    replayed = await res.deliveries.replay_many(subscriber_id, since, now_ms())
     log.info("dead_letters_replayed", subscriber=subscriber_id, since=since, count=len(replayed))
     return JSONResponse({"replayed": replayed})
 

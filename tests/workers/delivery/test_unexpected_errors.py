@@ -8,7 +8,7 @@ import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from service.store.deliveries import FANOUT_DELIVER
+from service.store.layout import FANOUT_DELIVER
 from service.store.subscribers import SubscriberStore
 from tests.delivery_support import (
     emit,

@@ -11,8 +11,9 @@ import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from service.domain.events import PROCESS_EVENT, EventHint
+from service.domain.events import EventHint
 from service.settings import Settings
+from service.store.layout import PROCESS_EVENT
 from tests.support import arq_pool
 from workers.main import build_worker
 

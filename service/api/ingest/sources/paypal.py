@@ -57,6 +57,7 @@ from service.api.ingest.sources.base import (
     SourceUnavailable,
     VerifiedEvent,
 )
+from service.errors import KartahookError
 
 AUTH_ALGORITHM = "SHA256withRSA"
 MAX_CERTIFICATE_BYTES = 64 * 1024
@@ -68,7 +69,7 @@ CertificateFetcher = Callable[[str], Awaitable[bytes]]
 :class:`CertificateFetchError` when it cannot."""
 
 
-class CertificateFetchError(Exception):
+class CertificateFetchError(KartahookError):
     """The certificate URL could not be fetched (network, timeout, status, size)."""
 
 
