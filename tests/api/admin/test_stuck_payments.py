@@ -1,16 +1,20 @@
 """``GET /admin/payments/stuck`` (the real admin app, uvicorn on 127.0.0.1): the payments
-convergence found still not terminal at the horizon, paginated, behind the admin token."""
+convergence found still not terminal at the horizon, paginated, behind the admin token; and
+their counts in ``kartahook status`` and ``/metrics``."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from kartahook.cli import main as cli_main
 from service.api.app import create_admin_app
-from service.store.layout import STUCK, payment_state_key
+from service.store.layout import CONVERGE, STUCK, payment_state_key
 from tests.delivery_support import settings_for
 from tests.support import serve_app
 
@@ -66,3 +70,22 @@ async def test_no_stuck_payments_is_an_empty_page(admin_url: str) -> None:
     async with httpx.AsyncClient(base_url=admin_url + "/admin") as http:
         page = (await http.get("/payments/stuck", headers=AUTH)).json()
     assert page == {"total": 0, "payments": [], "next_offset": None}
+
+
+async def test_status_and_metrics_count_converging_and_stuck_payments(
+    redis_url: str, redis: aioredis.Redis, admin_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`kartahook status` and the admin listener's /metrics count the payments in kh:converge
+    and kh:stuck; a stuck payment is an attention item (exit 1)."""
+    await redis.set("arq:queue:health-check", "Nov-24 10:00:00 j_complete=1")
+    await redis.zadd(CONVERGE, {"pay_1": 1, "pay_2": 2})
+    await redis.zadd(STUCK, {"pay_3": 3})
+    code = await asyncio.to_thread(cli_main, ["status", "--redis-url", redis_url, "--json"])
+    state = orjson.loads(capsys.readouterr().out)
+    assert code == 1
+    assert state["payments"] == {"converging": 2, "stuck": 1}
+    assert any("1 payments stuck" in p for p in state["problems"])
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(admin_url + "/metrics")).text
+    assert 'kartahook_payments{state="converging"} 2.0' in text
+    assert 'kartahook_payments{state="stuck"} 1.0' in text
