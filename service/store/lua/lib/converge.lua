@@ -41,13 +41,14 @@ end
 local function converge_after_record(skey, ckey, stuck_key, pid, newer, plan)
   if not plan then return 0 end
   local now = converge_now()
-  if FINAL_STATUSES[redis.call('HGET', skey, 'status')] then
+  local state = redis.call('HMGET', skey, 'status', 'cv_first', 'cv_step')
+  if FINAL_STATUSES[state[1]] then
     redis.call('ZREM', ckey, pid)
     redis.call('ZREM', stuck_key, pid)
     redis.call('HDEL', skey, 'cv_first', 'cv_step')
     return 0
   end
-  local first = tonumber(redis.call('HGET', skey, 'cv_first'))
+  local first = tonumber(state[2])
   local stuck = redis.call('ZSCORE', stuck_key, pid)
   if (not first) or (stuck and newer) then
     redis.call('ZREM', stuck_key, pid)
@@ -56,7 +57,7 @@ local function converge_after_record(skey, ckey, stuck_key, pid, newer, plan)
     return 0
   end
   if stuck then return 0 end
-  local step = tonumber(redis.call('HGET', skey, 'cv_step')) or 0
+  local step = tonumber(state[3]) or 0
   local at, past = converge_next(plan, first, step, now)
   if past then
     redis.call('ZREM', ckey, pid)
