@@ -30,11 +30,11 @@ from tests.e2e.conftest import TOKEN
 
 PAYMENTS = 12
 ADMIN_TOKEN = "e2e-admin-token"
-HORIZON_S = 10
-# One step a second: each webhook's fetch runs well before the next step, so every
+HORIZON_S = 15
+# One step every 2 s: each webhook's fetch runs long before the next step, so every
 # ``completed`` (whose webhook is dropped) is found by a convergence check, not by the fetch
 # of the ``captured`` webhook.
-SANDBOX_ARGS = ("--step-delay", "1.0", "--drop-status", "completed", "--webhooks", "kartapay")
+SANDBOX_ARGS = ("--step-delay", "2.0", "--drop-status", "completed", "--webhooks", "kartapay")
 LIFECYCLE = ["payment.submitted", "payment.approved", "payment.captured", "payment.completed"]
 DEADLINE_S = 90.0
 
@@ -42,7 +42,7 @@ DEADLINE_S = 90.0
 @pytest.fixture
 async def converging(tmp_path: Path) -> AsyncIterator[tuple[Stack, int]]:
     """The stack with a compressed convergence schedule (checks 1 s, 2 s, then every 2 s, for
-    10 s, polled every 0.5 s) and the worker's /metrics on a port of its own."""
+    15 s, polled every 0.5 s) and the worker's /metrics on a port of its own."""
     metrics_port = free_port()
     env = isolated_env(
         {
