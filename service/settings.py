@@ -94,6 +94,17 @@ class Settings(BaseSettings):
     process_not_found_tries: int = Field(5, gt=0, description="404s before dead-lettering.")
     process_not_found_delay_s: float = Field(5.0, gt=0, description="First 404 retry delay.")
 
+    # Convergence: non-terminal payments fetched again on a schedule (docs/processing.md)
+    converge_schedule_s: CommaList = Field(
+        default_factory=lambda: ["60", "300", "1800", "7200", "21600"],
+        description="Delays between the checks of a non-terminal payment, in turn.",
+    )
+    converge_repeat_s: float = Field(86_400, gt=0, description="After the schedule: every…")
+    converge_horizon_s: float = Field(259_200, gt=0, description="…until this much passed.")
+    converge_poll_s: float = Field(5.0, gt=0, description="How often a worker queues due checks.")
+    converge_batch: int = Field(500, ge=1, description="Checks queued per poll, at most.")
+    converge_stuck_max: int = Field(10_000, ge=1, description="Stuck payments kept, at most.")
+
     # Delivery
     subscriber_allowlist: CommaList = Field(
         default_factory=lambda: ["127.0.0.0/8", "::1/128", "localhost"]
@@ -151,8 +162,24 @@ class Settings(BaseSettings):
         return self
 
     @field_validator(
-        "trusted_proxies", "subscriber_allowlist", "delivery_retry_schedule_s", mode="before"
+        "trusted_proxies",
+        "subscriber_allowlist",
+        "delivery_retry_schedule_s",
+        "converge_schedule_s",
+        mode="before",
     )
     @classmethod
     def _comma_lists(cls, value: object) -> object:
         return _split_commas(value)
+
+    @field_validator("converge_schedule_s")
+    @classmethod
+    def _positive_delays(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ok = float(item) > 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"{item!r} is not a positive number of seconds")
+        return value

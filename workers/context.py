@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from workers.delivery import Deliveries
     from workers.delivery.runner import FanoutDeps
     from workers.probe_server import ProbeServer
+    from workers.processing.converge import Converger
     from workers.processing.processor import EventProcessor
     from workers.processing.retry_policy import FetchRetryPolicy
 
@@ -61,6 +62,8 @@ class WorkerContext:
     retry_policy: FetchRetryPolicy | None = None
     event_dead_letters: EventDeadLetters | None = None
     processor: EventProcessor | None = None
+    converger: Converger | None = None
+    """The convergence loop (``workers.processing.converge``), started with processing."""
     fanout: FanoutDeps | None = None
     """Delivery's resources (``workers.delivery.job.on_startup``)."""
     deliveries: Deliveries | None = None

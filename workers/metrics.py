@@ -36,3 +36,18 @@ UNEXPECTED_ERRORS = Counter(
     " its traceback and retried.",
     ["job"],
 )
+CONVERGENCE_TRANSITIONS = Counter(
+    "kartahook_convergence_transitions_total",
+    "Transitions found by a convergence check, not by a webhook (webhooks are being lost), by"
+    " status.",
+    ["status"],
+)
+CONVERGENCE_CHECKS = Counter(
+    "kartahook_convergence_checks_total",
+    "Convergence checks of non-terminal payments queued by this worker.",
+)
+PAYMENTS_STUCK = Counter(
+    "kartahook_payments_stuck_total",
+    "Payments found still not terminal at the convergence horizon (listed by"
+    " GET /admin/payments/stuck).",
+)

@@ -2,9 +2,9 @@
 read straight from Redis (``KARTAHOOK_REDIS_URL``). ``--json`` for scripts.
 
 Exits 0 when healthy, 1 when something needs attention: no worker heartbeat, a subscriber
-disabled or with an open breaker, or dead letters present; 2, with one line on stderr, when
-Redis cannot be read (bad URL, unreachable, refused credentials). ``redis+sentinel://`` URLs
-work as everywhere else (``service.store.client``).
+disabled or with an open breaker, dead letters or stuck payments present; 2, with one line on
+stderr, when Redis cannot be read (bad URL, unreachable, refused credentials).
+``redis+sentinel://`` URLs work as everywhere else (``service.store.client``).
 """
 
 from __future__ import annotations
@@ -47,6 +47,10 @@ def problems(state: dict[str, Any]) -> list[str]:
     for kind, count in state["dead_letters"].items():
         if count:
             found.append(f"{count} dead-lettered {kind} (kartahook dlq --kind {kind} list)")
+    if state["payments"]["stuck"]:
+        found.append(
+            f"{state['payments']['stuck']} payments stuck not terminal (GET /admin/payments/stuck)"
+        )
     for sub in state["subscribers"]:
         if not sub["enabled"]:
             found.append(f"subscriber {sub['id']} is disabled ({sub['disabled_reason'] or '-'})")
@@ -82,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     )
     dead = state["dead_letters"]
     print(f"dead letters: {dead['events']} events, {dead['deliveries']} deliveries")
+    payments = state["payments"]
+    print(f"payments: {payments['converging']} converging, {payments['stuck']} stuck")
     print(f"worker heartbeat: {state['worker_health'] or 'none'}")
     for sub in state["subscribers"]:
         print(

@@ -35,6 +35,17 @@ def _state_registry(state: dict[str, object]) -> CollectorRegistry:
         ["subscriber"],
         registry=registry,
     )
+    payments = Gauge(
+        "kartahook_payments",
+        "Payments scheduled for a convergence check (converging), and found not terminal at the"
+        " horizon (stuck: GET /admin/payments/stuck).",
+        ["state"],
+        registry=registry,
+    )
+    tracked = state["payments"]
+    assert isinstance(tracked, dict)
+    for kind, count in tracked.items():
+        payments.labels(kind).set(count)
     queue = state["backlog"]
     assert isinstance(queue, dict)
     backlog.labels("ready").set(queue["ready"])

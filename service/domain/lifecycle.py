@@ -18,6 +18,8 @@ from service.errors import UnknownStatusError as UnknownStatusError
 MAIN_LINE = ("init", "pending", "submitted", "approved", "captured", "completed")
 TERMINAL = ("canceled", "failed")
 TERMINAL_SEQ = len(MAIN_LINE)
+# No status follows these: a payment in one is done (convergence stops checking it).
+FINAL = (MAIN_LINE[-1], *TERMINAL)
 SEQ: dict[str, int] = {status: i for i, status in enumerate(MAIN_LINE)} | {
     status: TERMINAL_SEQ for status in TERMINAL
 }

@@ -79,6 +79,11 @@ SUBSCRIBERS = KEY_PREFIX + "subscribers"
 # current exactly when its version is this one (the scripts that act on it check it).
 SUBSCRIBERS_VERSION = KEY_PREFIX + "subscribers:version"
 
+# Convergence (docs/processing.md "Convergence"): non-terminal payments by next check time (ms),
+# and the payments still not terminal at the horizon, by when they were found stuck (capped).
+CONVERGE = KEY_PREFIX + "converge"
+STUCK = KEY_PREFIX + "stuck"
+
 EVENT_DLQ_ENTRIES = KEY_PREFIX + "dlq:events"
 EVENT_DLQ_INDEX = KEY_PREFIX + "dlq:events:index"
 
@@ -88,6 +93,11 @@ EVENT_JOB_ID = "evt:{digest}"
 EVENT_RETRY_JOB_ID = "{event_job_id}:r{attempt}"
 EVENT_DLQ_RETRY_JOB_ID = "{event_job_id}:dlq{now_ms}"
 DELIVER_JOB_ID = "fdl:{sub}:{tid}:{gen}"
+# A convergence check of a payment: one per (payment, schedule start, step), so a check is
+# enqueued once however many workers run converge_due.lua.
+CONVERGE_JOB_ID = "cv:{payment_id}:{first}:{step}"
+# The source of the hints convergence checks carry (never an inbound source's name).
+CONVERGENCE_SOURCE = "convergence"
 # A member of DEAD_ALL: which delivery is dead.
 DEAD_MEMBER = "{sub}/{tid}"
 
@@ -126,6 +136,8 @@ KEY_PATTERNS: tuple[KeyPattern, ...] = (
     KeyPattern(ATTEMPT_LOG, "list", "none (capped)"),
     KeyPattern(SUBSCRIBERS, "hash", "none"),
     KeyPattern(SUBSCRIBERS_VERSION, "string", "none"),
+    KeyPattern(CONVERGE, "zset", "none (a member per non-terminal payment)"),
+    KeyPattern(STUCK, "zset", "none (capped: converge_stuck_max)"),
     KeyPattern(EVENT_DLQ_ENTRIES, "hash", "none"),
     KeyPattern(EVENT_DLQ_INDEX, "zset", "none"),
 )
@@ -246,6 +258,10 @@ def deliver_job_id(subscriber_id: str, transition_id: str, gen: int) -> str:
     return DELIVER_JOB_ID.format(sub=subscriber_id, tid=transition_id, gen=gen)
 
 
+def converge_job_id(payment_id: str, first_ms: int, step: int) -> str:
+    return CONVERGE_JOB_ID.format(payment_id=payment_id, first=first_ms, step=step)
+
+
 def parse_deliver_job_id(job_id: str) -> int:
     """The generation number at the end of a delivery job id (-1 when it has none)."""
     try:
@@ -284,6 +300,8 @@ LUA_KEY_FUNCTIONS: dict[str, str] = {
     "waiting_key": WAITING,
     "inflight_key": INFLIGHT,
     "breaker_key": BREAKER,
+    "payment_state_key": PAYMENT_STATE,
+    "converge_job_id": CONVERGE_JOB_ID,
 }
 
 

@@ -7,6 +7,8 @@ Keys (:mod:`service.store.layout`), for payment ``P``:
 - ``PAYMENT_LOCK``   the token of the job that is fetching ``P`` right now (single flight).
 - ``PAYMENT_DIRTY``  set when a hint arrived that no fetch has answered yet.
 - ``TRANSITIONS``    a capped stream: one entry per transition emitted, for audit.
+- ``CONVERGE``, ``STUCK`` and the state hash's ``cv_`` fields: the convergence schedule, kept by
+  the same compare-and-set when the store has a plan (:mod:`service.store.converge`).
 
 Scripts: ``lua/payment_lock.lua``, ``lua/payment_record.lua``, ``lua/payment_release.lua``.
 
@@ -29,8 +31,11 @@ from typing import Any
 from redis.asyncio import Redis
 
 from service.errors import StaleSubscribers as StaleSubscribers
+from service.store.converge import ConvergePlan
 from service.store.delivery_state import Acquired
 from service.store.layout import (
+    CONVERGE,
+    STUCK,
     SUBSCRIBERS_VERSION,
     TRANSITIONS,
     payment_dirty_key,
@@ -62,6 +67,8 @@ class RecordResult:
     started: tuple[Acquired, ...] = ()
     """The deliveries this step activated (first in their line) and started for the caller to
     send at once (only with ``hold_ms``); their jobs are due after the hold, as safety nets."""
+    stuck: bool = False
+    """The payment was found still not terminal past the convergence horizon, now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +94,16 @@ class PaymentStateStore:
         lock_ttl_ms: int,
         state_ttl_s: int = 90 * 24 * 3600,
         dirty_ttl_s: int = 7 * 24 * 3600,
+        converge: ConvergePlan | None = None,
     ) -> None:
+        """``converge``: the convergence plan every record schedules the payment by
+        (:mod:`service.store.converge`); None: records schedule nothing."""
         self._redis = redis
         self._queue = queue_name
         self._lock_ttl_ms = lock_ttl_ms
         self._state_ttl_s = state_ttl_s
         self._dirty_ttl_s = dirty_ttl_s
+        self._converge = converge.encode() if converge is not None else ""
 
     async def acquire(self, payment_id: str, token: str) -> bool:
         """Mark the payment as needing a fetch; take the fetch lock if nobody holds it."""
@@ -144,6 +155,7 @@ class PaymentStateStore:
             open_jitter_ms,
             len(caps or {}),
             received_at_ms,
+            self._converge,
         ]
         for subscriber_id, cap in (caps or {}).items():
             args += [subscriber_id, cap]
@@ -157,15 +169,17 @@ class PaymentStateStore:
             self._queue,
             TRANSITIONS,
             SUBSCRIBERS_VERSION,
+            CONVERGE,
+            STUCK,
         ]
         reply = await RECORD(self._redis, keys, args)
         if int(reply[0]) == -2:
             raise StaleSubscribers
-        previous, emitted, again, *flat = reply
+        previous, emitted, again, stuck, *flat = reply
         started = tuple(
             Acquired.started(flat[i].decode(), flat[i + 1 : i + 6]) for i in range(0, len(flat), 6)
         )
-        return RecordResult(int(previous), int(emitted), bool(again), started)
+        return RecordResult(int(previous), int(emitted), bool(again), started, bool(stuck))
 
     async def recorded(self, payment_id: str) -> dict[str, str]:
         """The last recorded state of a payment (empty when none)."""

@@ -22,6 +22,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
+from service.domain.lifecycle import FINAL
 from service.store import layout
 from service.store.jobs import lua_arq_job_body
 
@@ -41,6 +42,9 @@ def constants() -> dict[str, str]:
         "ARQ_JOB_BODY": lua_arq_job_body(),
         "ARQ_EXPIRES_EXTRA_MS": str(layout.ARQ_EXPIRES_EXTRA_MS),
         "FANOUT_DELIVER": layout.lua_string(layout.FANOUT_DELIVER),
+        "PROCESS_EVENT": layout.lua_string(layout.PROCESS_EVENT),
+        "CONVERGENCE_SOURCE": layout.lua_string(layout.CONVERGENCE_SOURCE),
+        "FINAL_STATUSES": "{" + ", ".join(f"[{layout.lua_string(s)}] = true" for s in FINAL) + "}",
     }
 
 

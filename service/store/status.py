@@ -1,5 +1,6 @@
-"""A snapshot of the pipeline's state, read from Redis: backlog, dead letters, subscriber health,
-worker heartbeats. Used by ``kartahook status`` (and anyone scripting against it)."""
+"""A snapshot of the pipeline's state, read from Redis: backlog, dead letters, payments under
+convergence and stuck, subscriber health, worker heartbeats. Used by ``kartahook status`` (and
+anyone scripting against it) and the service's ``/metrics``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import redis.asyncio as aioredis
 from service.clock import now_ms
 from service.store.dead_letters import EventDeadLetters
 from service.store.deliveries import DeliveryAdmin
-from service.store.layout import breaker_key, health_check_key, inflight_key, waiting_key
+from service.store.layout import (
+    CONVERGE,
+    STUCK,
+    breaker_key,
+    health_check_key,
+    inflight_key,
+    waiting_key,
+)
 from service.store.subscribers import SubscriberStore
 
 
@@ -49,6 +57,10 @@ async def snapshot(redis: aioredis.Redis, queue_name: str) -> dict[str, Any]:
         "dead_letters": {
             "events": await EventDeadLetters(redis, queue_name).count(),
             "deliveries": await deliveries.dead_letter_count(),
+        },
+        "payments": {
+            "converging": int(await redis.zcard(CONVERGE)),
+            "stuck": int(await redis.zcard(STUCK)),
         },
         "subscribers": subscribers,
         "worker_health": health.decode() if health else None,

@@ -12,6 +12,7 @@ from arq.worker import Function, Retry, func
 from service.domain.events import EventHint
 from service.kartapay.client import KartaPayClient
 from service.settings import Settings
+from service.store.converge import ConvergePlan, ConvergeStore
 from service.store.dead_letters import EventDeadLetters
 from service.store.layout import PROCESS_EVENT, event_retry_job_id, hint_job_id
 from service.store.payments import PaymentStateStore
@@ -19,6 +20,7 @@ from service.store.subscribers import SubscriberCache
 from workers import metrics
 from workers.context import WorkerContext, WorkerNotStarted, worker_context
 from workers.delivery import Deliveries, bodies_only
+from workers.processing.converge import Converger
 from workers.processing.processor import EventProcessor, InlineDelivery
 from workers.processing.retry_policy import FetchRetryPolicy
 
@@ -129,7 +131,10 @@ async def processing_startup(context: WorkerContext) -> None:
         )
 
     # The fetch lock is a short lease, renewed by the worker's heartbeat while the run holds it.
-    store = PaymentStateStore(redis, settings.queue_name, lock_ttl_ms=settings.lease_ms)
+    plan = ConvergePlan.from_settings(settings)
+    store = PaymentStateStore(
+        redis, settings.queue_name, lock_ttl_ms=settings.lease_ms, converge=plan
+    )
     context.kartapay = client
     context.retry_policy = policy
     context.event_dead_letters = EventDeadLetters(redis, settings.queue_name)
@@ -145,9 +150,16 @@ async def processing_startup(context: WorkerContext) -> None:
         deliveries=context.deliveries,
         leases=context.leases,
     )
+    context.converger = Converger.from_settings(
+        ConvergeStore(redis, settings.queue_name, plan), settings, context.stopping
+    )
+    context.converger.start()
 
 
 async def processing_shutdown(context: WorkerContext) -> None:
+    converger, context.converger = context.converger, None
+    if converger is not None:
+        await converger.stop()
     if context.kartapay is not None:
         await context.kartapay.aclose()
         context.kartapay = None

@@ -22,6 +22,7 @@ from service.kartapay import errors
 from service.kartapay.models import PaymentRecord
 from service.settings import Settings
 from service.store.dead_letters import EventDeadLetters
+from service.store.layout import CONVERGENCE_SOURCE
 from service.store.leases import Lease, Leases
 from service.store.payments import Candidate, PaymentStateStore, RecordResult, StaleSubscribers
 from service.store.subscribers import (
@@ -257,6 +258,23 @@ class EventProcessor:
             metrics.TRANSITIONS_EMITTED.labels(candidate.status).inc()
             for subscriber_id in candidate.subscriber_ids:
                 metrics.DELIVERIES_CREATED.labels(subscriber_id).inc()
+        if hint.source == CONVERGENCE_SOURCE:
+            for candidate in emitted:
+                metrics.CONVERGENCE_TRANSITIONS.labels(candidate.status).inc()
+            if emitted:
+                log.warning(
+                    "convergence_found_transitions",
+                    payment_id=hint.payment_id,
+                    transitions=[c.status for c in emitted],
+                )
+        if result.stuck:
+            metrics.PAYMENTS_STUCK.inc()
+            log.warning(
+                "payment_stuck",
+                payment_id=hint.payment_id,
+                status=status,
+                alert="not terminal at the convergence horizon: see GET /admin/payments/stuck",
+            )
         return result, [c.status for c in emitted]
 
     def _retry_delay(self, hint: EventHint, exc: BaseException) -> float:

@@ -1,4 +1,5 @@
-"""The admin API under ``/admin``: subscribers, attempt logs, delivery dead letters and replay.
+"""The admin API under ``/admin``: subscribers, attempt logs, delivery dead letters and replay,
+stuck payments.
 
 Every route needs ``Authorization: Bearer <KARTAHOOK_ADMIN_TOKEN>``. Resources come from the app's
 lifespan state (``redis``, ``settings``). Errors are JSON ``{"error": <code>, "detail": <text>}``:
@@ -40,6 +41,7 @@ from service.errors import (
     Unprocessable,
 )
 from service.settings import Settings
+from service.store.converge import StuckList
 from service.store.deliveries import DeliveryAdmin
 from service.store.subscribers import (
     Subscriber,
@@ -326,6 +328,31 @@ async def replay_dead_letters(request: Request) -> Response:
     return JSONResponse({"replayed": replayed})
 
 
+def offset_param(request: Request) -> int:
+    """The ``offset`` query parameter (0 or more), or :class:`BadRequest` ``invalid_query``."""
+    raw = request.query_params.get("offset", "0")
+    if not raw.isdigit():
+        raise BadRequest("invalid_query", "offset must be an integer from 0")
+    return int(raw)
+
+
+async def list_stuck_payments(request: Request) -> Response:
+    """``GET /admin/payments/stuck?offset=&limit=``: payments still not terminal at the
+    convergence horizon, longest stuck first; ``next_offset`` is null on the last page."""
+    offset, limit = offset_param(request), limit_param(request)
+    stuck = StuckList(request.state.redis)
+    total = await stuck.count()
+    page = await stuck.page(offset, limit)
+    following = offset + len(page)
+    return JSONResponse(
+        {
+            "total": total,
+            "payments": [p.to_dict() for p in page],
+            "next_offset": following if following < total else None,
+        }
+    )
+
+
 async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
     raise NotFound("not_found", "no such admin route")
 
@@ -341,6 +368,7 @@ def admin_routes() -> list[Route]:
         Route("/subscribers/{subscriber_id}/disable", disable_subscriber, methods=["POST"]),
         Route("/subscribers/{subscriber_id}/attempts", subscriber_attempts, methods=["GET"]),
         Route("/dead-letters", list_dead_letters, methods=["GET"]),
+        Route("/payments/stuck", list_stuck_payments, methods=["GET"]),
         Route("/dead-letters/replay", replay_dead_letters, methods=["POST"]),
         Route("/dead-letters/{subscriber_id}/{webhook_id}", show_dead_letter, methods=["GET"]),
         Route(

@@ -1,25 +1,25 @@
 -- Processing's compare-and-set: records a newer payment state, creates the deliveries of its
 -- transitions (activating the first of each line), logs them, and lets the fetch lock go.
 -- KEYS: 1 payment state, 2 payment dirty, 3 payment lock, 4 arq queue, 5 transitions stream,
---       6 subscribers version
+--       6 subscribers version, 7 converge zset, 8 stuck zset
 -- ARGV: 1 seq, 2 status, 3 at, 4 token, 5 lock ttl ms, 6 state ttl s, 7 payment id,
 --       8 transitions maxlen, 9 subscribers version, 10 hold ms, 11 lease ms,
---       12 open jitter ms, 13 n, 14 received ms, then n (subscriber id, cap), then for each
---       candidate transition, in lifecycle order: seq, status, webhook-id, event type,
---       delivery body, m, m subscriber ids.
+--       12 open jitter ms, 13 n, 14 received ms, 15 convergence plan ('' : off), then n
+--       (subscriber id, cap), then for each candidate transition, in lifecycle order: seq,
+--       status, webhook-id, event type, delivery body, m, m subscriber ids.
 -- Reply: {-2} when the subscriber list the caller matched against is stale (nothing written);
---        else {previous seq, emitted, fetch again, then (job id, body, attempts, payment id,
---        type, received ms) of each delivery activated and started for the caller (only with
---        hold ms > 0)}.
+--        else {previous seq, emitted, fetch again, found stuck, then (job id, body, attempts,
+--        payment id, type, received ms) of each delivery activated and started for the caller
+--        (only with hold ms > 0)}.
 -- The deliveries' keys are derived per (subscriber, transition) with lib/keys.lua: their number
 -- varies with the candidates (docs/decisions/lua-keys.md).
--- lib: keys jobs lines acquire
+-- lib: keys jobs lines acquire converge
 if (redis.call('GET', KEYS[6]) or '0') ~= ARGV[9] then return {-2} end
 local queue = KEYS[4]
 local cur = tonumber(redis.call('HGET', KEYS[1], 'seq') or '-1')
 local new = tonumber(ARGV[1])
 local emitted = 0
-local reply = {cur, 0, 0}
+local reply = {cur, 0, 0, 0}
 if new > cur then
   redis.call('HSET', KEYS[1], 'seq', new, 'status', ARGV[2], 'at', ARGV[3])
   local t = redis.call('TIME')
@@ -27,7 +27,7 @@ if new > cur then
   local pid = ARGV[7]
   local hold, lease, jitter = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
   local caps = {}
-  local i = 15
+  local i = 16
   for _ = 1, tonumber(ARGV[13]) do
     caps[ARGV[i]] = tonumber(ARGV[i + 1])
     i = i + 2
@@ -65,6 +65,9 @@ if new > cur then
     end
   end
 end
+-- Convergence: schedule, push back, stop or report stuck (lib/converge.lua).
+reply[4] = converge_after_record(KEYS[1], KEYS[7], KEYS[8], ARGV[7], new > cur,
+  converge_plan(ARGV[15]))
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 if redis.call('GET', KEYS[3]) == ARGV[4] then
   if redis.call('DEL', KEYS[2]) == 1 then
