@@ -8,6 +8,7 @@ from typing import Any
 
 import structlog
 from arq.worker import Function, Retry, func
+from redis.exceptions import RedisError
 
 from service.domain.events import EventHint
 from service.kartapay.client import KartaPayClient
@@ -78,6 +79,17 @@ async def process_event_job(ctx: dict[str, Any], arg: dict[str, Any]) -> str:
     """arq entry point: :func:`process_event`, retried by arq on anything unexpected."""
     try:
         return await process_event(ctx, arg)
+    except RedisError as exc:
+        # A Redis outage or failover: expected, and retried; no traceback for it.
+        context = worker_context(ctx)
+        policy = context.retry_policy or FetchRetryPolicy.from_settings(context.settings)
+        log.warning(
+            "process_event_redis_unavailable",
+            event_id=arg.get("event_id") if isinstance(arg, dict) else None,
+            error=type(exc).__name__,
+            job_try=ctx.get("job_try"),
+        )
+        raise Retry(defer=policy.backoff_s(int(ctx.get("job_try", 1)))) from exc
     except Exception as exc:
         # Seen before retried: arq logs retries at INFO, below its logger's level.
         metrics.UNEXPECTED_ERRORS.labels(PROCESS_EVENT).inc()

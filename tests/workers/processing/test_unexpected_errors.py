@@ -9,6 +9,7 @@ import uuid
 import httpx
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
+from redis.exceptions import ConnectionError as RedisConnectionError
 from structlog.testing import capture_logs
 
 from service.domain.events import EventHint
@@ -70,3 +71,45 @@ async def test_unexpected_error_is_logged_with_traceback_and_counted_then_retrie
     )
     assert unexpected_count(PROCESS_EVENT) == before + 1
     assert transport.calls >= 2  # retried after the error
+
+
+class RedisFailsOnceTransport(FailsOnceTransport):
+    """The same seam raising a Redis error first, as a failover does mid-run."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        if self.calls == 1:
+            raise RedisConnectionError("primary gone")
+        return httpx.Response(404, json={"error": "not found"})
+
+
+async def test_redis_error_is_a_warning_without_traceback_then_retried(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    """A Redis error (outage, failover) is expected: a warning line, no traceback, not counted
+    as unexpected, and the job runs again."""
+    settings = Settings(
+        redis_url=redis_url,
+        process_backoff_base_s=0.05,
+        process_backoff_cap_s=0.2,
+        process_not_found_tries=1,
+        process_not_found_delay_s=0.05,
+        worker_poll_delay_s=0.01,
+    )
+    transport = RedisFailsOnceTransport()
+    before = unexpected_count(PROCESS_EVENT)
+    hint = EventHint("kartapay", "evt_redis", "pay_redis", int(time.time() * 1000))
+    async with arq_pool(redis_url) as pool:
+        await pool.enqueue_job(PROCESS_EVENT, hint.to_job_args()[0], _job_id=uuid.uuid4().hex)
+    worker = build_worker(settings, burst=True, handle_signals=False, kartapay_transport=transport)
+    with capture_logs() as entries:
+        try:
+            await worker.main()
+        finally:
+            await worker.close()
+    warnings = [e for e in entries if e["event"] == "process_event_redis_unavailable"]
+    assert len(warnings) == 1
+    assert warnings[0]["log_level"] == "warning" and "exc_info" not in warnings[0]
+    assert not [e for e in entries if e["event"] == "process_event_error"]
+    assert unexpected_count(PROCESS_EVENT) == before
+    assert transport.calls >= 2
