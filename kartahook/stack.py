@@ -96,6 +96,7 @@ class DemoSubscriber:
     events: tuple[str, ...] = ("payment.*",)
     channels: tuple[str, ...] | None = None
     keep: int | None = None
+    keep_raw: bool = False  # list each delivery's body and signature headers too
     name: str = ""  # the process's name (log file, messages); default ``subscriber-<id>``
 
     @property
@@ -128,6 +129,9 @@ class Stack:
     token: str = field(default_factory=_default_token, repr=False)
     redis_url: str = ""  # an existing Redis; empty: an embedded one under ``var_dir/redis``
     redis_appendonly: bool = True
+    # ``always``: Redis fsyncs each write before answering it, so a webhook answered 2xx
+    # survives a crash of Redis or of the machine (guarantee 1; docs/operations.md).
+    redis_appendfsync: str = "always"
     base_env: Mapping[str, str] | None = None  # the children's environment; default os.environ
     sandbox_args: Sequence[str] = ()
     sandbox_webhooks: bool = True  # False: the sandbox sends none
@@ -251,6 +255,8 @@ class Stack:
             argv = [*CLI, "demo-subscriber", "--host", self.host, "--port", str(demo.port)]
             if demo.keep is not None:
                 argv += ["--keep", str(demo.keep)]
+            if demo.keep_raw:
+                argv.append("--keep-raw")
             # The secret reaches it through the environment, not the command line.
             demo_env = {**env, "KARTAHOOK_DEMO_SUBSCRIBER_SECRET": demo.secret}
             ready = http_ok(demo.base_url(self.client_host) + "/healthz")
@@ -316,7 +322,10 @@ class Stack:
         stop = stop or asyncio.Event()
         if not self.redis_url:
             self.redis = RedisServer(
-                self.var_dir / "redis", port=self.ports["redis"], appendonly=self.redis_appendonly
+                self.var_dir / "redis",
+                port=self.ports["redis"],
+                appendonly=self.redis_appendonly,
+                appendfsync=self.redis_appendfsync,
             )
             await asyncio.to_thread(self.redis.start, 30.0)
             self.redis_url = self.redis.url
@@ -326,6 +335,30 @@ class Stack:
             if not await self.supervisor.wait_ready(child, stop):
                 return False
         return True
+
+    # --- crash and restart (the chaos test) -----------------------------------------------------
+
+    async def kill(self, name: str) -> None:
+        """SIGKILL the child ``name`` (``service``, ``worker``, ``worker-2``, …) and wait for it."""
+        await self.supervisor.kill(name)
+
+    async def restart(self, name: str, stop: asyncio.Event | None = None) -> bool:
+        """Start the exited child ``name`` again on the same port, args and environment, and
+        wait until it is ready (False when ``stop`` was set meanwhile; :class:`ChildFailed`)."""
+        child = self.supervisor.restart(name)
+        return await self.supervisor.wait_ready(child, stop or asyncio.Event())
+
+    async def kill_redis(self) -> None:
+        """SIGKILL the embedded Redis: no shutdown, only what its AOF holds survives."""
+        if self.redis is None:
+            raise RuntimeError("no embedded Redis to kill")
+        await asyncio.to_thread(self.redis.stop, True)
+
+    async def restart_redis(self, timeout_s: float = 30.0) -> None:
+        """Start the embedded Redis again, same port and data directory (it replays its AOF)."""
+        if self.redis is None:
+            raise RuntimeError("no embedded Redis to restart")
+        await asyncio.to_thread(self.redis.start, timeout_s)
 
     async def stop(self) -> None:
         """Stop every child, last started first, then the embedded Redis. Once is enough:
