@@ -39,6 +39,7 @@ from kartahook.supervisor import ChildFailed
 from service.kartapay import GATEWAY_CODES, KartaPayClient
 from service.kartapay.errors import ApiError, RequestTimeoutError, TransportError
 from service.settings import Settings
+from service.store.layout import dedupe_key
 
 T = TypeVar("T")
 
@@ -363,18 +364,36 @@ def bad_signatures(subscriber: DemoSubscriber, listing: dict[str, Any]) -> list[
     return bad
 
 
-def webhook_answers(log_path: Path) -> Counter[str]:
+def webhook_answers(log_path: Path) -> tuple[Counter[str], set[str]]:
     """What the service answered the sandbox's webhook attempts, from the sandbox's log:
-    HTTP statuses, and ``error`` for a connection that failed."""
+    HTTP statuses (``error`` for a connection that failed), and the webhook-ids answered 2xx."""
     answers: Counter[str] = Counter()
+    acknowledged: set[str] = set()
     for line in log_path.read_text(errors="replace").splitlines():
         with contextlib.suppress(ValueError):
             record = json.loads(line)
             if record.get("event") == "webhook sent":
                 answers[str(record.get("status"))] += 1
+                if 200 <= int(record.get("status", 0)) < 300:
+                    acknowledged.add(str(record["webhook_id"]))
             elif record.get("event") == "webhook attempt failed":
                 answers["error"] += 1
-    return answers
+    return answers, acknowledged
+
+
+async def forgotten(redis_url: str, webhook_ids: set[str]) -> list[str]:
+    """The acknowledged webhook-ids whose dedupe key (written in the same Lua call as the job,
+    before the 2xx) is not in Redis."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        ids = sorted(webhook_ids)
+        async with client.pipeline(transaction=False) as pipe:
+            for webhook_id in ids:
+                pipe.exists(dedupe_key("kartapay", webhook_id))
+            found = await pipe.execute()
+    finally:
+        await client.aclose()
+    return [webhook_id for webhook_id, hit in zip(ids, found, strict=True) if not hit]
 
 
 @pytest.mark.timeout(600)
@@ -401,14 +420,16 @@ async def test_no_transition_is_lost_or_disordered_while_processes_crash(
     async with httpx.AsyncClient(timeout=10.0) as http:
         listings = await wait_for_convergence(http, stack, expected)
     converged_s = time.monotonic() - log.started
+    answers, acknowledged = webhook_answers(tmp_path / "log" / "sandbox.log")
+    lost = await forgotten(stack.redis_url, acknowledged)
     await stack.stop()
-    answers = webhook_answers(tmp_path / "log" / "sandbox.log")
     finals = Counter(p["status"] for p in payments.values())
 
     lines = [
         f"chaos seed {SEED}: {PAYMENTS} payments {dict(finals)}",
         f"  kills {dict(log.kills)}, restarts {dict(log.restarts)}",
-        f"  webhook answers to the sandbox {dict(answers)} (503s: {answers['503']})",
+        f"  webhook answers to the sandbox {dict(answers)} (503s: {answers['503']}); "
+        f"{len(acknowledged)} webhook-ids acknowledged, {len(lost)} of them lost",
         f"  chaos {chaos_s:.1f} s, all delivered {converged_s:.1f} s after the start",
     ]
     for subscriber in stack.demo_subscribers:
@@ -427,6 +448,10 @@ async def test_no_transition_is_lost_or_disordered_while_processes_crash(
     assert all(log.kills[w] >= 2 for w in WORKERS), log.kills
     assert finals["completed"] and finals["failed"] and finals["canceled"], finals
     assert expected["all-events"] and expected["web-outcomes"]
+    # Guarantee 1, directly: every webhook answered 2xx is still in Redis after its SIGKILL
+    # (the subscribers' view alone could hide a loss behind a later fetch of the payment).
+    assert len(acknowledged) >= sum(map(len, (lifecycle_of(p) for p in payments.values())))
+    assert lost == [], f"seed {SEED}: {len(lost)} acknowledged webhooks lost, e.g. {lost[:5]}"
     for subscriber in stack.demo_subscribers:
         listing = listings[subscriber.id]
         want = expected[subscriber.id]
