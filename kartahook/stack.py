@@ -13,6 +13,11 @@ file or on a command line.
 
 ``async with Stack(...) as stack:`` starts and stops it; ``kartahook run`` calls
 :meth:`Stack.start` and :meth:`Stack.stop` itself, to stop early on Ctrl-C.
+
+The chaos test (tests/e2e/test_chaos.py) crashes parts on purpose: :meth:`Stack.kill` and
+:meth:`Stack.restart` SIGKILL a child and start it again on the same port and arguments;
+:meth:`Stack.kill_redis` and :meth:`Stack.restart_redis` do the same to the embedded Redis, which
+runs with AOF and ``appendfsync always`` by default (``redis_appendfsync``).
 """
 
 from __future__ import annotations
