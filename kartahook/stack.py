@@ -13,6 +13,11 @@ file or on a command line.
 
 ``async with Stack(...) as stack:`` starts and stops it; ``kartahook run`` calls
 :meth:`Stack.start` and :meth:`Stack.stop` itself, to stop early on Ctrl-C.
+
+The chaos test (tests/e2e/test_chaos.py) crashes parts on purpose: :meth:`Stack.kill` and
+:meth:`Stack.restart` SIGKILL a child and start it again on the same port and arguments;
+:meth:`Stack.kill_redis` and :meth:`Stack.restart_redis` do the same to the embedded Redis, which
+runs with AOF and ``appendfsync always`` by default (``redis_appendfsync``).
 """
 
 from __future__ import annotations
@@ -97,6 +102,7 @@ class DemoSubscriber:
     events: tuple[str, ...] = ("payment.*",)
     channels: tuple[str, ...] | None = None
     keep: int | None = None
+    keep_raw: bool = False  # list each delivery's body and signature headers too
     name: str = ""  # the process's name (log file, messages); default ``subscriber-<id>``
 
     @property
@@ -129,6 +135,9 @@ class Stack:
     token: str = field(default_factory=_default_token, repr=False)
     redis_url: str = ""  # an existing Redis; empty: an embedded one under ``var_dir/redis``
     redis_appendonly: bool = True
+    # ``always``: Redis fsyncs each write before answering it, so a webhook answered 2xx
+    # survives a crash of Redis or of the machine (guarantee 1; docs/operations.md).
+    redis_appendfsync: str = "always"
     base_env: Mapping[str, str] | None = None  # the children's environment; default os.environ
     sandbox_args: Sequence[str] = ()
     sandbox_webhooks: bool = True  # False: the sandbox sends none
@@ -252,6 +261,8 @@ class Stack:
             argv = [*CLI, "demo-subscriber", "--host", self.host, "--port", str(demo.port)]
             if demo.keep is not None:
                 argv += ["--keep", str(demo.keep)]
+            if demo.keep_raw:
+                argv.append("--keep-raw")
             # The secret reaches it through the environment, not the command line.
             demo_env = {**env, "KARTAHOOK_DEMO_SUBSCRIBER_SECRET": demo.secret}
             ready = http_ok(demo.base_url(self.client_host) + "/healthz")
@@ -317,7 +328,10 @@ class Stack:
         stop = stop or asyncio.Event()
         if not self.redis_url:
             self.redis = RedisServer(
-                self.var_dir / "redis", port=self.ports["redis"], appendonly=self.redis_appendonly
+                self.var_dir / "redis",
+                port=self.ports["redis"],
+                appendonly=self.redis_appendonly,
+                appendfsync=self.redis_appendfsync,
             )
             await asyncio.to_thread(self.redis.start, 30.0)
             self.redis_url = self.redis.url
@@ -327,6 +341,30 @@ class Stack:
             if not await self.supervisor.wait_ready(child, stop):
                 return False
         return True
+
+    # --- crash and restart (the chaos test) -----------------------------------------------------
+
+    async def kill(self, name: str) -> None:
+        """SIGKILL the child ``name`` (``service``, ``worker``, ``worker-2``, …) and wait for it."""
+        await self.supervisor.kill(name)
+
+    async def restart(self, name: str, stop: asyncio.Event | None = None) -> bool:
+        """Start the exited child ``name`` again on the same port, args and environment, and
+        wait until it is ready (False when ``stop`` was set meanwhile; :class:`ChildFailed`)."""
+        child = self.supervisor.restart(name)
+        return await self.supervisor.wait_ready(child, stop or asyncio.Event())
+
+    async def kill_redis(self) -> None:
+        """SIGKILL the embedded Redis: no shutdown, only what its AOF holds survives."""
+        if self.redis is None:
+            raise RuntimeError("no embedded Redis to kill")
+        await asyncio.to_thread(self.redis.stop, True)
+
+    async def restart_redis(self, timeout_s: float = 30.0) -> None:
+        """Start the embedded Redis again, same port and data directory (it replays its AOF)."""
+        if self.redis is None:
+            raise RuntimeError("no embedded Redis to restart")
+        await asyncio.to_thread(self.redis.start, timeout_s)
 
     async def stop(self) -> None:
         """Stop every child, last started first, then the embedded Redis. Once is enough:

@@ -141,9 +141,14 @@ class Supervisor:
     force: bool = False  # set by a second Ctrl-C: skip the grace periods
 
     def start(self, spec: ChildSpec) -> Child:
+        child = self._spawn(spec, "wb")
+        self.children.append(child)
+        return child
+
+    def _spawn(self, spec: ChildSpec, mode: str) -> Child:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{spec.name}.log"
-        with log_path.open("wb") as log_file:
+        with log_path.open(mode) as log_file:
             process = subprocess.Popen(
                 list(spec.argv),
                 env=dict(spec.env),
@@ -153,8 +158,36 @@ class Supervisor:
                 start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
-        child = Child(spec, process, log_path)
-        self.children.append(child)
+        return Child(spec, process, log_path)
+
+    def child(self, name: str) -> Child:
+        """The child called ``name`` (KeyError if none)."""
+        for child in self.children:
+            if child.name == name:
+                return child
+        raise KeyError(name)
+
+    async def kill(self, name: str) -> Child:
+        """SIGKILL the child ``name`` (its whole process group: no grace, no cleanup) and wait
+        until it is gone; the chaos test's crash."""
+        child = self.child(name)
+        if child.exited() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                child.process.kill()
+        await asyncio.to_thread(child.process.wait)
+        return child
+
+    def restart(self, name: str) -> Child:
+        """Start the child ``name`` again, once it has exited, with the same command line
+        (so the same port) and environment; its log is appended to. It keeps its place in
+        the stop order. Wait for it with :meth:`wait_ready`."""
+        old = self.child(name)
+        if old.exited() is None:
+            raise RuntimeError(f"{name} is still running")
+        child = self._spawn(old.spec, "ab")
+        self.children[self.children.index(old)] = child
         return child
 
     async def wait_ready(self, child: Child, stop: asyncio.Event) -> bool:

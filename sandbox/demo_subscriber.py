@@ -10,8 +10,11 @@ against the Standard Webhooks signature made with the subscriber's ``whsec_`` se
 
 ``GET /received`` answers, in arrival order, the last ``keep`` deliveries: ``seq``,
 ``webhook_id``, ``type``, ``payment_id``, ``status``, ``received_at`` (ISO 8601, UTC),
-``duplicates`` (extra copies of that ``webhook-id``) and ``path``. ``?since=SEQ`` lists only those
-with a larger ``seq`` (for polling); ``?payment_id=ID`` only those of one payment.
+``duplicates`` (extra copies of that ``webhook-id``) and ``path``; with ``keep_raw`` also ``raw``:
+the first copy's body and its three ``webhook-*`` headers, so a test can verify the signature
+itself. ``?since=SEQ`` lists only those with a larger ``seq`` (for polling); ``?payment_id=ID``
+only those of one payment. Beside the entries it counts ``rejected`` deliveries by reason
+(``bad_signature``, ``missing_headers``, ``not_json``).
 ``GET /healthz`` answers 200.
 
 The log line of a delivery carries its ids, type and status; never its signature or the payer.
@@ -57,9 +60,10 @@ class Received:
     received_at: str
     path: str
     duplicates: int = 0
+    raw: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        listed = {
             "seq": self.seq,
             "webhook_id": self.webhook_id,
             "type": self.type,
@@ -69,6 +73,9 @@ class Received:
             "duplicates": self.duplicates,
             "path": self.path,
         }
+        if self.raw is not None:
+            listed["raw"] = self.raw
+        return listed
 
 
 class ReceivedLog:
@@ -83,8 +90,19 @@ class ReceivedLog:
         self._window = max(keep, MIN_DEDUPE_WINDOW)
         self.count = 0
         self.duplicates = 0
+        self.rejected: dict[str, int] = {}
 
-    def add(self, webhook_id: str, body: dict[str, Any], path: str) -> tuple[Received, bool]:
+    def reject(self, reason: str) -> None:
+        """Count a delivery refused for ``reason``."""
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def add(
+        self,
+        webhook_id: str,
+        body: dict[str, Any],
+        path: str,
+        raw: dict[str, Any] | None = None,
+    ) -> tuple[Received, bool]:
         """Record a delivery; return it and whether it was a duplicate."""
         seen = self._seen.get(webhook_id)
         if seen is not None:
@@ -109,6 +127,7 @@ class ReceivedLog:
             status=status if isinstance(status, str) else None,
             received_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
             path=path,
+            raw=raw,
         )
         self.entries.append(entry)
         self._seen[webhook_id] = entry
@@ -126,12 +145,14 @@ class ReceivedLog:
             "count": self.count,
             "duplicates": self.duplicates,
             "kept": len(self.entries),
+            "rejected": dict(self.rejected),
             "received": received,
         }
 
 
-def create_app(secret: str, keep: int = 1000) -> Starlette:
-    """The demo subscriber's ASGI app, verifying with ``secret`` and listing the last ``keep``."""
+def create_app(secret: str, keep: int = 1000, keep_raw: bool = False) -> Starlette:
+    """The demo subscriber's ASGI app, verifying with ``secret`` and listing the last ``keep``
+    (with each one's body and signature headers when ``keep_raw``)."""
     keys = [decode_secret(secret)]
     received = ReceivedLog(keep)
 
@@ -141,9 +162,11 @@ def create_app(secret: str, keep: int = 1000) -> Starlette:
         try:
             webhook_id = verify(keys, request.headers, body)
         except MissingHeaderError:
+            received.reject("missing_headers")
             log.warning("delivery_rejected", reason="missing_headers", path=request.url.path)
             return _json({"error": "missing or malformed webhook headers"}, 400)
         except SignatureError:
+            received.reject("bad_signature")
             log.warning(
                 "delivery_rejected",
                 reason="bad_signature",
@@ -156,9 +179,15 @@ def create_app(secret: str, keep: int = 1000) -> Starlette:
         except orjson.JSONDecodeError:
             parsed = None
         if not isinstance(parsed, dict):
+            received.reject("not_json")
             log.warning("delivery_rejected", reason="not_json", webhook_id=webhook_id)
             return _json({"error": "the body must be a JSON object"}, 400)
-        entry, duplicate = received.add(webhook_id, parsed, request.url.path)
+        raw = None
+        if keep_raw:
+            names = ("webhook-id", "webhook-timestamp", "webhook-signature")
+            headers = {name: request.headers.get(name, "") for name in names}
+            raw = {"headers": headers, "body": body.decode()}
+        entry, duplicate = received.add(webhook_id, parsed, request.url.path, raw)
         log.info(
             "delivery_received",
             webhook_id=webhook_id,

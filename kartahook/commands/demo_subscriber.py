@@ -22,6 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"the whsec_ secret deliveries are signed with (default: ${SECRET_ENV})",
     )
     parser.add_argument("--keep", type=int, default=1000, help="how many deliveries to list")
+    parser.add_argument(
+        "--keep-raw",
+        action="store_true",
+        help="also list each delivery's body and webhook-* headers (to verify them elsewhere)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"demo-subscriber: give --secret whsec_… or set {SECRET_ENV}")
     settings = Settings()
     configure_logging(settings.log_format, settings.log_level)
-    app = create_app(args.secret, keep=args.keep)
+    app = create_app(args.secret, keep=args.keep, keep_raw=args.keep_raw)
     uvicorn.run(
         app, host=args.host, port=args.port, log_config=None, access_log=False, lifespan="off"
     )

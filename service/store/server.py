@@ -32,6 +32,9 @@ def find_redis_server() -> str:
     )
 
 
+APPENDFSYNC = ("always", "everysec", "no")
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -42,10 +45,21 @@ def free_port() -> int:
 class RedisServer:
     """A ``redis-server`` child process with AOF on and its data in ``data_dir``."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, appendonly: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        appendonly: bool = True,
+        appendfsync: str = "everysec",
+    ) -> None:
+        if appendfsync not in APPENDFSYNC:
+            raise ValueError(f"appendfsync must be one of {', '.join(APPENDFSYNC)}")
         self.data_dir = data_dir
         self.port = port or free_port()
         self.appendonly = appendonly
+        # ``always``: every write is fsynced before Redis answers it, so an acknowledged
+        # write survives a crash of the machine too; ``everysec``: up to ~1 s may be lost then.
+        self.appendfsync = appendfsync
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -61,7 +75,7 @@ class RedisServer:
             "--dir", str(self.data_dir),
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec",
+            "--appendfsync", self.appendfsync,
             "--daemonize", "no",
             "--protected-mode", "yes",
             "--loglevel", "warning",

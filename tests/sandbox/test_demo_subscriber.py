@@ -214,3 +214,60 @@ def test_keep_must_be_positive() -> None:
     """A list that keeps nothing is refused when the app is made."""
     with pytest.raises(ValueError, match="keep"):
         create_app(SECRET, keep=0)
+
+
+async def test_rejections_are_counted_by_reason_in_the_listing() -> None:
+    """Bad signatures, missing headers and non-object bodies are counted by reason in
+    ``rejected``; accepted deliveries are not."""
+    async with (
+        serve_app(create_app(SECRET)) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        assert (await received(client))["rejected"] == {}
+        body, headers = delivery("pay_1", "captured")
+        assert (
+            await post(client, body.replace(b"captured", b"completed"), headers)
+        ).status_code == 401
+        assert (
+            await post(client, body.replace(b"captured", b"failed"), headers)
+        ).status_code == 401
+        no_id = {k: v for k, v in headers.items() if k != "webhook-id"}
+        assert (await post(client, body, no_id)).status_code == 400
+        array = b"[1]"
+        now = datetime.now(UTC)
+        signed_array = {
+            **headers,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": Webhook(SECRET).sign(headers["webhook-id"], now, "[1]"),
+        }
+        assert (await post(client, array, signed_array)).status_code == 400
+        assert (await post(client, body, headers)).status_code == 200
+        listing = await received(client)
+    assert listing["rejected"] == {"bad_signature": 2, "missing_headers": 1, "not_json": 1}
+    assert listing["count"] == 1
+
+
+async def test_keep_raw_lists_the_first_copys_body_and_signature_headers() -> None:
+    """With keep_raw each entry carries the first copy's exact body and webhook-* headers,
+    which verify with standardwebhooks; without it no entry has ``raw``."""
+    body, headers = delivery("pay_1", "captured")
+    async with (
+        serve_app(create_app(SECRET, keep_raw=True)) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        assert (await post(client, body, headers)).status_code == 200
+        assert (await post(client, body, headers)).status_code == 200  # a duplicate
+        listing = await received(client)
+    [entry] = listing["received"]
+    raw = entry["raw"]
+    names = ("webhook-id", "webhook-timestamp", "webhook-signature")
+    assert raw["headers"] == {name: headers[name] for name in names}
+    assert raw["body"] == body.decode()
+    Webhook(SECRET).verify(raw["body"], raw["headers"])
+    async with (
+        serve_app(create_app(SECRET)) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        assert (await post(client, body, headers)).status_code == 200
+        [plain] = (await received(client))["received"]
+    assert "raw" not in plain
