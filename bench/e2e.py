@@ -274,6 +274,8 @@ async def pipeline_stack(
         sandbox_args=("--step-delay", "0.01"),
         sandbox_webhooks=False,
         wrap_argv=profiled,
+        # The same fsync policy as the arq ceiling's Redis, so the ratio compares like with like.
+        redis_appendfsync="everysec",
     )
     async with stack:
         try:

@@ -18,8 +18,10 @@ def build_delays(steps: Sequence[float], repeat_s: float, horizon_s: float) -> t
     if any(step < 0 for step in delays):
         raise ValueError("retry delays must not be negative")
     if repeat_s > 0:
-        while sum(delays) < horizon_s:
+        total = sum(delays)  # kept running: summing the list each turn is quadratic
+        while total < horizon_s:
             delays.append(float(repeat_s))
+            total += repeat_s
     return tuple(delays)
 
 

@@ -39,3 +39,11 @@ def test_retry_after_wins_when_longer_and_is_capped() -> None:
     assert schedule.next_delay(1, 1) == 5
     assert schedule.next_delay(1, 30) == 30
     assert schedule.next_delay(1, 10_000) == 60
+
+
+def test_a_short_repeat_over_a_long_horizon_is_built_in_linear_time() -> None:
+    """A 3 s repeat over the 3-day horizon (86,000+ delays) is built, every delay counted once:
+    the schedule's length is what the horizon needs, neither more nor less."""
+    delays = build_delays([5.0], repeat_s=3.0, horizon_s=259_200)
+    assert len(delays) == 1 + (259_200 - 5) // 3 + 1
+    assert sum(delays[:-1]) < 259_200 <= sum(delays)
