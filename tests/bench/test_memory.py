@@ -1,0 +1,73 @@
+"""Smoke tests of the memory benchmark (``bench.memory``): its measurements run on tiny numbers
+against real processes, so the code cannot rot. They assert sane outputs, not issue 14's goals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench import memory
+from service.store.layout import KEY_PATTERNS
+
+KNOWN = {kp.pattern for kp in KEY_PATTERNS}
+
+
+def quiet(_: str) -> None:
+    """Progress lines of the benchmark, dropped."""
+
+
+def test_keys_are_classified_by_their_layout_pattern() -> None:
+    """Keys map to the layout pattern that matches them whole; the queue by its name."""
+    matchers = memory.pattern_matchers("arq:queue")
+    assert memory.classify("arq:queue", matchers) == "{queue}"
+    assert memory.classify("arq:queue:health-check", matchers) == "{queue}:health-check"
+    assert memory.classify("kh:fo:dead", matchers) == "kh:fo:dead"
+    assert memory.classify("kh:fo:dead:s1", matchers) == "kh:fo:dead:{sub}"
+    assert memory.classify("kh:fo:d:s1:evt_1", matchers) == "kh:fo:d:{sub}:{tid}"
+    assert memory.classify("kh:pay:p1:state", matchers) == "kh:pay:{payment_id}:state"
+    assert memory.classify("kh:subscribers:version", matchers) == "kh:subscribers:version"
+    assert memory.classify("something:else", matchers) == "(other)"
+
+
+def test_replace_section_keeps_the_rest_of_the_file() -> None:
+    """The benchmark's section is appended once, then replaced in place; the rest is kept."""
+    first = memory.replace_section("# E2E\n\ntable\n", "one")
+    assert first.startswith("# E2E\n\ntable\n")
+    assert memory.START in first and "one" in first
+    second = memory.replace_section(first + "\n## after\n", "two")
+    assert "one" not in second and "two" in second
+    assert second.startswith("# E2E\n\ntable\n") and second.endswith("\n## after\n")
+    assert second.count(memory.START) == 1
+
+
+async def test_lifecycle_measures_queued_and_at_rest_bytes(tmp_path: Path) -> None:
+    """Five payments: positive bytes per queued event and per payment at rest, every delivery
+    in order, a census of known patterns and a positive projection."""
+    life = await memory.measure_lifecycle(tmp_path, 5, 1, report=quiet, timeout_s=90)
+    statuses = len(memory.STATUSES)
+    assert life.events >= 5 * statuses  # and payment.init, which reveals no transition
+    assert life.queued_per_event > 0
+    assert life.rest_per_payment > 0
+    assert (life.deliveries, life.out_of_order) == (5 * statuses, 0)
+    assert life.queued is not None and life.rest is not None
+    assert life.queued.row("kh:raw:{digest}").keys == life.events
+    assert life.queued.row("kh:raw:{digest}").avg_bytes > 0
+    assert life.rest.row("kh:fo:d:{sub}:{tid}").keys == 5 * statuses
+    assert set(life.rest.no_ttl_patterns()) <= KNOWN
+    assert memory.project(life).total_gb > 0
+    text = "\n".join(memory.render([life], None))
+    assert "bytes per queued event" in text and "`kh:raw:{digest}`" in text
+
+
+async def test_outage_counts_job_runs_per_breaker_cycle(tmp_path: Path) -> None:
+    """Twenty payments parked behind a subscriber answering 500: job runs are counted for each
+    breaker cycle, and after recovery every transition arrives, in order."""
+    outage = await memory.measure_outage(
+        tmp_path, 20, cooldown_s=1.0, cycles=2, report=quiet, timeout_s=90
+    )
+    assert outage.parked_lines >= 20
+    assert len(outage.cycles) == 2
+    assert all(runs > 0 for runs, _ in outage.cycles)
+    assert outage.refused > 0
+    assert (outage.deliveries, outage.out_of_order) == (80, 0)
+    text = "\n".join(memory.render([], outage))
+    assert "per breaker cycle" in text
