@@ -79,6 +79,8 @@ NO_TTL_ALLOWED = (
     "kh:subscribers:version",
     "kh:fo:b:{sub}",
 )
+# Capped streams and lists: constant at scale, whatever the number of payments.
+CAPPED = ("kh:unroutable", "kh:transitions", "kh:fo:log:{sub}")
 SAMPLE_KEYS = 200
 Report = Callable[[str], None]
 
@@ -474,7 +476,7 @@ async def due_fdl(redis: Any, queue: str) -> tuple[int, int]:
 async def measure_outage(
     workdir: Path,
     parked: int,
-    cooldown_s: float = 3.0,
+    cooldown_s: float = 10.0,
     cycles: int = 3,
     report: Report = print,
     timeout_s: float = 300,
@@ -676,6 +678,9 @@ def census_table(title: str, snapshot: Census, per: int, unit: str) -> list[str]
 
 def render(lives: Sequence[Lifecycle], outage: Outage | None, when: str | None = None) -> list[str]:
     """The markdown of the whole measurement."""
+    from service.settings import Settings
+    from service.store.payments import TRANSITIONS_LOG_MAXLEN
+
     when = when or time.strftime("%Y-%m-%d %H:%M:%S %Z")
     one = next((life for life in lives if life.subscribers == 1), lives[0] if lives else None)
     three = next((life for life in lives if life.subscribers == 3), None)
@@ -726,19 +731,30 @@ def render(lives: Sequence[Lifecycle], outage: Outage | None, when: str | None =
             f"| 1 M payments/day, steady state, 3 subscribers | {proj3.total_gb:,.1f} GB "
             f"+ {proj3.unbounded_gb_per_day:,.2f} GB/day without TTL | - | |"
         )
+        if one is not None and one.rest is not None:
+            extra = (three.rest_per_payment - one.rest_per_payment) / 2
+            extra_gb = (proj3.total_gb - project(one).total_gb) / 2
+            out += [
+                f"| bytes per payment at rest per extra subscriber (from 1 and 3) "
+                f"| {fmt_b(extra)} | - | |",
+                f"| 1 M payments/day, steady state, 5 subscribers (extrapolated linearly from "
+                f"1 and 3) | {proj3.total_gb + 2 * extra_gb:,.1f} GB | - | |",
+            ]
     out.append("")
     for life in lives:
         assert life.queued is not None and life.rest is not None
         keys_queued = sum(r.total_bytes for r in life.queued.rows.values()) / max(life.events, 1)
         keys_rest = sum(r.total_bytes for r in life.rest.rows.values()) / max(life.payments, 1)
         clients = life.rest.info["mem_clients_normal"] - life.baseline["mem_clients_normal"]
+        capped = sum(life.rest.row(p).total_bytes for p in CAPPED) / max(life.payments, 1)
         out.append(
             f"- {life.subscribers} subscriber(s): plain `used_memory` delta "
             f"{fmt_b(life.raw_delta(life.queued, life.events))}/event queued and "
             f"{fmt_b(life.raw_delta(life.rest, life.payments))}/payment at rest (clients' "
             f"buffers at rest {clients / 1024:,.0f} KiB more than empty); sum of the keys' "
             f"`MEMORY USAGE`: {fmt_b(keys_queued)}/event queued, "
-            f"{fmt_b(keys_rest)}/payment at rest."
+            f"{fmt_b(keys_rest)}/payment at rest, of which {fmt_b(capped)} in capped streams "
+            "and lists (their size does not grow with payments beyond the cap)."
         )
         out.append(
             f"- {life.subscribers} subscriber(s): {life.payments:,} payments, {life.events:,} "
@@ -797,6 +813,16 @@ def render(lives: Sequence[Lifecycle], outage: Outage | None, when: str | None =
             )
             out.append(f"| `{pattern}` | {fmt_b(per_payment)} | {ttl} | {gb_text} |")
         out += [f"| **total** | | | **{proj.total_gb:,.1f}** |", ""]
+        stream = life.rest.row("kh:transitions")
+        per_entry = stream.total_bytes / max(life.payments * len(STATUSES), 1)
+        out += [
+            "Not in the total, constant whatever the rate: `kh:transitions` at its cap of "
+            f"{TRANSITIONS_LOG_MAXLEN:,} entries ~ {per_entry * TRANSITIONS_LOG_MAXLEN / 1e6:,.0f} "
+            f"MB ({fmt_b(per_entry)}/entry here); `kh:fo:log:{{sub}}` "
+            f"{Settings().delivery_attempt_log_size} entries per subscriber; the queue is empty "
+            "at rest.",
+            "",
+        ]
     return out
 
 
@@ -856,7 +882,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--payments", type=int, default=500, help="payments per at-rest run")
     parser.add_argument("--parked", type=int, default=2000, help="payments parked (0: skip)")
     parser.add_argument("--subscribers", type=int, nargs="+", default=[1, 3])
-    parser.add_argument("--cooldown", type=float, default=3.0, help="breaker cool-down (s)")
+    parser.add_argument(
+        "--cooldown",
+        type=float,
+        default=10.0,
+        help="breaker cool-down (s): long enough for the worker to run every parked job once",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--receiver", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -40,8 +40,7 @@ def test_replace_section_keeps_the_rest_of_the_file() -> None:
 
 
 async def test_lifecycle_measures_queued_and_at_rest_bytes(tmp_path: Path) -> None:
-    """Five payments: positive bytes per queued event and per payment at rest, every delivery
-    in order, a census of known patterns and a positive projection."""
+    """Five payments: positive bytes queued and at rest, deliveries in order, known patterns."""
     life = await memory.measure_lifecycle(tmp_path, 5, 1, report=quiet, timeout_s=90)
     statuses = len(memory.STATUSES)
     assert life.events >= 5 * statuses  # and payment.init, which reveals no transition
@@ -59,8 +58,7 @@ async def test_lifecycle_measures_queued_and_at_rest_bytes(tmp_path: Path) -> No
 
 
 async def test_outage_counts_job_runs_per_breaker_cycle(tmp_path: Path) -> None:
-    """Twenty payments parked behind a subscriber answering 500: job runs are counted for each
-    breaker cycle, and after recovery every transition arrives, in order."""
+    """Twenty payments parked behind a 500: job runs per breaker cycle, then all in order."""
     outage = await memory.measure_outage(
         tmp_path, 20, cooldown_s=1.0, cycles=2, report=quiet, timeout_s=90
     )
