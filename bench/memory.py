@@ -52,6 +52,7 @@ import httpx
 import orjson
 
 from bench.e2e import TOKEN, child_env, completed_payments
+from service.store import layout
 
 STATUSES = ("submitted", "approved", "captured", "completed")
 RESULTS_PATH = Path(__file__).with_name("results.md")
@@ -67,21 +68,22 @@ GOAL_PARKED = 2000
 # Patterns allowed to keep keys without a TTL at rest (issue 14): the arq queue, capped streams
 # and lists, operator items (dead letters) and configuration (the subscribers registry).
 NO_TTL_ALLOWED = (
-    "{queue}",
-    "kh:unroutable",
-    "kh:transitions",
-    "kh:fo:log:{sub}",
-    "kh:fo:dead",
-    "kh:fo:dead:{sub}",
-    "kh:dlq:events",
-    "kh:dlq:events:index",
-    "kh:subscribers",
-    "kh:subscribers:version",
-    "kh:fo:b:{sub}",
+    layout.QUEUE,
+    layout.UNROUTABLE,
+    layout.TRANSITIONS,
+    layout.ATTEMPT_LOG,
+    layout.DEAD_ALL,
+    layout.DEAD,
+    layout.EVENT_DLQ_ENTRIES,
+    layout.EVENT_DLQ_INDEX,
+    layout.SUBSCRIBERS,
+    layout.SUBSCRIBERS_VERSION,
+    layout.BREAKER,
 )
 # Capped streams and lists: constant at scale, whatever the number of payments.
-CAPPED = ("kh:unroutable", "kh:transitions", "kh:fo:log:{sub}")
+CAPPED = (layout.UNROUTABLE, layout.TRANSITIONS, layout.ATTEMPT_LOG)
 SAMPLE_KEYS = 200
+FDL_PREFIX = layout.DELIVER_JOB_ID.split("{", 1)[0]
 Report = Callable[[str], None]
 
 
@@ -397,7 +399,7 @@ async def measure_lifecycle(
 
             await wait_until(all_queued, timeout_s, "webhooks queued", stack)
             result.queued = await census(redis, queue)
-            result.events = result.queued.row("kh:dedupe:{digest}").keys
+            result.events = result.queued.row(layout.DEDUPE).keys
             report(f"  {result.events} events queued: {result.queued_per_event:.0f} B/event")
 
             report("  worker started; waiting for every delivery ...")
@@ -469,7 +471,7 @@ async def due_fdl(redis: Any, queue: str) -> tuple[int, int]:
 
     members = await redis.zrange(queue, 0, -1, withscores=True)
     now = now_ms()
-    fdl = [score for member, score in members if bytes(member).startswith(b"fdl:")]
+    fdl = [score for member, score in members if bytes(member).decode().startswith(FDL_PREFIX)]
     return sum(1 for s in fdl if s <= now), len(fdl)
 
 
@@ -611,11 +613,11 @@ def lifetimes_s() -> dict[str, float | None]:
     settings = Settings()
     params = inspect.signature(PaymentStateStore.__init__).parameters
     return {
-        "kh:dedupe:{digest}": settings.dedupe_ttl_s,
-        "kh:raw:{digest}": settings.raw_ttl_s,
-        "kh:pay:{payment_id}:state": params["state_ttl_s"].default,
-        "kh:pay:{payment_id}:dirty": params["dirty_ttl_s"].default,
-        "kh:fo:d:{sub}:{tid}": settings.delivery_done_ttl_s,
+        layout.DEDUPE: settings.dedupe_ttl_s,
+        layout.RAW_EVENT: settings.raw_ttl_s,
+        layout.PAYMENT_STATE: params["state_ttl_s"].default,
+        layout.PAYMENT_DIRTY: params["dirty_ttl_s"].default,
+        layout.DELIVERY: settings.delivery_done_ttl_s,
     }
 
 
@@ -813,12 +815,12 @@ def render(lives: Sequence[Lifecycle], outage: Outage | None, when: str | None =
             )
             out.append(f"| `{pattern}` | {fmt_b(per_payment)} | {ttl} | {gb_text} |")
         out += [f"| **total** | | | **{proj.total_gb:,.1f}** |", ""]
-        stream = life.rest.row("kh:transitions")
+        stream = life.rest.row(layout.TRANSITIONS)
         per_entry = stream.total_bytes / max(life.payments * len(STATUSES), 1)
         out += [
-            "Not in the total, constant whatever the rate: `kh:transitions` at its cap of "
+            f"Not in the total, constant whatever the rate: `{layout.TRANSITIONS}` at its cap of "
             f"{TRANSITIONS_LOG_MAXLEN:,} entries ~ {per_entry * TRANSITIONS_LOG_MAXLEN / 1e6:,.0f} "
-            f"MB ({fmt_b(per_entry)}/entry here); `kh:fo:log:{{sub}}` "
+            f"MB ({fmt_b(per_entry)}/entry here); `{layout.ATTEMPT_LOG}` "
             f"{Settings().delivery_attempt_log_size} entries per subscriber; the queue is empty "
             "at rest.",
             "",

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench import memory
-from service.store.layout import KEY_PATTERNS
+from service.store import layout
 
-KNOWN = {kp.pattern for kp in KEY_PATTERNS}
+KNOWN = {kp.pattern for kp in layout.KEY_PATTERNS}
 
 
 def quiet(_: str) -> None:
@@ -20,11 +20,11 @@ def test_keys_are_classified_by_their_layout_pattern() -> None:
     matchers = memory.pattern_matchers("arq:queue")
     assert memory.classify("arq:queue", matchers) == "{queue}"
     assert memory.classify("arq:queue:health-check", matchers) == "{queue}:health-check"
-    assert memory.classify("kh:fo:dead", matchers) == "kh:fo:dead"
-    assert memory.classify("kh:fo:dead:s1", matchers) == "kh:fo:dead:{sub}"
-    assert memory.classify("kh:fo:d:s1:evt_1", matchers) == "kh:fo:d:{sub}:{tid}"
-    assert memory.classify("kh:pay:p1:state", matchers) == "kh:pay:{payment_id}:state"
-    assert memory.classify("kh:subscribers:version", matchers) == "kh:subscribers:version"
+    assert memory.classify(layout.DEAD_ALL, matchers) == layout.DEAD_ALL
+    assert memory.classify(layout.dead_key("s1"), matchers) == layout.DEAD
+    assert memory.classify(layout.delivery_key("s1", "evt_1"), matchers) == layout.DELIVERY
+    assert memory.classify(layout.payment_state_key("p1"), matchers) == layout.PAYMENT_STATE
+    assert memory.classify(layout.SUBSCRIBERS_VERSION, matchers) == layout.SUBSCRIBERS_VERSION
     assert memory.classify("something:else", matchers) == "(other)"
 
 
@@ -48,13 +48,13 @@ async def test_lifecycle_measures_queued_and_at_rest_bytes(tmp_path: Path) -> No
     assert life.rest_per_payment > 0
     assert (life.deliveries, life.out_of_order) == (5 * statuses, 0)
     assert life.queued is not None and life.rest is not None
-    assert life.queued.row("kh:raw:{digest}").keys == life.events
-    assert life.queued.row("kh:raw:{digest}").avg_bytes > 0
-    assert life.rest.row("kh:fo:d:{sub}:{tid}").keys == 5 * statuses
+    assert life.queued.row(layout.RAW_EVENT).keys == life.events
+    assert life.queued.row(layout.RAW_EVENT).avg_bytes > 0
+    assert life.rest.row(layout.DELIVERY).keys == 5 * statuses
     assert set(life.rest.no_ttl_patterns()) <= KNOWN
     assert memory.project(life).total_gb > 0
     text = "\n".join(memory.render([life], None))
-    assert "bytes per queued event" in text and "`kh:raw:{digest}`" in text
+    assert "bytes per queued event" in text and f"`{layout.RAW_EVENT}`" in text
 
 
 async def test_outage_counts_job_runs_per_breaker_cycle(tmp_path: Path) -> None:
