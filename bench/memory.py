@@ -8,16 +8,19 @@ subscriber's URL):
 1. **Bytes per queued event.** A stack with no worker; ``--payments`` payments are created in the
    sandbox and driven to ``completed``; the sandbox sends its real, signed KartaPay webhooks
    (one per change of status, each carrying the full payment body) to the service, which stores
-   and queues them. Redis ``used_memory`` delta / events, plus a census of every key by pattern of
-   ``service.store.layout.KEY_PATTERNS``: count, ``MEMORY USAGE`` (``SAMPLES 0``) averaged over a
-   sample of each pattern's keys x count, and how many keys have no TTL.
+   and queues them. Redis ``used_memory`` delta / events (without the clients' buffers, the
+   AOF buffer and the scripts cache: fixed costs; the plain delta is printed too), plus a
+   census of every key by pattern of ``service.store.layout.KEY_PATTERNS``: count, ``MEMORY
+   USAGE`` (``SAMPLES 0``) averaged over a sample of each pattern's keys x count, and how many
+   keys have no TTL.
 2. **Bytes per payment at rest**, with 1 and with 3 subscribers (``payment.*``): a worker is then
    started on the same stack; once every subscriber received every transition, and the queue
    and the in-flight/parked sets are empty (every delivery finished), ``used_memory`` delta /
    payments and the same census (which patterns keep keys with no TTL at rest).
 3. **Jobs per breaker cycle during an outage.** One subscriber whose server answers 500;
-   ``--parked`` payments parked behind its open breaker (short cool-down, a retry schedule that
-   keeps every delivery pending). Over a few cool-downs (each ``open_until`` value of the
+   ``--parked`` payments parked behind its open breaker (cool-down ``--cooldown``, 10 s: short,
+   yet long enough for the worker to run every parked job once per cycle; a retry schedule
+   that keeps every delivery pending). Over a few cool-downs (each ``open_until`` value of the
    breaker hash is one cycle), the delivery job runs counted from the worker's own metrics
    (``kartahook_deliveries_total`` + ``kartahook_delivery_deferred_total``) and the peak number
    of due ``fdl:*`` jobs in the arq queue. Then the server recovers and every transition must
