@@ -170,6 +170,7 @@ class PatternRow:
     no_ttl: int = 0
     sampled: int = 0
     sampled_bytes: int = 0
+    max_ttl_s: int = -1  # the longest TTL seen on its keys (-1: none has one)
 
     @property
     def avg_bytes(self) -> float:
@@ -257,6 +258,7 @@ async def census(redis: Any, queue: str, sample: int = SAMPLE_KEYS) -> Census:
                 pipe.ttl(key)
             ttls += await pipe.execute()
         row.no_ttl = sum(1 for t in ttls if t == -1)
+        row.max_ttl_s = max([-1, *ttls])
         pipe = redis.pipeline(transaction=False)
         chosen = members[:: max(1, len(members) // sample)][:sample]
         for key in chosen:
@@ -633,7 +635,8 @@ class Projection:
 
 def project(life: Lifecycle, per_day: int = PAYMENTS_PER_DAY) -> Projection:
     """Steady state at ``per_day`` payments a day: sum over key kinds of bytes per payment at
-    rest x payments a day x the days a key lives; keys without TTL reported per day."""
+    rest x payments a day x the days a key lives (:func:`lifetimes_s`, else the longest TTL seen
+    on the kind's keys); keys without TTL, when most payments leave one, reported per day."""
     assert life.rest is not None and life.queued is not None
     ttl = lifetimes_s()
     rows: list[tuple[str, float, float | None, float]] = []
@@ -642,7 +645,8 @@ def project(life: Lifecycle, per_day: int = PAYMENTS_PER_DAY) -> Projection:
         if not row.keys:
             continue
         per_payment = row.total_bytes / life.payments
-        seconds = ttl.get(row.pattern)
+        # The configured lifetime; for a kind not listed there, the longest TTL seen on its keys.
+        seconds = ttl.get(row.pattern) or (row.max_ttl_s if row.max_ttl_s > 0 else None)
         if seconds is None:
             if row.no_ttl >= life.payments // 2:  # grows with payments, never expires
                 unbounded += per_payment * per_day / 1e9
@@ -804,7 +808,8 @@ def render(lives: Sequence[Lifecycle], outage: Outage | None, when: str | None =
         out += [
             f"Projection, {life.subscribers} subscriber(s): M = R x sum over key kinds of "
             "(bytes per payment at rest x TTL in days), R = 1,000,000 payments/day "
-            "(TTLs from `service.settings.Settings` and `PaymentStateStore`'s defaults):",
+            "(TTLs from `service.settings.Settings` and `PaymentStateStore`'s defaults; "
+            "another kind: the longest TTL seen on its keys):",
             "",
             "| pattern | bytes per payment | TTL (days) | GB at steady state |",
             "|---|---|---|---|",
