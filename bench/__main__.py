@@ -1,7 +1,8 @@
 """``python -m bench`` (``make bench``): every benchmark module present, one after the other.
 
 Ingestion (``bench.ingest``), the delivery HTTP client (``bench.delivery_client``), then the
-end-to-end pipeline (``bench.e2e``, which writes ``bench/results.md``). A module that is missing
+end-to-end pipeline (``bench.e2e``, which writes ``bench/results.md``), then Redis memory
+(``bench.memory``, its own section of ``bench/results.md``). A module that is missing
 is skipped; one that fails is reported, the others still run, and the exit code is 1.
 """
 
@@ -11,7 +12,7 @@ import importlib
 import sys
 import traceback
 
-MODULES = ("bench.ingest", "bench.delivery_client", "bench.e2e")
+MODULES = ("bench.ingest", "bench.delivery_client", "bench.e2e", "bench.memory")
 
 
 def main() -> int:

@@ -55,6 +55,7 @@ TOKEN = "bench-sandbox-token"
 RESULTS_PATH = Path(__file__).with_name("results.md")
 GOAL_RATIO = 0.5
 GOAL_P99_MS = 100.0
+OTHER_SECTIONS = "<!-- bench."
 
 
 # --- the receiver: one process, one path per subscriber ----------------------------------------
@@ -701,7 +702,11 @@ def write_results(
             "",
         ]
     )
-    RESULTS_PATH.write_text(text)
+    # Other benchmarks' sections (``<!-- bench.<name>:start -->`` … ``:end -->``, e.g.
+    # bench.memory's) follow this table in the file: kept as they are.
+    previous = RESULTS_PATH.read_text() if RESULTS_PATH.exists() else ""
+    kept = previous[previous.index(OTHER_SECTIONS) :] if OTHER_SECTIONS in previous else ""
+    RESULTS_PATH.write_text(text + ("\n" + kept if kept else ""))
     return text
 
 

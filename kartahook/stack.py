@@ -366,6 +366,19 @@ class Stack:
             raise RuntimeError("no embedded Redis to restart")
         await asyncio.to_thread(self.redis.start, timeout_s)
 
+    async def add_worker(self) -> None:
+        """Start one more ``kartahook worker`` once the stack runs (e.g. after webhooks were
+        queued by a stack started with ``workers=0``), and wait until it is ready.
+
+        Raises :class:`ChildFailed` as :meth:`start` does.
+        """
+        running = [c for c in self.supervisor.children if c.name.split("-")[0] == "worker"]
+        name = "worker" if not running else f"worker-{len(running) + 1}"
+        env = self.child_env(*self.write_config_files())
+        spec = ChildSpec(name, self._argv("worker", [*CLI, "worker"]), env, None)
+        child = self.supervisor.start(self.prepare("worker", spec))
+        await self.supervisor.wait_ready(child, asyncio.Event())
+
     async def stop(self) -> None:
         """Stop every child, last started first, then the embedded Redis. Once is enough:
         a second call does nothing."""
