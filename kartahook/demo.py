@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from service.kartapay import GATEWAY_CODES, KartaPayClient
+from service.kartapay import GATEWAY_CODES, GatewayCode, KartaPayClient
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "canceled"})
 CREATE_CONCURRENCY = 16
@@ -139,7 +139,7 @@ def demo_claim(n: int) -> dict[str, Any]:
     }
 
 
-def plan_code(n: int) -> str:
+def plan_code(n: int) -> GatewayCode:
     """The plan code the ``n``-th demo payment is submitted with: every code in turn."""
     return GATEWAY_CODES[n % len(GATEWAY_CODES)]
 
