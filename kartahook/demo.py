@@ -83,8 +83,8 @@ class DemoResult:
         return sum(len(seen) for seen in self.statuses.values())
 
     def summary_lines(self) -> list[str]:
-        lines = [f"  {pid}  {' -> '.join(seen) or '(nothing yet)'}" + self._dups(pid)
-                 for pid, seen in self.statuses.items()]  # fmt: skip
+        lines = [f"  {pid}{self._plan(pid)}  {' -> '.join(seen) or '(nothing yet)'}"
+                 + self._dups(pid) for pid, seen in self.statuses.items()]  # fmt: skip
         finals: dict[str, int] = {}
         for seen in self.statuses.values():
             final = next((s for s in reversed(seen) if s in TERMINAL_STATUSES), "unfinished")
@@ -113,6 +113,10 @@ class DemoResult:
             deliveries = sum(len(statuses) for statuses in seen)
             lines.append(f"  plan {code}: {len(ids)} payments ({outcome}), {deliveries} deliveries")
         return lines
+
+    def _plan(self, payment_id: str) -> str:
+        code = self.plans.get(payment_id)
+        return f" ({code})" if code else ""
 
     def _dups(self, payment_id: str) -> str:
         count = self.duplicates.get(payment_id, 0)
