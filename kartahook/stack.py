@@ -26,6 +26,7 @@ reach the children through their environment only: no secret is in a file or on 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import secrets
@@ -120,7 +121,8 @@ class ProviderCredentials:
 def sources_yaml(paypal_ca_file: Path | None) -> str:
     """The sources file of a stack: all seven sources, secrets as ``${VAR}`` references, each
     configured as the sandbox sends that provider's webhooks (docs/sandbox.md)."""
-    ca = f'    cert_ca_file: "{paypal_ca_file}"\n' if paypal_ca_file is not None else ""
+    # JSON's double-quoted string is a YAML one too: any path stays one scalar.
+    ca = f"    cert_ca_file: {json.dumps(str(paypal_ca_file))}\n" if paypal_ca_file else ""
 
     def basic(prefix: str) -> str:
         return f'[{{username: "${{{prefix}_USER}}", password: "${{{prefix}_PASSWORD}}"}}]'
