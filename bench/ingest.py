@@ -1,4 +1,4 @@
-"""Ingestion throughput: the real ``/v1/webhooks/kartapay`` against a bare Starlette endpoint.
+"""Ingestion throughput: the real ``/v1/webhooks/<source>`` against a bare Starlette endpoint.
 
 ``python -m bench.ingest`` starts its own redis-server (AOF on, ``appendfsync everysec``) and two
 uvicorn servers in separate processes with the same settings as ``kartahook serve`` (uvloop,
@@ -11,6 +11,15 @@ wrk drives each with 64 connections and distinct, validly signed events (pre-sig
 ``bench/ingest.lua``), after a short warm-up, in alternating rounds (so a change of load on a
 shared machine hits both). It prints requests/s of every round, then for the median round of
 each target requests/s and p50/p99 latency, and the ratio. Goal: ratio >= 0.50, real p99 <= 10 ms.
+
+Per source (issue 11): the same real server has all seven sources (the sources file of
+``kartahook.stack``), and the targets ``stripe``, ``huri`` (HMAC), ``paypal`` (RSA, the
+certificate fetched over https from the sandbox's certificate server, run here on a thread, and
+cached: the warm-up fetches it) and ``mvola-km`` (HTTP Basic) replay distinct requests built and
+signed by the sandbox's provider modules (``bench/ingest_sources.py``, ``ingest_requests.lua``).
+Each is reported as a ratio of the bare endpoint's median round, with its p99, in a table.
+Goal: each >= 0.45 of bare, p99 <= 10 ms. PayPal's requests are fewer (``--paypal-events-per-s``):
+RSA signing them is slow; a round that runs out replays them (duplicates), shown as ``replayed``.
 
 It also prints each server's CPU time per request (user + system, from ``/proc``; medians of the
 rounds) and their ratio. Both servers are CPU-bound on one core, so on a machine shared with
@@ -43,7 +52,17 @@ from starlette.routing import Route
 from bench.cpu import process_cpu_seconds
 
 LUA_SCRIPT = Path(__file__).with_name("ingest.lua")
+REQUESTS_LUA_SCRIPT = Path(__file__).with_name("ingest_requests.lua")
 PATH = "/v1/webhooks/kartapay"
+SOURCE_TARGETS = ("stripe", "huri", "paypal", "mvola-km")
+TARGETS = ("bare", "real", *SOURCE_TARGETS)
+SOURCE_GOAL_RATIO = 0.45
+P99_GOAL_MS = 10.0
+
+
+def server_of(target: str) -> str:
+    """The server a target is measured on: the bare endpoint, or the real service."""
+    return "bare" if target == "bare" else "real"
 
 
 def bare_app() -> Starlette:
@@ -99,8 +118,18 @@ def wait_ready(url: str, timeout_s: float = 30) -> None:
 
 
 def run_wrk(
-    port: int, requests_file: Path, duration_s: float, connections: int, threads: int
+    port: int,
+    requests_file: Path,
+    duration_s: float,
+    connections: int,
+    threads: int,
+    generic: bool = False,
 ) -> dict[str, Any]:
+    """One wrk run; ``generic``: the file holds whole requests (``ingest_requests.lua``)."""
+    if generic:
+        script, script_args = REQUESTS_LUA_SCRIPT, [str(requests_file), str(threads)]
+    else:
+        script, script_args = LUA_SCRIPT, [str(requests_file), PATH, str(threads)]
     command = [
         "wrk",
         f"-t{threads}",
@@ -109,12 +138,10 @@ def run_wrk(
         "--timeout",
         "5s",
         "-s",
-        str(LUA_SCRIPT),
+        str(script),
         f"http://127.0.0.1:{port}",
         "--",
-        str(requests_file),
-        PATH,
-        str(threads),
+        *script_args,
     ]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     line = next(line for line in output.splitlines() if line.startswith("JSON"))
@@ -145,6 +172,8 @@ def stop_server(process: Any) -> None:
 
 
 def bench(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    from bench.ingest_sources import PayPalCertServer, RequestMaker, makers
+    from kartahook.stack import SOURCE_SECRET_ENV, ProviderCredentials, sources_yaml
     from service.domain.signing import generate_secret
     from service.store.server import RedisServer, free_port
 
@@ -152,53 +181,94 @@ def bench(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
     workdir = Path(tempfile.mkdtemp(prefix="kartahook-bench-"))
     secret = generate_secret()
+    credentials = ProviderCredentials()
+    certs = None
+    if "paypal" in args.targets:
+        certs = PayPalCertServer(workdir / "paypal-ca.pem")
+        certs.start()
     sources_file = workdir / "sources.yaml"
-    sources_file.write_text('sources:\n  kartapay: {secrets: ["${BENCH_KARTAPAY_SECRET}"]}\n')
+    sources_file.write_text(sources_yaml(workdir / "paypal-ca.pem" if certs else None))
+    request_makers: dict[str, RequestMaker] = makers(credentials, certs.service if certs else None)
     results: dict[str, dict[str, Any]] = {}
-    with RedisServer(workdir / "redis", appendonly=True) as redis:
-        env = {
-            **os.environ,
-            "KARTAHOOK_REDIS_URL": redis.url,
-            "KARTAHOOK_SOURCES_FILE": str(sources_file),
-            "KARTAHOOK_LOG_FORMAT": "json",
-            "BENCH_KARTAPAY_SECRET": secret,
-            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), *sys.path]),
-        }
-        ports = {target: free_port() for target in args.targets}
-        processes = {
-            target: start_server(target, port, env, workdir / f"{target}.log")
-            for target, port in ports.items()
-        }
-        runs: dict[str, list[dict[str, Any]]] = {target: [] for target in args.targets}
-        round_s = args.duration / args.rounds
-        try:
-            for target, port in ports.items():
-                wait_ready(f"http://127.0.0.1:{port}/healthz")
-                warm = workdir / f"{target}-warm.tsv"
-                write_requests(warm, secret, int(args.warmup * args.events_per_s), target + "w")
-                run_wrk(port, warm, args.warmup, args.connections, args.threads)
-            # Alternate short rounds, so a change of load on the machine hits both targets.
-            for round_no in range(args.rounds):
-                for target, port in ports.items():
-                    measured = workdir / f"{target}-{round_no}.tsv"
-                    prefix = f"{target}{round_no}"
-                    write_requests(measured, secret, int(round_s * args.events_per_s), prefix)
-                    cpu_before = process_cpu_seconds(processes[target].pid)
-                    stats = run_wrk(port, measured, round_s, args.connections, args.threads)
-                    cpu_after = process_cpu_seconds(processes[target].pid)
-                    if cpu_before is not None and cpu_after is not None and stats["requests"]:
-                        stats["cpu_us"] = (cpu_after - cpu_before) / stats["requests"] * 1e6
-                    runs[target].append(stats)
-        finally:
-            for process in processes.values():
-                stop_server(process)
-        for target, target_runs in runs.items():
-            ordered = sorted(target_runs, key=lambda stats: stats["rps"])
-            results[target] = {**ordered[len(ordered) // 2], "rounds": target_runs}
-            cpu = sorted(run["cpu_us"] for run in target_runs if "cpu_us" in run)
-            if cpu:
-                results[target]["cpu_us_median"] = cpu[len(cpu) // 2]
-    shutil.rmtree(workdir, ignore_errors=True)
+    try:
+        with RedisServer(workdir / "redis", appendonly=True) as redis:
+            env = {
+                **os.environ,
+                "KARTAHOOK_REDIS_URL": redis.url,
+                "KARTAHOOK_SOURCES_FILE": str(sources_file),
+                "KARTAHOOK_LOG_FORMAT": "json",
+                SOURCE_SECRET_ENV: secret,
+                **credentials.source_env(),
+                "PYTHONPATH": os.pathsep.join(
+                    [str(Path(__file__).resolve().parents[1]), *sys.path]
+                ),
+            }
+            servers = sorted({server_of(target) for target in args.targets})
+            ports = {server: free_port() for server in servers}
+            processes = {
+                server: start_server(server, port, env, workdir / f"{server}.log")
+                for server, port in ports.items()
+            }
+            runs: dict[str, list[dict[str, Any]]] = {target: [] for target in args.targets}
+            round_s = args.duration / args.rounds
+
+            def write(target: str, path: Path, seconds: float, prefix: str) -> bool:
+                """The target's requests for ``seconds``; True: whole requests (generic)."""
+                if target in request_makers:
+                    rate = (
+                        args.paypal_events_per_s if target == "paypal" else args.source_events_per_s
+                    )
+                    request_makers[target].write(path, max(1, int(seconds * rate)))
+                    return True
+                write_requests(path, secret, int(seconds * args.events_per_s), prefix)
+                return False
+
+            try:
+                for port in ports.values():
+                    wait_ready(f"http://127.0.0.1:{port}/healthz")
+                for target in args.targets:
+                    port = ports[server_of(target)]
+                    warm = workdir / f"{target}-warm.tsv"
+                    generic = write(target, warm, args.warmup, target + "w")
+                    run_wrk(port, warm, args.warmup, args.connections, args.threads, generic)
+                    warm.unlink()
+                # Alternate short rounds, so a change of load on the machine hits every target.
+                for round_no in range(args.rounds):
+                    for target in args.targets:
+                        server = server_of(target)
+                        measured = workdir / f"{target}-{round_no}.tsv"
+                        generic = write(target, measured, round_s, f"{target}{round_no}")
+                        pid = processes[server].pid
+                        cpu_before = process_cpu_seconds(pid)
+                        stats = run_wrk(
+                            ports[server],
+                            measured,
+                            round_s,
+                            args.connections,
+                            args.threads,
+                            generic,
+                        )
+                        cpu_after = process_cpu_seconds(pid)
+                        if cpu_before is not None and cpu_after is not None and stats["requests"]:
+                            stats["cpu_us"] = (cpu_after - cpu_before) / stats["requests"] * 1e6
+                        runs[target].append(stats)
+                        measured.unlink()
+            finally:
+                for process in processes.values():
+                    stop_server(process)
+            for target, target_runs in runs.items():
+                ordered = sorted(target_runs, key=lambda stats: stats["rps"])
+                results[target] = {**ordered[len(ordered) // 2], "rounds": target_runs}
+                cpu = sorted(run["cpu_us"] for run in target_runs if "cpu_us" in run)
+                if cpu:
+                    results[target]["cpu_us_median"] = cpu[len(cpu) // 2]
+    finally:
+        if certs is not None:
+            certs.stop()
+    if args.keep:
+        print(f"logs and request files kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
     return results
 
 
@@ -230,6 +300,39 @@ def report(results: dict[str, dict[str, Any]]) -> None:
         if "cpu_us_median" in results["real"] and "cpu_us_median" in results["bare"]:
             cpu_ratio = results["bare"]["cpu_us_median"] / results["real"]["cpu_us_median"]
             print(f"CPU per request, bare/real (median rounds): {cpu_ratio:.2f}")
+    for line in source_table(results):
+        print(line)
+
+
+def source_table(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown: each measured target against the bare endpoint of the same run."""
+    if "bare" not in results or len(results) < 2:
+        return []
+    bare = results["bare"]
+    lines = [
+        "",
+        "| target | req/s (median round) | ratio to bare | p50 | p99 | CPU/request "
+        "| bare/target CPU | non-2xx | replayed | goal (>= 0.45, p99 <= 10 ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for target, stats in results.items():
+        ratio = stats["rps"] / bare["rps"]
+        p99_ms = stats["p99_us"] / 1000
+        cpu = stats.get("cpu_us_median")
+        cpu_ratio = bare.get("cpu_us_median", 0) / cpu if cpu else None
+        goal = (
+            "-"
+            if target == "bare"
+            else ("met" if ratio >= SOURCE_GOAL_RATIO and p99_ms <= P99_GOAL_MS else "NOT met")
+        )
+        name = "kartapay" if target == "real" else target
+        lines.append(
+            f"| {name} | {stats['rps']:.0f} | {ratio:.2f} | {stats['p50_us'] / 1000:.2f} ms "
+            f"| {p99_ms:.2f} ms | {f'{cpu:.0f} us' if cpu else '-'} "
+            f"| {f'{cpu_ratio:.2f}' if cpu_ratio else '-'} | {stats['non2xx']} "
+            f"| {stats['wrapped']} | {goal} |"
+        )
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -242,7 +345,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--events-per-s", type=int, default=30_000, help="pre-signed events per second of run"
     )
-    parser.add_argument("--targets", nargs="+", default=["bare", "real"], choices=["bare", "real"])
+    parser.add_argument(
+        "--source-events-per-s",
+        type=int,
+        default=12_000,
+        help="events per second of run for the stripe, huri and mvola-km targets",
+    )
+    parser.add_argument(
+        "--paypal-events-per-s",
+        type=int,
+        default=6_000,
+        help="PayPal events per second of run (each is RSA-signed beforehand, which is slow)",
+    )
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        default=list(TARGETS),
+        choices=TARGETS,
+        help="bare endpoint, real (the kartapay source) and the sources measured one by one",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the logs and request files")
     parser.add_argument("--serve", choices=["bare", "real"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

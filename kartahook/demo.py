@@ -3,11 +3,17 @@
 Used by ``kartahook demo`` against a running stack and by ``kartahook run`` once it is up. The
 deliveries are read from the demo subscriber's ``GET /received``; a payment is done when its
 terminal status (``completed``, ``failed`` or ``canceled``) has arrived there.
+
+Payment ``n`` is submitted with plan code ``GATEWAY_CODES[n % 6]``, so six payments go through
+every plan code (``HOL HRM MVK MVM PYP STR``); the sandbox then sends that provider's webhooks
+(and, unless told otherwise, KartaPay's own). The summary has a line per plan code, and
+:func:`source_lines` one per source from the service's ``kartahook_webhooks_total``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from service.kartapay import GATEWAY_CODES, KartaPayClient
+from service.kartapay import GATEWAY_CODES, GatewayCode, KartaPayClient
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "canceled"})
 CREATE_CONCURRENCY = 16
@@ -66,6 +72,7 @@ class DemoResult:
     duplicates: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
     last_seq: int = 0  # the demo subscriber's seq of the last delivery looked at
+    plans: dict[str, str] = field(default_factory=dict)  # payment id -> plan code submitted
 
     @property
     def unfinished(self) -> list[str]:
@@ -76,18 +83,40 @@ class DemoResult:
         return sum(len(seen) for seen in self.statuses.values())
 
     def summary_lines(self) -> list[str]:
-        lines = [f"  {pid}  {' -> '.join(seen) or '(nothing yet)'}" + self._dups(pid)
-                 for pid, seen in self.statuses.items()]  # fmt: skip
+        lines = [f"  {pid}{self._plan(pid)}  {' -> '.join(seen) or '(nothing yet)'}"
+                 + self._dups(pid) for pid, seen in self.statuses.items()]  # fmt: skip
         finals: dict[str, int] = {}
         for seen in self.statuses.values():
             final = next((s for s in reversed(seen) if s in TERMINAL_STATUSES), "unfinished")
             finals[final] = finals.get(final, 0) + 1
+        lines.extend(self.plan_lines())
         outcome = ", ".join(f"{count} {status}" for status, count in sorted(finals.items()))
         lines.append(
             f"  {len(self.statuses)} payments ({outcome}), {self.deliveries} deliveries, "
             f"{sum(self.duplicates.values())} duplicates, {self.elapsed_s:.1f} s"
         )
         return lines
+
+    def plan_lines(self) -> list[str]:
+        """One line per plan code: its payments, their deliveries and final statuses."""
+        lines = []
+        for code in sorted(set(self.plans.values())):
+            ids = [pid for pid, plan in self.plans.items() if plan == code]
+            seen = [self.statuses.get(pid, []) for pid in ids]
+            finals: dict[str, int] = {}
+            for statuses in seen:
+                final = next(
+                    (s for s in reversed(statuses) if s in TERMINAL_STATUSES), "unfinished"
+                )
+                finals[final] = finals.get(final, 0) + 1
+            outcome = ", ".join(f"{count} {status}" for status, count in sorted(finals.items()))
+            deliveries = sum(len(statuses) for statuses in seen)
+            lines.append(f"  plan {code}: {len(ids)} payments ({outcome}), {deliveries} deliveries")
+        return lines
+
+    def _plan(self, payment_id: str) -> str:
+        code = self.plans.get(payment_id)
+        return f" ({code})" if code else ""
 
     def _dups(self, payment_id: str) -> str:
         count = self.duplicates.get(payment_id, 0)
@@ -114,17 +143,58 @@ def demo_claim(n: int) -> dict[str, Any]:
     }
 
 
-async def create_and_submit(kartapay: KartaPayClient, payments: int) -> list[str]:
-    """Create ``payments`` payments and submit each; return their ids in creation order."""
+def plan_code(n: int) -> GatewayCode:
+    """The plan code the ``n``-th demo payment is submitted with: every code in turn."""
+    return GATEWAY_CODES[n % len(GATEWAY_CODES)]
+
+
+async def create_and_submit_plans(kartapay: KartaPayClient, payments: int) -> dict[str, str]:
+    """Create ``payments`` payments and submit each with :func:`plan_code`; return payment id
+    -> plan code, in creation order."""
     limit = asyncio.Semaphore(CREATE_CONCURRENCY)
 
-    async def one(n: int) -> str:
+    async def one(n: int) -> tuple[str, str]:
         async with limit:
             record = await kartapay.create(demo_claim(n))
-            await kartapay.submit(record.id, GATEWAY_CODES[n % len(GATEWAY_CODES)])
-            return record.id
+            await kartapay.submit(record.id, plan_code(n))
+            return record.id, plan_code(n)
 
-    return list(await asyncio.gather(*(one(n) for n in range(1, payments + 1))))
+    return dict(await asyncio.gather(*(one(n) for n in range(1, payments + 1))))
+
+
+async def create_and_submit(kartapay: KartaPayClient, payments: int) -> list[str]:
+    """Create ``payments`` payments and submit each; return their ids in creation order."""
+    return list(await create_and_submit_plans(kartapay, payments))
+
+
+_WEBHOOKS_LINE = re.compile(r"^kartahook_webhooks_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def webhook_counts(metrics_text: str) -> dict[str, dict[str, int]]:
+    """``kartahook_webhooks_total`` of a ``/metrics`` page: source -> outcome -> count."""
+    counts: dict[str, dict[str, int]] = {}
+    for line in metrics_text.splitlines():
+        match = _WEBHOOKS_LINE.match(line)
+        if match is None:
+            continue
+        labels = dict(_LABEL.findall(match["labels"]))
+        per_source = counts.setdefault(labels.get("source", "?"), {})
+        outcome = labels.get("outcome", "?")
+        per_source[outcome] = per_source.get(outcome, 0) + int(float(match["value"]))
+    return counts
+
+
+def source_lines(counts: dict[str, dict[str, int]], sources: Sequence[str]) -> list[str]:
+    """One line per source: webhooks accepted, duplicates, and any refused (by outcome)."""
+    lines = []
+    for source in [*sources, *sorted(set(counts) - set(sources))]:
+        outcomes = dict(counts.get(source, {}))
+        accepted = outcomes.pop("accepted", 0)
+        duplicate = outcomes.pop("duplicate", 0)
+        refused = "".join(f", {n} {outcome}" for outcome, n in sorted(outcomes.items()))
+        lines.append(f"  {source:<9} {accepted} accepted, {duplicate} duplicates{refused}")
+    return lines
 
 
 async def follow(
@@ -170,10 +240,12 @@ async def run_demo(
         watcher = ReceivedWatcher(subscriber_url, http)
         await watcher.start_from_now()
         started = time.monotonic()
-        payment_ids = await create_and_submit(kartapay, payments)
-        return await follow(
-            watcher, payment_ids, timeout_s=timeout_s, on_delivery=on_delivery, started=started
+        plans = await create_and_submit_plans(kartapay, payments)
+        result = await follow(
+            watcher, list(plans), timeout_s=timeout_s, on_delivery=on_delivery, started=started
         )
+        result.plans = plans
+        return result
 
 
 def delivery_line(entry: Entry) -> str:

@@ -7,9 +7,17 @@ A :class:`Stack` starts, in this order and each as a real process (``python -m k
 subscribers, the service, the worker(s) and the sandbox. It waits until each is ready and stops
 them in reverse order (:class:`~kartahook.supervisor.Supervisor`), Redis last.
 
-It writes the sources and subscribers files under ``var_dir``. Their secrets are ``${VAR}``
-references, the values reach the children through their environment only: no secret is in a
-file or on a command line.
+When the sandbox also plays the providers (``webhooks`` ``provider`` or ``both``), it starts
+*before* the service, right after the demo subscribers: it generates the PayPal CA at start and
+writes it to ``<var_dir>/paypal-ca.pem`` (``--paypal-ca-out``), and the service's ``paypal``
+source reads that file (``cert_ca_file``) when it starts. The sandbox is ready once it listens
+and the CA file is there. Nothing is lost meanwhile: the sandbox sends a webhook only when a
+payment changes, and nobody drives payments before the whole stack is ready.
+
+It writes the sources and subscribers files under ``var_dir``. The sources file names all seven
+sources (``SOURCE_NAMES``), configured the way the sandbox sends each provider's webhooks. Their
+secrets and credentials are ``${VAR}`` references (fresh random values per stack), the values
+reach the children through their environment only: no secret is in a file or on a command line.
 
 ``async with Stack(...) as stack:`` starts and stops it; ``kartahook run`` calls
 :meth:`Stack.start` and :meth:`Stack.stop` itself, to stop early on Ctrl-C.
@@ -23,8 +31,10 @@ runs with AOF and ``appendfsync always`` by default (``redis_appendfsync``).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
+import secrets
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -46,6 +56,19 @@ CLI = (sys.executable, "-m", "kartahook.cli")
 SOURCE_SECRET_ENV = "KARTAPAY_WEBHOOK_SECRET"  # noqa: S105 (a variable name, not a secret)
 SUBSCRIBER_PATH = "/hooks/payments"
 WEBHOOK_PATH = "/v1/webhooks/kartapay"
+WEBHOOK_MODES = ("kartapay", "provider", "both")  # the sandbox's --webhooks
+# Every source of the sources file, and the plan code whose provider webhooks it receives.
+SOURCE_PLAN_CODES = {
+    "kartapay": None,
+    "stripe": "STR",
+    "paypal": "PYP",
+    "mvola-mg": "MVM",
+    "mvola-km": "MVK",
+    "holo": "HOL",
+    "huri": "HRM",
+}
+SOURCE_NAMES = tuple(SOURCE_PLAN_CODES)
+PAYPAL_CA_FILE = "paypal-ca.pem"  # under var_dir, written by the sandbox
 
 
 def isolated_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -59,6 +82,81 @@ def isolated_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def _default_token() -> str:
     return Settings().kartapay_token.get_secret_value()
+
+
+@dataclass(frozen=True)
+class ProviderCredentials:
+    """The providers' secrets and credentials of one stack: the sandbox signs with them, the
+    sources verify with them. Random per stack (never the sandbox's fixed defaults)."""
+
+    stripe_secret: str = field(
+        default_factory=lambda: "whsec_" + secrets.token_urlsafe(24), repr=False
+    )
+    paypal_webhook_id: str = field(default_factory=lambda: "WH-" + secrets.token_hex(8).upper())
+    basic_user: str = field(default_factory=lambda: "kartahook-" + secrets.token_hex(4))
+    basic_password: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    huri_secret: str = field(
+        default_factory=lambda: "huri_" + secrets.token_urlsafe(24), repr=False
+    )
+
+    def source_env(self) -> dict[str, str]:
+        """The variables the sources file's ``${…}`` name. MVola MG, MVola KM and Holo share
+        the sandbox's one Basic pair."""
+        basic = {}
+        for prefix in ("MVOLA_MG", "MVOLA_KM", "HOLO"):
+            basic[f"{prefix}_USER"] = self.basic_user
+            basic[f"{prefix}_PASSWORD"] = self.basic_password
+        return {
+            "STRIPE_ENDPOINT_SECRET": self.stripe_secret,
+            "PAYPAL_WEBHOOK_ID": self.paypal_webhook_id,
+            "HURI_SECRET": self.huri_secret,
+            **basic,
+        }
+
+    def sandbox_env(self) -> dict[str, str]:
+        """The same values as the sandbox reads them (``KARTAHOOK_SANDBOX_<FLAG>``)."""
+        return {
+            "KARTAHOOK_SANDBOX_STRIPE_SECRET": self.stripe_secret,
+            "KARTAHOOK_SANDBOX_PAYPAL_WEBHOOK_ID": self.paypal_webhook_id,
+            "KARTAHOOK_SANDBOX_BASIC_USER": self.basic_user,
+            "KARTAHOOK_SANDBOX_BASIC_PASSWORD": self.basic_password,
+            "KARTAHOOK_SANDBOX_HURI_SECRET": self.huri_secret,
+        }
+
+
+def sources_yaml(paypal_ca_file: Path | None) -> str:
+    """The sources file of a stack: all seven sources, secrets as ``${VAR}`` references, each
+    configured as the sandbox sends that provider's webhooks (docs/sandbox.md)."""
+    # JSON's double-quoted string is a YAML one too: any path stays one scalar.
+    ca = f"    cert_ca_file: {json.dumps(str(paypal_ca_file))}\n" if paypal_ca_file else ""
+
+    def basic(prefix: str) -> str:
+        return f'[{{username: "${{{prefix}_USER}}", password: "${{{prefix}_PASSWORD}}"}}]'
+
+    return (
+        "# Written by kartahook's stack builder; secrets and credentials come from the\n"
+        "# environment. Each source is configured as the sandbox sends its webhooks.\n"
+        "sources:\n"
+        f'  kartapay: {{secrets: ["${{{SOURCE_SECRET_ENV}}}"]}}\n'
+        '  stripe: {secrets: ["${STRIPE_ENDPOINT_SECRET}"]}\n'
+        "  paypal:\n"
+        '    webhook_id: "${PAYPAL_WEBHOOK_ID}"\n'
+        '    cert_hosts: ["127.0.0.1", "localhost"]   # the sandbox serves the certificate\n'
+        f"{ca}"
+        f"  mvola-mg: {{credentials: {basic('MVOLA_MG')}}}\n"
+        f"  mvola-km: {{credentials: {basic('MVOLA_KM')}}}\n"
+        "  holo:\n"
+        f"    credentials: {basic('HOLO')}\n"
+        '    event_id: "query:transactionId"\n'
+        '    payment_id: "query:reference"\n'
+        "  huri:\n"
+        '    secrets: ["${HURI_SECRET}"]\n'
+        '    signature_header: "X-Huri-Signature"\n'
+        "    algorithm: sha256\n"
+        "    encoding: hex\n"
+        '    event_id: "id"\n'
+        '    payment_id: "data.paymentId"\n'
+    )
 
 
 @dataclass(frozen=True)
@@ -141,6 +239,10 @@ class Stack:
     base_env: Mapping[str, str] | None = None  # the children's environment; default os.environ
     sandbox_args: Sequence[str] = ()
     sandbox_webhooks: bool = True  # False: the sandbox sends none
+    # Which webhooks the sandbox sends (its --webhooks): KartaPay's own, the plan's provider's,
+    # or both. ``provider``/``both`` start the sandbox before the service (the PayPal CA).
+    webhooks: str = "kartapay"
+    providers: ProviderCredentials = field(default_factory=ProviderCredentials, repr=False)
     workers: int = 1
     # A worker without arq's health-check key is taken as ready after this long (None: never).
     worker_settle_s: float | None = None
@@ -155,6 +257,8 @@ class Stack:
     _stopped: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.webhooks not in WEBHOOK_MODES:
+            raise ValueError(f"webhooks must be one of {', '.join(WEBHOOK_MODES)}")
         self.supervisor = Supervisor(self.var_dir / "log", grace_s=self.grace_s)
         for name in ("service", "admin", "sandbox", "redis"):
             if not self.ports.get(name):
@@ -189,6 +293,16 @@ class Stack:
         return self.service_url + WEBHOOK_PATH
 
     @property
+    def provider_webhooks(self) -> bool:
+        """Whether the sandbox sends the providers' webhooks (and makes the PayPal CA)."""
+        return self.sandbox_webhooks and self.webhooks != "kartapay"
+
+    @property
+    def paypal_ca_file(self) -> Path:
+        """Where the sandbox writes the PayPal CA the ``paypal`` source trusts."""
+        return (self.var_dir / PAYPAL_CA_FILE).resolve()
+
+    @property
     def client_host(self) -> str:
         return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
 
@@ -218,10 +332,7 @@ class Stack:
         """The sources and subscribers files; their secrets are ``${VAR}``s from the env."""
         self.var_dir.mkdir(parents=True, exist_ok=True)
         sources = self.var_dir / "sources.yaml"
-        sources.write_text(
-            "# Written by kartahook's stack builder; the secret comes from the environment.\n"
-            f'sources:\n  kartapay: {{secrets: ["${{{SOURCE_SECRET_ENV}}}"]}}\n'
-        )
+        sources.write_text(sources_yaml(self.paypal_ca_file if self.provider_webhooks else None))
         subscribers = self.var_dir / "subscribers.yaml"
         subscribers.write_text(
             "# Written by kartahook's stack builder; the secrets come from the environment.\n"
@@ -241,6 +352,7 @@ class Stack:
                 "KARTAHOOK_SOURCES_FILE": str(sources),
                 "KARTAHOOK_SUBSCRIBERS_FILE": str(subscribers),
                 SOURCE_SECRET_ENV: self.source_secret,
+                **self.providers.source_env(),
             }
         )
         env.update({entry.secret_env: entry.secret for entry in self.entries()})
@@ -269,12 +381,16 @@ class Stack:
             specs.append(("demo-subscriber", ChildSpec(demo.child_name, argv, demo_env, ready)))
         serve = [*CLI, "serve", "--host", self.host, "--port", str(self.ports["service"])]
         serve += ["--admin-host", self.host, "--admin-port", str(self.ports["admin"])]
+        sandbox = ("sandbox", ChildSpec("sandbox", [], dict(env), None))
+        if self.provider_webhooks:  # it writes the PayPal CA the service reads at start
+            specs.append(sandbox)
         specs.append(("serve", ChildSpec("service", self._argv("service", serve), dict(env), None)))
         for n in range(1, self.workers + 1):
             name = "worker" if n == 1 else f"worker-{n}"
             argv = self._argv("worker", [*CLI, "worker"])
             specs.append(("worker", ChildSpec(name, argv, dict(env), None)))
-        specs.append(("sandbox", ChildSpec("sandbox", [], dict(env), None)))
+        if not self.provider_webhooks:
+            specs.append(sandbox)
         return specs
 
     def prepare(self, command: str, spec: ChildSpec) -> ChildSpec:
@@ -287,6 +403,14 @@ class Stack:
         elif command == "sandbox":
             argv = [*CLI, "sandbox", "--host", self.host, "--port", str(self.ports["sandbox"])]
             env = dict(spec.env)
+            ready = tcp_open(self.client_host, self.ports["sandbox"])
+            if self.provider_webhooks:
+                argv += ["--webhooks", self.webhooks, "--kartahook-url", self.service_url]
+                argv += ["--paypal-ca-out", str(self.paypal_ca_file)]
+                # Its provider secrets and credentials, too, come through the environment.
+                env.update(self.providers.sandbox_env())
+                self.paypal_ca_file.unlink(missing_ok=True)  # a previous run's
+                ready = self._sandbox_ready(ready)
             if self.sandbox_webhooks:
                 argv += ["--webhook-url", self.webhook_url]
                 # The secret goes through the environment (the sandbox's default for
@@ -294,8 +418,17 @@ class Stack:
                 env["KARTAHOOK_SANDBOX_WEBHOOK_SECRET"] = self.source_secret
             spec.argv = [*argv, *self.sandbox_args]
             spec.env = env
-            spec.ready = tcp_open(self.client_host, self.ports["sandbox"])
+            spec.ready = ready
         return spec
+
+    def _sandbox_ready(self, listening: ReadyCheck) -> ReadyCheck:
+        """Ready once it listens and has written the PayPal CA (uvicorn binds its socket only
+        after the lifespan, which writes the CA, has started)."""
+
+        async def check() -> bool:
+            return self.paypal_ca_file.exists() and await listening()
+
+        return check
 
     def _worker_ready(self) -> ReadyCheck:
         """Ready once arq has written its health-check key (or after ``worker_settle_s``)."""
@@ -409,8 +542,11 @@ class Stack:
 
 __all__ = [
     "CLI",
+    "SOURCE_NAMES",
+    "SOURCE_PLAN_CODES",
     "SOURCE_SECRET_ENV",
     "DemoSubscriber",
+    "ProviderCredentials",
     "Stack",
     "Subscriber",
     "isolated_env",

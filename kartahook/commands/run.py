@@ -25,7 +25,14 @@ from typing import Any
 import httpx
 
 from kartahook.demo import ReceivedWatcher
-from kartahook.stack import SUBSCRIBER_PATH, DemoSubscriber, Stack
+from kartahook.stack import (
+    SOURCE_NAMES,
+    SOURCE_PLAN_CODES,
+    SUBSCRIBER_PATH,
+    WEBHOOK_MODES,
+    DemoSubscriber,
+    Stack,
+)
 from kartahook.supervisor import ChildFailed, Supervisor, port_is_free
 from service.settings import Settings
 from service.store.client import redacted_url
@@ -51,7 +58,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     for name in PORT_OFFSETS:
         parser.add_argument(f"--{name}-port", type=int, help=f"port of the {name}")
-    parser.add_argument("--payments", type=int, default=3, help="demo payments to drive")
+    parser.add_argument(
+        "--payments",
+        type=int,
+        default=6,
+        help="demo payments to drive, each plan code in turn: 6 cover all (default %(default)s)",
+    )
+    parser.add_argument(
+        "--webhooks",
+        choices=WEBHOOK_MODES,
+        default="both",
+        help="what the sandbox sends: KartaPay's own webhooks, the plan's provider's, or both "
+        "(default %(default)s)",
+    )
     parser.add_argument("--no-demo", action="store_true", help="start everything, drive nothing")
     parser.add_argument("--demo-timeout", type=float, default=120.0, help="seconds")
     parser.add_argument(
@@ -93,6 +112,7 @@ def run_stack(args: argparse.Namespace, settings: Settings) -> Stack:
         token=settings.kartapay_token.get_secret_value(),
         redis_url=settings.redis_url or "",
         worker_settle_s=WORKER_SETTLE_S,
+        webhooks=getattr(args, "webhooks", "both"),
         grace_s=args.grace,
         report=lambda line: print(line, flush=True),
     )
@@ -112,15 +132,21 @@ def describe(stack: Stack) -> list[str]:
     subscriber_url = subscriber_base_url(stack) + SUBSCRIBER_PATH
     rows.append(("demo-subscriber", subscriber_url, "GET /received lists deliveries"))
     if "service" in pids:
-        rows.append(("service", stack.service_url, "POST /v1/webhooks/kartapay"))
+        rows.append(("service", stack.service_url, "/v1/webhooks/<source>, sources below"))
         rows.append(("service (admin)", stack.admin_url, "/admin, /metrics"))
     if "worker" in pids:
         rows.append(("worker", "-", f"arq worker, pid {pids['worker']}"))
     if "sandbox" in pids:
         rows.append(
-            ("sandbox", stack.sandbox_url, f"KartaPay API; webhooks to {stack.webhook_url}")
+            ("sandbox", stack.sandbox_url, f"KartaPay API; sends {stack.webhooks} webhooks")
         )
-    return [f"  {name:<16} {where:<40} {what}" for name, where, what in rows]
+    lines = [f"  {name:<16} {where:<40} {what}" for name, where, what in rows]
+    if "service" in pids:
+        lines.append(f"  sources ({stack.var_dir / 'sources.yaml'}):")
+        for source, code in SOURCE_PLAN_CODES.items():
+            what = f"plan {code}" if code else "KartaPay's own webhooks"
+            lines.append(f"    {source:<9} {stack.service_url}/v1/webhooks/{source:<9} {what}")
+    return lines
 
 
 def state(stack: Stack) -> dict[str, Any]:
@@ -239,7 +265,10 @@ async def _demo(args: argparse.Namespace, stack: Stack, shown: ReceivedWatcher) 
     from kartahook.demo import run_demo
     from service.kartapay import KartaPayClient, KartaPayError
 
-    print(f"demo: driving {args.payments} payments through their lifecycle…", flush=True)
+    print(
+        f"demo: driving {args.payments} payments through their lifecycle, plan codes in turn…",
+        flush=True,
+    )
     try:
         async with KartaPayClient(stack.sandbox_url, stack.token) as client:
             result = await run_demo(
@@ -256,8 +285,31 @@ async def _demo(args: argparse.Namespace, stack: Stack, shown: ReceivedWatcher) 
     print("demo summary:", flush=True)
     for line in result.summary_lines():
         print(line, flush=True)
+    print("webhooks per source (the service's /metrics):", flush=True)
+    for line in await _source_lines(stack):
+        print(line, flush=True)
     if result.unfinished:
         print(f"demo: {len(result.unfinished)} payments did not finish in time", flush=True)
+
+
+async def _source_lines(stack: Stack) -> list[str]:
+    """One line per source from ``kartahook_webhooks_total``, once the sandbox has sent all it
+    had to (a provider's last webhook may trail the delivery it caused), at most ~5 s later."""
+    from kartahook.demo import source_lines, webhook_counts
+
+    async with httpx.AsyncClient(timeout=5.0) as http:
+        try:
+            for _ in range(50):
+                listing = (await http.get(stack.sandbox_url + "/_sandbox/webhooks")).json()
+                if not int(listing.get("backlog", 0)):
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.2)  # the last answers' counts land at the end of a loop turn
+            response = await http.get(stack.admin_url + "/metrics")
+            response.raise_for_status()
+        except (httpx.HTTPError, ValueError) as exc:
+            return [f"  (metrics unavailable: {type(exc).__name__})"]
+    return source_lines(webhook_counts(response.text), SOURCE_NAMES)
 
 
 async def _show_deliveries(watcher: ReceivedWatcher, supervisor: Supervisor) -> int:

@@ -90,3 +90,23 @@ def test_run_starts_the_service_with_its_admin_port_and_records_admin_url(tmp_pa
     recorded = state(stack)
     assert recorded["admin_url"] == f"http://127.0.0.1:{ports['admin']}"
     assert recorded["service_url"] == f"http://127.0.0.1:{ports['service']}"
+
+
+def test_summary_has_a_line_per_plan_code() -> None:
+    """With the plan codes known, each payment line names its plan code and one line per plan
+    code counts its payments, final statuses and deliveries, before the totals."""
+    result = DemoResult(
+        statuses={
+            "p1": ["submitted", "approved", "captured", "completed"],
+            "p2": ["submitted", "failed"],
+            "p3": ["submitted", "approved", "captured", "completed"],
+        },
+        plans={"p1": "STR", "p2": "STR", "p3": "MVK"},
+    )
+    lines = result.summary_lines()
+    assert lines[0] == "  p1 (STR)  submitted -> approved -> captured -> completed"
+    assert lines[3:5] == [
+        "  plan MVK: 1 payments (1 completed), 4 deliveries",
+        "  plan STR: 2 payments (1 completed, 1 failed), 6 deliveries",
+    ]
+    assert lines[-1].startswith("  3 payments (2 completed, 1 failed), 10 deliveries")

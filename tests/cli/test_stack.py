@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 import yaml
 
-from kartahook.stack import SOURCE_SECRET_ENV, DemoSubscriber, Stack, Subscriber, isolated_env
+from kartahook.stack import (
+    SOURCE_NAMES,
+    SOURCE_SECRET_ENV,
+    DemoSubscriber,
+    Stack,
+    Subscriber,
+    isolated_env,
+)
 from kartahook.supervisor import ChildSpec
 from service.api.ingest.sources.config import load_sources_config
 from service.store.subscribers import load_subscribers_file
@@ -101,3 +108,71 @@ def test_isolated_env_drops_inherited_settings(monkeypatch: pytest.MonkeyPatch) 
     assert "KARTAHOOK_STACK_TEST_LEAK" not in env
     assert env["KARTAHOOK_LOG_FORMAT"] == "json"
     assert env["KARTAHOOK_REDIS_URL"] == "redis://x"
+
+
+def test_sources_file_configures_all_seven_sources_from_env(tmp_path: Path) -> None:
+    """The sources file names all seven sources with ${VAR}s only; with the children's env they
+    all build, with the provider credentials the sandbox gets and the sandbox's CA trusted."""
+    from sandbox.providers.paypal_certs import generate
+    from service.api.ingest.sources.config import load_sources
+
+    stack = two_subscriber_stack(tmp_path, webhooks="both")
+    stack.paypal_ca_file.write_bytes(generate().ca_pem)  # what the sandbox writes at start
+    sources, subscribers = stack.write_config_files()
+    text = sources.read_text()
+    creds = stack.providers
+    for secret in (creds.stripe_secret, creds.huri_secret, creds.basic_password):
+        assert secret not in text
+    built = load_sources(sources, stack.child_env(sources, subscribers))
+    assert tuple(built) == SOURCE_NAMES
+    config = load_sources_config(sources, stack.child_env(sources, subscribers))
+    assert config["stripe"]["secrets"] == [creds.stripe_secret]
+    assert config["huri"]["secrets"] == [creds.huri_secret]
+    assert config["paypal"]["webhook_id"] == creds.paypal_webhook_id
+    assert config["paypal"]["cert_ca_file"] == str(stack.paypal_ca_file)
+    assert "127.0.0.1" in config["paypal"]["cert_hosts"]
+    for name in ("mvola-mg", "mvola-km", "holo"):
+        assert config[name]["credentials"] == [
+            {"username": creds.basic_user, "password": creds.basic_password}
+        ]
+    assert config["holo"]["event_id"] == "query:transactionId"
+    assert config["holo"]["payment_id"] == "query:reference"
+    # Without provider webhooks the sandbox makes no CA, and the file does not name one.
+    plain = two_subscriber_stack(tmp_path / "plain")
+    plain_config = load_sources_config(
+        plain.write_config_files()[0], plain.child_env(*plain.write_config_files())
+    )
+    assert "cert_ca_file" not in plain_config["paypal"]
+
+
+def test_provider_webhooks_start_the_sandbox_before_the_service(tmp_path: Path) -> None:
+    """With provider webhooks the sandbox starts before the service (it writes the PayPal CA
+    the service reads at start), is told kartahook's URL, the mode and where to write the CA,
+    and gets the provider credentials through its environment only."""
+    stack = two_subscriber_stack(tmp_path, webhooks="provider")
+    env = stack.child_env(*stack.write_config_files())
+    specs = stack.specs(env)
+    names = [spec.name for _, spec in specs]
+    assert names == [
+        "demo-subscriber",
+        "subscriber-web-settlements",
+        "sandbox",
+        "service",
+        "worker",
+    ]
+    command, spec = next((c, s) for c, s in specs if c == "sandbox")
+    spec = stack.prepare(command, spec)
+    argv = list(spec.argv)
+    assert argv[argv.index("--webhooks") + 1] == "provider"
+    assert argv[argv.index("--kartahook-url") + 1] == stack.service_url
+    assert argv[argv.index("--paypal-ca-out") + 1] == str(stack.paypal_ca_file)
+    creds = stack.providers
+    assert spec.env["KARTAHOOK_SANDBOX_STRIPE_SECRET"] == creds.stripe_secret
+    assert spec.env["KARTAHOOK_SANDBOX_HURI_SECRET"] == creds.huri_secret
+    assert spec.env["KARTAHOOK_SANDBOX_BASIC_USER"] == creds.basic_user
+    assert spec.env["KARTAHOOK_SANDBOX_BASIC_PASSWORD"] == creds.basic_password
+    assert spec.env["KARTAHOOK_SANDBOX_PAYPAL_WEBHOOK_ID"] == creds.paypal_webhook_id
+    for secret in (creds.stripe_secret, creds.huri_secret, creds.basic_password):
+        assert secret not in " ".join(argv)
+    with pytest.raises(ValueError, match="webhooks"):
+        Stack(tmp_path, webhooks="stripe")
