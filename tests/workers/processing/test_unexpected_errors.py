@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
@@ -37,10 +38,11 @@ def unexpected_count(job: str) -> float:
     return value or 0.0
 
 
-async def test_unexpected_error_is_logged_with_traceback_and_counted_then_retried(
-    redis_url: str, redis: aioredis.Redis
-) -> None:
-    """process_event raising RuntimeError: error line with exc_info and ids, metric +1, retry."""
+async def run_one_job(
+    redis_url: str, transport: FailsOnceTransport, event_id: str, payment_id: str
+) -> list[dict[str, Any]]:
+    """Queue one process_event job and run it (and its retries) with a burst worker whose
+    KartaPay transport is ``transport``; the log entries it wrote."""
     settings = Settings(
         redis_url=redis_url,
         process_backoff_base_s=0.05,
@@ -49,9 +51,7 @@ async def test_unexpected_error_is_logged_with_traceback_and_counted_then_retrie
         process_not_found_delay_s=0.05,
         worker_poll_delay_s=0.01,
     )
-    transport = FailsOnceTransport()
-    before = unexpected_count(PROCESS_EVENT)
-    hint = EventHint("kartapay", "evt_bug", "pay_bug", int(time.time() * 1000))
+    hint = EventHint("kartapay", event_id, payment_id, int(time.time() * 1000))
     async with arq_pool(redis_url) as pool:
         await pool.enqueue_job(PROCESS_EVENT, hint.to_job_args()[0], _job_id=uuid.uuid4().hex)
     worker = build_worker(settings, burst=True, handle_signals=False, kartapay_transport=transport)
@@ -60,6 +60,16 @@ async def test_unexpected_error_is_logged_with_traceback_and_counted_then_retrie
             await worker.main()
         finally:
             await worker.close()
+    return entries
+
+
+async def test_unexpected_error_is_logged_with_traceback_and_counted_then_retried(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    """process_event raising RuntimeError: error line with exc_info and ids, metric +1, retry."""
+    transport = FailsOnceTransport()
+    before = unexpected_count(PROCESS_EVENT)
+    entries = await run_one_job(redis_url, transport, "evt_bug", "pay_bug")
     errors = [e for e in entries if e["event"] == "process_event_error"]
     assert len(errors) == 1
     [line] = errors
@@ -88,25 +98,9 @@ async def test_redis_error_is_a_warning_without_traceback_then_retried(
 ) -> None:
     """A Redis error (outage, failover) is expected: a warning line, no traceback, not counted
     as unexpected, and the job runs again."""
-    settings = Settings(
-        redis_url=redis_url,
-        process_backoff_base_s=0.05,
-        process_backoff_cap_s=0.2,
-        process_not_found_tries=1,
-        process_not_found_delay_s=0.05,
-        worker_poll_delay_s=0.01,
-    )
     transport = RedisFailsOnceTransport()
     before = unexpected_count(PROCESS_EVENT)
-    hint = EventHint("kartapay", "evt_redis", "pay_redis", int(time.time() * 1000))
-    async with arq_pool(redis_url) as pool:
-        await pool.enqueue_job(PROCESS_EVENT, hint.to_job_args()[0], _job_id=uuid.uuid4().hex)
-    worker = build_worker(settings, burst=True, handle_signals=False, kartapay_transport=transport)
-    with capture_logs() as entries:
-        try:
-            await worker.main()
-        finally:
-            await worker.close()
+    entries = await run_one_job(redis_url, transport, "evt_redis", "pay_redis")
     warnings = [e for e in entries if e["event"] == "process_event_redis_unavailable"]
     assert len(warnings) == 1
     assert warnings[0]["log_level"] == "warning" and "exc_info" not in warnings[0]
