@@ -1,7 +1,8 @@
--- wrk script for bench/ingest.py: replays pre-signed, distinct webhook requests.
--- Usage: wrk -t<n> -s bench/ingest.lua <url> -- <requests file> <path> <n>
--- The file holds one request per line: "<webhook-id>\t<timestamp>\t<signature>\t<json body>".
--- Each wrk thread takes every n-th line, so no two connections send the same event.
+-- wrk script for bench/ingest.py (kartapay and each source): replays pre-built, distinct requests.
+-- Usage: wrk -t<n> -s bench/ingest.lua <url> -- <requests file> <n>
+-- The file holds one request per line: "<method>\t<path>\t<headers>\t<body>", the headers as
+-- "name: value" pairs separated by the byte 0x1f. Each wrk thread takes every n-th line, so no
+-- two connections send the same event.
 
 local threads = {}
 local counter = 0
@@ -14,21 +15,19 @@ end
 
 function init(args)
   local file = args[1]
-  local path = args[2] or "/v1/webhooks/kartapay"
-  local nthreads = tonumber(args[3] or "1")
+  local nthreads = tonumber(args[2] or "1")
   requests = {}
   wrapped = 0
   local index = 0
   for line in io.lines(file) do
     if index % nthreads == id then
-      local msg_id, ts, sig, body = line:match("^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$")
-      local headers = {
-        ["Content-Type"] = "application/json",
-        ["webhook-id"] = msg_id,
-        ["webhook-timestamp"] = ts,
-        ["webhook-signature"] = sig,
-      }
-      requests[#requests + 1] = wrk.format("POST", path, headers, body)
+      local method, path, raw_headers, body = line:match("^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$")
+      local headers = {}
+      for pair in raw_headers:gmatch("[^\31]+") do
+        local name, value = pair:match("^([^:]+): (.*)$")
+        headers[name] = value
+      end
+      requests[#requests + 1] = wrk.format(method, path, headers, body)
     end
     index = index + 1
   end

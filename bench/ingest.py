@@ -16,7 +16,7 @@ Per source (issue 11): the same real server has all seven sources (the sources f
 ``kartahook.stack``), and the targets ``stripe``, ``huri`` (HMAC), ``paypal`` (RSA, the
 certificate fetched over https from the sandbox's certificate server, run here on a thread, and
 cached: the warm-up fetches it) and ``mvola-km`` (HTTP Basic) replay distinct requests built and
-signed by the sandbox's provider modules (``bench/ingest_sources.py``, ``ingest_requests.lua``).
+signed by the sandbox's provider modules (``bench/ingest_sources.py``, ``ingest.lua``).
 Each is reported as a ratio of the bare endpoint's median round, with its p99, in a table.
 Goal: each >= 0.45 of bare, p99 <= 10 ms. PayPal's requests are fewer (``--paypal-events-per-s``):
 RSA signing them is slow; a round that runs out replays them (duplicates), shown as ``replayed``.
@@ -50,9 +50,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bench.cpu import process_cpu_seconds
+from bench.ingest_sources import HEADER_SEPARATOR
 
 LUA_SCRIPT = Path(__file__).with_name("ingest.lua")
-REQUESTS_LUA_SCRIPT = Path(__file__).with_name("ingest_requests.lua")
 PATH = "/v1/webhooks/kartapay"
 SOURCE_TARGETS = ("stripe", "huri", "paypal", "mvola-km")
 TARGETS = ("bare", "real", *SOURCE_TARGETS)
@@ -87,7 +87,8 @@ def serve_target(target: str, port: int) -> None:
 
 
 def write_requests(path: Path, secret: str, count: int, prefix: str) -> None:
-    """``count`` distinct events signed now, one per line for ``ingest.lua``."""
+    """``count`` distinct kartapay events signed now, one whole request per line for
+    ``ingest.lua`` (the line format of :mod:`bench.ingest_sources`)."""
     key = base64.b64decode(secret.removeprefix("whsec_"))
     timestamp = str(int(time.time()))
     with path.open("w") as out:
@@ -100,7 +101,15 @@ def write_requests(path: Path, secret: str, count: int, prefix: str) -> None:
             )
             mac = hmac.new(key, f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
             signature = "v1," + base64.b64encode(mac).decode()
-            out.write(f"{msg_id}\t{timestamp}\t{signature}\t{body}\n")
+            headers = HEADER_SEPARATOR.join(
+                (
+                    "Content-Type: application/json",
+                    f"webhook-id: {msg_id}",
+                    f"webhook-timestamp: {timestamp}",
+                    f"webhook-signature: {signature}",
+                )
+            )
+            out.write(f"POST\t{PATH}\t{headers}\t{body}\n")
 
 
 def wait_ready(url: str, timeout_s: float = 30) -> None:
@@ -123,13 +132,9 @@ def run_wrk(
     duration_s: float,
     connections: int,
     threads: int,
-    generic: bool = False,
 ) -> dict[str, Any]:
-    """One wrk run; ``generic``: the file holds whole requests (``ingest_requests.lua``)."""
-    if generic:
-        script, script_args = REQUESTS_LUA_SCRIPT, [str(requests_file), str(threads)]
-    else:
-        script, script_args = LUA_SCRIPT, [str(requests_file), PATH, str(threads)]
+    """One wrk run replaying the whole requests of ``requests_file`` (``ingest.lua``)."""
+    script, script_args = LUA_SCRIPT, [str(requests_file), str(threads)]
     command = [
         "wrk",
         f"-t{threads}",
@@ -212,16 +217,15 @@ def bench(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             runs: dict[str, list[dict[str, Any]]] = {target: [] for target in args.targets}
             round_s = args.duration / args.rounds
 
-            def write(target: str, path: Path, seconds: float, prefix: str) -> bool:
-                """The target's requests for ``seconds``; True: whole requests (generic)."""
+            def write(target: str, path: Path, seconds: float, prefix: str) -> None:
+                """The target's requests for ``seconds``."""
                 if target in request_makers:
                     rate = (
                         args.paypal_events_per_s if target == "paypal" else args.source_events_per_s
                     )
                     request_makers[target].write(path, max(1, int(seconds * rate)))
-                    return True
+                    return
                 write_requests(path, secret, int(seconds * args.events_per_s), prefix)
-                return False
 
             try:
                 for port in ports.values():
@@ -229,15 +233,15 @@ def bench(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                 for target in args.targets:
                     port = ports[server_of(target)]
                     warm = workdir / f"{target}-warm.tsv"
-                    generic = write(target, warm, args.warmup, target + "w")
-                    run_wrk(port, warm, args.warmup, args.connections, args.threads, generic)
+                    write(target, warm, args.warmup, target + "w")
+                    run_wrk(port, warm, args.warmup, args.connections, args.threads)
                     warm.unlink()
                 # Alternate short rounds, so a change of load on the machine hits every target.
                 for round_no in range(args.rounds):
                     for target in args.targets:
                         server = server_of(target)
                         measured = workdir / f"{target}-{round_no}.tsv"
-                        generic = write(target, measured, round_s, f"{target}{round_no}")
+                        write(target, measured, round_s, f"{target}{round_no}")
                         pid = processes[server].pid
                         cpu_before = process_cpu_seconds(pid)
                         stats = run_wrk(
@@ -246,7 +250,6 @@ def bench(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                             round_s,
                             args.connections,
                             args.threads,
-                            generic,
                         )
                         cpu_after = process_cpu_seconds(pid)
                         if cpu_before is not None and cpu_after is not None and stats["requests"]:

@@ -3,7 +3,7 @@ provider modules (``sandbox/providers``), so the benchmark sends exactly what th
 in a run, and a PayPal certificate server for the PayPal source.
 
 Each source gets distinct events (a running counter makes every event id unique across rounds),
-one per line of a file for ``bench/ingest_requests.lua``.
+one per line of a file for ``bench/ingest.lua``.
 """
 
 from __future__ import annotations
