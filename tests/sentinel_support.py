@@ -20,7 +20,7 @@ from urllib.parse import quote
 import redis
 import redis.exceptions
 
-from service.store.server import find_redis_server, free_port
+from service.store.server import find_redis_server, free_port, stop_process
 
 MASTER_NAME = "mymaster"
 
@@ -42,17 +42,7 @@ class Node:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, kill: bool = False) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        if kill:
-            self.process.kill()
-        else:
-            self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, kill)
 
 
 @dataclass

@@ -42,6 +42,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, kill: bool = False) -> None:
+    """Stop a redis-server process if it runs: SIGTERM (it flushes its AOF), or SIGKILL with
+    ``kill=True``; SIGKILL after 10 s if SIGTERM was not enough."""
+    if process is None or process.poll() is not None:
+        return
+    if kill:
+        process.kill()
+    else:
+        process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class RedisServer:
     """A ``redis-server`` child process with AOF on and its data in ``data_dir``."""
 
@@ -105,17 +121,7 @@ class RedisServer:
 
     def stop(self, kill: bool = False) -> None:
         """Stop the server: SIGTERM (it flushes the AOF), or SIGKILL with ``kill=True``."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        if kill:
-            self.process.kill()
-        else:
-            self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, kill)
 
     def __enter__(self) -> RedisServer:
         return self.start()
