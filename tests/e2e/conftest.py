@@ -4,6 +4,7 @@ benchmark build it): Redis, two demo subscribers with different filters, ``karta
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -29,6 +30,24 @@ def e2e_subscribers() -> list[DemoSubscriber]:
     ]
 
 
+@contextlib.asynccontextmanager
+async def running(stack: Stack) -> AsyncIterator[Stack]:
+    """Start ``stack`` (a child that fails to start fails the test with every log's tail) and
+    stop it afterwards, whatever happened."""
+    try:
+        await stack.start()
+    except ChildFailed as exc:
+        await stack.stop()
+        raise AssertionError(f"{exc}\n{stack.log_tails()}") from None
+    except BaseException:
+        await stack.stop()
+        raise
+    try:
+        yield stack
+    finally:
+        await stack.stop()
+
+
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     """Everything started and ready; all of it stopped again after the test."""
@@ -41,15 +60,5 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         sandbox_args=SANDBOX_ARGS,
         grace_s=15.0,
     )
-    try:
-        await built.start()
-    except ChildFailed as exc:
-        await built.stop()
-        raise AssertionError(f"{exc}\n{built.log_tails()}") from None
-    except BaseException:
-        await built.stop()
-        raise
-    try:
+    async with running(built):
         yield built
-    finally:
-        await built.stop()

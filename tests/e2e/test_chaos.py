@@ -35,11 +35,11 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from kartahook.demo import demo_claim
 from kartahook.stack import DemoSubscriber, Stack, isolated_env
-from kartahook.supervisor import ChildFailed
 from service.kartapay import GATEWAY_CODES, KartaPayClient
 from service.kartapay.errors import ApiError, RequestTimeoutError, TransportError
 from service.settings import Settings
 from service.store.layout import dedupe_key
+from tests.e2e.conftest import running
 
 T = TypeVar("T")
 
@@ -128,18 +128,8 @@ async def chaos_stack(tmp_path: Path) -> AsyncIterator[Stack]:
         workers=len(WORKERS),
         grace_s=5.0,
     )
-    try:
-        await built.start()
-    except ChildFailed as exc:
-        await built.stop()
-        raise AssertionError(f"{exc}\n{built.log_tails()}") from None
-    except BaseException:
-        await built.stop()
-        raise
-    try:
+    async with running(built):
         yield built
-    finally:
-        await built.stop()
 
 
 async def retrying(call: Callable[[], Awaitable[T]]) -> T:

@@ -23,10 +23,9 @@ import pytest
 
 from kartahook.demo import demo_claim
 from kartahook.stack import DemoSubscriber, Stack, isolated_env
-from kartahook.supervisor import ChildFailed
 from service.kartapay import GATEWAY_CODES, KartaPayClient
 from service.store.server import free_port
-from tests.e2e.conftest import TOKEN
+from tests.e2e.conftest import TOKEN, running
 
 PAYMENTS = 12
 ADMIN_TOKEN = "e2e-admin-token"
@@ -63,18 +62,8 @@ async def converging(tmp_path: Path) -> AsyncIterator[tuple[Stack, int]]:
         sandbox_args=SANDBOX_ARGS,
         grace_s=15.0,
     )
-    try:
-        await built.start()
-    except ChildFailed as exc:
-        await built.stop()
-        raise AssertionError(f"{exc}\n{built.log_tails()}") from None
-    except BaseException:
-        await built.stop()
-        raise
-    try:
+    async with running(built):
         yield built, metrics_port
-    finally:
-        await built.stop()
 
 
 async def wait_for(what: str, check: Any, stack: Stack, deadline_s: float = DEADLINE_S) -> Any:

@@ -31,10 +31,10 @@ from starlette.routing import Route
 
 from kartahook.demo import create_and_submit_plans, source_lines, webhook_counts
 from kartahook.stack import SOURCE_PLAN_CODES, DemoSubscriber, Stack, Subscriber, isolated_env
-from kartahook.supervisor import ChildFailed
 from service.domain.signing import generate_secret
 from service.kartapay import GATEWAY_CODES, KartaPayClient
 from service.settings import Settings
+from tests.e2e.conftest import running
 from tests.support import serve_app
 
 TOKEN = "e2e-providers-token"
@@ -96,18 +96,8 @@ async def providers(tmp_path: Path) -> AsyncIterator[ProviderStack]:
             webhooks="provider",
             grace_s=15.0,
         )
-        try:
-            await built.start()
-        except ChildFailed as exc:
-            await built.stop()
-            raise AssertionError(f"{exc}\n{built.log_tails()}") from None
-        except BaseException:
-            await built.stop()
-            raise
-        try:
+        async with running(built):
             yield ProviderStack(built, verifier)
-        finally:
-            await built.stop()
 
 
 async def quiet(http: httpx.AsyncClient, stack: Stack) -> bool:
