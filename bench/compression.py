@@ -47,7 +47,7 @@ async def collect(payments: int) -> tuple[list[bytes], list[bytes]]:
     from service.domain.lifecycle import steps_after
     from service.store import compression
     from service.store.client import redis_client
-    from service.store.layout import RAW_EVENT, prefix
+    from service.store.layout import EVENT, prefix
     from workers.delivery.message import delivery_body
 
     workdir = Path(tempfile.mkdtemp(prefix="kartahook-compression-bench-"))
@@ -68,7 +68,7 @@ async def collect(payments: int) -> tuple[list[bytes], list[bytes]]:
             try:
                 expected = payments * 5
                 for _ in range(600):
-                    keys = [k async for k in redis.scan_iter(match=prefix(RAW_EVENT) + "*")]
+                    keys = [k async for k in redis.scan_iter(match=prefix(EVENT) + "*")]
                     if len(keys) >= expected:
                         break
                     await asyncio.sleep(0.1)
@@ -151,7 +151,7 @@ def measure(name: str, samples: Sequence[bytes], train: Sequence[bytes]) -> list
         assert unpacked == list(samples)
         size = statistics.mean(len(p) for p in packed)
         rows.append(f"| {label} | {size:,.0f} B | {plain / size:.1f}x | {c_us:.1f} | {d_us:.1f} |")
-    return rows + [""]
+    return [*rows, ""]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

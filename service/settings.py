@@ -53,8 +53,10 @@ class Settings(BaseSettings):
 
     # Ingestion
     max_body_bytes: int = Field(256 * 1024, gt=0)
-    dedupe_ttl_s: int = Field(4 * 24 * 3600, ge=72 * 3600)
-    raw_ttl_s: int = Field(7 * 24 * 3600, gt=0)
+    # One key per event holds the dedupe marker and the compressed raw record: it lives the
+    # longer of the two (docs/ingestion.md).
+    dedupe_ttl_s: int = Field(72 * 3600, ge=72 * 3600)
+    raw_ttl_s: int = Field(72 * 3600, gt=0)
     trusted_proxies: CommaList = Field(default_factory=lambda: ["127.0.0.1"])
     retry_after_s: int = Field(5, gt=0)
     # 0 (default): /readyz checks Redis only. A large backlog is a metric and an alert (every

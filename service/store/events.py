@@ -1,14 +1,17 @@
-"""Durable enqueue of a verified webhook: dedupe, arq job, queue entry and raw archive, atomically.
+"""Durable enqueue of a verified webhook: dedupe marker and raw archive, arq job and queue entry,
+atomically.
 
-One Lua script does all four in one round trip (and Redis runs it atomically, so nothing is
+One Lua script does all three in one round trip (and Redis runs it atomically, so nothing is
 ever half-written):
 
-- ``SET <dedupe key> <job id> NX EX dedupe_ttl_s``; when the key exists the event is a
-  duplicate and nothing else happens;
+- ``SET <event key> <raw record> NX EX max(dedupe_ttl_s, raw_ttl_s)``: the event key is both
+  the dedupe marker and the archive (body plus minimal metadata, for audit and replay),
+  compressed (:mod:`service.store.compression`; one key's overhead instead of two). When the
+  key exists the event is a duplicate and nothing else happens;
 - ``PSETEX <arq job key>`` with the job in arq's own format (JSON), as ``arq`` writes it;
-- ``ZADD <queue> <enqueue ms> <job id>``, so a stock arq ``Worker`` picks it up;
-- ``SET <raw key> <raw record> EX raw_ttl_s``: body plus minimal metadata, for audit and
-  replay.
+- ``ZADD <queue> <enqueue ms> <job id>``, so a stock arq ``Worker`` picks it up.
+
+:func:`read_raw_record` reads an archived record back.
 
 An authentic event without a payment id is pushed onto the capped unroutable list
 instead, and nothing is enqueued. The scripts of concurrent requests share one pipeline
@@ -29,7 +32,7 @@ import redis.asyncio as aioredis
 from service.api.ingest.sources.base import VerifiedEvent
 from service.domain.events import DIGEST_CHARS, event_digest
 from service.settings import Settings
-from service.store import layout
+from service.store import compression, layout
 from service.store.batcher import NotReplicated, RedisUnavailable, ScriptBatcher, bulk_string
 from service.store.jobs import arq_job_bytes
 from service.store.scripts import Script
@@ -43,14 +46,13 @@ _SENSITIVE_HEADER_PARTS = ("signature", "authorization", "secret", "token", "coo
 STORE_EVENT = Script.load("store_event")
 KEEP_UNROUTABLE = Script.load("keep_unroutable")
 
-_DEDUPE_PREFIX = layout.prefix(layout.DEDUPE).encode()
-_RAW_PREFIX = layout.prefix(layout.RAW_EVENT).encode()
+_EVENT_PREFIX = layout.prefix(layout.EVENT).encode()
 _JOB_ID_PREFIX = layout.prefix(layout.EVENT_JOB_ID).encode()
 _ARQ_JOB_ID_PREFIX = layout.prefix(layout.ARQ_JOB).encode() + _JOB_ID_PREFIX
 
 
-def _store_template(queue_name: str, dedupe_ttl_s: int, raw_ttl_s: int) -> bytes:
-    """``EVALSHA`` of :data:`STORE_EVENT` (RESP) as a %-format of (digest x 4, job length, job,
+def _store_template(queue_name: str, event_ttl_s: int) -> bytes:
+    """``EVALSHA`` of :data:`STORE_EVENT` (RESP) as a %-format of (digest x 3, job length, job,
     enqueue ms length, enqueue ms, raw record length, raw record)."""
 
     def constant(data: bytes) -> bytes:  # a whole bulk string, escaped for the format
@@ -63,21 +65,19 @@ def _store_template(queue_name: str, dedupe_ttl_s: int, raw_ttl_s: int) -> bytes
     variable = b"$%d\r\n%b\r\n"
     return b"".join(
         (
-            b"*14\r\n",
+            b"*12\r\n",
             constant(b"EVALSHA"),
             constant(STORE_EVENT.sha.encode()),
-            constant(b"4"),
-            keyed(_DEDUPE_PREFIX),
+            constant(b"3"),
+            keyed(_EVENT_PREFIX),
             keyed(_ARQ_JOB_ID_PREFIX),
             constant(queue_name.encode()),
-            keyed(_RAW_PREFIX),
             keyed(_JOB_ID_PREFIX),
-            constant(b"%d" % dedupe_ttl_s),
+            constant(b"%d" % event_ttl_s),
             variable,  # the arq job
             constant(b"%d" % layout.ARQ_EXPIRES_EXTRA_MS),
             variable,  # enqueue time, ms
-            variable,  # the raw record
-            constant(b"%d" % raw_ttl_s),
+            variable,  # the raw record, compressed
         )
     )
 
@@ -129,6 +129,12 @@ def raw_record(
     return orjson.dumps(record)
 
 
+def read_raw_record(value: bytes) -> dict[str, object]:
+    """An archived record (the value of an event key) as :func:`raw_record` built it."""
+    record: dict[str, object] = orjson.loads(compression.decompress(value))
+    return record
+
+
 class EventStore:
     """Writes verified events to Redis; answers readiness questions about the queue."""
 
@@ -155,7 +161,13 @@ class EventStore:
         )
         # STORE_EVENT's command as one format: the parts that are the same for every event are
         # in it, and the per-event parts are filled in by one % operation.
-        self._store_template = _store_template(queue_name, dedupe_ttl_s, raw_ttl_s)
+        self._store_template = _store_template(queue_name, self.event_ttl_s)
+
+    @property
+    def event_ttl_s(self) -> int:
+        """The event key's TTL: it is the dedupe marker and the archive, so the longer of the
+        dedupe window and the raw retention."""
+        return max(self.dedupe_ttl_s, self.raw_ttl_s)
 
     @classmethod
     def from_settings(cls, client: aioredis.Redis, settings: Settings) -> EventStore:
@@ -178,11 +190,10 @@ class EventStore:
     def store_command(self, event: VerifiedEvent, headers: Mapping[str, str]) -> bytes:
         """``EVALSHA`` of :data:`STORE_EVENT` for ``event``, packed (RESP).
 
-        Equal to ``pack_command("EVALSHA", sha, 4, dedupe_key(...), arq_job_key(job_id),
-        queue, raw_event_key(...), job_id, dedupe_ttl_s, arq_job_bytes(PROCESS_EVENT,
-        EventHint(...).to_job_args(), now_ms), ARQ_EXPIRES_EXTRA_MS, now_ms, raw_record(...),
-        raw_ttl_s)`` (a test holds it to that), built with one digest instead of three and with
-        the constant parts packed once.
+        Equal to ``pack_command("EVALSHA", sha, 3, event_key(...), arq_job_key(job_id),
+        queue, job_id, event_ttl_s, arq_job_bytes(PROCESS_EVENT, EventHint(...).to_job_args(),
+        now_ms), ARQ_EXPIRES_EXTRA_MS, now_ms, compress(raw_record(...)))`` (a test holds it to
+        that), built with one digest instead of three and with the constant parts packed once.
         """
         source, event_id, payment_id, now_ms, body = event
         digest = event_digest(source, event_id).encode()
@@ -199,9 +210,8 @@ class EventStore:
         ]
         job = arq_job_bytes(layout.PROCESS_EVENT, job_args, now_ms)
         now = b"%d" % now_ms
-        raw = raw_record(source, event_id, now_ms, headers, body)
+        raw = compression.compress(raw_record(source, event_id, now_ms, headers, body))
         return self._store_template % (
-            digest,
             digest,
             digest,
             digest,
@@ -250,4 +260,5 @@ __all__ = [
     "StoreResult",
     "archived_headers",
     "raw_record",
+    "read_raw_record",
 ]

@@ -54,8 +54,8 @@ ARQ_IN_PROGRESS = ARQ_IN_PROGRESS_PREFIX + "{job_id}"
 ARQ_RETRY = ARQ_RETRY_PREFIX + "{job_id}"
 ARQ_RESULT = ARQ_RESULT_PREFIX + "{job_id}"
 
-DEDUPE = KEY_PREFIX + "dedupe:{digest}"
-RAW_EVENT = KEY_PREFIX + "raw:{digest}"
+# One key per stored event: its dedupe marker and its raw record (compressed) in one value.
+EVENT = KEY_PREFIX + "ev:{digest}"
 UNROUTABLE = KEY_PREFIX + "unroutable"
 
 PAYMENT_STATE = KEY_PREFIX + "pay:{payment_id}:state"
@@ -118,8 +118,7 @@ KEY_PATTERNS: tuple[KeyPattern, ...] = (
     KeyPattern(ARQ_IN_PROGRESS, "string", "worker_lease_s, renewed while the job runs"),
     KeyPattern(ARQ_RETRY, "string", "88400 s (arq)"),
     KeyPattern(ARQ_RESULT, "string", "keep_result"),
-    KeyPattern(DEDUPE, "string", "dedupe_ttl_s"),
-    KeyPattern(RAW_EVENT, "string", "raw_ttl_s"),
+    KeyPattern(EVENT, "string", "max(dedupe_ttl_s, raw_ttl_s)"),
     KeyPattern(UNROUTABLE, "list", "none (capped)"),
     KeyPattern(PAYMENT_STATE, "hash", "state_ttl_s"),
     KeyPattern(PAYMENT_LOCK, "string", "worker_lease_s, renewed while the fetch runs"),
@@ -179,12 +178,9 @@ def health_check_key(queue: str) -> str:
     return HEALTH_CHECK.format(queue=queue)
 
 
-def dedupe_key(source: str, event_id: str) -> str:
-    return DEDUPE.format(digest=event_digest(source, event_id))
-
-
-def raw_event_key(source: str, event_id: str) -> str:
-    return RAW_EVENT.format(digest=event_digest(source, event_id))
+def event_key(source: str, event_id: str) -> str:
+    """The stored event's key: its dedupe marker and (compressed) raw record."""
+    return EVENT.format(digest=event_digest(source, event_id))
 
 
 def payment_state_key(payment_id: str) -> str:

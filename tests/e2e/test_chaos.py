@@ -38,7 +38,7 @@ from kartahook.stack import DemoSubscriber, Stack, isolated_env
 from service.kartapay import GATEWAY_CODES, KartaPayClient
 from service.kartapay.errors import ApiError, RequestTimeoutError, TransportError
 from service.settings import Settings
-from service.store.layout import dedupe_key
+from service.store.layout import event_key
 from tests.e2e.conftest import running
 
 T = TypeVar("T")
@@ -379,7 +379,7 @@ async def forgotten(redis_url: str, webhook_ids: set[str]) -> list[str]:
         ids = sorted(webhook_ids)
         async with client.pipeline(transaction=False) as pipe:
             for webhook_id in ids:
-                pipe.exists(dedupe_key("kartapay", webhook_id))
+                pipe.exists(event_key("kartapay", webhook_id))
             found = await pipe.execute()
     finally:
         await client.aclose()

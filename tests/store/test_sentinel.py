@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from sandbox.kartapay_api import SandboxConfig, create_app
 from service.domain.signing import generate_secret, sign_headers
 from service.kartapay.client import KartaPayClient
-from service.store.layout import RAW_EVENT, prefix
+from service.store.layout import EVENT, prefix
 from service.store.payments import TRANSITIONS_LOG_KEY
 from service.store.server import free_port
 from tests.sentinel_support import SentinelCluster
@@ -118,7 +118,7 @@ async def test_service_worker_and_status_run_through_sentinel(
             }
             accepted = await http.post("/v1/webhooks/kartapay", content=body, headers=headers)
             assert accepted.status_code == 202, accepted.text
-            raw_keys = [key async for key in primary.scan_iter(match=f"{prefix(RAW_EVENT)}*")]
+            raw_keys = [key async for key in primary.scan_iter(match=f"{prefix(EVENT)}*")]
             assert len(raw_keys) == 1, "the accepted webhook is stored in the primary"
 
             worker = start_worker(url, sandbox_url, TOKEN, worker_log, worker_poll_delay_s="0.05")

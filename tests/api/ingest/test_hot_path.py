@@ -33,6 +33,7 @@ from service.logging import REDACTED, LineWriter, UTCTimeStamper, redact
 from service.settings import Settings
 from service.store import jobs, layout
 from service.store.batcher import ScriptBatcher, pack_command, parsed_replies
+from service.store.compression import compress
 from service.store.events import STORE_EVENT, EventStore, archived_headers, raw_record
 from service.store.scripts import Script
 from tests.support import serve_app
@@ -46,18 +47,18 @@ def reference_store_command(store: EventStore, event: VerifiedEvent, headers: An
     return pack_command(
         "EVALSHA",
         STORE_EVENT.sha,
-        4,
-        layout.dedupe_key(event.source, event.event_id),
+        3,
+        layout.event_key(event.source, event.event_id),
         layout.arq_job_key(layout.hint_job_id(hint)),
         store.queue_name,
-        layout.raw_event_key(event.source, event.event_id),
         layout.hint_job_id(hint),
-        store.dedupe_ttl_s,
+        store.event_ttl_s,
         jobs.arq_job_bytes(layout.PROCESS_EVENT, hint.to_job_args(), event.received_at_ms),
         layout.ARQ_EXPIRES_EXTRA_MS,
         event.received_at_ms,
-        raw_record(event.source, event.event_id, event.received_at_ms, headers, event.body),
-        store.raw_ttl_s,
+        compress(
+            raw_record(event.source, event.event_id, event.received_at_ms, headers, event.body)
+        ),
     )
 
 

@@ -59,13 +59,12 @@ def make_app(redis_url: str) -> object:
 
 
 async def event_keys(client: aioredis.Redis, msg_id: str) -> list[bool]:
-    """Which of dedupe, job, queue entry and raw archive exist for an event."""
+    """Which of event key (dedupe and raw archive), job and queue entry exist for an event."""
     job_id = layout.event_job_id("kartapay", msg_id)
     return [
-        bool(await client.exists(layout.dedupe_key("kartapay", msg_id))),
+        bool(await client.exists(layout.event_key("kartapay", msg_id))),
         bool(await client.exists(layout.ARQ_JOB_PREFIX + job_id)),
         await client.zscore("arq:queue", job_id) is not None,
-        bool(await client.exists(layout.raw_event_key("kartapay", msg_id))),
     ]
 
 
@@ -91,11 +90,11 @@ async def test_redis_stopped_gives_503_and_restart_accepts_the_same_webhook(
         own_redis.start()
         client = aioredis.from_url(own_redis.url)
         try:
-            assert await event_keys(client, "msg_down") == [False] * 4
-            assert await event_keys(client, "msg_warm") == [True] * 4
+            assert await event_keys(client, "msg_down") == [False] * 3
+            assert await event_keys(client, "msg_warm") == [True] * 3
             again = await http.post(URL_PATH, content=body, headers=headers)
             assert again.status_code == 202
-            assert await event_keys(client, "msg_down") == [True] * 4
+            assert await event_keys(client, "msg_down") == [True] * 3
         finally:
             await client.aclose()
 
@@ -118,10 +117,10 @@ async def test_stalled_redis_gives_503_within_deadline_and_writes_all_or_nothing
         assert stalled.status_code == 503 and stalled.headers["retry-after"] == "7"
         client = aioredis.from_url(own_redis.url)
         try:
-            assert await event_keys(client, "msg_stall") in ([False] * 4, [True] * 4)
+            assert await event_keys(client, "msg_stall") in ([False] * 3, [True] * 3)
             retried = await http.post(URL_PATH, content=body, headers=headers)
             assert retried.status_code in (200, 202)
-            assert await event_keys(client, "msg_stall") == [True] * 4
+            assert await event_keys(client, "msg_stall") == [True] * 3
             assert await client.zcard("arq:queue") == 1
         finally:
             await client.aclose()

@@ -1,23 +1,22 @@
-"""STORE_EVENT, run through ``EventStore.store``: dedupe key, arq job, queue entry and raw
-archive written together, or nothing at all for a duplicate."""
+"""STORE_EVENT, run through ``EventStore.store``: event key (dedupe marker and compressed raw
+archive), arq job and queue entry written together, or nothing at all for a duplicate."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import orjson
 import pytest
 import redis.asyncio as aioredis
 
 from service.api.ingest.sources.base import VerifiedEvent
-from service.store.events import EventStore, StoreResult
+from service.store.compression import ZSTD_MAGIC
+from service.store.events import EventStore, StoreResult, read_raw_record
 from service.store.layout import (
     ARQ_EXPIRES_EXTRA_MS,
     ARQ_JOB_PREFIX,
     PROCESS_EVENT,
-    dedupe_key,
     event_job_id,
-    raw_event_key,
+    event_key,
 )
 from tests.store.lua.keyspace import (
     NO_TTL,
@@ -54,23 +53,24 @@ def event(
 
 
 def stored_keys(event_id: str) -> Expected:
-    """The three keys of one stored event (the queue is shared)."""
+    """The two keys of one stored event (the queue is shared); the event key lives the longer
+    of the dedupe window and the raw retention."""
     job_id = event_job_id(SOURCE, event_id)
     return {
-        dedupe_key(SOURCE, event_id): ("string", ttl_s(DEDUPE_TTL_S)),
+        event_key(SOURCE, event_id): ("string", ttl_s(max(DEDUPE_TTL_S, RAW_TTL_S))),
         ARQ_JOB_PREFIX + job_id: ("string", ttl_ms(ARQ_EXPIRES_EXTRA_MS)),
-        raw_event_key(SOURCE, event_id): ("string", ttl_s(RAW_TTL_S)),
     }
 
 
-async def test_new_event_writes_dedupe_job_queue_and_raw(
+async def test_new_event_writes_event_key_job_and_queue(
     redis: aioredis.Redis, store: EventStore
 ) -> None:
-    """A new event is stored: dedupe key naming the job, arq job, queue entry, raw archive."""
+    """A new event is stored: event key (compressed raw record), arq job, queue entry."""
     assert await store.store(event(), HEADERS) is StoreResult.STORED
     job_id = event_job_id(SOURCE, "evt_1")
     await assert_keyspace(redis, {**stored_keys("evt_1"), QUEUE: ("zset", NO_TTL)})
-    assert await redis.get(dedupe_key(SOURCE, "evt_1")) == job_id.encode()
+    stored = await redis.get(event_key(SOURCE, "evt_1"))
+    assert stored is not None and stored.startswith(ZSTD_MAGIC)
     assert await zset(redis, QUEUE) == {job_id: RECEIVED_MS}
     assert await job_body(redis, ARQ_JOB_PREFIX + job_id) == {
         "t": None,
@@ -94,9 +94,9 @@ async def test_raw_archive_keeps_body_without_signature(
 ) -> None:
     """The raw archive holds the body and metadata, and not the signature header."""
     await store.store(event(), HEADERS)
-    raw = await redis.get(raw_event_key(SOURCE, "evt_1"))
+    raw = await redis.get(event_key(SOURCE, "evt_1"))
     assert raw is not None
-    assert orjson.loads(raw) == {
+    assert read_raw_record(raw) == {
         "source": SOURCE,
         "event_id": "evt_1",
         "received_at_ms": RECEIVED_MS,
@@ -108,12 +108,12 @@ async def test_raw_archive_keeps_body_without_signature(
 async def test_duplicate_writes_nothing(redis: aioredis.Redis, store: EventStore) -> None:
     """A second copy of an event is a duplicate: no key changes, the queue keeps one entry."""
     await store.store(event(), HEADERS)
-    before_raw = await redis.get(raw_event_key(SOURCE, "evt_1"))
+    before_raw = await redis.get(event_key(SOURCE, "evt_1"))
     later = event(at=RECEIVED_MS + 5_000)._replace(body=b'{"other": true}')
     assert await store.store(later, HEADERS) is StoreResult.DUPLICATE
     await assert_keyspace(redis, {**stored_keys("evt_1"), QUEUE: ("zset", NO_TTL)})
     assert await zset(redis, QUEUE) == {event_job_id(SOURCE, "evt_1"): RECEIVED_MS}
-    assert await redis.get(raw_event_key(SOURCE, "evt_1")) == before_raw
+    assert await redis.get(event_key(SOURCE, "evt_1")) == before_raw
 
 
 async def test_duplicate_after_job_ran_is_not_enqueued_again(
@@ -133,9 +133,9 @@ async def test_duplicate_after_job_ran_is_not_enqueued_again(
 async def test_event_whose_dedupe_expired_is_stored_again(
     redis: aioredis.Redis, store: EventStore
 ) -> None:
-    """Once its dedupe key is gone an event is stored again: same job id, one queue entry."""
+    """Once its event key is gone an event is stored again: same job id, one queue entry."""
     await store.store(event(), HEADERS)
-    await redis.delete(dedupe_key(SOURCE, "evt_1"))
+    await redis.delete(event_key(SOURCE, "evt_1"))
     again = RECEIVED_MS + 60_000
     assert await store.store(event(at=again), HEADERS) is StoreResult.STORED
     job_id = event_job_id(SOURCE, "evt_1")
@@ -147,7 +147,7 @@ async def test_event_whose_dedupe_expired_is_stored_again(
 async def test_distinct_events_get_keys_of_their_own(
     redis: aioredis.Redis, store: EventStore
 ) -> None:
-    """Two events are stored side by side: three keys each and two entries in one queue."""
+    """Two events are stored side by side: two keys each and two entries in one queue."""
     assert await store.store(event("evt_1"), HEADERS) is StoreResult.STORED
     assert await store.store(event("evt_2", at=RECEIVED_MS + 1), HEADERS) is StoreResult.STORED
     await assert_keyspace(

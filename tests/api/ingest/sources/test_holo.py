@@ -9,8 +9,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from service.api.ingest.sources import SourceConfigError, build_sources
-from service.store.events import UNROUTABLE_KEY
-from service.store.layout import raw_event_key
+from service.store.events import UNROUTABLE_KEY, read_raw_record
+from service.store.layout import event_key
 from tests.api.ingest.sources.support import basic, served
 
 CONFIG = {
@@ -33,7 +33,7 @@ async def test_get_with_query_parameters(redis_url: str, redis: aioredis.Redis) 
     assert response.status_code == 202, response.text
     assert response.json()["event_id"] == f"{transaction}:PAID"
     assert again.status_code == 200
-    record = orjson.loads(await redis.get(raw_event_key("holo", f"{transaction}:PAID")))
+    record = read_raw_record(await redis.get(event_key("holo", f"{transaction}:PAID")))
     assert record["body"] == f"transactionId={transaction}&status=PAID&reference=pay_h1"
 
 
