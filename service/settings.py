@@ -125,7 +125,11 @@ class Settings(BaseSettings):
     delivery_breaker_failures: int = Field(5, ge=1)
     delivery_breaker_cooldown_s: float = Field(60.0, gt=0)
     delivery_attempt_log_size: int = Field(500, ge=1)
+    # How long a finished delivery's record (history, replay; service.store.records) is kept.
     delivery_done_ttl_s: int = Field(7 * 24 * 3600, gt=0)
+    # What an operator must act on (delivery and event dead letters, stuck payments) is kept
+    # this long, then dropped (metrics: kartahook_dead_letters, kartahook_payments_stuck).
+    operator_ttl_s: int = Field(30 * 24 * 3600, gt=0)
 
     @property
     def lease_ms(self) -> int:

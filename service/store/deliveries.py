@@ -8,11 +8,15 @@ here. Every state change that involves more than one key is one Lua script
 The keys (:mod:`service.store.layout`; ``{s}`` subscriber id, ``{t}`` transition id =
 webhook-id, ``{p}`` payment id):
 
-- ``DELIVERY`` ``{s}:{t}``: hash, one delivery: state (queued, active, delivered, dead, dropped),
+- ``DELIVERY`` ``{s}:{t}``: hash, one pending or dead delivery: state (queued, active, dead),
   gen (bumped whenever its next arq job changes, so a stale job knows it is stale), attempts,
-  seq, payment_id, type, the body sent (the same bytes on every attempt and replay), when its
-  webhook was received, times, last status/error. Kept ``delivery_done_ttl_s`` after success,
-  so a duplicate fan-out job creates nothing; kept without TTL while dead.
+  seq, payment_id, type, when its webhook was received, times, last status/error. Kept
+  ``LINE_TTL_S`` after its last write while pending, ``operator_ttl_s`` once dead. Delivered or
+  dropped, it shrinks to a field of ``RECORDS`` ``{p}`` (:mod:`service.store.records`), which
+  also stops the same delivery from being created again.
+- ``SNAPSHOT`` ``{t}``: hash, the body every delivery of the transition sends (compressed,
+  :mod:`service.store.compression`: the same bytes on every attempt and replay) and the count
+  of pending and dead deliveries that refer to it; deleted with the last reference.
 - ``ORDER`` ``{s}:{p}``: zset of the pending deliveries of one (subscriber, payment), score = seq.
 - ``HEAD`` ``{s}:{p}``: string, the one active delivery of that pair (its head). Only the head has
   an arq job; the next one is activated when the head is delivered or dead-lettered.
@@ -36,6 +40,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from service.store.compression import decompress
 from service.store.layout import DEAD_ALL as DEAD_ALL_KEY
 from service.store.layout import (
     attempt_log_key,
@@ -43,6 +48,7 @@ from service.store.layout import (
     dead_key,
     delivery_key,
     parse_dead_member,
+    snapshot_key,
     waiting_key,
 )
 from service.store.scripts import Script
@@ -97,10 +103,13 @@ def _int(fields: dict[bytes, bytes], name: str) -> int:
         return 0
 
 
-def dead_letter_from_hash(fields: dict[bytes, bytes], with_body: bool = False) -> DeadLetter | None:
+def dead_letter_from_hash(
+    fields: dict[bytes, bytes], snapshot: bytes | None = None
+) -> DeadLetter | None:
+    """A dead letter from its delivery hash (and its body from its snapshot, when given)."""
     if _text(fields, "state") != "dead":
         return None
-    body = orjson.loads(fields[b"body"]) if with_body else None
+    body = orjson.loads(decompress(snapshot)) if snapshot else None
     return DeadLetter(
         subscriber=_text(fields, "sub"),
         transition_id=_text(fields, "tid"),
@@ -152,9 +161,11 @@ class DeliveryAdmin:
         return [letter for letter in letters if letter is not None]
 
     async def dead_letter(self, subscriber_id: str, transition_id: str) -> DeadLetter | None:
-        key = delivery_key(subscriber_id, transition_id)
-        fields: dict[bytes, bytes] = await self.redis.hgetall(key)  # type: ignore[misc]
-        return dead_letter_from_hash(fields, with_body=True) if fields else None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(delivery_key(subscriber_id, transition_id))
+            pipe.hget(snapshot_key(transition_id), "z")
+            fields, snapshot = await pipe.execute()
+        return dead_letter_from_hash(fields, snapshot) if fields else None
 
     async def replay(self, subscriber_id: str, transition_id: str, now_ms: int) -> str:
         """Queue a dead letter again, same webhook-id: 'ok', 'missing' or 'not_dead'."""

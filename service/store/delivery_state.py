@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from service.store.compression import decompress
 from service.store.layout import DEAD_ALL as DEAD_ALL_KEY
 from service.store.layout import (
     SUBSCRIBERS_VERSION,
@@ -40,6 +41,9 @@ from service.store.layout import (
 )
 from service.store.scripts import Script
 
+# Settings.operator_ttl_s's default.
+OPERATOR_TTL_S = 30 * 86_400
+
 ACQUIRE = Script.load("delivery_acquire")
 FINISH = Script.load("delivery_finish")
 RESUME = Script.load("delivery_resume")
@@ -49,9 +53,10 @@ RESUME = Script.load("delivery_resume")
 class Acquired:
     """What :meth:`FanoutStore.acquire` decided: ``ok``/``probe`` start; the rest park or skip.
 
-    When the attempt may start, what it sends comes along, read in the same script: the body,
-    the attempts so far, and the payment id, event type and webhook receipt time (for the log
-    line and the latency metric).
+    When the attempt may start, what it sends comes along, read in the same script: the body
+    (its transition's snapshot, decompressed here: the bytes processing built), the attempts so
+    far, and the payment id, event type and webhook receipt time (for the log line and the
+    latency metric).
     """
 
     verdict: str
@@ -79,13 +84,13 @@ class Acquired:
 
     @classmethod
     def started(cls, job_id: str, fields: list[Any], verdict: str = "ok") -> Acquired:
-        """A started attempt from ``delivery_fields``: body, attempts, payment id, type,
-        received ms."""
+        """A started attempt from ``delivery_fields``: body (compressed snapshot; empty when it
+        is gone), attempts, payment id, type, received ms."""
         body, attempts, payment_id, event_type, received = (list(fields) + [None] * 5)[:5]
         return cls(
             verdict,
             0,
-            body or None,
+            decompress(body) if body else None,
             int(attempts or 0),
             job_id,
             _text(payment_id or b""),
@@ -120,9 +125,13 @@ def _text(value: Any) -> str:
 class FanoutStore:
     """Atomic delivery state changes for the workers."""
 
-    def __init__(self, redis: aioredis.Redis, queue_name: str) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, queue_name: str, operator_ttl_s: int = OPERATOR_TTL_S
+    ) -> None:
+        """``operator_ttl_s``: how long a dead letter (its hash and snapshot) is kept."""
         self.redis = redis
         self.queue_name = queue_name
+        self.operator_ttl_s = operator_ttl_s
 
     async def acquire(
         self,
@@ -226,6 +235,7 @@ class FanoutStore:
                 hold_ms,
                 lease_ms,
                 subscribers_version,
+                self.operator_ttl_s,
             ],
         )
         handed = _text(reply[3])

@@ -33,6 +33,10 @@ ARQ_IN_PROGRESS_PREFIX = in_progress_key_prefix
 ARQ_RETRY_PREFIX = retry_key_prefix
 ARQ_RESULT_PREFIX = result_key_prefix
 HEALTH_CHECK_SUFFIX = health_check_key_suffix
+# How long the keys of a pending (subscriber, payment) line (its deliveries, order, head and the
+# snapshots they refer to) live after their last write: longer than the retry horizon (3 days)
+# and any sensible pause of a subscriber; a line nobody touched for this long is forgotten.
+LINE_TTL_S = 30 * 86_400
 # How long a job key lives beyond its run time (arq's ``expires_extra_ms``; arq's default is one
 # day). A job whose key expires before a worker reaches it is lost ("job expired"), so this is
 # how long a backlog may last without losing a stored webhook or a delivery: seven days, longer
@@ -65,6 +69,14 @@ TRANSITIONS = KEY_PREFIX + "transitions"
 
 FO_PREFIX = KEY_PREFIX + "fo:"
 DELIVERY = FO_PREFIX + "d:{sub}:{tid}"
+# A transition's delivery body, stored once for all its deliveries (compressed,
+# service.store.compression) with the count of pending and dead deliveries that refer to it:
+# deleted when the last of them is delivered or dropped.
+SNAPSHOT = FO_PREFIX + "s:{tid}"
+# What is left of a payment's finished deliveries, for history and replay: one hash per payment,
+# one short field per (subscriber, seq) (service.store.records).
+RECORDS = FO_PREFIX + "r:{payment_id}"
+RECORD_FIELD = "{sub}:{seq}"
 ORDER = FO_PREFIX + "o:{sub}:{payment_id}"
 HEAD = FO_PREFIX + "h:{sub}:{payment_id}"
 WAITING = FO_PREFIX + "w:{sub}"
@@ -124,9 +136,17 @@ KEY_PATTERNS: tuple[KeyPattern, ...] = (
     KeyPattern(PAYMENT_LOCK, "string", "worker_lease_s, renewed while the fetch runs"),
     KeyPattern(PAYMENT_DIRTY, "string", "dirty_ttl_s"),
     KeyPattern(TRANSITIONS, "stream", "none (capped)"),
-    KeyPattern(DELIVERY, "hash", "delivery_done_ttl_s once done; none while pending or dead"),
-    KeyPattern(ORDER, "zset", "none (emptied as the line advances)"),
-    KeyPattern(HEAD, "string", "none (deleted when the head finishes)"),
+    KeyPattern(
+        DELIVERY,
+        "hash",
+        "LINE_TTL_S while pending (deleted when done: RECORDS), operator_ttl_s once dead",
+    ),
+    KeyPattern(
+        SNAPSHOT, "hash", "LINE_TTL_S, operator_ttl_s once dead (deleted with its last reference)"
+    ),
+    KeyPattern(RECORDS, "hash", "delivery_done_ttl_s"),
+    KeyPattern(ORDER, "zset", "LINE_TTL_S (emptied as the line advances)"),
+    KeyPattern(HEAD, "string", "LINE_TTL_S (deleted when the head finishes)"),
     KeyPattern(WAITING, "zset", "none"),
     KeyPattern(INFLIGHT, "zset", "none (members expire by score)"),
     KeyPattern(BREAKER, "hash", "none"),
@@ -197,6 +217,24 @@ def payment_dirty_key(payment_id: str) -> str:
 
 def delivery_key(subscriber_id: str, transition_id: str) -> str:
     return DELIVERY.format(sub=subscriber_id, tid=transition_id)
+
+
+def snapshot_key(transition_id: str) -> str:
+    return SNAPSHOT.format(tid=transition_id)
+
+
+def records_key(payment_id: str) -> str:
+    return RECORDS.format(payment_id=payment_id)
+
+
+def record_field(subscriber_id: str, seq: int) -> str:
+    return RECORD_FIELD.format(sub=subscriber_id, seq=seq)
+
+
+def parse_record_field(name: str) -> tuple[str, int]:
+    """(subscriber id, seq) of a field of RECORDS."""
+    sub, _, seq = name.rpartition(RECORD_FIELD[len("{sub}") : -len("{seq}")])
+    return sub, int(seq)
 
 
 def order_key(subscriber_id: str, payment_id: str) -> str:
@@ -291,6 +329,9 @@ LUA_KEY_FUNCTIONS: dict[str, str] = {
     "deliver_job_id": DELIVER_JOB_ID,
     "dead_member": DEAD_MEMBER,
     "delivery_key": DELIVERY,
+    "snapshot_key": SNAPSHOT,
+    "records_key": RECORDS,
+    "record_field": RECORD_FIELD,
     "order_key": ORDER,
     "head_key": HEAD,
     "waiting_key": WAITING,

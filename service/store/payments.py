@@ -31,6 +31,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from service.errors import StaleSubscribers as StaleSubscribers
+from service.store.compression import compress
 from service.store.converge import ConvergePlan
 from service.store.delivery_state import Acquired
 from service.store.layout import (
@@ -50,6 +51,12 @@ RELEASE = Script.load("payment_release")
 
 TRANSITIONS_LOG_KEY = TRANSITIONS
 TRANSITIONS_LOG_MAXLEN = 100_000
+# How long a payment's state lives once it is final (completed, canceled, failed), shrunk to
+# (seq, status): it must outlive every hint that can still come for the payment, or a late hint
+# would find no state and emit the transitions again. Hints come from the providers' retries
+# (Stripe and PayPal retry for up to 3 days, within the 72 h dedupe window) and may wait in the
+# queue as long as a job key lives (ARQ_EXPIRES_EXTRA_MS, 7 days): 3 + 7 days.
+FINAL_STATE_TTL_S = 10 * 24 * 3600
 
 
 def state_key(payment_id: str) -> str:
@@ -95,6 +102,7 @@ class PaymentStateStore:
         state_ttl_s: int = 90 * 24 * 3600,
         dirty_ttl_s: int = 7 * 24 * 3600,
         converge: ConvergePlan | None = None,
+        final_state_ttl_s: int = FINAL_STATE_TTL_S,
     ) -> None:
         """``converge``: the convergence plan every record schedules the payment by
         (:mod:`service.store.converge`); None: records schedule nothing."""
@@ -103,6 +111,7 @@ class PaymentStateStore:
         self._lock_ttl_ms = lock_ttl_ms
         self._state_ttl_s = state_ttl_s
         self._dirty_ttl_s = dirty_ttl_s
+        self._final_state_ttl_s = final_state_ttl_s
         self._converge = converge.encode() if converge is not None else ""
 
     async def acquire(self, payment_id: str, token: str) -> bool:
@@ -156,11 +165,13 @@ class PaymentStateStore:
             len(caps or {}),
             received_at_ms,
             self._converge,
+            self._final_state_ttl_s,
         ]
         for subscriber_id, cap in (caps or {}).items():
             args += [subscriber_id, cap]
         for c in candidates:
-            args += [c.seq, c.status, c.transition_id, c.event_type, c.body]
+            body = compress(c.body) if c.subscriber_ids else b""
+            args += [c.seq, c.status, c.transition_id, c.event_type, body]
             args += [len(c.subscriber_ids), *c.subscriber_ids]
         keys = [
             payment_state_key(payment_id),

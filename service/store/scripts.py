@@ -41,6 +41,7 @@ def constants() -> dict[str, str]:
         "KEY_FUNCTIONS": layout.lua_key_functions(),
         "ARQ_JOB_BODY": lua_arq_job_body(),
         "ARQ_EXPIRES_EXTRA_MS": str(layout.ARQ_EXPIRES_EXTRA_MS),
+        "LINE_TTL_S": str(layout.LINE_TTL_S),
         "FANOUT_DELIVER": layout.lua_string(layout.FANOUT_DELIVER),
         "PROCESS_EVENT": layout.lua_string(layout.PROCESS_EVENT),
         "CONVERGENCE_SOURCE": layout.lua_string(layout.CONVERGENCE_SOURCE),

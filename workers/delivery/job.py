@@ -131,7 +131,7 @@ async def delivery_startup(context: WorkerContext) -> None:
         redis=redis,
         settings=settings,
         transport=build_transport(settings, context.delivery_transport, guard.address_refusal),
-        store=FanoutStore(redis, settings.queue_name),
+        store=FanoutStore(redis, settings.queue_name, settings.operator_ttl_s),
         registry=SubscriberStore(redis),
         subscribers=subscribers,
         schedule=RetrySchedule.from_settings(settings),

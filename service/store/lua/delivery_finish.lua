@@ -5,7 +5,11 @@
 -- ARGV: 1 now ms, 2 subscriber id, 3 webhook-id, 4 gen, 5 job id, 6 outcome
 --       (ok|fail|gone|removed), 7 next (retry|dead), 8 retry at ms, 9 breaker threshold,
 --       10 cooldown ms, 11 cap, 12 enabled (1|0), 13 done ttl s, 14 log entry ('' for none),
---       15 log cap, 16 status, 17 error, 18 hold ms, 19 lease ms, 20 subscribers version
+--       15 log cap, 16 status, 17 error, 18 hold ms, 19 lease ms, 20 subscribers version,
+--       21 operator ttl s (a dead letter's hash and snapshot; dead letters older are trimmed
+--       from the indexes)
+-- A delivered or dropped delivery shrinks to its record (lib/lines.lua ``shrink``, kept done
+-- ttl s) and releases its snapshot.
 -- With hold ms > 0, the next delivery of the line that a success activates is acquired for the
 -- caller in the same step (when the caller's subscriber list is current and the cap allows) and
 -- handed back to run at once: its job stays queued, deferred by hold ms, as the safety net should
@@ -25,6 +29,7 @@ local threshold, cooldown, cap = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber
 local enabled, done_ttl = ARGV[12] == '1', tonumber(ARGV[13])
 local log_entry, log_cap, status, err = ARGV[14], tonumber(ARGV[15]), ARGV[16], ARGV[17]
 local hold, lease = tonumber(ARGV[18]), tonumber(ARGV[19])
+local operator_ttl = tonumber(ARGV[21])
 local handed, handed_fields = '', {}
 -- The caller's copy of the subscriber is current: it may be handed more work.
 local current = enabled and (redis.call('GET', KEYS[2]) or '0') == ARGV[20]
@@ -63,8 +68,7 @@ if state == 'active' and redis.call('HGET', dkey, 'gen') == gen then
     redis.call('HSET', dkey, 'last_status', status, 'last_error', err, 'last_ms', now)
   end
   if outcome == 'ok' then
-    redis.call('HSET', dkey, 'state', 'delivered', 'delivered_ms', now)
-    redis.call('EXPIRE', dkey, done_ttl)
+    shrink(dkey, 'd', now, done_ttl)
     -- The caller takes the line's next delivery when it may: its job then waits the hold.
     local take = hold > 0 and current and redis.call('ZCARD', fkey) < cap
     local nxt_job, nxt_dkey = advance(queue, sub, pid, tid, now, take and now + hold or now)
@@ -75,22 +79,28 @@ if state == 'active' and redis.call('HGET', dkey, 'gen') == gen then
     end
     result = 'delivered'
   elseif outcome == 'removed' then
-    redis.call('HSET', dkey, 'state', 'dropped')
-    redis.call('EXPIRE', dkey, done_ttl)
+    shrink(dkey, 'x', now, done_ttl)
     advance(queue, sub, pid, tid, now)
     result = 'dropped'
   elseif outcome == 'gone' then
     redis.call('HINCRBY', dkey, 'gen', 1)
+    redis.call('EXPIRE', dkey, LINE_TTL)
     redis.call('ZADD', wkey, 'NX', now, tid)
     result = 'parked'
   elseif nxt == 'retry' then
     local g = redis.call('HINCRBY', dkey, 'gen', 1)
+    redis.call('EXPIRE', dkey, LINE_TTL)
     enqueue(queue, sub, tid, g, retry_at, now)
     result = 'retry'
   else
     redis.call('HSET', dkey, 'state', 'dead', 'dead_ms', now)
+    redis.call('EXPIRE', dkey, operator_ttl)
+    redis.call('EXPIRE', snapshot_key(tid), operator_ttl)
     redis.call('ZADD', dead_all, now, dead_member(sub, tid))
     redis.call('ZADD', dead_sub, now, tid)
+    -- Dead letters past the operator ttl have expired: their index entries go too.
+    redis.call('ZREMRANGEBYSCORE', dead_all, '-inf', now - operator_ttl * 1000)
+    redis.call('ZREMRANGEBYSCORE', dead_sub, '-inf', now - operator_ttl * 1000)
     advance(queue, sub, pid, tid, now)
     result = 'dead'
   end

@@ -4,9 +4,12 @@
 --       6 subscribers version, 7 converge zset, 8 stuck zset
 -- ARGV: 1 seq, 2 status, 3 at, 4 token, 5 lock ttl ms, 6 state ttl s, 7 payment id,
 --       8 transitions maxlen, 9 subscribers version, 10 hold ms, 11 lease ms,
---       12 open jitter ms, 13 n, 14 received ms, 15 convergence plan ('' : off), then n
---       (subscriber id, cap), then for each candidate transition, in lifecycle order: seq,
---       status, webhook-id, event type, delivery body, m, m subscriber ids.
+--       12 open jitter ms, 13 n, 14 received ms, 15 convergence plan ('' : off), 16 final
+--       state ttl s, then n (subscriber id, cap), then for each candidate transition, in
+--       lifecycle order: seq, status, webhook-id, event type, delivery body (compressed: its
+--       snapshot), m, m subscriber ids.
+-- A final state shrinks to what kills stale hints (seq, status) and lives ``final state ttl``;
+-- any other lives ``state ttl``.
 -- Reply: {-2} when the subscriber list the caller matched against is stale (nothing written);
 --        else {previous seq, emitted, fetch again, found stuck, then (job id, body, attempts,
 --        payment id, type, received ms) of each delivery activated and started for the caller
@@ -27,7 +30,7 @@ if new > cur then
   local pid = ARGV[7]
   local hold, lease, jitter = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
   local caps = {}
-  local i = 16
+  local i = 17
   for _ = 1, tonumber(ARGV[13]) do
     caps[ARGV[i]] = tonumber(ARGV[i + 1])
     i = i + 2
@@ -37,10 +40,19 @@ if new > cur then
     local seq, n = tonumber(ARGV[i]), tonumber(ARGV[i + 5])
     if seq > cur then
       local tid = ARGV[i + 2]
+      local skey = snapshot_key(tid)
+      if n > 0 then
+        redis.call('HSET', skey, 'z', ARGV[i + 4])
+        redis.call('EXPIRE', skey, LINE_TTL)
+      end
       for j = i + 6, i + 5 + n do
         local head, dkey = insert_delivery(queue, ARGV[j], tid, pid, seq, ARGV[i + 3],
-          ARGV[i + 4], ARGV[14], now, now + hold)
+          ARGV[14], now, now + hold)
         if head then table.insert(heads, {head, ARGV[j], tid, dkey}) end
+      end
+      -- No delivery refers to it (each existed already): no snapshot.
+      if n > 0 and (tonumber(redis.call('HGET', skey, 'refs')) or 0) <= 0 then
+        redis.call('DEL', skey)
       end
       redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[8], '*',
         'payment_id', pid, 'status', ARGV[i + 1], 'webhook_id', tid, 'subscribers', n)
@@ -68,7 +80,12 @@ end
 -- Convergence: schedule, push back, stop or report stuck (lib/converge.lua).
 reply[4] = converge_after_record(KEYS[1], KEYS[7], KEYS[8], ARGV[7], new > cur,
   converge_plan(ARGV[15]))
-redis.call('EXPIRE', KEYS[1], ARGV[6])
+if FINAL_STATUSES[redis.call('HGET', KEYS[1], 'status')] then
+  redis.call('HDEL', KEYS[1], 'at')
+  redis.call('EXPIRE', KEYS[1], ARGV[16])
+else
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+end
 if redis.call('GET', KEYS[3]) == ARGV[4] then
   if redis.call('DEL', KEYS[2]) == 1 then
     reply[3] = 1

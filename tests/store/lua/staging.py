@@ -12,7 +12,15 @@ import redis.asyncio as aioredis
 from service.domain.events import transition_id
 from service.store.deliveries import DeliveryAdmin, delivery_key
 from service.store.delivery_state import Acquired, FanoutStore, Finished
-from service.store.layout import ARQ_JOB_PREFIX, deliver_job_id, head_key, order_key
+from service.store.layout import (
+    ARQ_JOB_PREFIX,
+    LINE_TTL_S,
+    deliver_job_id,
+    head_key,
+    order_key,
+    records_key,
+    snapshot_key,
+)
 from service.store.payments import (
     TRANSITIONS_LOG_KEY,
     Candidate,
@@ -93,11 +101,23 @@ def payment_keys(pid: str = PID) -> Expected:
 
 
 def line(sub: str, tids: Sequence[str], pid: str = PID) -> Expected:
-    """A (subscriber, payment) line with a head: its deliveries, order and head (no TTL)."""
-    keys: Expected = {delivery_key(sub, t): ("hash", NO_TTL) for t in tids}
-    keys[order_key(sub, pid)] = ("zset", NO_TTL)
-    keys[head_key(sub, pid)] = ("string", NO_TTL)
+    """A (subscriber, payment) line with a head: its deliveries, order and head, and the
+    snapshots its deliveries refer to (each LINE_TTL_S)."""
+    keys: Expected = {delivery_key(sub, t): ("hash", ttl_s(LINE_TTL_S)) for t in tids}
+    keys.update(snapshots(tids))
+    keys[order_key(sub, pid)] = ("zset", ttl_s(LINE_TTL_S))
+    keys[head_key(sub, pid)] = ("string", ttl_s(LINE_TTL_S))
     return keys
+
+
+def snapshots(tids: Sequence[str]) -> Expected:
+    """The snapshots of transitions some pending or dead delivery refers to."""
+    return {snapshot_key(t): ("hash", ttl_s(LINE_TTL_S)) for t in tids}
+
+
+def records(pid: str = PID) -> Expected:
+    """The records hash of a payment some of whose deliveries finished (delivered, dropped)."""
+    return {records_key(pid): ("hash", ttl_s(DONE_TTL_S))}
 
 
 def job_entry(sub: str, transition: str, gen: int, due_in_ms: int = 0) -> Expected:

@@ -19,6 +19,7 @@ from service.store.deliveries import (
 )
 from service.store.delivery_state import Acquired, Finished
 from service.store.layout import deliver_job_id, head_key, inflight_key, order_key
+from service.store.records import payment_deliveries
 from service.store.subscribers import SUBSCRIBERS_VERSION_KEY
 from tests.store.lua.keyspace import (
     NO_TTL,
@@ -26,11 +27,9 @@ from tests.store.lua.keyspace import (
     assert_keyspace,
     hash_of,
     server_ms,
-    ttl_s,
     zset,
 )
 from tests.store.lua.staging import (
-    DONE_TTL_S,
     LEASE_MS,
     PID,
     QUEUE,
@@ -43,6 +42,7 @@ from tests.store.lua.staging import (
     line,
     payment_keys,
     record,
+    records,
     tid,
 )
 
@@ -51,7 +51,6 @@ T1, T2 = tid(PID, "pending"), tid(PID, "submitted")
 P2 = tid(PID2, "pending")
 JOB1 = deliver_job_id(SUB, T1, 1)
 HOLD_MS = 5_000
-DONE = ("hash", ttl_s(DONE_TTL_S))
 
 
 async def stage(redis: aioredis.Redis, statuses: list[str]) -> int:
@@ -87,7 +86,8 @@ async def finish_ok(redis: aioredis.Redis, now: int, **kwargs: Any) -> Finished:
 
 
 async def test_delivered_activates_the_next_in_line(redis: aioredis.Redis) -> None:
-    """Delivered: hash gets done TTL, slot and job dropped, breaker reset, next one activated."""
+    """Delivered: the hash shrinks to a record (done TTL) and its snapshot goes, slot and job
+    dropped, breaker reset, next one activated."""
     now = await stage(redis, ["pending", "submitted"])
     done = await finish_ok(redis, now)
     assert done == Finished("delivered", 0, 0, None)
@@ -96,14 +96,15 @@ async def test_delivered_activates_the_next_in_line(redis: aioredis.Redis) -> No
         {
             **payment_keys(),
             **line(SUB, [T2]),
-            delivery_key(SUB, T1): DONE,
+            **records(),
             QUEUE: ("zset", NO_TTL),
             **job_entry(SUB, T2, 1),
             breaker_key(SUB): ("hash", NO_TTL),
         },
     )
-    first = await hash_of(redis, delivery_key(SUB, T1))
-    assert {k: first[k] for k in ("state", "attempts", "last_status", "last_error")} == {
+    first = (await payment_deliveries(redis, PID, [SUB]))[0]
+    assert {k: first[k] for k in ("tid", "state", "attempts", "last_status", "last_error")} == {
+        "tid": T1,
         "state": "delivered",
         "attempts": "1",
         "last_status": "200",
@@ -122,7 +123,7 @@ async def test_delivered_last_in_line_leaves_no_line_keys(redis: aioredis.Redis)
     assert (await finish_ok(redis, now)).result == "delivered"
     await assert_keyspace(
         redis,
-        {**payment_keys(), delivery_key(SUB, T1): DONE, breaker_key(SUB): ("hash", NO_TTL)},
+        {**payment_keys(), **records(), breaker_key(SUB): ("hash", NO_TTL)},
     )
 
 
@@ -136,8 +137,8 @@ async def test_attempt_log_is_written_and_capped(redis: aioredis.Redis) -> None:
         redis,
         {
             **payment_keys(),
-            delivery_key(SUB, T1): DONE,
-            delivery_key(SUB, T2): DONE,
+            **records(),
+            **records(),
             breaker_key(SUB): ("hash", NO_TTL),
             attempt_log_key(SUB): ("list", NO_TTL),
         },
@@ -164,7 +165,7 @@ async def test_delivered_with_hold_hands_over_the_next_in_line(redis: aioredis.R
         {
             **payment_keys(),
             **line(SUB, [T2]),
-            delivery_key(SUB, T1): DONE,
+            **records(),
             QUEUE: ("zset", NO_TTL),
             **job_entry(SUB, T2, 1, HOLD_MS),
             breaker_key(SUB): ("hash", NO_TTL),
@@ -189,7 +190,7 @@ async def test_hold_at_the_cap_activates_the_next_without_hand_over(
         {
             **payment_keys(),
             **line(SUB, [T2]),
-            delivery_key(SUB, T1): DONE,
+            **records(),
             QUEUE: ("zset", NO_TTL),
             **job_entry(SUB, T2, 1),
             breaker_key(SUB): ("hash", NO_TTL),
@@ -213,7 +214,7 @@ async def test_hold_with_a_stale_subscriber_list_hands_nothing_over(
         {
             **payment_keys(),
             **line(SUB, [T2]),
-            delivery_key(SUB, T1): DONE,
+            **records(),
             QUEUE: ("zset", NO_TTL),
             **job_entry(SUB, T2, 1),
             breaker_key(SUB): ("hash", NO_TTL),
@@ -237,7 +238,7 @@ async def test_hold_with_an_empty_line_hands_over_a_parked_delivery(
         redis,
         {
             **payment_keys(),
-            delivery_key(SUB, T1): DONE,
+            **records(),
             breaker_key(SUB): ("hash", NO_TTL),
             **woken_other(),
             QUEUE: ("zset", NO_TTL),
@@ -260,7 +261,7 @@ async def test_delivered_wakes_parked_deliveries(redis: aioredis.Redis) -> None:
         redis,
         {
             **payment_keys(),
-            delivery_key(SUB, T1): DONE,
+            **records(),
             breaker_key(SUB): ("hash", NO_TTL),
             **woken_other(),
             QUEUE: ("zset", NO_TTL),
@@ -370,15 +371,15 @@ async def test_removed_subscriber_drops_and_wakes_one(redis: aioredis.Redis) -> 
         {
             **payment_keys(),
             **line(SUB, [T2]),
-            delivery_key(SUB, T1): DONE,
+            **records(),
             **job_entry(SUB, T2, 1),
             **woken_other(),
             QUEUE: ("zset", NO_TTL),
             **job_entry(SUB, P2, 3),
         },
     )
-    first = await hash_of(redis, delivery_key(SUB, T1))
-    assert (first["state"], first["attempts"]) == ("dropped", "0")
+    first = (await payment_deliveries(redis, PID, [SUB]))[0]
+    assert (first["tid"], first["state"], first["attempts"]) == (T1, "dropped", "0")
 
 
 async def test_last_drop_of_a_removed_subscriber_leaves_its_attempt_log(
@@ -392,7 +393,7 @@ async def test_last_drop_of_a_removed_subscriber_leaves_its_attempt_log(
         redis,
         {
             **payment_keys(),
-            delivery_key(SUB, T1): DONE,
+            **records(),
             attempt_log_key(SUB): ("list", NO_TTL),
         },
     )
@@ -505,7 +506,7 @@ async def test_successful_probe_closes_the_breaker_and_wakes(redis: aioredis.Red
         redis,
         {
             **payment_keys(),
-            delivery_key(SUB, T1): DONE,
+            **records(),
             breaker_key(SUB): ("hash", NO_TTL),
             **woken_other(),
             QUEUE: ("zset", NO_TTL),
@@ -533,7 +534,7 @@ async def test_disabled_subscriber_is_handed_nothing_and_wakes_nothing(
         {
             **payment_keys(),
             **line(SUB, [T2]),
-            delivery_key(SUB, T1): DONE,
+            **records(),
             QUEUE: ("zset", NO_TTL),
             **job_entry(SUB, T2, 1),
             breaker_key(SUB): ("hash", NO_TTL),
@@ -558,7 +559,7 @@ async def test_lapsed_slot_of_a_dead_holder_is_freed_and_wakes_a_parked_one(
         redis,
         {
             **payment_keys(),
-            delivery_key(SUB, T1): DONE,
+            **records(),
             breaker_key(SUB): ("hash", NO_TTL),
             **woken_other(),
             QUEUE: ("zset", NO_TTL),

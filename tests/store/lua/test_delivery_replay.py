@@ -7,6 +7,7 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from service.store.deliveries import DEAD_ALL_KEY, breaker_key, dead_key, delivery_key
+from service.store.delivery_state import OPERATOR_TTL_S
 from service.store.layout import deliver_job_id, head_key, order_key
 from tests.store.lua.keyspace import (
     NO_TTL,
@@ -18,7 +19,6 @@ from tests.store.lua.keyspace import (
     zset,
 )
 from tests.store.lua.staging import (
-    DONE_TTL_S,
     PID,
     QUEUE,
     SUB,
@@ -29,6 +29,8 @@ from tests.store.lua.staging import (
     line,
     payment_keys,
     record,
+    records,
+    snapshots,
     tid,
 )
 
@@ -65,20 +67,16 @@ async def test_active_delivery_is_not_dead(redis: aioredis.Redis) -> None:
     assert (await hash_of(redis, delivery_key(SUB, T1)))["gen"] == "1"
 
 
-async def test_delivered_delivery_is_not_dead(redis: aioredis.Redis) -> None:
-    """Replaying a delivered delivery answers 'not_dead'; it keeps its done TTL."""
+async def test_delivered_delivery_is_no_dead_letter(redis: aioredis.Redis) -> None:
+    """Replaying a delivered delivery (shrunk to its record) answers 'missing' and writes
+    nothing: its record keeps its done TTL."""
     await record(redis, PID, ["pending"])
     now = await server_ms(redis)
     await acquire(redis, T1, 1, now)
     await finish(redis, T1, 1, now, "ok")
-    assert await admin(redis).replay(SUB, T1, now) == "not_dead"
+    assert await admin(redis).replay(SUB, T1, now) == "missing"
     await assert_keyspace(
-        redis,
-        {
-            **payment_keys(),
-            delivery_key(SUB, T1): ("hash", ttl_s(DONE_TTL_S)),
-            breaker_key(SUB): ("hash", NO_TTL),
-        },
+        redis, {**payment_keys(), **records(), breaker_key(SUB): ("hash", NO_TTL)}
     )
 
 
@@ -89,7 +87,8 @@ async def test_replay_into_an_empty_line_activates_it(redis: aioredis.Redis) -> 
         redis,
         {
             **payment_keys(),
-            delivery_key(SUB, T1): ("hash", NO_TTL),
+            delivery_key(SUB, T1): ("hash", ttl_s(OPERATOR_TTL_S)),
+            **snapshots([T1]),
             breaker_key(SUB): ("hash", NO_TTL),
             **DEAD_SETS,
         },

@@ -8,9 +8,10 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from service.store.compression import decompress
 from service.store.deliveries import breaker_key, delivery_key, waiting_key
 from service.store.delivery_state import Acquired
-from service.store.layout import deliver_job_id, head_key, inflight_key, order_key
+from service.store.layout import deliver_job_id, head_key, inflight_key, order_key, snapshot_key
 from service.store.layout import payment_dirty_key as _dirty_key
 from service.store.layout import payment_lock_key as _lock_key
 from service.store.payments import TRANSITIONS_LOG_KEY, StaleSubscribers, state_key
@@ -140,9 +141,10 @@ async def test_newer_state_creates_a_line_with_its_first_delivery_active(
         "state": "active",
         "gen": "1",
         "attempts": "0",
-        "body": body_of(PID, "pending").decode(),
         "received_ms": str(RECEIVED_MS),
     }
+    assert await redis.hget(snapshot_key(T1), "refs") == b"1"  # type: ignore[misc]
+    assert decompress(await redis.hget(snapshot_key(T1), "z")) == body_of(PID, "pending")  # type: ignore[misc]
     second = await hash_of(redis, delivery_key(SUB, T2))
     assert (second["state"], second["gen"], second["seq"]) == ("queued", "0", "2")
     assert await stream(redis) == [

@@ -8,7 +8,7 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from service.store.layout import CONVERGE, STUCK
-from service.store.payments import TRANSITIONS_LOG_KEY, state_key
+from service.store.payments import FINAL_STATE_TTL_S, TRANSITIONS_LOG_KEY, state_key
 from tests.store.lua.converge_staging import (
     D0_MS,
     D1_MS,
@@ -20,6 +20,8 @@ from tests.store.lua.keyspace import NO_TTL, assert_keyspace, hash_of, server_ms
 from tests.store.lua.staging import PID, STATE_TTL_S
 
 STATE = ("hash", ttl_s(STATE_TTL_S))
+# A final state, shrunk to (seq, status).
+FINAL_STATE = ("hash", ttl_s(FINAL_STATE_TTL_S))
 
 
 async def test_first_non_terminal_record_schedules_the_first_check(redis: aioredis.Redis) -> None:
@@ -76,18 +78,20 @@ async def test_the_schedule_never_passes_the_horizon(redis: aioredis.Redis) -> N
 
 
 async def test_a_final_state_ends_the_schedule(redis: aioredis.Redis) -> None:
-    """A completed payment leaves kh:converge (the zset goes) and loses its cv_ fields."""
+    """A completed payment leaves kh:converge (the zset goes), and its state shrinks to (seq,
+    status) with the final state's TTL."""
     await record_status(redis, PID, "captured")
     await record_status(redis, PID, "completed")
-    await assert_keyspace(redis, {state_key(PID): STATE, TRANSITIONS_LOG_KEY: ("stream", NO_TTL)})
-    state = await hash_of(redis, state_key(PID))
-    assert state["status"] == "completed" and "cv_first" not in state and "cv_step" not in state
+    await assert_keyspace(
+        redis, {state_key(PID): FINAL_STATE, TRANSITIONS_LOG_KEY: ("stream", NO_TTL)}
+    )
+    assert await hash_of(redis, state_key(PID)) == {"seq": "5", "status": "completed"}
 
 
 async def test_a_failed_payment_is_never_scheduled(redis: aioredis.Redis) -> None:
     """A first record in a terminal branch state (failed) schedules nothing."""
     await record_status(redis, PID, "failed")
-    await assert_keyspace(redis, {state_key(PID): STATE})
+    await assert_keyspace(redis, {state_key(PID): FINAL_STATE})
     assert "cv_first" not in await hash_of(redis, state_key(PID))
 
 
@@ -138,7 +142,9 @@ async def test_a_final_state_takes_a_stuck_payment_off_the_list(redis: aioredis.
     await redis.hset(state_key(PID), "cv_first", now - HORIZON_MS - 1)
     assert (await record_status(redis, PID, "captured")).stuck
     await record_status(redis, PID, "completed")
-    await assert_keyspace(redis, {state_key(PID): STATE, TRANSITIONS_LOG_KEY: ("stream", NO_TTL)})
+    await assert_keyspace(
+        redis, {state_key(PID): FINAL_STATE, TRANSITIONS_LOG_KEY: ("stream", NO_TTL)}
+    )
 
 
 async def test_the_stuck_list_is_capped_oldest_out(redis: aioredis.Redis) -> None:

@@ -2,9 +2,12 @@
 -- starts the heads it creates).
 -- lib: keys jobs
 
--- What an attempt needs of a delivery, read when it starts (Acquired.started).
+-- What an attempt needs of a delivery, read when it starts (Acquired.started): the body is its
+-- transition's snapshot (compressed; the worker decompresses it), '' when it is gone.
 local function delivery_fields(dkey)
-  return redis.call('HMGET', dkey, 'body', 'attempts', 'payment_id', 'type', 'received_ms')
+  local f = redis.call('HMGET', dkey, 'tid', 'attempts', 'payment_id', 'type', 'received_ms')
+  f[1] = (f[1] and redis.call('HGET', snapshot_key(f[1]), 'z')) or ''
+  return f
 end
 
 -- The keys try_acquire works on for (sub, tid), derived (for a caller that did not pass them).

@@ -1,7 +1,10 @@
 -- Delivery lines: activating the next delivery of a (subscriber, payment) line, creating
--- deliveries, waking parked ones. The lines' keys are derived (lib/keys.lua): the payment id of a
--- line is read from a delivery hash, and parked deliveries are popped from the waiting set.
+-- deliveries, waking parked ones, and shrinking a finished delivery to its record. The lines'
+-- keys are derived (lib/keys.lua): the payment id of a line is read from a delivery hash, and
+-- parked deliveries are popped from the waiting set.
 -- lib: keys jobs
+-- How long a pending line's keys live after their last write (layout.LINE_TTL_S).
+local LINE_TTL = {{LINE_TTL_S}}
 
 -- Makes the first pending delivery of (sub, pid) its head, unless it has one; returns the job
 -- id of the head's job, due at ``at`` (default now), and the head's key; or false. A caller
@@ -11,23 +14,60 @@ local function activate_next(queue, sub, pid, now, at)
   if redis.call('EXISTS', hkey) == 1 then return false end
   local nxt = redis.call('ZRANGE', order_key(sub, pid), 0, 0)[1]
   if not nxt then return false end
-  redis.call('SET', hkey, nxt)
+  redis.call('SET', hkey, nxt, 'EX', LINE_TTL)
   local dkey = delivery_key(sub, nxt)
   redis.call('HSET', dkey, 'state', 'active', 'activated_ms', now)
+  redis.call('EXPIRE', dkey, LINE_TTL)
   local gen = redis.call('HINCRBY', dkey, 'gen', 1)
   return enqueue(queue, sub, nxt, gen, at or now, now), dkey
 end
 
--- Creates the delivery of transition ``tid`` to ``sub`` unless it exists, and activates it when
+-- Creates the delivery of transition ``tid`` to ``sub`` unless it exists (pending, dead, or
+-- already finished: its record), referring to the transition's snapshot, and activates it when
 -- it is first in its (sub, pid) line. Returns the activated head's job id and key, or false.
-local function insert_delivery(queue, sub, tid, pid, seq, etype, body, received, now, at)
+local function insert_delivery(queue, sub, tid, pid, seq, etype, received, now, at)
   local dkey = delivery_key(sub, tid)
   if redis.call('EXISTS', dkey) == 1 then return false end
+  if redis.call('HEXISTS', records_key(pid), record_field(sub, seq)) == 1 then return false end
   redis.call('HSET', dkey, 'sub', sub, 'tid', tid, 'payment_id', pid, 'seq', seq,
-    'type', etype, 'state', 'queued', 'gen', 0, 'attempts', 0, 'body', body,
+    'type', etype, 'state', 'queued', 'gen', 0, 'attempts', 0,
     'received_ms', received, 'created_ms', now)
-  redis.call('ZADD', order_key(sub, pid), seq, tid)
+  redis.call('EXPIRE', dkey, LINE_TTL)
+  redis.call('HINCRBY', snapshot_key(tid), 'refs', 1)
+  local okey = order_key(sub, pid)
+  redis.call('ZADD', okey, seq, tid)
+  redis.call('EXPIRE', okey, LINE_TTL)
   return activate_next(queue, sub, pid, now, at)
+end
+
+-- Drops one reference to the snapshot of ``tid``: the last one deletes it.
+local function release_snapshot(tid)
+  local skey = snapshot_key(tid)
+  if redis.call('HINCRBY', skey, 'refs', -1) <= 0 then redis.call('DEL', skey) end
+end
+
+-- Replaces a finished delivery's hash by its record (service.store.records): one field
+-- ``sub:seq`` of the payment's records hash, ``state,attempts,last status,created ms,last ms -
+-- created,done ms - created,last error[,status]`` (state ``d`` delivered or ``x`` dropped;
+-- status only for a final step other than the main line's, canceled or failed; the whole cut to
+-- 64 bytes so a small hash stays a listpack), kept ``ttl`` s; and releases its snapshot.
+local function shrink(dkey, state, now, ttl)
+  local f = redis.call('HMGET', dkey, 'sub', 'tid', 'payment_id', 'seq', 'attempts',
+    'last_status', 'created_ms', 'last_ms', 'last_error', 'type')
+  local created = tonumber(f[7]) or now
+  local last = tonumber(f[8])
+  local status = string.match(f[10] or '', '^payment%.(.*)$') or ''
+  local tail = (status == 'canceled' or status == 'failed') and (',' .. status) or ''
+  local err = string.gsub(f[9] or '', ',', ';')
+  local record = state .. ',' .. (f[5] or '0') .. ',' .. (f[6] or '') .. ','
+    .. string.format('%d', created) .. ',' .. (last and string.format('%d', last - created) or '')
+    .. ',' .. string.format('%d', now - created) .. ','
+  record = record .. string.sub(err, 1, math.max(0, 64 - #record - #tail)) .. tail
+  local rkey = records_key(f[3])
+  redis.call('HSET', rkey, record_field(f[1], f[4]), record)
+  redis.call('EXPIRE', rkey, ttl)
+  redis.call('DEL', dkey)
+  release_snapshot(f[2])
 end
 
 -- Takes the longest-parked delivery of ``sub`` off its waiting set ``wkey`` and gives it a fresh

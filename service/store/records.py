@@ -1,0 +1,107 @@
+"""The deliveries of a payment as history and replay see them, wherever they are kept.
+
+A delivery lives as a hash (``layout.DELIVERY``) while it is pending (queued, active) or dead.
+Once it is delivered or dropped, ``lua/lib/lines.lua`` (``shrink``) replaces the hash by one
+short field of the payment's records hash (``layout.RECORDS``, kept ``delivery_done_ttl_s``),
+and its transition's snapshot (the body) goes once no pending or dead delivery refers to it.
+
+A record field is ``{sub}:{seq}`` and its value
+``state,attempts,last status,created ms,last ms - created,done ms - created,last error[,status]``
+(``state``: ``d`` delivered, ``x`` dropped; ``status`` only for a final step other than the main
+line's, canceled or failed, which share a seq; the value is cut to 64 bytes). The webhook-id
+and the event type are derived from (payment id, status) as processing derives them.
+
+:func:`payment_deliveries` reads both kinds and returns each delivery with the same fields
+(:data:`FIELDS`), all strings, ``""`` for what is unknown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import redis.asyncio as aioredis
+
+from service.domain.events import transition_id
+from service.domain.lifecycle import MAIN_LINE, SEQ, TERMINAL
+from service.store.layout import delivery_key, parse_record_field, records_key
+
+FIELDS = (
+    "sub",
+    "tid",
+    "payment_id",
+    "seq",
+    "type",
+    "state",
+    "attempts",
+    "last_status",
+    "last_error",
+    "last_ms",
+    "created_ms",
+    "delivered_ms",
+    "dead_ms",
+)
+STATES = {"d": "delivered", "x": "dropped"}
+# The statuses that are ever a transition (init never is).
+_EMITTED = [s for s in MAIN_LINE if s != "init"] + list(TERMINAL)
+
+
+def parse_record(payment_id: str, name: str, value: str) -> dict[str, str]:
+    """One delivery, from a field of ``RECORDS`` and its value."""
+    sub, seq = parse_record_field(name)
+    parts = value.split(",")
+    parts += [""] * (8 - len(parts))
+    state, attempts, last_status, created, last_delta, done_delta, error, status = parts[:8]
+    if not status:
+        status = MAIN_LINE[seq] if seq < len(MAIN_LINE) else ""
+    created_ms = int(created or 0)
+
+    def at(delta: str) -> str:
+        return str(created_ms + int(delta)) if delta else ""
+
+    full = STATES.get(state, state)
+    return {
+        "sub": sub,
+        "tid": transition_id(payment_id, status) if status else "",
+        "payment_id": payment_id,
+        "seq": str(seq),
+        "type": f"payment.{status}" if status else "",
+        "state": full,
+        "attempts": attempts or "0",
+        "last_status": last_status,
+        "last_error": error,
+        "last_ms": at(last_delta),
+        "created_ms": created or "",
+        "delivered_ms": at(done_delta) if full == "delivered" else "",
+        "dead_ms": "",
+    }
+
+
+def from_hash(fields: Mapping[bytes, bytes]) -> dict[str, str]:
+    """One delivery, from its (pending or dead) hash."""
+    text = {k.decode(): v.decode() for k, v in fields.items() if k != b"body"}
+    return {name: text.get(name, "") for name in FIELDS}
+
+
+async def payment_deliveries(
+    redis: aioredis.Redis, payment_id: str, subscriber_ids: Iterable[str]
+) -> list[dict[str, str]]:
+    """Every delivery of ``payment_id`` to ``subscriber_ids`` still known (pending, dead, or
+    finished within ``delivery_done_ttl_s``), by subscriber then seq; each with :data:`FIELDS`."""
+    subs = list(subscriber_ids)
+    tids = [transition_id(payment_id, status) for status in _EMITTED]
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(records_key(payment_id))
+        for sub in subs:
+            for tid in tids:
+                pipe.hgetall(delivery_key(sub, tid))
+        replies = await pipe.execute()
+    found: dict[tuple[str, int], dict[str, str]] = {}
+    for name, value in replies[0].items():
+        row = parse_record(payment_id, name.decode(), value.decode())
+        if row["sub"] in subs:
+            found[(row["sub"], int(row["seq"]))] = row
+    for fields in replies[1:]:
+        if fields:
+            row = from_hash(fields)
+            found[(row["sub"], int(row["seq"] or SEQ.get(row["type"][8:], 0)))] = row
+    return [found[key] for key in sorted(found, key=lambda k: (subs.index(k[0]), k[1]))]
