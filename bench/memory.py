@@ -1,4 +1,4 @@
-"""Redis memory benchmark (issue 14): the baseline a later redesign is judged against.
+"""Redis memory benchmark (issue 14): what Redis holds per webhook and per payment.
 
 ``python -m bench.memory [--payments N] [--parked N]`` (also run by ``make bench``) measures, with
 real processes started by the one stack builder (:class:`kartahook.stack.Stack`: embedded Redis,
@@ -404,7 +404,7 @@ async def measure_lifecycle(
 
             await wait_until(all_queued, timeout_s, "webhooks queued", stack)
             result.queued = await census(redis, queue)
-            result.events = result.queued.row(layout.DEDUPE).keys
+            result.events = result.queued.row(layout.EVENT).keys
             report(f"  {result.events} events queued: {result.queued_per_event:.0f} B/event")
 
             report("  worker started; waiting for every delivery ...")
@@ -618,11 +618,11 @@ def lifetimes_s() -> dict[str, float | None]:
     settings = Settings()
     params = inspect.signature(PaymentStateStore.__init__).parameters
     return {
-        layout.DEDUPE: settings.dedupe_ttl_s,
-        layout.RAW_EVENT: settings.raw_ttl_s,
-        layout.PAYMENT_STATE: params["state_ttl_s"].default,
+        layout.EVENT: max(settings.dedupe_ttl_s, settings.raw_ttl_s),
+        # At rest every payment is final: its state shrank and lives the final state's TTL.
+        layout.PAYMENT_STATE: params["final_state_ttl_s"].default,
         layout.PAYMENT_DIRTY: params["dirty_ttl_s"].default,
-        layout.DELIVERY: settings.delivery_done_ttl_s,
+        layout.RECORDS: settings.delivery_done_ttl_s,
     }
 
 

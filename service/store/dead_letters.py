@@ -2,7 +2,9 @@
 
 Written by the worker, read and retried through the admin API and ``kartahook dlq --kind events``.
 Keys (:mod:`service.store.layout`): ``EVENT_DLQ_ENTRIES`` (hash: id → JSON entry) and
-``EVENT_DLQ_INDEX`` (sorted set: id by time dead-lettered, epoch seconds).
+``EVENT_DLQ_INDEX`` (sorted set: id by time dead-lettered, epoch seconds). Entries older than
+``operator_ttl_s`` (30 days by default) are dropped whenever one is added: the store is bounded
+by the rate of dead letters x that TTL; its size is a metric (``kartahook status``, ``/metrics``).
 """
 
 from __future__ import annotations
@@ -26,9 +28,13 @@ INDEX_KEY = layout.EVENT_DLQ_INDEX
 class EventDeadLetters:
     """The store of dead-lettered events."""
 
-    def __init__(self, redis: Redis, queue_name: str = layout.DEFAULT_QUEUE) -> None:
+    def __init__(
+        self, redis: Redis, queue_name: str = layout.DEFAULT_QUEUE, ttl_s: int = 30 * 86_400
+    ) -> None:
+        """``ttl_s``: how long an entry is kept (``Settings.operator_ttl_s``)."""
         self._redis = redis
         self._queue = queue_name
+        self._ttl_s = ttl_s
 
     async def add(self, hint: EventHint, reason: str, last_error: str) -> None:
         now = time.time()
@@ -43,7 +49,13 @@ class EventDeadLetters:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(ENTRIES_KEY, entry_id, orjson.dumps(entry).decode())
             pipe.zadd(INDEX_KEY, {entry_id: now})
-            await pipe.execute()
+            pipe.zrangebyscore(INDEX_KEY, "-inf", f"({now - self._ttl_s}")
+            expired: list[bytes] = (await pipe.execute())[-1]
+        if expired:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(ENTRIES_KEY, *expired)
+                pipe.zrem(INDEX_KEY, *expired)
+                await pipe.execute()
 
     async def count(self) -> int:
         return int(await self._redis.zcard(INDEX_KEY))

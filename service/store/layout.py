@@ -132,7 +132,7 @@ KEY_PATTERNS: tuple[KeyPattern, ...] = (
     KeyPattern(ARQ_RESULT, "string", "keep_result"),
     KeyPattern(EVENT, "string", "max(dedupe_ttl_s, raw_ttl_s)"),
     KeyPattern(UNROUTABLE, "list", "none (capped)"),
-    KeyPattern(PAYMENT_STATE, "hash", "state_ttl_s"),
+    KeyPattern(PAYMENT_STATE, "hash", "state_ttl_s; FINAL_STATE_TTL_S once final"),
     KeyPattern(PAYMENT_LOCK, "string", "worker_lease_s, renewed while the fetch runs"),
     KeyPattern(PAYMENT_DIRTY, "string", "dirty_ttl_s"),
     KeyPattern(TRANSITIONS, "stream", "none (capped)"),
@@ -150,15 +150,15 @@ KEY_PATTERNS: tuple[KeyPattern, ...] = (
     KeyPattern(WAITING, "zset", "none"),
     KeyPattern(INFLIGHT, "zset", "none (members expire by score)"),
     KeyPattern(BREAKER, "hash", "none"),
-    KeyPattern(DEAD_ALL, "zset", "none"),
-    KeyPattern(DEAD, "zset", "none"),
+    KeyPattern(DEAD_ALL, "zset", "none (entries older than operator_ttl_s trimmed)"),
+    KeyPattern(DEAD, "zset", "none (entries older than operator_ttl_s trimmed)"),
     KeyPattern(ATTEMPT_LOG, "list", "none (capped)"),
     KeyPattern(SUBSCRIBERS, "hash", "none"),
     KeyPattern(SUBSCRIBERS_VERSION, "string", "none"),
     KeyPattern(CONVERGE, "zset", "none (a member per non-terminal payment)"),
     KeyPattern(STUCK, "zset", "none (capped: converge_stuck_max)"),
-    KeyPattern(EVENT_DLQ_ENTRIES, "hash", "none"),
-    KeyPattern(EVENT_DLQ_INDEX, "zset", "none"),
+    KeyPattern(EVENT_DLQ_ENTRIES, "hash", "none (entries older than operator_ttl_s trimmed)"),
+    KeyPattern(EVENT_DLQ_INDEX, "zset", "none (entries older than operator_ttl_s trimmed)"),
 )
 
 

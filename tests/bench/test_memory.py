@@ -48,13 +48,15 @@ async def test_lifecycle_measures_queued_and_at_rest_bytes(tmp_path: Path) -> No
     assert life.rest_per_payment > 0
     assert (life.deliveries, life.out_of_order) == (5 * statuses, 0)
     assert life.queued is not None and life.rest is not None
-    assert life.queued.row(layout.RAW_EVENT).keys == life.events
-    assert life.queued.row(layout.RAW_EVENT).avg_bytes > 0
-    assert life.rest.row(layout.DELIVERY).keys == 5 * statuses
+    assert life.queued.row(layout.EVENT).keys == life.events
+    assert life.queued.row(layout.EVENT).avg_bytes > 0
+    assert life.rest.row(layout.DELIVERY).keys == 0  # each shrank to its record
+    assert life.rest.row(layout.RECORDS).keys == 5
+    assert life.rest.row(layout.SNAPSHOT).keys == 0
     assert set(life.rest.no_ttl_patterns()) <= KNOWN
     assert memory.project(life).total_gb > 0
     text = "\n".join(memory.render([life], None))
-    assert "bytes per queued event" in text and f"`{layout.RAW_EVENT}`" in text
+    assert "bytes per queued event" in text and f"`{layout.EVENT}`" in text
 
 
 async def test_outage_counts_job_runs_per_breaker_cycle(tmp_path: Path) -> None:

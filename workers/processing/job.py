@@ -149,7 +149,9 @@ async def processing_startup(context: WorkerContext) -> None:
     )
     context.kartapay = client
     context.retry_policy = policy
-    context.event_dead_letters = EventDeadLetters(redis, settings.queue_name)
+    context.event_dead_letters = EventDeadLetters(
+        redis, settings.queue_name, settings.operator_ttl_s
+    )
     context.processor = EventProcessor(
         store,
         client,
