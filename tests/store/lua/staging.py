@@ -39,6 +39,8 @@ STATE_TTL_S = 3_600
 DIRTY_TTL_S = 600
 LEASE_MS = 30_000
 DONE_TTL_S = 86_400
+# How long a dead letter (its hash and snapshot) is kept: unlike LINE_TTL_S, to tell them apart.
+OPERATOR_TTL_S = 172_800
 RECEIVED_MS = 1_700_000_000_000
 # Statuses in lifecycle order; a line's n-th transition has seq n (from 1).
 STATUSES = ["pending", "submitted", "approved", "captured", "completed"]
@@ -115,6 +117,14 @@ def snapshots(tids: Sequence[str]) -> Expected:
     return {snapshot_key(t): ("hash", ttl_s(LINE_TTL_S)) for t in tids}
 
 
+def dead(sub: str, transition: str) -> Expected:
+    """A dead letter's hash and its snapshot, kept OPERATOR_TTL_S."""
+    return {
+        delivery_key(sub, transition): ("hash", ttl_s(OPERATOR_TTL_S)),
+        snapshot_key(transition): ("hash", ttl_s(OPERATOR_TTL_S)),
+    }
+
+
 def records(pid: str = PID) -> Expected:
     """The records hash of a payment some of whose deliveries finished (delivered, dropped)."""
     return {records_key(pid): ("hash", ttl_s(DONE_TTL_S))}
@@ -126,7 +136,7 @@ def job_entry(sub: str, transition: str, gen: int, due_in_ms: int = 0) -> Expect
 
 
 def fanout(redis: aioredis.Redis) -> FanoutStore:
-    return FanoutStore(redis, QUEUE)
+    return FanoutStore(redis, QUEUE, OPERATOR_TTL_S)
 
 
 def admin(redis: aioredis.Redis) -> DeliveryAdmin:

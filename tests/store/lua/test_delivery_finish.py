@@ -18,7 +18,8 @@ from service.store.deliveries import (
     waiting_key,
 )
 from service.store.delivery_state import Acquired, Finished
-from service.store.layout import deliver_job_id, head_key, inflight_key, order_key
+from service.store.layout import deliver_job_id, head_key, inflight_key, order_key, snapshot_key
+from service.store.payments import Candidate
 from service.store.records import payment_deliveries
 from service.store.subscribers import SUBSCRIBERS_VERSION_KEY
 from tests.store.lua.keyspace import (
@@ -31,16 +32,20 @@ from tests.store.lua.keyspace import (
 )
 from tests.store.lua.staging import (
     LEASE_MS,
+    OPERATOR_TTL_S,
+    OTHER_SUB,
     PID,
     QUEUE,
     RECEIVED_MS,
     SUB,
     acquire,
     body_of,
+    dead,
     finish,
     job_entry,
     line,
     payment_keys,
+    payment_store,
     record,
     records,
     tid,
@@ -322,7 +327,8 @@ async def test_failure_under_the_threshold_still_wakes_parked(redis: aioredis.Re
 
 
 async def test_failure_without_retry_dead_letters(redis: aioredis.Redis) -> None:
-    """A failure with no retry left: dead letter (no TTL, both dead sets), next activated."""
+    """A failure with no retry left: dead letter (hash and snapshot kept the operator TTL, both
+    dead sets), next activated."""
     now = await stage(redis, ["pending", "submitted"])
     done = await finish(redis, T1, 1, now, "fail", status="500", error="boom")
     assert done == Finished("dead", 0, 1, None)
@@ -330,7 +336,8 @@ async def test_failure_without_retry_dead_letters(redis: aioredis.Redis) -> None
         redis,
         {
             **payment_keys(),
-            **line(SUB, [T1, T2]),
+            **line(SUB, [T2]),
+            **dead(SUB, T1),
             QUEUE: ("zset", NO_TTL),
             **job_entry(SUB, T2, 1),
             breaker_key(SUB): ("hash", NO_TTL),
@@ -569,3 +576,98 @@ async def test_lapsed_slot_of_a_dead_holder_is_freed_and_wakes_a_parked_one(
     )
     assert (await zset(redis, QUEUE))[job3] == now
     assert await zset(redis, inflight_key(SUB)) == {live: now + 60_000}
+
+
+async def test_dead_letters_older_than_the_operator_ttl_leave_the_indexes(
+    redis: aioredis.Redis,
+) -> None:
+    """A new dead letter trims index entries older than the operator TTL (their hashes have
+    expired), and keeps younger ones."""
+    now = await stage(redis, ["pending", "submitted"])
+    old, young = now - OPERATOR_TTL_S * 1000 - 1, now - 1000
+    await redis.zadd(DEAD_ALL_KEY, {f"{SUB}/msg_old": old, f"{SUB}/msg_young": young})
+    await redis.zadd(dead_key(SUB), {"msg_old": old, "msg_young": young})
+    await finish(redis, T1, 1, now, "fail", status="500")
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            **line(SUB, [T2]),
+            **dead(SUB, T1),
+            QUEUE: ("zset", NO_TTL),
+            **job_entry(SUB, T2, 1),
+            breaker_key(SUB): ("hash", NO_TTL),
+            DEAD_ALL_KEY: ("zset", NO_TTL),
+            dead_key(SUB): ("zset", NO_TTL),
+        },
+    )
+    assert await zset(redis, DEAD_ALL_KEY) == {f"{SUB}/msg_young": young, f"{SUB}/{T1}": now}
+    assert await zset(redis, dead_key(SUB)) == {"msg_young": young, T1: now}
+
+
+async def test_delivered_to_one_of_two_keeps_the_snapshot_for_the_other(
+    redis: aioredis.Redis,
+) -> None:
+    """A transition two subscribers want: the first delivery shrinks to its record and drops
+    one reference; the snapshot goes with the second."""
+    await record(redis, PID, ["pending"], subscribers=(SUB, OTHER_SUB))
+    now = await server_ms(redis)
+    assert (await acquire(redis, T1, 1, now)).verdict == "ok"
+    assert (await finish(redis, T1, 1, now, "ok")).result == "delivered"
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            **line(OTHER_SUB, [T1]),
+            **records(),
+            QUEUE: ("zset", NO_TTL),
+            **job_entry(OTHER_SUB, T1, 1),
+            breaker_key(SUB): ("hash", NO_TTL),
+        },
+    )
+    assert await redis.hget(snapshot_key(T1), "refs") == b"1"  # type: ignore[misc]
+    handed = await acquire(redis, T1, 1, now, sub=OTHER_SUB)
+    assert handed.body == body_of(PID, "pending")
+    await finish(redis, T1, 1, now + 5, "ok", sub=OTHER_SUB)
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            **records(),
+            breaker_key(SUB): ("hash", NO_TTL),
+            breaker_key(OTHER_SUB): ("hash", NO_TTL),
+        },
+    )
+    rows = await payment_deliveries(redis, PID, [SUB, OTHER_SUB])
+    assert [(r["sub"], r["tid"], r["state"]) for r in rows] == [
+        (SUB, T1, "delivered"),
+        (OTHER_SUB, T1, "delivered"),
+    ]
+    assert rows[1]["delivered_ms"] == str(now + 5)
+
+
+async def test_a_canceled_delivery_record_keeps_its_status(redis: aioredis.Redis) -> None:
+    """canceled and failed share a seq: the record of a canceled delivery keeps its status, so
+    history derives its webhook-id and type."""
+    canceled = tid(PID, "canceled")
+    await payment_store(redis).record(
+        PID,
+        "tok",
+        seq=6,
+        status="canceled",
+        at="2024-05-01T10:00:00Z",
+        candidates=[
+            Candidate(6, "canceled", canceled, "payment.canceled", b"{}", (SUB,)),
+        ],
+        subscribers_version="0",
+    )
+    now = await server_ms(redis)
+    assert (await acquire(redis, canceled, 1, now)).verdict == "ok"
+    await finish(redis, canceled, 1, now, "ok", status="204")
+    (row,) = await payment_deliveries(redis, PID, [SUB])
+    assert (row["tid"], row["type"], row["seq"], row["last_status"]) == (
+        canceled,
+        "payment.canceled",
+        "6",
+        "204",
+    )

@@ -7,7 +7,6 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from service.store.deliveries import DEAD_ALL_KEY, breaker_key, dead_key, delivery_key
-from service.store.delivery_state import OPERATOR_TTL_S
 from service.store.layout import deliver_job_id, head_key, order_key
 from tests.store.lua.keyspace import (
     NO_TTL,
@@ -15,7 +14,6 @@ from tests.store.lua.keyspace import (
     assert_keyspace,
     hash_of,
     server_ms,
-    ttl_s,
     zset,
 )
 from tests.store.lua.staging import (
@@ -24,13 +22,13 @@ from tests.store.lua.staging import (
     SUB,
     acquire,
     admin,
+    dead,
     finish,
     job_entry,
     line,
     payment_keys,
     record,
     records,
-    snapshots,
     tid,
 )
 
@@ -87,8 +85,7 @@ async def test_replay_into_an_empty_line_activates_it(redis: aioredis.Redis) -> 
         redis,
         {
             **payment_keys(),
-            delivery_key(SUB, T1): ("hash", ttl_s(OPERATOR_TTL_S)),
-            **snapshots([T1]),
+            **dead(SUB, T1),
             breaker_key(SUB): ("hash", NO_TTL),
             **DEAD_SETS,
         },
@@ -167,7 +164,8 @@ async def test_replay_leaves_other_dead_letters_indexed(redis: aioredis.Redis) -
         redis,
         {
             **payment_keys(),
-            **line(SUB, [T1, T2]),
+            **line(SUB, [T1]),
+            **dead(SUB, T2),
             breaker_key(SUB): ("hash", NO_TTL),
             QUEUE: ("zset", NO_TTL),
             **job_entry(SUB, T1, 2),

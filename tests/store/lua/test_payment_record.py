@@ -8,7 +8,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from service.store.compression import decompress
+from service.store.compression import ZSTD_MAGIC, decompress
 from service.store.deliveries import breaker_key, delivery_key, waiting_key
 from service.store.delivery_state import Acquired
 from service.store.layout import deliver_job_id, head_key, inflight_key, order_key, snapshot_key
@@ -36,13 +36,16 @@ from tests.store.lua.staging import (
     RECEIVED_MS,
     STATE_TTL_S,
     SUB,
+    acquire,
     body_of,
+    finish,
     job_entry,
     job_key,
     line,
     payment_keys,
     payment_store,
     record,
+    records,
     tid,
 )
 
@@ -243,7 +246,46 @@ async def test_existing_delivery_is_not_created_again(redis: aioredis.Redis) -> 
     )
     assert list(await zset(redis, QUEUE)) == [deliver_job_id(SUB, T1, 1)]
     assert (await hash_of(redis, delivery_key(SUB, T1)))["gen"] == "1"
+    assert await redis.hget(snapshot_key(T1), "refs") == b"1"  # type: ignore[misc]
     assert len(await stream(redis)) == 2
+
+
+async def test_finished_delivery_is_not_created_again(redis: aioredis.Redis) -> None:
+    """A delivery shrunk to its record is not created again when the state expired: no
+    delivery, no snapshot, no job; the record stays."""
+    await record(redis, PID, ["pending"])
+    now = await server_ms(redis)
+    assert (await acquire(redis, T1, 1, now)).verdict == "ok"
+    assert (await finish(redis, T1, 1, now, "ok")).result == "delivered"
+    await redis.delete(state_key(PID))
+    result = await record(redis, PID, ["pending"])
+    assert (result.previous_seq, result.emitted) == (-1, 1)
+    await assert_keyspace(
+        redis, {**payment_keys(), **records(), breaker_key(SUB): ("hash", NO_TTL)}
+    )
+    assert len(await stream(redis)) == 2
+
+
+async def test_one_snapshot_per_transition_whatever_the_subscribers(
+    redis: aioredis.Redis,
+) -> None:
+    """A transition two subscribers want stores its body once, compressed, referred to twice."""
+    await record(redis, PID, ["pending"], subscribers=(SUB, OTHER_SUB))
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            **line(SUB, [T1]),
+            **line(OTHER_SUB, [T1]),
+            QUEUE: ("zset", NO_TTL),
+            **job_entry(SUB, T1, 1),
+            **job_entry(OTHER_SUB, T1, 1),
+        },
+    )
+    stored = await redis.hgetall(snapshot_key(T1))  # type: ignore[misc]
+    assert stored[b"refs"] == b"2" and set(stored) == {b"refs", b"z"}
+    assert stored[b"z"].startswith(ZSTD_MAGIC) and len(stored[b"z"]) < len(body_of(PID, "pending"))
+    assert decompress(stored[b"z"]) == body_of(PID, "pending")
 
 
 async def test_holder_without_new_hint_drops_the_lock(redis: aioredis.Redis) -> None:
