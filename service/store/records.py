@@ -6,10 +6,14 @@ short field of the payment's records hash (``layout.RECORDS``, kept ``delivery_d
 and its transition's snapshot (the body) goes once no pending or dead delivery refers to it.
 
 A record field is ``{sub}:{seq}`` and its value
-``state,attempts,last status,created ms,last ms - created,done ms - created,last error[,status]``
-(``state``: ``d`` delivered, ``x`` dropped; ``status`` only for a final step other than the main
-line's, canceled or failed, which share a seq; the value is cut to 64 bytes). The webhook-id
-and the event type are derived from (payment id, status) as processing derives them.
+``state,attempts,last status,created,last,done,last error,status``: ``state`` ``d`` delivered,
+``x`` dropped; ``created`` in ms after the hash's field ``t0`` (the creation time of the first
+delivery recorded there); ``last`` (the last attempt) and ``done`` in ms after ``created``,
+``done`` empty when equal to ``last``; ``status`` only for a final step other than the main
+line's (canceled or failed, which share a seq); empty trailing parts are left out, and the
+value is cut to 64 bytes (the error first), so a small hash stays a compact listpack. The
+webhook-id and the event type are derived from (payment id, status) as processing derives
+them.
 
 :func:`payment_deliveries` reads both kinds and returns each delivery with the same fields
 (:data:`FIELDS`), all strings, ``""`` for what is unknown.
@@ -45,15 +49,19 @@ STATES = {"d": "delivered", "x": "dropped"}
 _EMITTED = [s for s in MAIN_LINE if s != "init"] + list(TERMINAL)
 
 
-def parse_record(payment_id: str, name: str, value: str) -> dict[str, str]:
-    """One delivery, from a field of ``RECORDS`` and its value."""
+BASE_FIELD = "t0"
+
+
+def parse_record(payment_id: str, name: str, value: str, base_ms: int) -> dict[str, str]:
+    """One delivery, from a field of ``RECORDS`` and its value; ``base_ms``: the hash's ``t0``."""
     sub, seq = parse_record_field(name)
     parts = value.split(",")
     parts += [""] * (8 - len(parts))
     state, attempts, last_status, created, last_delta, done_delta, error, status = parts[:8]
     if not status:
         status = MAIN_LINE[seq] if seq < len(MAIN_LINE) else ""
-    created_ms = int(created or 0)
+    created_ms = base_ms + int(created or 0)
+    done_delta = done_delta or last_delta
 
     def at(delta: str) -> str:
         return str(created_ms + int(delta)) if delta else ""
@@ -70,7 +78,7 @@ def parse_record(payment_id: str, name: str, value: str) -> dict[str, str]:
         "last_status": last_status,
         "last_error": error,
         "last_ms": at(last_delta),
-        "created_ms": created or "",
+        "created_ms": str(created_ms),
         "delivered_ms": at(done_delta) if full == "delivered" else "",
         "dead_ms": "",
     }
@@ -96,8 +104,10 @@ async def payment_deliveries(
                 pipe.hgetall(delivery_key(sub, tid))
         replies = await pipe.execute()
     found: dict[tuple[str, int], dict[str, str]] = {}
-    for name, value in replies[0].items():
-        row = parse_record(payment_id, name.decode(), value.decode())
+    fields = {k.decode(): v.decode() for k, v in replies[0].items()}
+    base_ms = int(fields.pop(BASE_FIELD, 0) or 0)
+    for name, value in fields.items():
+        row = parse_record(payment_id, name, value, base_ms)
         if row["sub"] in subs:
             found[(row["sub"], int(row["seq"]))] = row
     for fields in replies[1:]:

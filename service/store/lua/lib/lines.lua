@@ -47,23 +47,35 @@ local function release_snapshot(tid)
 end
 
 -- Replaces a finished delivery's hash by its record (service.store.records): one field
--- ``sub:seq`` of the payment's records hash, ``state,attempts,last status,created ms,last ms -
--- created,done ms - created,last error[,status]`` (state ``d`` delivered or ``x`` dropped;
--- status only for a final step other than the main line's, canceled or failed; the whole cut to
--- 64 bytes so a small hash stays a listpack), kept ``ttl`` s; and releases its snapshot.
+-- ``sub:seq`` of the payment's records hash, ``state,attempts,last status,created,last,done,
+-- last error,status`` (state ``d`` delivered or ``x`` dropped; created is ms after the hash's
+-- ``t0`` field, the time of the first record's creation; last and done are ms after created,
+-- done empty when equal to last; status only for a final step other than the main line's,
+-- canceled or failed, which share a seq; empty trailing parts left out; the whole cut to 64
+-- bytes so a small hash stays a listpack), kept ``ttl`` s; and releases its snapshot.
 local function shrink(dkey, state, now, ttl)
   local f = redis.call('HMGET', dkey, 'sub', 'tid', 'payment_id', 'seq', 'attempts',
     'last_status', 'created_ms', 'last_ms', 'last_error', 'type')
-  local created = tonumber(f[7]) or now
-  local last = tonumber(f[8])
-  local status = string.match(f[10] or '', '^payment%.(.*)$') or ''
-  local tail = (status == 'canceled' or status == 'failed') and (',' .. status) or ''
-  local err = string.gsub(f[9] or '', ',', ';')
-  local record = state .. ',' .. (f[5] or '0') .. ',' .. (f[6] or '') .. ','
-    .. string.format('%d', created) .. ',' .. (last and string.format('%d', last - created) or '')
-    .. ',' .. string.format('%d', now - created) .. ','
-  record = record .. string.sub(err, 1, math.max(0, 64 - #record - #tail)) .. tail
   local rkey = records_key(f[3])
+  local created = tonumber(f[7]) or now
+  redis.call('HSETNX', rkey, 't0', string.format('%d', created))
+  local t0 = tonumber(redis.call('HGET', rkey, 't0'))
+  local last = tonumber(f[8])
+  local last_delta = last and string.format('%d', last - created) or ''
+  local done_delta = string.format('%d', now - created)
+  if done_delta == last_delta then done_delta = '' end
+  local status = string.match(f[10] or '', '^payment%.(.*)$') or ''
+  if status ~= 'canceled' and status ~= 'failed' then status = '' end
+  local parts = {state, f[5] or '0', f[6] or '', string.format('%d', created - t0), last_delta,
+    done_delta, (string.gsub(f[9] or '', ',', ';')), status}
+  while parts[#parts] == '' do table.remove(parts) end
+  local record = table.concat(parts, ',')
+  if #record > 64 then
+    -- Too long: the error is cut (the status, if any, kept).
+    local keep = 64 - (#record - #parts[7])
+    parts[7] = string.sub(parts[7], 1, math.max(0, keep))
+    record = string.sub(table.concat(parts, ','), 1, 64)
+  end
   redis.call('HSET', rkey, record_field(f[1], f[4]), record)
   redis.call('EXPIRE', rkey, ttl)
   redis.call('DEL', dkey)
