@@ -18,7 +18,14 @@ from service.store.deliveries import (
     waiting_key,
 )
 from service.store.delivery_state import Acquired, Finished
-from service.store.layout import deliver_job_id, head_key, inflight_key, order_key, snapshot_key
+from service.store.layout import (
+    deliver_job_id,
+    head_key,
+    inflight_key,
+    order_key,
+    records_key,
+    snapshot_key,
+)
 from service.store.payments import Candidate
 from service.store.records import payment_deliveries
 from service.store.subscribers import SUBSCRIBERS_VERSION_KEY
@@ -648,7 +655,8 @@ async def test_delivered_to_one_of_two_keeps_the_snapshot_for_the_other(
 
 async def test_a_canceled_delivery_record_keeps_its_status(redis: aioredis.Redis) -> None:
     """canceled and failed share a seq: the record of a canceled delivery keeps its status, so
-    history derives its webhook-id and type."""
+    history derives its webhook-id and type; a long error is cut so the record stays within 64
+    bytes (a small hash stays a listpack)."""
     canceled = tid(PID, "canceled")
     await payment_store(redis).record(
         PID,
@@ -663,7 +671,9 @@ async def test_a_canceled_delivery_record_keeps_its_status(redis: aioredis.Redis
     )
     now = await server_ms(redis)
     assert (await acquire(redis, canceled, 1, now)).verdict == "ok"
-    await finish(redis, canceled, 1, now, "ok", status="204")
+    await finish(redis, canceled, 1, now, "ok", status="204", error="e" * 100)
+    stored = await redis.hget(records_key(PID), f"{SUB}:6")  # type: ignore[misc]
+    assert stored is not None and len(stored) == 64 and stored.endswith(b",canceled")
     (row,) = await payment_deliveries(redis, PID, [SUB])
     assert (row["tid"], row["type"], row["seq"], row["last_status"]) == (
         canceled,

@@ -1,0 +1,56 @@
+"""service.store.records: a finished delivery's record is read back with the fields history
+expects, from the compact form lua/lib/lines.lua writes."""
+
+from __future__ import annotations
+
+from service.domain.events import transition_id
+from service.store.records import FIELDS, from_hash, parse_record
+
+BASE = 1_764_600_000_000
+
+
+def test_delivered_record_reads_back_whole() -> None:
+    """A delivered record: times from the base and deltas, tid and type from (payment, seq)."""
+    row = parse_record("pay_1", "ledger:4", "d,2,204,15,120", BASE)
+    assert set(row) == set(FIELDS)
+    assert row == {
+        "sub": "ledger",
+        "tid": transition_id("pay_1", "captured"),
+        "payment_id": "pay_1",
+        "seq": "4",
+        "type": "payment.captured",
+        "state": "delivered",
+        "attempts": "2",
+        "last_status": "204",
+        "last_error": "",
+        "last_ms": str(BASE + 15 + 120),
+        "created_ms": str(BASE + 15),
+        "delivered_ms": str(BASE + 15 + 120),
+        "dead_ms": "",
+    }
+
+
+def test_dropped_record_with_an_error_and_a_terminal_status() -> None:
+    """A dropped canceled delivery: its own status (canceled shares seq 6), done time apart
+    from the last attempt, the error kept, no delivered time."""
+    row = parse_record("pay_1", "crm:ops:6", "x,1,500,-3,10,40,HTTP 500;boom,canceled", BASE)
+    assert (row["sub"], row["seq"], row["type"]) == ("crm:ops", "6", "payment.canceled")
+    assert row["tid"] == transition_id("pay_1", "canceled")
+    assert (row["state"], row["last_error"], row["delivered_ms"]) == (
+        "dropped",
+        "HTTP 500;boom",
+        "",
+    )
+    assert (row["created_ms"], row["last_ms"]) == (str(BASE - 3), str(BASE - 3 + 10))
+
+
+def test_pending_hash_reads_with_the_same_fields() -> None:
+    """A pending or dead delivery's hash gives the same fields (unknown ones empty)."""
+    row = from_hash({b"sub": b"ledger", b"state": b"dead", b"dead_ms": b"5", b"gen": b"3"})
+    assert set(row) == set(FIELDS)
+    assert (row["sub"], row["state"], row["dead_ms"], row["delivered_ms"]) == (
+        "ledger",
+        "dead",
+        "5",
+        "",
+    )
