@@ -679,7 +679,6 @@ def lifetimes_s() -> dict[str, float | None]:
         # At rest every payment is final: its state shrank and lives the final state's TTL.
         layout.PAYMENT_STATE: params["final_state_ttl_s"].default,
         layout.PAYMENT_DIRTY: params["dirty_ttl_s"].default,
-        layout.RECORDS: settings.delivery_done_ttl_s,
     }
 
 

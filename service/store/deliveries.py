@@ -12,7 +12,7 @@ webhook-id, ``{p}`` payment id):
   gen (bumped whenever its next arq job changes, so a stale job knows it is stale), attempts,
   seq, payment_id, type, when its webhook was received, times, last status/error. Kept
   ``LINE_TTL_S`` after its last write while pending, ``operator_ttl_s`` once dead. Delivered or
-  dropped, it shrinks to a field of ``RECORDS`` ``{p}`` (:mod:`service.store.records`), which
+  dropped, it shrinks to a field of the payment's state hash (:mod:`service.store.records`), which
   also stops the same delivery from being created again.
 - ``SNAPSHOT`` ``{t}``: hash, the body every delivery of the transition sends (compressed,
   :mod:`service.store.compression`: the same bytes on every attempt and replay) and the count

@@ -42,6 +42,21 @@ UNROUTABLE_CAP = 10_000
 
 # Header names (or parts of names) never archived: signatures and credentials.
 _SENSITIVE_HEADER_PARTS = ("signature", "authorization", "secret", "token", "cookie", "api-key")
+# Nor the connection's own headers (hop-by-hop, RFC 9110 7.6.1) and the body's framing: they say
+# nothing about the event, and their values (lengths, ports) are what compresses worst.
+_TRANSPORT_HEADERS = frozenset(
+    (
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "accept",
+        "accept-encoding",
+    )
+)
 
 STORE_EVENT = Script.load("store_event")
 KEEP_UNROUTABLE = Script.load("keep_unroutable")
@@ -95,12 +110,13 @@ _KNOWN_HEADERS_MAX = 4096
 
 
 def is_sensitive_header(name: str) -> bool:
-    """Whether a (lower-case) header name holds a signature, credential or cookie."""
-    return any(part in name for part in _SENSITIVE_HEADER_PARTS)
+    """Whether a (lower-case) header name is not archived: it holds a signature, credential or
+    cookie, or belongs to the connection or the body's framing (not to the event)."""
+    return name in _TRANSPORT_HEADERS or any(part in name for part in _SENSITIVE_HEADER_PARTS)
 
 
 def archived_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """The request headers minus signatures, credentials and cookies."""
+    """The request headers minus signatures, credentials, cookies and transport headers."""
     sensitive = _SENSITIVE_HEADERS
     if not _KNOWN_HEADERS.issuperset(headers):
         if len(_KNOWN_HEADERS) >= _KNOWN_HEADERS_MAX:

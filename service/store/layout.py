@@ -73,9 +73,9 @@ DELIVERY = FO_PREFIX + "d:{sub}:{tid}"
 # service.store.compression) with the count of pending and dead deliveries that refer to it:
 # deleted when the last of them is delivered or dropped.
 SNAPSHOT = FO_PREFIX + "s:{tid}"
-# What is left of a payment's finished deliveries, for history and replay: one hash per payment,
-# one short field per (subscriber, seq) (service.store.records).
-RECORDS = FO_PREFIX + "r:{payment_id}"
+# What is left of a payment's finished deliveries, for history and replay, is kept in the
+# payment's state hash (PAYMENT_STATE: one key per payment at rest), one short field per
+# (subscriber, seq) (service.store.records).
 RECORD_FIELD = "{sub}:{seq}"
 ORDER = FO_PREFIX + "o:{sub}:{payment_id}"
 HEAD = FO_PREFIX + "h:{sub}:{payment_id}"
@@ -139,12 +139,11 @@ KEY_PATTERNS: tuple[KeyPattern, ...] = (
     KeyPattern(
         DELIVERY,
         "hash",
-        "LINE_TTL_S while pending (deleted when done: RECORDS), operator_ttl_s once dead",
+        "LINE_TTL_S while pending (deleted when done: a record), operator_ttl_s once dead",
     ),
     KeyPattern(
         SNAPSHOT, "hash", "LINE_TTL_S, operator_ttl_s once dead (deleted with its last reference)"
     ),
-    KeyPattern(RECORDS, "hash", "delivery_done_ttl_s"),
     KeyPattern(ORDER, "zset", "LINE_TTL_S (emptied as the line advances)"),
     KeyPattern(HEAD, "string", "LINE_TTL_S (deleted when the head finishes)"),
     KeyPattern(WAITING, "zset", "none"),
@@ -224,7 +223,8 @@ def snapshot_key(transition_id: str) -> str:
 
 
 def records_key(payment_id: str) -> str:
-    return RECORDS.format(payment_id=payment_id)
+    """Where a payment's delivery records are kept: its state hash."""
+    return PAYMENT_STATE.format(payment_id=payment_id)
 
 
 def record_field(subscriber_id: str, seq: int) -> str:
@@ -232,7 +232,7 @@ def record_field(subscriber_id: str, seq: int) -> str:
 
 
 def parse_record_field(name: str) -> tuple[str, int]:
-    """(subscriber id, seq) of a field of RECORDS."""
+    """(subscriber id, seq) of a record field (RECORD_FIELD)."""
     sub, _, seq = name.rpartition(RECORD_FIELD[len("{sub}") : -len("{seq}")])
     return sub, int(seq)
 
@@ -330,7 +330,7 @@ LUA_KEY_FUNCTIONS: dict[str, str] = {
     "dead_member": DEAD_MEMBER,
     "delivery_key": DELIVERY,
     "snapshot_key": SNAPSHOT,
-    "records_key": RECORDS,
+    "records_key": PAYMENT_STATE,
     "record_field": RECORD_FIELD,
     "order_key": ORDER,
     "head_key": HEAD,

@@ -2,8 +2,10 @@
 
 A delivery lives as a hash (``layout.DELIVERY``) while it is pending (queued, active) or dead.
 Once it is delivered or dropped, ``lua/lib/lines.lua`` (``shrink``) replaces the hash by one
-short field of the payment's records hash (``layout.RECORDS``, kept ``delivery_done_ttl_s``),
-and its transition's snapshot (the body) goes once no pending or dead delivery refers to it.
+short field of the payment's state hash (``layout.records_key`` = ``PAYMENT_STATE``: one key
+per payment at rest), which lives as long as the state (``FINAL_STATE_TTL_S``, 10 days, once
+the payment is final; ``delivery_done_ttl_s`` if the state was already gone); its transition's
+snapshot (the body) goes once no pending or dead delivery refers to it.
 
 A record field is ``{sub}:{seq}`` and its value
 ``state,attempts,last status,created,last,done,last error,status``: ``state`` ``d`` delivered,
@@ -52,8 +54,14 @@ _EMITTED = [s for s in MAIN_LINE if s != "init"] + list(TERMINAL)
 BASE_FIELD = "t0"
 
 
+def is_record_field(name: str) -> bool:
+    """Whether a field of the state hash is a delivery record (``{sub}:{seq}``)."""
+    sub, sep, seq = name.rpartition(":")
+    return bool(sep and sub and seq.isdigit())
+
+
 def parse_record(payment_id: str, name: str, value: str, base_ms: int) -> dict[str, str]:
-    """One delivery, from a field of ``RECORDS`` and its value; ``base_ms``: the hash's ``t0``."""
+    """One delivery, from a record field and its value; ``base_ms``: the hash's ``t0``."""
     sub, seq = parse_record_field(name)
     parts = value.split(",")
     parts += [""] * (8 - len(parts))
@@ -107,6 +115,8 @@ async def payment_deliveries(
     fields = {k.decode(): v.decode() for k, v in replies[0].items()}
     base_ms = int(fields.pop(BASE_FIELD, 0) or 0)
     for name, value in fields.items():
+        if not is_record_field(name):
+            continue  # the state's own fields (seq, status, ...)
         row = parse_record(payment_id, name, value, base_ms)
         if row["sub"] in subs:
             found[(row["sub"], int(row["seq"]))] = row

@@ -51,7 +51,7 @@ async def test_lifecycle_measures_queued_and_at_rest_bytes(tmp_path: Path) -> No
     assert life.queued.row(layout.EVENT).keys == life.events
     assert life.queued.row(layout.EVENT).avg_bytes > 0
     assert life.rest.row(layout.DELIVERY).keys == 0  # each shrank to its record
-    assert life.rest.row(layout.RECORDS).keys == 5
+    assert life.rest.row(layout.PAYMENT_STATE).keys == 5  # with the records
     assert life.rest.row(layout.SNAPSHOT).keys == 0
     assert set(life.rest.no_ttl_patterns()) <= KNOWN
     assert memory.project(life).total_gb > 0

@@ -80,7 +80,8 @@ def test_packed_store_command_equals_the_plain_one(source: str, event_id: str, b
 
 
 def test_archived_headers_drop_credentials_on_every_call() -> None:
-    """Signature, credential and cookie headers are dropped, the first time and once known."""
+    """Signature, credential, cookie and transport headers are dropped, the first time and once
+    known."""
     headers = {
         "content-type": "application/json",
         "webhook-signature": "v1,abc",
@@ -89,6 +90,9 @@ def test_archived_headers_drop_credentials_on_every_call() -> None:
         "x-custom-token": "t",
         "cookie": "c",
         "webhook-id": "msg_1",
+        "content-length": "12",
+        "connection": "keep-alive",
+        "accept-encoding": "gzip",
     }
     expected = {"content-type": "application/json", "webhook-id": "msg_1"}
     for _ in range(3):

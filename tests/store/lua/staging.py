@@ -18,7 +18,6 @@ from service.store.layout import (
     deliver_job_id,
     head_key,
     order_key,
-    records_key,
     snapshot_key,
 )
 from service.store.payments import (
@@ -123,11 +122,6 @@ def dead(sub: str, transition: str) -> Expected:
         delivery_key(sub, transition): ("hash", ttl_s(OPERATOR_TTL_S)),
         snapshot_key(transition): ("hash", ttl_s(OPERATOR_TTL_S)),
     }
-
-
-def records(pid: str = PID) -> Expected:
-    """The records hash of a payment some of whose deliveries finished (delivered, dropped)."""
-    return {records_key(pid): ("hash", ttl_s(DONE_TTL_S))}
 
 
 def job_entry(sub: str, transition: str, gen: int, due_in_ms: int = 0) -> Expected:

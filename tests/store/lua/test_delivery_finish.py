@@ -26,7 +26,7 @@ from service.store.layout import (
     records_key,
     snapshot_key,
 )
-from service.store.payments import Candidate
+from service.store.payments import TRANSITIONS_LOG_KEY, Candidate, state_key
 from service.store.records import payment_deliveries
 from service.store.subscribers import SUBSCRIBERS_VERSION_KEY
 from tests.store.lua.keyspace import (
@@ -35,9 +35,11 @@ from tests.store.lua.keyspace import (
     assert_keyspace,
     hash_of,
     server_ms,
+    ttl_s,
     zset,
 )
 from tests.store.lua.staging import (
+    DONE_TTL_S,
     LEASE_MS,
     OPERATOR_TTL_S,
     OTHER_SUB,
@@ -54,7 +56,6 @@ from tests.store.lua.staging import (
     payment_keys,
     payment_store,
     record,
-    records,
     tid,
 )
 
@@ -108,7 +109,6 @@ async def test_delivered_activates_the_next_in_line(redis: aioredis.Redis) -> No
         {
             **payment_keys(),
             **line(SUB, [T2]),
-            **records(),
             QUEUE: ("zset", NO_TTL),
             **job_entry(SUB, T2, 1),
             breaker_key(SUB): ("hash", NO_TTL),
@@ -135,7 +135,7 @@ async def test_delivered_last_in_line_leaves_no_line_keys(redis: aioredis.Redis)
     assert (await finish_ok(redis, now)).result == "delivered"
     await assert_keyspace(
         redis,
-        {**payment_keys(), **records(), breaker_key(SUB): ("hash", NO_TTL)},
+        {**payment_keys(), breaker_key(SUB): ("hash", NO_TTL)},
     )
 
 
@@ -149,8 +149,6 @@ async def test_attempt_log_is_written_and_capped(redis: aioredis.Redis) -> None:
         redis,
         {
             **payment_keys(),
-            **records(),
-            **records(),
             breaker_key(SUB): ("hash", NO_TTL),
             attempt_log_key(SUB): ("list", NO_TTL),
         },
@@ -177,7 +175,6 @@ async def test_delivered_with_hold_hands_over_the_next_in_line(redis: aioredis.R
         {
             **payment_keys(),
             **line(SUB, [T2]),
-            **records(),
             QUEUE: ("zset", NO_TTL),
             **job_entry(SUB, T2, 1, HOLD_MS),
             breaker_key(SUB): ("hash", NO_TTL),
@@ -202,7 +199,6 @@ async def test_hold_at_the_cap_activates_the_next_without_hand_over(
         {
             **payment_keys(),
             **line(SUB, [T2]),
-            **records(),
             QUEUE: ("zset", NO_TTL),
             **job_entry(SUB, T2, 1),
             breaker_key(SUB): ("hash", NO_TTL),
@@ -226,7 +222,6 @@ async def test_hold_with_a_stale_subscriber_list_hands_nothing_over(
         {
             **payment_keys(),
             **line(SUB, [T2]),
-            **records(),
             QUEUE: ("zset", NO_TTL),
             **job_entry(SUB, T2, 1),
             breaker_key(SUB): ("hash", NO_TTL),
@@ -250,7 +245,6 @@ async def test_hold_with_an_empty_line_hands_over_a_parked_delivery(
         redis,
         {
             **payment_keys(),
-            **records(),
             breaker_key(SUB): ("hash", NO_TTL),
             **woken_other(),
             QUEUE: ("zset", NO_TTL),
@@ -273,7 +267,6 @@ async def test_delivered_wakes_parked_deliveries(redis: aioredis.Redis) -> None:
         redis,
         {
             **payment_keys(),
-            **records(),
             breaker_key(SUB): ("hash", NO_TTL),
             **woken_other(),
             QUEUE: ("zset", NO_TTL),
@@ -385,7 +378,6 @@ async def test_removed_subscriber_drops_and_wakes_one(redis: aioredis.Redis) -> 
         {
             **payment_keys(),
             **line(SUB, [T2]),
-            **records(),
             **job_entry(SUB, T2, 1),
             **woken_other(),
             QUEUE: ("zset", NO_TTL),
@@ -407,7 +399,6 @@ async def test_last_drop_of_a_removed_subscriber_leaves_its_attempt_log(
         redis,
         {
             **payment_keys(),
-            **records(),
             attempt_log_key(SUB): ("list", NO_TTL),
         },
     )
@@ -520,7 +511,6 @@ async def test_successful_probe_closes_the_breaker_and_wakes(redis: aioredis.Red
         redis,
         {
             **payment_keys(),
-            **records(),
             breaker_key(SUB): ("hash", NO_TTL),
             **woken_other(),
             QUEUE: ("zset", NO_TTL),
@@ -548,7 +538,6 @@ async def test_disabled_subscriber_is_handed_nothing_and_wakes_nothing(
         {
             **payment_keys(),
             **line(SUB, [T2]),
-            **records(),
             QUEUE: ("zset", NO_TTL),
             **job_entry(SUB, T2, 1),
             breaker_key(SUB): ("hash", NO_TTL),
@@ -573,7 +562,6 @@ async def test_lapsed_slot_of_a_dead_holder_is_freed_and_wakes_a_parked_one(
         redis,
         {
             **payment_keys(),
-            **records(),
             breaker_key(SUB): ("hash", NO_TTL),
             **woken_other(),
             QUEUE: ("zset", NO_TTL),
@@ -626,7 +614,6 @@ async def test_delivered_to_one_of_two_keeps_the_snapshot_for_the_other(
         {
             **payment_keys(),
             **line(OTHER_SUB, [T1]),
-            **records(),
             QUEUE: ("zset", NO_TTL),
             **job_entry(OTHER_SUB, T1, 1),
             breaker_key(SUB): ("hash", NO_TTL),
@@ -640,7 +627,6 @@ async def test_delivered_to_one_of_two_keeps_the_snapshot_for_the_other(
         redis,
         {
             **payment_keys(),
-            **records(),
             breaker_key(SUB): ("hash", NO_TTL),
             breaker_key(OTHER_SUB): ("hash", NO_TTL),
         },
@@ -681,3 +667,21 @@ async def test_a_canceled_delivery_record_keeps_its_status(redis: aioredis.Redis
         "6",
         "204",
     )
+
+
+async def test_records_outlive_a_lost_state_for_the_done_ttl(redis: aioredis.Redis) -> None:
+    """A delivery finished after its payment's state expired: its record makes a hash of its
+    own that lives the done TTL (not forever)."""
+    now = await stage(redis, ["pending"])
+    await redis.delete(state_key(PID))
+    assert (await finish_ok(redis, now)).result == "delivered"
+    await assert_keyspace(
+        redis,
+        {
+            state_key(PID): ("hash", ttl_s(DONE_TTL_S)),
+            TRANSITIONS_LOG_KEY: ("stream", NO_TTL),
+            breaker_key(SUB): ("hash", NO_TTL),
+        },
+    )
+    (row,) = await payment_deliveries(redis, PID, [SUB])
+    assert (row["tid"], row["state"]) == (T1, "delivered")

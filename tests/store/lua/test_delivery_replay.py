@@ -28,7 +28,6 @@ from tests.store.lua.staging import (
     line,
     payment_keys,
     record,
-    records,
     tid,
 )
 
@@ -73,9 +72,7 @@ async def test_delivered_delivery_is_no_dead_letter(redis: aioredis.Redis) -> No
     await acquire(redis, T1, 1, now)
     await finish(redis, T1, 1, now, "ok")
     assert await admin(redis).replay(SUB, T1, now) == "missing"
-    await assert_keyspace(
-        redis, {**payment_keys(), **records(), breaker_key(SUB): ("hash", NO_TTL)}
-    )
+    await assert_keyspace(redis, {**payment_keys(), breaker_key(SUB): ("hash", NO_TTL)})
 
 
 async def test_replay_into_an_empty_line_activates_it(redis: aioredis.Redis) -> None:

@@ -15,6 +15,7 @@ from service.store.layout import deliver_job_id, head_key, inflight_key, order_k
 from service.store.layout import payment_dirty_key as _dirty_key
 from service.store.layout import payment_lock_key as _lock_key
 from service.store.payments import TRANSITIONS_LOG_KEY, StaleSubscribers, state_key
+from service.store.records import payment_deliveries
 from service.store.subscribers import SUBSCRIBERS_VERSION_KEY
 from tests.store.lua.keyspace import (
     NO_TTL,
@@ -45,7 +46,6 @@ from tests.store.lua.staging import (
     payment_keys,
     payment_store,
     record,
-    records,
     tid,
 )
 
@@ -251,19 +251,18 @@ async def test_existing_delivery_is_not_created_again(redis: aioredis.Redis) -> 
 
 
 async def test_finished_delivery_is_not_created_again(redis: aioredis.Redis) -> None:
-    """A delivery shrunk to its record is not created again when the state expired: no
-    delivery, no snapshot, no job; the record stays."""
+    """A delivery shrunk to its record (kept in the payment's state hash) is not created again
+    when the state itself was lost: no delivery, no snapshot, no job; the record stays."""
     await record(redis, PID, ["pending"])
     now = await server_ms(redis)
     assert (await acquire(redis, T1, 1, now)).verdict == "ok"
     assert (await finish(redis, T1, 1, now, "ok")).result == "delivered"
-    await redis.delete(state_key(PID))
+    assert await redis.hdel(state_key(PID), "seq", "status", "at") == 3  # type: ignore[misc]
     result = await record(redis, PID, ["pending"])
     assert (result.previous_seq, result.emitted) == (-1, 1)
-    await assert_keyspace(
-        redis, {**payment_keys(), **records(), breaker_key(SUB): ("hash", NO_TTL)}
-    )
+    await assert_keyspace(redis, {**payment_keys(), breaker_key(SUB): ("hash", NO_TTL)})
     assert len(await stream(redis)) == 2
+    assert (await payment_deliveries(redis, PID, [SUB]))[0]["state"] == "delivered"
 
 
 async def test_one_snapshot_per_transition_whatever_the_subscribers(

@@ -47,12 +47,13 @@ local function release_snapshot(tid)
 end
 
 -- Replaces a finished delivery's hash by its record (service.store.records): one field
--- ``sub:seq`` of the payment's records hash, ``state,attempts,last status,created,last,done,
+-- ``sub:seq`` of the payment's state hash (records_key), ``state,attempts,last status,created,last,done,
 -- last error,status`` (state ``d`` delivered or ``x`` dropped; created is ms after the hash's
 -- ``t0`` field, the time of the first record's creation; last and done are ms after created,
 -- done empty when equal to last; status only for a final step other than the main line's,
 -- canceled or failed, which share a seq; empty trailing parts left out; the whole cut to 64
--- bytes so a small hash stays a listpack), kept ``ttl`` s; and releases its snapshot.
+-- bytes so a small hash stays a listpack), kept as long as the state (``ttl`` s when the state
+-- is gone); and releases its snapshot.
 local function shrink(dkey, state, now, ttl)
   local f = redis.call('HMGET', dkey, 'sub', 'tid', 'payment_id', 'seq', 'attempts',
     'last_status', 'created_ms', 'last_ms', 'last_error', 'type')
@@ -77,7 +78,8 @@ local function shrink(dkey, state, now, ttl)
     record = string.sub(table.concat(parts, ','), 1, 64)
   end
   redis.call('HSET', rkey, record_field(f[1], f[4]), record)
-  redis.call('EXPIRE', rkey, ttl)
+  -- The records live with the payment's state (its TTL); ``ttl`` when that was gone.
+  if redis.call('TTL', rkey) < 0 then redis.call('EXPIRE', rkey, ttl) end
   redis.call('DEL', dkey)
   release_snapshot(f[2])
 end
