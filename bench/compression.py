@@ -145,6 +145,17 @@ def measure(name: str, samples: Sequence[bytes], train: Sequence[bytes]) -> list
         c = zstandard.ZstdCompressor(level=level, dict_data=zdict, write_content_size=True)
         d = zstandard.ZstdDecompressor(dict_data=zdict)
         codecs.append((f"zstd level {level} + 16 KiB dictionary", c.compress, d.decompress))
+    # What the service does: the shipped dictionary, trained on another run's bodies (other ports,
+    # ids, times), so this measures it as production would meet new payments.
+    from service.store import compression
+
+    codecs.append(
+        (
+            f"service.store.compression (level {compression.LEVEL}, shipped dictionary)",
+            compression.compress,
+            compression.decompress,
+        )
+    )
     for label, compress, decompress in codecs:
         packed, c_us = timed(compress, samples)
         unpacked, d_us = timed(decompress, packed)

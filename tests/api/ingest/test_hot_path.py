@@ -34,7 +34,12 @@ from service.settings import Settings
 from service.store import jobs, layout
 from service.store.batcher import ScriptBatcher, pack_command, parsed_replies
 from service.store.compression import compress
-from service.store.events import STORE_EVENT, EventStore, archived_headers, raw_record
+from service.store.events import (
+    STORE_EVENT,
+    EventStore,
+    archive_record,
+    archived_headers,
+)
 from service.store.scripts import Script
 from tests.support import serve_app
 
@@ -57,7 +62,7 @@ def reference_store_command(store: EventStore, event: VerifiedEvent, headers: An
         layout.ARQ_EXPIRES_EXTRA_MS,
         event.received_at_ms,
         compress(
-            raw_record(event.source, event.event_id, event.received_at_ms, headers, event.body)
+            archive_record(event.source, event.event_id, event.received_at_ms, headers, event.body)
         ),
     )
 

@@ -3,13 +3,15 @@ archive), arq job and queue entry written together, or nothing at all for a dupl
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
 from service.api.ingest.sources.base import VerifiedEvent
-from service.store.compression import ZSTD_MAGIC
+from service.store.compression import ZSTD_MAGIC, decompress
 from service.store.events import EventStore, StoreResult, read_raw_record
 from service.store.layout import (
     ARQ_EXPIRES_EXTRA_MS,
@@ -167,3 +169,20 @@ async def test_script_reloaded_after_script_flush(redis: aioredis.Redis, store: 
     await assert_keyspace(
         redis, {**stored_keys("evt_1"), **stored_keys("evt_2"), QUEUE: ("zset", NO_TTL)}
     )
+
+
+async def test_binary_body_is_archived_as_it_came(redis: aioredis.Redis, store: EventStore) -> None:
+    """A body that is not UTF-8 is archived byte for byte and read back as body_b64."""
+    raw_body = b"\xff\xfe\n not utf-8 \x00"
+    await store.store(event()._replace(body=raw_body), HEADERS)
+    stored = await redis.get(event_key(SOURCE, "evt_1"))
+    assert stored is not None
+    assert decompress(stored).endswith(b"\n" + raw_body)
+    record = read_raw_record(stored)
+    assert base64.b64decode(str(record["body_b64"])) == raw_body and "body" not in record
+
+
+def test_records_of_older_releases_still_read() -> None:
+    """A whole-JSON record, uncompressed (as written before), reads as it was."""
+    old = {"source": SOURCE, "event_id": "evt_0", "received_at_ms": 1, "headers": {}, "body": "{}"}
+    assert read_raw_record(orjson.dumps(old)) == old
