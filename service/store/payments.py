@@ -3,7 +3,9 @@ records a newer state and creates the deliveries of its transitions in the same 
 
 Keys (:mod:`service.store.layout`), for payment ``P``:
 
-- ``PAYMENT_STATE``  hash ``seq``, ``status``, ``at``: the last recorded state.
+- ``PAYMENT_STATE``  hash ``seq``, ``status``, ``at``: the last recorded state; once final, only
+  ``seq`` and ``status`` (what kills stale hints), kept :data:`FINAL_STATE_TTL_S`. The records
+  of the payment's finished deliveries live in it too (:mod:`service.store.records`).
 - ``PAYMENT_LOCK``   the token of the job that is fetching ``P`` right now (single flight).
 - ``PAYMENT_DIRTY``  set when a hint arrived that no fetch has answered yet.
 - ``TRANSITIONS``    a capped stream: one entry per transition emitted, for audit.
@@ -13,8 +15,8 @@ Keys (:mod:`service.store.layout`), for payment ``P``:
 Scripts: ``lua/payment_lock.lua``, ``lua/payment_record.lua``, ``lua/payment_release.lua``.
 
 The compare-and-set creates one delivery per (transition, subscriber that wants it), in the
-layout of :mod:`service.store.deliveries`, and activates the first one of each (subscriber, payment)
-line. Emitting and creating deliveries is one atomic step, so a transition is never recorded
+layout of :mod:`service.store.deliveries`, with one compressed snapshot of the transition's body
+for all of them, and activates the first one of each (subscriber, payment) line. Emitting and creating deliveries is one atomic step, so a transition is never recorded
 without its deliveries, nor delivered twice, and a payment's transitions enter each line in
 lifecycle order.
 
