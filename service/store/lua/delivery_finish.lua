@@ -84,12 +84,12 @@ if state == 'active' and redis.call('HGET', dkey, 'gen') == gen then
     result = 'dropped'
   elseif outcome == 'gone' then
     redis.call('HINCRBY', dkey, 'gen', 1)
-    redis.call('EXPIRE', dkey, LINE_TTL)
+    keep_pending(dkey, tid)
     redis.call('ZADD', wkey, 'NX', now, tid)
     result = 'parked'
   elseif nxt == 'retry' then
     local g = redis.call('HINCRBY', dkey, 'gen', 1)
-    redis.call('EXPIRE', dkey, LINE_TTL)
+    keep_pending(dkey, tid)
     enqueue(queue, sub, tid, g, retry_at, now)
     result = 'retry'
   else

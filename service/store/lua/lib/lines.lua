@@ -6,6 +6,12 @@
 -- How long a pending line's keys live after their last write (layout.LINE_TTL_S).
 local LINE_TTL = {{LINE_TTL_S}}
 
+-- A pending delivery was written: its hash and its snapshot live LINE_TTL from now.
+local function keep_pending(dkey, tid)
+  redis.call('EXPIRE', dkey, LINE_TTL)
+  redis.call('EXPIRE', snapshot_key(tid), LINE_TTL)
+end
+
 -- Makes the first pending delivery of (sub, pid) its head, unless it has one; returns the job
 -- id of the head's job, due at ``at`` (default now), and the head's key; or false. A caller
 -- that runs the head at once passes a later ``at``: the job is then its safety net.
@@ -17,7 +23,7 @@ local function activate_next(queue, sub, pid, now, at)
   redis.call('SET', hkey, nxt, 'EX', LINE_TTL)
   local dkey = delivery_key(sub, nxt)
   redis.call('HSET', dkey, 'state', 'active', 'activated_ms', now)
-  redis.call('EXPIRE', dkey, LINE_TTL)
+  keep_pending(dkey, nxt)
   local gen = redis.call('HINCRBY', dkey, 'gen', 1)
   return enqueue(queue, sub, nxt, gen, at or now, now), dkey
 end
@@ -94,6 +100,7 @@ local function unpark_one(queue, wkey, sub, now, at)
     if redis.call('HGET', dkey, 'state') == 'active' then
       local old = tonumber(redis.call('HGET', dkey, 'gen')) or 0
       cancel_job(queue, sub, tid, old)
+      keep_pending(dkey, tid)
       local gen = redis.call('HINCRBY', dkey, 'gen', 1)
       return enqueue(queue, sub, tid, gen, at or now, now), dkey
     end
