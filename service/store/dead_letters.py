@@ -50,7 +50,7 @@ class EventDeadLetters:
             pipe.hset(ENTRIES_KEY, entry_id, orjson.dumps(entry).decode())
             pipe.zadd(INDEX_KEY, {entry_id: now})
             pipe.zrangebyscore(INDEX_KEY, "-inf", f"({now - self._ttl_s}")
-            expired: list[bytes] = (await pipe.execute())[-1]
+            expired: list[str] = [m.decode() for m in (await pipe.execute())[-1]]
         if expired:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hdel(ENTRIES_KEY, *expired)

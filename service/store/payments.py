@@ -16,9 +16,9 @@ Scripts: ``lua/payment_lock.lua``, ``lua/payment_record.lua``, ``lua/payment_rel
 
 The compare-and-set creates one delivery per (transition, subscriber that wants it), in the
 layout of :mod:`service.store.deliveries`, with one compressed snapshot of the transition's body
-for all of them, and activates the first one of each (subscriber, payment) line. Emitting and creating deliveries is one atomic step, so a transition is never recorded
-without its deliveries, nor delivered twice, and a payment's transitions enter each line in
-lifecycle order.
+for all of them, and activates the first one of each (subscriber, payment) line. Emitting and
+creating deliveries is one atomic step, so a transition is never recorded without its
+deliveries, nor delivered twice, and a payment's transitions enter each line in lifecycle order.
 
 A job that finds the lock taken leaves ``dirty`` set and stops: the holder fetches again before it
 lets go, so the hint is served by a fetch that started after it arrived.
