@@ -101,8 +101,10 @@ def from_hash(fields: Mapping[bytes, bytes]) -> dict[str, str]:
 async def payment_deliveries(
     redis: aioredis.Redis, payment_id: str, subscriber_ids: Iterable[str]
 ) -> list[dict[str, str]]:
-    """Every delivery of ``payment_id`` to ``subscriber_ids`` still known (pending, dead, or
-    finished within ``delivery_done_ttl_s``), by subscriber then seq; each with :data:`FIELDS`."""
+    """Every delivery of ``payment_id`` still known, each with :data:`FIELDS`: the finished ones
+    of any subscriber (their records), and the pending and dead ones of ``subscriber_ids`` (their
+    hashes, looked up per transition the payment can have). Ordered by subscriber (those of
+    ``subscriber_ids`` first, in that order) then seq."""
     subs = list(subscriber_ids)
     tids = [transition_id(payment_id, status) for status in _EMITTED]
     async with redis.pipeline(transaction=False) as pipe:
@@ -118,10 +120,10 @@ async def payment_deliveries(
         if not is_record_field(name):
             continue  # the state's own fields (seq, status, ...)
         row = parse_record(payment_id, name, value, base_ms)
-        if row["sub"] in subs:
-            found[(row["sub"], int(row["seq"]))] = row
+        found[(row["sub"], int(row["seq"]))] = row
     for fields in replies[1:]:
         if fields:
             row = from_hash(fields)
             found[(row["sub"], int(row["seq"] or SEQ.get(row["type"][8:], 0)))] = row
-    return [found[key] for key in sorted(found, key=lambda k: (subs.index(k[0]), k[1]))]
+    rank = {sub: n for n, sub in enumerate(subs)}
+    return [found[k] for k in sorted(found, key=lambda k: (rank.get(k[0], len(subs)), k[0], k[1]))]

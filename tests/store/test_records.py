@@ -3,8 +3,11 @@ expects, from the compact form lua/lib/lines.lua writes."""
 
 from __future__ import annotations
 
+import redis.asyncio as aioredis
+
 from service.domain.events import transition_id
-from service.store.records import FIELDS, from_hash, parse_record
+from service.store import layout
+from service.store.records import FIELDS, from_hash, parse_record, payment_deliveries
 
 BASE = 1_764_600_000_000
 
@@ -54,3 +57,29 @@ def test_pending_hash_reads_with_the_same_fields() -> None:
         "5",
         "",
     )
+
+
+async def test_payment_deliveries_reads_records_and_pending_hashes(redis: aioredis.Redis) -> None:
+    """Records of any subscriber (even one no longer asked about) and the pending hashes of the
+    subscribers asked about come back together, by subscriber then seq."""
+    state = layout.payment_state_key("pay_1")
+    await redis.hset(
+        state,
+        mapping={
+            "seq": "5",
+            "status": "completed",
+            "t0": BASE,
+            "crm:2": "d,1,200,0,5",
+            "old:1": "x",
+        },
+    )
+    pending = layout.delivery_key("crm", transition_id("pay_1", "approved"))
+    await redis.hset(
+        pending, mapping={"sub": "crm", "seq": "3", "state": "active", "attempts": "2"}
+    )
+    rows = await payment_deliveries(redis, "pay_1", ["crm"])
+    assert [(r["sub"], r["seq"], r["state"]) for r in rows] == [
+        ("crm", "2", "delivered"),
+        ("crm", "3", "active"),
+        ("old", "1", "dropped"),
+    ]
