@@ -73,8 +73,8 @@ def _store_template(queue_name: str, event_ttl_s: int) -> bytes:
     def constant(data: bytes) -> bytes:  # a whole bulk string, escaped for the format
         return bulk_string(data).replace(b"%", b"%%")
 
-    def keyed(prefix: bytes) -> bytes:  # a bulk string of prefix + digest
-        head = b"$%d\r\n" % (len(prefix) + DIGEST_CHARS) + prefix
+    def keyed(prefix: bytes, chars: int = DIGEST_CHARS) -> bytes:  # bulk string prefix + digest
+        head = b"$%d\r\n" % (len(prefix) + chars) + prefix
         return head.replace(b"%", b"%%") + b"%b\r\n"
 
     variable = b"$%d\r\n%b\r\n"
@@ -84,7 +84,7 @@ def _store_template(queue_name: str, event_ttl_s: int) -> bytes:
             constant(b"EVALSHA"),
             constant(STORE_EVENT.sha.encode()),
             constant(b"3"),
-            keyed(_EVENT_PREFIX),
+            keyed(_EVENT_PREFIX, layout.EVENT_DIGEST_CHARS),
             keyed(_ARQ_JOB_ID_PREFIX),
             constant(queue_name.encode()),
             keyed(_JOB_ID_PREFIX),
@@ -257,7 +257,7 @@ class EventStore:
         now = b"%d" % now_ms
         raw = compression.compress(archive_record(source, event_id, now_ms, headers, body))
         return self._store_template % (
-            digest,
+            digest[: layout.EVENT_DIGEST_CHARS],
             digest,
             digest,
             len(job),
