@@ -146,16 +146,23 @@ def raw_record(
 
 
 def archive_record(
-    source: str, event_id: str, received_at_ms: int, headers: Mapping[str, str], body: bytes
+    source: str,
+    event_id: str,
+    received_at_ms: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    payment_id: str = "",
 ) -> bytes:
     """The archived form of one request, as an event key keeps it (compressed): a JSON line
-    ``{source, event_id, received_at_ms, headers}``, then the body's own bytes. Not a JSON
-    string: escaping the body's quotes costs a quarter of the compressed size (measured,
+    ``{source, event_id, payment_id, received_at_ms, headers}`` (the payment the source found
+    in it: what an event is about, read back by history), then the body's own bytes. Not a
+    JSON string: escaping the body's quotes costs a quarter of the compressed size (measured,
     docs/decisions/compression.md), and any body, UTF-8 or not, is kept as it came."""
     head = orjson.dumps(
         {
             "source": source,
             "event_id": event_id,
+            "payment_id": payment_id,
             "received_at_ms": received_at_ms,
             "headers": archived_headers(headers),
         }
@@ -165,7 +172,8 @@ def archive_record(
 
 def read_raw_record(value: bytes) -> dict[str, object]:
     """An archived record (the value of an event key) in :func:`raw_record`'s shape: ``{source,
-    event_id, received_at_ms, headers, body}`` (``body_b64`` for a body that is not UTF-8). Reads
+    event_id, received_at_ms, headers, body}`` (``body_b64`` for a body that is not UTF-8), plus
+    ``payment_id`` for records of :func:`archive_record`. Reads
     :func:`archive_record`'s form, compressed or not, and a whole JSON record (older values)."""
     data = compression.decompress(value)
     head, newline, body = data.partition(b"\n")
@@ -255,7 +263,9 @@ class EventStore:
         ]
         job = arq_job_bytes(layout.PROCESS_EVENT, job_args, now_ms)
         now = b"%d" % now_ms
-        raw = compression.compress(archive_record(source, event_id, now_ms, headers, body))
+        raw = compression.compress(
+            archive_record(source, event_id, now_ms, headers, body, payment_id)
+        )
         return self._store_template % (
             digest[: layout.EVENT_DIGEST_CHARS],
             digest,

@@ -62,7 +62,14 @@ def reference_store_command(store: EventStore, event: VerifiedEvent, headers: An
         layout.ARQ_EXPIRES_EXTRA_MS,
         event.received_at_ms,
         compress(
-            archive_record(event.source, event.event_id, event.received_at_ms, headers, event.body)
+            archive_record(
+                event.source,
+                event.event_id,
+                event.received_at_ms,
+                headers,
+                event.body,
+                event.payment_id,
+            )
         ),
     )
 

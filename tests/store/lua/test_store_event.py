@@ -101,6 +101,7 @@ async def test_raw_archive_keeps_body_without_signature(
     assert read_raw_record(raw) == {
         "source": SOURCE,
         "event_id": "evt_1",
+        "payment_id": "pay_1",
         "received_at_ms": RECEIVED_MS,
         "headers": {"content-type": "application/json"},
         "body": '{"id": "evt_1"}',
