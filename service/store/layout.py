@@ -42,6 +42,7 @@ ARQ_EXPIRES_EXTRA_MS = 7 * 86_400_000
 # The arq functions that ingestion, processing and delivery enqueue.
 PROCESS_EVENT = "process_event"
 FANOUT_DELIVER = "fanout_deliver"
+FANOUT_WAKE = "fanout_wake"
 
 # ---- key formats -------------------------------------------------------------------------------
 
@@ -93,6 +94,10 @@ EVENT_JOB_ID = "evt:{digest}"
 EVENT_RETRY_JOB_ID = "{event_job_id}:r{attempt}"
 EVENT_DLQ_RETRY_JOB_ID = "{event_job_id}:dlq{now_ms}"
 DELIVER_JOB_ID = "fdl:{sub}:{tid}:{gen}"
+# A subscriber's wake job (``fanout_wake``, docs/fanout.md "Isolation"): one per breaker cycle,
+# ``at`` = the cycle's ``open_until``, so every delivery parked behind that open breaker ensures
+# the same one job; or one per recheck of deliveries parked over the cap, ``at`` = its due time.
+WAKE_JOB_ID = "fwk:{sub}:{at}"
 # A convergence check of a payment: one per (payment, schedule start, step), so a check is
 # enqueued once however many workers run converge_due.lua.
 CONVERGE_JOB_ID = "cv:{payment_id}:{first}:{step}"
@@ -258,6 +263,12 @@ def deliver_job_id(subscriber_id: str, transition_id: str, gen: int) -> str:
     return DELIVER_JOB_ID.format(sub=subscriber_id, tid=transition_id, gen=gen)
 
 
+def wake_job_id(subscriber_id: str, at_ms: int) -> str:
+    """The wake job of ``subscriber_id`` for ``at_ms``: the ``open_until`` of a breaker cycle,
+    or the due time of a recheck."""
+    return WAKE_JOB_ID.format(sub=subscriber_id, at=at_ms)
+
+
 def converge_job_id(payment_id: str, first_ms: int, step: int) -> str:
     return CONVERGE_JOB_ID.format(payment_id=payment_id, first=first_ms, step=step)
 
@@ -293,6 +304,7 @@ def deliver_job_target(job_id: str) -> tuple[str, str]:
 LUA_KEY_FUNCTIONS: dict[str, str] = {
     "arq_job_key": ARQ_JOB,
     "deliver_job_id": DELIVER_JOB_ID,
+    "wake_job_id": WAKE_JOB_ID,
     "dead_member": DEAD_MEMBER,
     "delivery_key": DELIVERY,
     "order_key": ORDER,

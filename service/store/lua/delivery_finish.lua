@@ -1,21 +1,26 @@
 -- Records a delivery attempt and moves the delivery on: delivered, retried later (a fresh job),
 -- dead-lettered, dropped, or parked (410); then wakes parked deliveries of the subscriber.
+-- A failure that opens the breaker (the threshold reached, or a failed probe) enqueues that
+-- cycle's one wake job (lib/wake.lua), due when the cool-down ends.
 -- KEYS: 1 arq queue, 2 subscribers version, 3 delivery, 4 in-flight, 5 breaker, 6 attempt log,
 --       7 waiting, 8 dead letters (all), 9 dead letters of the subscriber, 10 arq job of job id
 -- ARGV: 1 now ms, 2 subscriber id, 3 webhook-id, 4 gen, 5 job id, 6 outcome
 --       (ok|fail|gone|removed), 7 next (retry|dead), 8 retry at ms, 9 breaker threshold,
 --       10 cooldown ms, 11 cap, 12 enabled (1|0), 13 done ttl s, 14 log entry ('' for none),
---       15 log cap, 16 status, 17 error, 18 hold ms, 19 lease ms, 20 subscribers version
+--       15 log cap, 16 status, 17 error, 18 hold ms, 19 lease ms, 20 subscribers version,
+--       21 open jitter ms (for a wake job this finish enqueues), 22 recheck ms (0: none)
 -- With hold ms > 0, the next delivery of the line that a success activates is acquired for the
 -- caller in the same step (when the caller's subscriber list is current and the cap allows) and
 -- handed back to run at once: its job stays queued, deferred by hold ms, as the safety net should
 -- the caller die. With no next one in the line, the longest-parked delivery of the subscriber
 -- (waiting for a slot) is handed over the same way, instead of being woken into a job.
 -- Slots whose lease lapsed are dropped first, so a dead worker's slots wake parked deliveries.
+-- Wake-ups are bounded by the free slots (at most the cap); when deliveries stay parked, a
+-- recheck wake job (ARGV 22 ms away) is ensured as their safety net.
 -- Reply: {result, woken, dead letters, handed job id[, its body, attempts, payment id, type,
 --        received ms]}
 -- The line's keys are derived (lib/lines.lua): its payment id is read from the delivery.
--- lib: keys jobs lines acquire
+-- lib: keys jobs lines acquire wake
 local queue, dkey, fkey, bkey = KEYS[1], KEYS[3], KEYS[4], KEYS[5]
 local lkey, wkey, dead_all, dead_sub = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local now = tonumber(ARGV[1])
@@ -25,6 +30,7 @@ local threshold, cooldown, cap = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber
 local enabled, done_ttl = ARGV[12] == '1', tonumber(ARGV[13])
 local log_entry, log_cap, status, err = ARGV[14], tonumber(ARGV[15]), ARGV[16], ARGV[17]
 local hold, lease = tonumber(ARGV[18]), tonumber(ARGV[19])
+local jitter, recheck = tonumber(ARGV[21]) or 0, tonumber(ARGV[22]) or 0
 local handed, handed_fields = '', {}
 -- The caller's copy of the subscriber is current: it may be handed more work.
 local current = enabled and (redis.call('GET', KEYS[2]) or '0') == ARGV[20]
@@ -45,12 +51,15 @@ elseif outcome == 'fail' then
   local fails = redis.call('HINCRBY', bkey, 'fails', 1)
   local open_until = tonumber(redis.call('HGET', bkey, 'open_until')) or 0
   if redis.call('HGET', bkey, 'probe') == job_id then
+    -- The probe failed: the next cycle, with its one wake job.
     redis.call('HSET', bkey, 'open_until', now + cooldown, 'probe', '')
+    ensure_cycle_wake(queue, sub, now + cooldown, jitter, now)
     breaker_open = true
   elseif open_until > 0 then
     breaker_open = true
   elseif fails >= threshold then
     redis.call('HSET', bkey, 'open_until', now + cooldown)
+    ensure_cycle_wake(queue, sub, now + cooldown, jitter, now)
     breaker_open = true
   end
 end
@@ -113,6 +122,9 @@ if (enabled or outcome == 'removed') and not breaker_open and outcome ~= 'gone' 
       end
     end
     if free > 0 then woken = woken + wake(queue, wkey, sub, free, now) end
+    if enabled and recheck > 0 and redis.call('ZCARD', wkey) > 0 then
+      ensure_recheck(queue, bkey, sub, now, recheck)
+    end
   end
 end
 return {result, woken, redis.call('ZCARD', dead_all), handed, unpack(handed_fields)}

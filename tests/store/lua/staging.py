@@ -12,7 +12,13 @@ import redis.asyncio as aioredis
 from service.domain.events import transition_id
 from service.store.deliveries import DeliveryAdmin, delivery_key
 from service.store.delivery_state import Acquired, FanoutStore, Finished
-from service.store.layout import ARQ_JOB_PREFIX, deliver_job_id, head_key, order_key
+from service.store.layout import (
+    ARQ_JOB_PREFIX,
+    deliver_job_id,
+    head_key,
+    order_key,
+    wake_job_id,
+)
 from service.store.payments import (
     TRANSITIONS_LOG_KEY,
     Candidate,
@@ -105,6 +111,12 @@ def job_entry(sub: str, transition: str, gen: int, due_in_ms: int = 0) -> Expect
     return {job_key(deliver_job_id(sub, transition, gen)): ("string", job_ttl(due_in_ms))}
 
 
+def wake_entry(sub: str, at_ms: int, due_in_ms: int) -> Expected:
+    """A subscriber's wake job for ``at_ms`` written by the scripts, due ``due_in_ms`` after the
+    script's now."""
+    return {job_key(wake_job_id(sub, at_ms)): ("string", job_ttl(due_in_ms))}
+
+
 def fanout(redis: aioredis.Redis) -> FanoutStore:
     return FanoutStore(redis, QUEUE)
 
@@ -126,6 +138,7 @@ async def acquire(
     lease_ms: int = LEASE_MS,
     open_jitter_ms: int = 0,
     version: str = "0",
+    recheck_ms: int = 0,
 ) -> Acquired:
     """Acquire the attempt of job (sub, transition, gen) as the delivery job does."""
     return await fanout(redis).acquire(
@@ -139,6 +152,7 @@ async def acquire(
         open_jitter_ms=open_jitter_ms,
         now_ms=now_ms,
         subscribers_version=version,
+        recheck_ms=recheck_ms,
     )
 
 
@@ -162,6 +176,8 @@ async def finish(
     hold_ms: int = 0,
     lease_ms: int = LEASE_MS,
     version: str = "0",
+    open_jitter_ms: int = 0,
+    recheck_ms: int = 0,
 ) -> Finished:
     """Finish the attempt of job (sub, transition, gen) as the delivery job does."""
     return await fanout(redis).finish(
@@ -184,4 +200,6 @@ async def finish(
         hold_ms=hold_ms,
         lease_ms=lease_ms,
         subscribers_version=version,
+        open_jitter_ms=open_jitter_ms,
+        recheck_ms=recheck_ms,
     )

@@ -18,7 +18,7 @@ from service.store.deliveries import (
     waiting_key,
 )
 from service.store.delivery_state import Acquired, Finished
-from service.store.layout import deliver_job_id, head_key, inflight_key, order_key
+from service.store.layout import deliver_job_id, head_key, inflight_key, order_key, wake_job_id
 from service.store.subscribers import SUBSCRIBERS_VERSION_KEY
 from tests.store.lua.keyspace import (
     NO_TTL,
@@ -44,6 +44,7 @@ from tests.store.lua.staging import (
     payment_keys,
     record,
     tid,
+    wake_entry,
 )
 
 PID2 = "pay_2"
@@ -63,7 +64,8 @@ async def stage(redis: aioredis.Redis, statuses: list[str]) -> int:
 
 
 async def park_other(redis: aioredis.Redis, now: int) -> Expected:
-    """Park the head of another payment's line (cap reached); the keys that adds. Its first job
+    """Park the head of another payment's line (cap reached), with no job of its own; the keys
+    that adds (the subscriber's recheck wake job, its time in the breaker hash). Its first job
     stays, as the arq job that ran the acquire would until arq removed it."""
     await record(redis, PID2, ["pending"])
     assert (await acquire(redis, P2, 1, now, cap=0)).verdict == "cap"
@@ -71,14 +73,26 @@ async def park_other(redis: aioredis.Redis, now: int) -> Expected:
         **payment_keys(PID2),
         **line(SUB, [P2], PID2),
         **job_entry(SUB, P2, 1),
-        **job_entry(SUB, P2, 2, LEASE_MS),
+        **recheck_job(now),
         waiting_key(SUB): ("zset", NO_TTL),
+        breaker_key(SUB): ("hash", NO_TTL),
     }
 
 
-def woken_other() -> Expected:
-    """The other payment's line after its parked head was woken (its job is at gen 3)."""
-    return {**payment_keys(PID2), **line(SUB, [P2], PID2), **job_entry(SUB, P2, 1)}
+def recheck_job(parked_at: int) -> Expected:
+    """The recheck wake job park_other's parking queued."""
+    return wake_entry(SUB, parked_at + LEASE_MS, LEASE_MS)
+
+
+def woken_other(parked_at: int) -> Expected:
+    """The other payment's line after its parked head was woken (its job is at gen 3); the
+    recheck its parking queued stays queued."""
+    return {
+        **payment_keys(PID2),
+        **line(SUB, [P2], PID2),
+        **job_entry(SUB, P2, 1),
+        **recheck_job(parked_at),
+    }
 
 
 async def finish_ok(redis: aioredis.Redis, now: int, **kwargs: Any) -> Finished:
@@ -239,7 +253,7 @@ async def test_hold_with_an_empty_line_hands_over_a_parked_delivery(
             **payment_keys(),
             delivery_key(SUB, T1): DONE,
             breaker_key(SUB): ("hash", NO_TTL),
-            **woken_other(),
+            **woken_other(now),
             QUEUE: ("zset", NO_TTL),
             **job_entry(SUB, P2, 3, HOLD_MS),
             inflight_key(SUB): ("zset", NO_TTL),
@@ -262,7 +276,7 @@ async def test_delivered_wakes_parked_deliveries(redis: aioredis.Redis) -> None:
             **payment_keys(),
             delivery_key(SUB, T1): DONE,
             breaker_key(SUB): ("hash", NO_TTL),
-            **woken_other(),
+            **woken_other(now),
             QUEUE: ("zset", NO_TTL),
             **job_entry(SUB, P2, 3),
         },
@@ -313,7 +327,7 @@ async def test_failure_under_the_threshold_still_wakes_parked(redis: aioredis.Re
             **line(SUB, [T1]),
             **job_entry(SUB, T1, 2, 10_000),
             breaker_key(SUB): ("hash", NO_TTL),
-            **woken_other(),
+            **woken_other(now),
             QUEUE: ("zset", NO_TTL),
             **job_entry(SUB, P2, 3),
         },
@@ -363,7 +377,7 @@ async def test_removed_subscriber_drops_and_wakes_one(redis: aioredis.Redis) -> 
     """Removed subscriber: dropped (done TTL, not counted), line advances, one parked woken."""
     now = await stage(redis, ["pending", "submitted"])
     await park_other(redis, now)
-    done = await finish(redis, T1, 1, now, "removed", enabled=False)
+    done = await finish(redis, T1, 1, now, "removed", enabled=False, recheck_ms=HOLD_MS)
     assert done == Finished("dropped", 1, 0, None)
     await assert_keyspace(
         redis,
@@ -372,9 +386,10 @@ async def test_removed_subscriber_drops_and_wakes_one(redis: aioredis.Redis) -> 
             **line(SUB, [T2]),
             delivery_key(SUB, T1): DONE,
             **job_entry(SUB, T2, 1),
-            **woken_other(),
+            **woken_other(now),
             QUEUE: ("zset", NO_TTL),
             **job_entry(SUB, P2, 3),
+            breaker_key(SUB): ("hash", NO_TTL),
         },
     )
     first = await hash_of(redis, delivery_key(SUB, T1))
@@ -426,7 +441,15 @@ async def test_failure_at_the_threshold_opens_the_breaker(redis: aioredis.Redis)
     now = await stage(redis, ["pending"])
     parked = await park_other(redis, now)
     done = await finish(
-        redis, T1, 1, now, "fail", retry_at_ms=now + 10_000, threshold=1, cooldown_ms=60_000
+        redis,
+        T1,
+        1,
+        now,
+        "fail",
+        retry_at_ms=now + 10_000,
+        threshold=1,
+        cooldown_ms=60_000,
+        open_jitter_ms=300,
     )
     assert (done.result, done.woken) == ("retry", 0)
     await assert_keyspace(
@@ -438,9 +461,16 @@ async def test_failure_at_the_threshold_opens_the_breaker(redis: aioredis.Redis)
             **job_entry(SUB, T1, 2, 10_000),
             breaker_key(SUB): ("hash", NO_TTL),
             **parked,
+            **wake_entry(SUB, now + 60_000, 60_300),
         },
     )
-    assert await hash_of(redis, breaker_key(SUB)) == {"fails": "1", "open_until": str(now + 60_000)}
+    assert await hash_of(redis, breaker_key(SUB)) == {
+        "fails": "1",
+        "open_until": str(now + 60_000),
+        "recheck_at": str(now + LEASE_MS),
+    }
+    # The cycle's one wake job, due when the cool-down ends (plus the jitter).
+    assert (await zset(redis, QUEUE))[wake_job_id(SUB, now + 60_000)] == now + 60_300
 
 
 async def test_failure_while_open_keeps_the_breaker_as_it_is(redis: aioredis.Redis) -> None:
@@ -461,7 +491,11 @@ async def test_failure_while_open_keeps_the_breaker_as_it_is(redis: aioredis.Red
             **parked,
         },
     )
-    assert await hash_of(redis, breaker_key(SUB)) == {"fails": "4", "open_until": str(now - 5)}
+    assert await hash_of(redis, breaker_key(SUB)) == {
+        "fails": "4",
+        "open_until": str(now - 5),
+        "recheck_at": str(now + LEASE_MS),
+    }
 
 
 async def test_failed_probe_reopens_the_breaker(redis: aioredis.Redis) -> None:
@@ -480,8 +514,14 @@ async def test_failed_probe_reopens_the_breaker(redis: aioredis.Redis) -> None:
             QUEUE: ("zset", NO_TTL),
             **job_entry(SUB, T1, 2, 9_900),
             breaker_key(SUB): ("hash", NO_TTL),
+            **wake_entry(SUB, now + 100 + 60_000, 60_000),
         },
     )
+    # The next cycle's one wake job, due when its cool-down ends.
+    assert await zset(redis, QUEUE) == {
+        deliver_job_id(SUB, T1, 2): now + 10_000,
+        wake_job_id(SUB, now + 100 + 60_000): now + 100 + 60_000,
+    }
     breaker = await hash_of(redis, breaker_key(SUB))
     assert breaker == {
         "fails": "6",
@@ -507,7 +547,9 @@ async def test_successful_probe_closes_the_breaker_and_wakes(redis: aioredis.Red
             **payment_keys(),
             delivery_key(SUB, T1): DONE,
             breaker_key(SUB): ("hash", NO_TTL),
-            **woken_other(),
+            **payment_keys(PID2),
+            **line(SUB, [P2], PID2),
+            **job_entry(SUB, P2, 1),
             QUEUE: ("zset", NO_TTL),
             **job_entry(SUB, P2, 3),
         },
@@ -560,7 +602,7 @@ async def test_lapsed_slot_of_a_dead_holder_is_freed_and_wakes_a_parked_one(
             **payment_keys(),
             delivery_key(SUB, T1): DONE,
             breaker_key(SUB): ("hash", NO_TTL),
-            **woken_other(),
+            **woken_other(now),
             QUEUE: ("zset", NO_TTL),
             **job_entry(SUB, P2, 3),
             inflight_key(SUB): ("zset", NO_TTL),
