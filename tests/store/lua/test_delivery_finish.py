@@ -610,3 +610,68 @@ async def test_lapsed_slot_of_a_dead_holder_is_freed_and_wakes_a_parked_one(
     )
     assert (await zset(redis, QUEUE))[job3] == now
     assert await zset(redis, inflight_key(SUB)) == {live: now + 60_000}
+
+
+async def test_successful_probe_releases_only_the_free_slots_and_rechecks(
+    redis: aioredis.Redis,
+) -> None:
+    """A probe's success releases parked deliveries at the cap's rate: jobs for the free slots
+    only, the rest stay parked (no job of their own), and one recheck is queued for them."""
+    await record(redis, PID, ["pending"])
+    now = await server_ms(redis)
+    open_until = now - 1
+    await redis.hset(breaker_key(SUB), mapping={"fails": 5, "open_until": now + 1})  # type: ignore[misc]
+    others = ["pay_a", "pay_b", "pay_c"]
+    for n, pid in enumerate(others):
+        await record(redis, pid, ["pending"])
+        assert (await acquire(redis, tid(pid, "pending"), 1, now - 10 + n)).verdict == "open"
+    await redis.hset(breaker_key(SUB), "open_until", open_until)  # type: ignore[misc]
+    assert (await acquire(redis, T1, 1, now)).verdict == "probe"
+    done = await finish(redis, T1, 1, now, "ok", cap=2, recheck_ms=HOLD_MS)
+    assert done == Finished("delivered", 2, 0, None)
+    expected: Expected = {
+        **payment_keys(),
+        delivery_key(SUB, T1): DONE,
+        breaker_key(SUB): ("hash", NO_TTL),
+        QUEUE: ("zset", NO_TTL),
+        waiting_key(SUB): ("zset", NO_TTL),
+        **wake_entry(SUB, now + 1, 11),
+        **wake_entry(SUB, now + HOLD_MS, HOLD_MS),
+    }
+    for pid in others:
+        expected.update(payment_keys(pid))
+        expected.update(line(SUB, [tid(pid, "pending")], pid))
+        expected.update(job_entry(SUB, tid(pid, "pending"), 1))
+    for pid in others[:2]:
+        expected.update(job_entry(SUB, tid(pid, "pending"), 3))
+    await assert_keyspace(redis, expected)
+    assert await zset(redis, waiting_key(SUB)) == {tid("pay_c", "pending"): now - 8}
+    queue = await zset(redis, QUEUE)
+    assert {j: at for j, at in queue.items() if j.endswith(":3")} == {
+        deliver_job_id(SUB, tid("pay_a", "pending"), 3): now,
+        deliver_job_id(SUB, tid("pay_b", "pending"), 3): now,
+    }
+    assert queue[wake_job_id(SUB, now + HOLD_MS)] == now + HOLD_MS
+    assert (await hash_of(redis, breaker_key(SUB)))["recheck_at"] == str(now + HOLD_MS)
+
+
+async def test_finish_with_a_recheck_pending_queues_no_other(redis: aioredis.Redis) -> None:
+    """Deliveries still parked after a finish, with a recheck pending already: nothing more is
+    queued (one recheck at a time per subscriber)."""
+    now = await stage(redis, ["pending"])
+    parked = await park_other(redis, now)
+    busy = "fdl:ledger:busy:1"
+    await redis.zadd(inflight_key(SUB), {busy: now + 60_000})
+    done = await finish_ok(redis, now + 1, cap=1, recheck_ms=HOLD_MS)
+    assert (done.result, done.woken) == ("delivered", 0)
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            delivery_key(SUB, T1): DONE,
+            **parked,
+            QUEUE: ("zset", NO_TTL),
+            inflight_key(SUB): ("zset", NO_TTL),
+        },
+    )
+    assert (await hash_of(redis, breaker_key(SUB)))["recheck_at"] == str(now + LEASE_MS)
