@@ -46,6 +46,9 @@ if log_entry ~= '' then
 end
 local breaker_open = false
 if outcome == 'ok' then
+  -- Closed before the cool-down ended (an attempt begun before it opened): its wake job goes.
+  local was_open = tonumber(redis.call('HGET', bkey, 'open_until')) or 0
+  if was_open > now then cancel_job_id(queue, wake_job_id(sub, string.format('%d', was_open))) end
   redis.call('HSET', bkey, 'fails', 0, 'open_until', 0, 'probe', '')
 elseif outcome == 'fail' then
   local fails = redis.call('HINCRBY', bkey, 'fails', 1)
@@ -122,7 +125,9 @@ if (enabled or outcome == 'removed') and not breaker_open and outcome ~= 'gone' 
       end
     end
     if free > 0 then woken = woken + wake(queue, wkey, sub, free, now) end
-    if enabled and recheck > 0 and redis.call('ZCARD', wkey) > 0 then
+    if redis.call('ZCARD', wkey) == 0 then
+      cancel_recheck(queue, bkey, sub)
+    elseif enabled and recheck > 0 then
       ensure_recheck(queue, bkey, sub, now, recheck)
     end
   end

@@ -9,7 +9,8 @@
 --   slot and the probe held for a lease; its fresh job deferred by the hold, as the safety net).
 --   Nothing parked: nothing to do (the next delivery to come becomes the probe in acquire).
 -- - Closed: the longest-parked deliveries get jobs due now, as many as there are free slots
---   (lapsed ones freed first); a recheck is ensured while some stay parked.
+--   (lapsed ones freed first); a recheck is ensured while some stay parked, and a pending one
+--   cancelled when none do.
 -- KEYS: 1 arq queue, 2 subscribers version, 3 waiting, 4 in-flight, 5 breaker
 -- ARGV: 1 now ms, 2 subscriber id, 3 enabled (1|0), 4 cap, 5 lease ms, 6 hold ms,
 --       7 recheck ms, 8 open jitter ms, 9 subscribers version
@@ -42,5 +43,9 @@ if open_until > 0 then
   return {'probe', 0, job, unpack(delivery_fields(dkey))}
 end
 local woken = wake(queue, wkey, sub, cap - redis.call('ZCARD', fkey), now)
-if redis.call('ZCARD', wkey) > 0 then ensure_recheck(queue, bkey, sub, now, recheck) end
+if redis.call('ZCARD', wkey) > 0 then
+  ensure_recheck(queue, bkey, sub, now, recheck)
+else
+  cancel_recheck(queue, bkey, sub)
+end
 return {'released', woken}

@@ -84,15 +84,10 @@ def recheck_job(parked_at: int) -> Expected:
     return wake_entry(SUB, parked_at + LEASE_MS, LEASE_MS)
 
 
-def woken_other(parked_at: int) -> Expected:
-    """The other payment's line after its parked head was woken (its job is at gen 3); the
-    recheck its parking queued stays queued."""
-    return {
-        **payment_keys(PID2),
-        **line(SUB, [P2], PID2),
-        **job_entry(SUB, P2, 1),
-        **recheck_job(parked_at),
-    }
+def woken_other() -> Expected:
+    """The other payment's line after its parked head was woken (its job is at gen 3); nothing
+    is parked any more, so the recheck its parking queued was cancelled."""
+    return {**payment_keys(PID2), **line(SUB, [P2], PID2), **job_entry(SUB, P2, 1)}
 
 
 async def finish_ok(redis: aioredis.Redis, now: int, **kwargs: Any) -> Finished:
@@ -253,7 +248,7 @@ async def test_hold_with_an_empty_line_hands_over_a_parked_delivery(
             **payment_keys(),
             delivery_key(SUB, T1): DONE,
             breaker_key(SUB): ("hash", NO_TTL),
-            **woken_other(now),
+            **woken_other(),
             QUEUE: ("zset", NO_TTL),
             **job_entry(SUB, P2, 3, HOLD_MS),
             inflight_key(SUB): ("zset", NO_TTL),
@@ -276,7 +271,7 @@ async def test_delivered_wakes_parked_deliveries(redis: aioredis.Redis) -> None:
             **payment_keys(),
             delivery_key(SUB, T1): DONE,
             breaker_key(SUB): ("hash", NO_TTL),
-            **woken_other(now),
+            **woken_other(),
             QUEUE: ("zset", NO_TTL),
             **job_entry(SUB, P2, 3),
         },
@@ -327,7 +322,7 @@ async def test_failure_under_the_threshold_still_wakes_parked(redis: aioredis.Re
             **line(SUB, [T1]),
             **job_entry(SUB, T1, 2, 10_000),
             breaker_key(SUB): ("hash", NO_TTL),
-            **woken_other(now),
+            **woken_other(),
             QUEUE: ("zset", NO_TTL),
             **job_entry(SUB, P2, 3),
         },
@@ -386,10 +381,9 @@ async def test_removed_subscriber_drops_and_wakes_one(redis: aioredis.Redis) -> 
             **line(SUB, [T2]),
             delivery_key(SUB, T1): DONE,
             **job_entry(SUB, T2, 1),
-            **woken_other(now),
+            **woken_other(),
             QUEUE: ("zset", NO_TTL),
             **job_entry(SUB, P2, 3),
-            breaker_key(SUB): ("hash", NO_TTL),
         },
     )
     first = await hash_of(redis, delivery_key(SUB, T1))
@@ -602,7 +596,7 @@ async def test_lapsed_slot_of_a_dead_holder_is_freed_and_wakes_a_parked_one(
             **payment_keys(),
             delivery_key(SUB, T1): DONE,
             breaker_key(SUB): ("hash", NO_TTL),
-            **woken_other(now),
+            **woken_other(),
             QUEUE: ("zset", NO_TTL),
             **job_entry(SUB, P2, 3),
             inflight_key(SUB): ("zset", NO_TTL),
@@ -675,3 +669,33 @@ async def test_finish_with_a_recheck_pending_queues_no_other(redis: aioredis.Red
         },
     )
     assert (await hash_of(redis, breaker_key(SUB)))["recheck_at"] == str(now + LEASE_MS)
+
+
+async def test_success_while_still_open_cancels_the_cycles_wake_job(
+    redis: aioredis.Redis,
+) -> None:
+    """An attempt begun before the breaker opened succeeds before the cool-down ends: the
+    breaker closes and that cycle's wake job leaves the queue."""
+    now = await stage(redis, ["pending"])
+    await record(redis, PID2, ["pending"])
+    open_until = now + 60_000
+    await redis.hset(breaker_key(SUB), mapping={"fails": 5, "open_until": open_until})  # type: ignore[misc]
+    assert (await acquire(redis, P2, 1, now)).verdict == "open"
+    assert wake_job_id(SUB, open_until) in await zset(redis, QUEUE)
+    done = await finish_ok(redis, now + 1)
+    assert done == Finished("delivered", 1, 0, None)
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            delivery_key(SUB, T1): DONE,
+            breaker_key(SUB): ("hash", NO_TTL),
+            **woken_other(),
+            QUEUE: ("zset", NO_TTL),
+            **job_entry(SUB, P2, 3),
+        },
+    )
+    queue = await zset(redis, QUEUE)
+    assert queue[deliver_job_id(SUB, P2, 3)] == now + 1
+    assert wake_job_id(SUB, open_until) not in queue
+    assert await hash_of(redis, breaker_key(SUB)) == {"fails": "0", "open_until": "0", "probe": ""}

@@ -243,17 +243,24 @@ async def test_closed_breaker_releases_as_many_as_free_slots_and_rechecks(
     assert (await hash_of(redis, breaker_key(SUB)))["recheck_at"] == str(at + RECHECK_MS)
 
 
-async def test_closed_breaker_releasing_every_parked_one_queues_no_recheck(
+async def test_closed_breaker_releasing_every_parked_one_cancels_the_recheck(
     redis: aioredis.Redis, now: int
 ) -> None:
-    """Closed with room for every parked delivery: all get jobs, no recheck is queued."""
+    """Closed with room for every parked delivery: all get jobs, and the pending recheck (queued
+    by one parked over the cap) leaves the queue."""
     staged = await park_behind(redis, now, now + COOLDOWN_MS)
     await redis.hset(breaker_key(SUB), mapping={"fails": 0, "open_until": 0, "probe": ""})  # type: ignore[misc]
+    await record(redis, "pay_4", ["pending"])
+    assert (await acquire(redis, head("pay_4"), 1, now + 50, cap=0)).verdict == "cap"
+    assert wake_job_id(SUB, now + 50 + LEASE_MS) in await zset(redis, QUEUE)
     at = now + 100
     got = await release(redis, at, cap=5)
-    assert got == Released("released", 3)
+    assert got == Released("released", 4)
     del staged[waiting_key(SUB)]
-    for pid in PIDS:
+    staged.update({**payment_keys("pay_4"), **line(SUB, [head("pay_4")], "pay_4")})
+    staged.update(job_entry(SUB, head("pay_4"), 1))
+    for pid in [*PIDS, "pay_4"]:
         staged.update(job_entry(SUB, head(pid), 3))
     await assert_keyspace(redis, staged)
     assert "recheck_at" not in await hash_of(redis, breaker_key(SUB))
+    assert wake_job_id(SUB, now + 50 + LEASE_MS) not in await zset(redis, QUEUE)

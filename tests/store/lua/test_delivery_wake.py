@@ -6,7 +6,7 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from service.store.deliveries import breaker_key, delivery_key, waiting_key
-from service.store.layout import deliver_job_id
+from service.store.layout import deliver_job_id, wake_job_id
 from tests.store.lua.keyspace import NO_TTL, Expected, assert_keyspace, hash_of, server_ms, zset
 from tests.store.lua.staging import (
     LEASE_MS,
@@ -64,8 +64,16 @@ async def test_wake_starts_the_longest_parked_up_to_count(redis: aioredis.Redis)
     for pid in PIDS[:2]:
         staged.update(job_entry(SUB, head(pid), 3))
     await assert_keyspace(
-        redis, {**staged, QUEUE: ("zset", NO_TTL), waiting_key(SUB): ("zset", NO_TTL)}
+        redis,
+        {
+            **staged,
+            QUEUE: ("zset", NO_TTL),
+            waiting_key(SUB): ("zset", NO_TTL),
+            breaker_key(SUB): ("hash", NO_TTL),
+        },
     )
+    # The breaker is reset; the pending recheck stays for the one still parked.
+    assert await hash_of(redis, breaker_key(SUB)) == {"recheck_at": str(now + LEASE_MS)}
     queue = await zset(redis, QUEUE)
     assert {job: at for job, at in queue.items() if job.endswith(":3")} == {
         deliver_job_id(SUB, head("pay_1"), 3): woke_at,
@@ -82,6 +90,8 @@ async def test_wake_skips_entries_no_longer_active(redis: aioredis.Redis) -> Non
     staged = await park(redis, "pay_1", now)
     await redis.zadd(waiting_key(SUB), {"msg_gone": now - 1})
     assert await admin(redis).wake(SUB, 5, now + 10) == 1
+    # Nothing parked any more: the recheck its parking queued is cancelled with the breaker.
+    del staged[next(iter(wake_entry(SUB, now + LEASE_MS, 0)))]
     await assert_keyspace(
         redis, {**staged, **job_entry(SUB, head("pay_1"), 3), QUEUE: ("zset", NO_TTL)}
     )
@@ -93,11 +103,40 @@ async def test_wake_of_zero_only_resets_the_breaker(redis: aioredis.Redis) -> No
     staged = await park(redis, "pay_1", now)
     await redis.hset(breaker_key(SUB), mapping={"fails": 9})  # type: ignore[misc]
     assert await admin(redis).wake(SUB, 0, now + 10) == 0
-    assert not await redis.exists(breaker_key(SUB))
     await assert_keyspace(
-        redis, {**staged, QUEUE: ("zset", NO_TTL), waiting_key(SUB): ("zset", NO_TTL)}
+        redis,
+        {
+            **staged,
+            QUEUE: ("zset", NO_TTL),
+            waiting_key(SUB): ("zset", NO_TTL),
+            breaker_key(SUB): ("hash", NO_TTL),
+        },
     )
+    assert await hash_of(redis, breaker_key(SUB)) == {"recheck_at": str(now + LEASE_MS)}
     assert await zset(redis, waiting_key(SUB)) == {head("pay_1"): now}
+
+
+async def test_wake_cancels_the_open_breakers_pending_wake_job(redis: aioredis.Redis) -> None:
+    """Waking a subscriber whose breaker is open resets it and takes that cycle's wake job off
+    the queue; the parked delivery gets its job due now."""
+    now = await server_ms(redis)
+    await record(redis, "pay_1", ["pending"])
+    open_until = now + 60_000
+    await redis.hset(breaker_key(SUB), mapping={"fails": 5, "open_until": open_until})  # type: ignore[misc]
+    assert (await acquire(redis, head("pay_1"), 1, now)).verdict == "open"
+    assert wake_job_id(SUB, open_until) in await zset(redis, QUEUE)
+    assert await admin(redis).wake(SUB, 4, now + 10) == 1
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys("pay_1"),
+            **line(SUB, [head("pay_1")], "pay_1"),
+            **job_entry(SUB, head("pay_1"), 1),
+            **job_entry(SUB, head("pay_1"), 3),
+            QUEUE: ("zset", NO_TTL),
+        },
+    )
+    assert wake_job_id(SUB, open_until) not in await zset(redis, QUEUE)
 
 
 async def test_wake_gives_a_delivery_parked_while_disabled_its_job(

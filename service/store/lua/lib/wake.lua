@@ -37,3 +37,13 @@ local function ensure_recheck(queue, bkey, sub, now, after)
   redis.call('HSET', bkey, 'recheck_at', at)
   return enqueue_wake(queue, sub, at, at, now)
 end
+
+-- Nothing is parked any more: the pending recheck, if any, is taken off the queue.
+local function cancel_recheck(queue, bkey, sub)
+  local at = redis.call('HGET', bkey, 'recheck_at')
+  if not at then return end
+  redis.call('HDEL', bkey, 'recheck_at')
+  local job_id = wake_job_id(sub, at)
+  redis.call('ZREM', queue, job_id)
+  redis.call('DEL', arq_job_key(job_id))
+end
