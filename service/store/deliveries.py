@@ -16,11 +16,14 @@ webhook-id, ``{p}`` payment id):
 - ``ORDER`` ``{s}:{p}``: zset of the pending deliveries of one (subscriber, payment), score = seq.
 - ``HEAD`` ``{s}:{p}``: string, the one active delivery of that pair (its head). Only the head has
   an arq job; the next one is activated when the head is delivered or dead-lettered.
-- ``WAITING`` ``{s}``: zset of parked heads (over the cap, breaker open, subscriber disabled),
-  woken when a slot frees, the breaker closes, or the subscriber is enabled.
+- ``WAITING`` ``{s}``: zset of parked heads (over the cap, breaker open, probe in flight,
+  subscriber disabled), scored by when they first parked, with no job of their own; woken when
+  a slot frees, by the subscriber's wake job (``WAKE_JOB_ID``: the probe at the end of a breaker
+  cycle, or a recheck), or when the subscriber is enabled.
 - ``INFLIGHT`` ``{s}``: zset of in-flight job ids, score = lease end (a dead worker's slot
   expires).
-- ``BREAKER`` ``{s}``: hash, circuit breaker: fails, open_until (ms), probe, probe_until.
+- ``BREAKER`` ``{s}``: hash, circuit breaker: fails, open_until (ms), probe, probe_until; and
+  recheck_at (ms), when the subscriber's pending recheck wake job is due.
 - ``DEAD_ALL``: zset of ``{s}/{t}`` by dead-letter time; ``DEAD`` ``{s}``: zset of ``{t}``.
 - ``ATTEMPT_LOG`` ``{s}``: list, the attempt log, newest first, capped.
 
@@ -178,7 +181,8 @@ class DeliveryAdmin:
         return replayed
 
     async def wake(self, subscriber_id: str, count: int, now_ms: int) -> int:
-        """Reset the breaker and start up to ``count`` parked deliveries of a subscriber."""
+        """Reset the breaker (its pending wake job goes with it) and start up to ``count``
+        parked deliveries of a subscriber."""
         keys = [self.queue_name, breaker_key(subscriber_id), waiting_key(subscriber_id)]
         woken = await WAKE(self.redis, keys, [now_ms, subscriber_id, count])
         return int(woken)

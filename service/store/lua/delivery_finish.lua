@@ -15,8 +15,9 @@
 -- the caller die. With no next one in the line, the longest-parked delivery of the subscriber
 -- (waiting for a slot) is handed over the same way, instead of being woken into a job.
 -- Slots whose lease lapsed are dropped first, so a dead worker's slots wake parked deliveries.
--- Wake-ups are bounded by the free slots (at most the cap); when deliveries stay parked, a
--- recheck wake job (ARGV 22 ms away) is ensured as their safety net.
+-- Wake-ups are bounded by the free slots (at most the cap), each woken job holding its slot for
+-- a lease until it runs; when deliveries stay parked, a recheck wake job (ARGV 22 ms away) is
+-- ensured as their safety net.
 -- Reply: {result, woken, dead letters, handed job id[, its body, attempts, payment id, type,
 --        received ms]}
 -- The line's keys are derived (lib/lines.lua): its payment id is read from the delivery.
@@ -124,7 +125,10 @@ if (enabled or outcome == 'removed') and not breaker_open and outcome ~= 'gone' 
         woken = 1
       end
     end
-    if free > 0 then woken = woken + wake(queue, wkey, sub, free, now) end
+    if free > 0 then
+      local reserve = (outcome ~= 'removed' and lease > 0) and fkey or nil
+      woken = woken + wake(queue, wkey, sub, free, now, reserve, now + lease)
+    end
     if redis.call('ZCARD', wkey) == 0 then
       cancel_recheck(queue, bkey, sub)
     elseif enabled and recheck > 0 then

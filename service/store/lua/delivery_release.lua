@@ -9,7 +9,7 @@
 --   slot and the probe held for a lease; its fresh job deferred by the hold, as the safety net).
 --   Nothing parked: nothing to do (the next delivery to come becomes the probe in acquire).
 -- - Closed: the longest-parked deliveries get jobs due now, as many as there are free slots
---   (lapsed ones freed first); a recheck is ensured while some stay parked, and a pending one
+--   (lapsed ones freed first; each holds its slot for a lease until it runs); a recheck is ensured while some stay parked, and a pending one
 --   cancelled when none do.
 -- KEYS: 1 arq queue, 2 subscribers version, 3 waiting, 4 in-flight, 5 breaker
 -- ARGV: 1 now ms, 2 subscriber id, 3 enabled (1|0), 4 cap, 5 lease ms, 6 hold ms,
@@ -42,7 +42,7 @@ if open_until > 0 then
   redis.call('ZADD', fkey, now + lease, job)
   return {'probe', 0, job, unpack(delivery_fields(dkey))}
 end
-local woken = wake(queue, wkey, sub, cap - redis.call('ZCARD', fkey), now)
+local woken = wake(queue, wkey, sub, cap - redis.call('ZCARD', fkey), now, fkey, now + lease)
 if redis.call('ZCARD', wkey) > 0 then
   ensure_recheck(queue, bkey, sub, now, recheck)
 else

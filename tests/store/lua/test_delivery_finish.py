@@ -273,6 +273,7 @@ async def test_delivered_wakes_parked_deliveries(redis: aioredis.Redis) -> None:
             breaker_key(SUB): ("hash", NO_TTL),
             **woken_other(),
             QUEUE: ("zset", NO_TTL),
+            inflight_key(SUB): ("zset", NO_TTL),
             **job_entry(SUB, P2, 3),
         },
     )
@@ -324,6 +325,7 @@ async def test_failure_under_the_threshold_still_wakes_parked(redis: aioredis.Re
             breaker_key(SUB): ("hash", NO_TTL),
             **woken_other(),
             QUEUE: ("zset", NO_TTL),
+            inflight_key(SUB): ("zset", NO_TTL),
             **job_entry(SUB, P2, 3),
         },
     )
@@ -421,6 +423,7 @@ async def test_stale_finish_still_spends_its_job_and_counts_the_breaker(
             **payment_keys(),
             **line(SUB, [T1]),
             QUEUE: ("zset", NO_TTL),
+            inflight_key(SUB): ("zset", NO_TTL),
             **job_entry(SUB, T1, 3),
             breaker_key(SUB): ("hash", NO_TTL),
             attempt_log_key(SUB): ("list", NO_TTL),
@@ -545,6 +548,7 @@ async def test_successful_probe_closes_the_breaker_and_wakes(redis: aioredis.Red
             **line(SUB, [P2], PID2),
             **job_entry(SUB, P2, 1),
             QUEUE: ("zset", NO_TTL),
+            inflight_key(SUB): ("zset", NO_TTL),
             **job_entry(SUB, P2, 3),
         },
     )
@@ -603,7 +607,8 @@ async def test_lapsed_slot_of_a_dead_holder_is_freed_and_wakes_a_parked_one(
         },
     )
     assert (await zset(redis, QUEUE))[job3] == now
-    assert await zset(redis, inflight_key(SUB)) == {live: now + 60_000}
+    # The woken job holds the freed slot for a lease until it runs.
+    assert await zset(redis, inflight_key(SUB)) == {live: now + 60_000, job3: now + LEASE_MS}
 
 
 async def test_successful_probe_releases_only_the_free_slots_and_rechecks(
@@ -629,6 +634,7 @@ async def test_successful_probe_releases_only_the_free_slots_and_rechecks(
         breaker_key(SUB): ("hash", NO_TTL),
         QUEUE: ("zset", NO_TTL),
         waiting_key(SUB): ("zset", NO_TTL),
+        inflight_key(SUB): ("zset", NO_TTL),
         **wake_entry(SUB, now + 1, 11),
         **wake_entry(SUB, now + HOLD_MS, HOLD_MS),
     }
@@ -647,6 +653,10 @@ async def test_successful_probe_releases_only_the_free_slots_and_rechecks(
     }
     assert queue[wake_job_id(SUB, now + HOLD_MS)] == now + HOLD_MS
     assert (await hash_of(redis, breaker_key(SUB)))["recheck_at"] == str(now + HOLD_MS)
+    # Each woken job holds its slot for a lease until it runs: the next finish counts them.
+    assert await zset(redis, inflight_key(SUB)) == {
+        deliver_job_id(SUB, tid(pid, "pending"), 3): now + LEASE_MS for pid in others[:2]
+    }
 
 
 async def test_finish_with_a_recheck_pending_queues_no_other(redis: aioredis.Redis) -> None:
@@ -692,6 +702,7 @@ async def test_success_while_still_open_cancels_the_cycles_wake_job(
             breaker_key(SUB): ("hash", NO_TTL),
             **woken_other(),
             QUEUE: ("zset", NO_TTL),
+            inflight_key(SUB): ("zset", NO_TTL),
             **job_entry(SUB, P2, 3),
         },
     )

@@ -239,7 +239,11 @@ async def test_closed_breaker_releases_as_many_as_free_slots_and_rechecks(
     assert queue[deliver_job_id(SUB, head("pay_1"), 3)] == at
     assert queue[wake_job_id(SUB, at + RECHECK_MS)] == at + RECHECK_MS
     assert await zset(redis, waiting_key(SUB)) == {head("pay_2"): now + 1, head("pay_3"): now + 2}
-    assert await zset(redis, inflight_key(SUB)) == {live: at + 5_000}
+    # The woken job holds the free slot for a lease until it runs.
+    assert await zset(redis, inflight_key(SUB)) == {
+        live: at + 5_000,
+        deliver_job_id(SUB, head("pay_1"), 3): at + LEASE_MS,
+    }
     assert (await hash_of(redis, breaker_key(SUB)))["recheck_at"] == str(at + RECHECK_MS)
 
 
@@ -261,6 +265,7 @@ async def test_closed_breaker_releasing_every_parked_one_cancels_the_recheck(
     staged.update(job_entry(SUB, head("pay_4"), 1))
     for pid in [*PIDS, "pay_4"]:
         staged.update(job_entry(SUB, head(pid), 3))
-    await assert_keyspace(redis, staged)
+    await assert_keyspace(redis, {**staged, inflight_key(SUB): ("zset", NO_TTL)})
+    assert len(await zset(redis, inflight_key(SUB))) == 4
     assert "recheck_at" not in await hash_of(redis, breaker_key(SUB))
     assert wake_job_id(SUB, now + 50 + LEASE_MS) not in await zset(redis, QUEUE)
