@@ -103,12 +103,21 @@ async def down_jobs_queued(redis: aioredis.Redis, queue: str) -> int:
     return sum(1 for m in members if m.decode().split(":")[1:2] == [DOWN])
 
 
+async def down_jobs_due(redis: aioredis.Redis, queue: str) -> int:
+    """How many jobs of the down subscriber are due (their time has come) in the queue."""
+    seconds, micros = await redis.time()
+    now = int(seconds) * 1000 + int(micros) // 1000
+    members = await redis.zrangebyscore(queue, "-inf", now)
+    return sum(1 for m in members if m.decode().split(":")[1:2] == [DOWN])
+
+
 async def test_parked_lines_cost_a_few_jobs_per_breaker_cycle_then_arrive_in_order(
     redis_url: str, redis: aioredis.Redis
 ) -> None:
     """30 lines parked behind an open breaker cost at most a few jobs per cycle (counted as the
     worker starts them, and in the queue); the other subscriber gets its new transitions during
-    the outage; after recovery all 90 transitions arrive, in order per payment, none dead."""
+    the outage; after recovery all 90 transitions arrive, in order per payment, none dead, with
+    never more than about twice the cap of jobs due at once."""
     settings = outage_settings(redis_url)
     queue = settings.queue_name
     flaky, other = Flaky(), Recorder()
@@ -166,12 +175,19 @@ async def test_parked_lines_cost_a_few_jobs_per_breaker_cycle_then_arrive_in_ord
             print(f"jobs per breaker cycle {per_cycle}; at most {most_queued} queued")
             flaky.down = False
 
+            most_due = 0
+
             async def recovered() -> bool:
+                nonlocal most_due
+                most_due = max(most_due, await down_jobs_due(redis, queue))
                 return len(set(flaky.recorder.ids())) == PAYMENTS * len(STEPS)
 
-            await wait_for(recovered, timeout_s=120)
+            await wait_for(recovered, timeout_s=120, interval_s=0.01)
+            print(f"recovering: at most {most_due} jobs due at once")
     assert max(per_cycle) <= JOBS_PER_CYCLE_MAX, per_cycle
     assert most_queued <= JOBS_PER_CYCLE_MAX, most_queued
+    # Released at the cap's rate: the woken (each holding a slot) and the lines' next ones.
+    assert most_due <= 2 * CAP + 2, most_due
     assert still_parked >= PAYMENTS - 1  # the other's deliveries went while the lines waited
     lines = in_order(flaky.recorder)
     assert len(lines) == PAYMENTS
