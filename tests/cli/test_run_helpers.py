@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from kartahook.commands.run import PORT_OFFSETS, choose_ports, running_elsewhere
@@ -110,3 +111,36 @@ def test_summary_has_a_line_per_plan_code() -> None:
         "  plan STR: 2 payments (1 completed, 1 failed), 6 deliveries",
     ]
     assert lines[-1].startswith("  3 payments (2 completed, 1 failed), 10 deliveries")
+
+
+def _plain_bind_fails(port: int) -> bool:
+    """Whether binding ``port`` without SO_REUSEADDR fails (what a TIME_WAIT socket causes)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def test_a_port_in_time_wait_keeps_its_default() -> None:
+    """A base port whose last connection waits in TIME_WAIT (a run stopped a moment ago) is
+    not "taken": run keeps it, as uvicorn and redis-server bind it with SO_REUSEADDR."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    base = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", base))
+    served, _ = listener.accept()
+    served.close()  # the server side closes first: its end of the connection goes to TIME_WAIT
+    client.recv(1)  # the FIN arrived
+    client.close()
+    listener.close()
+    deadline = time.monotonic() + 10
+    while not _plain_bind_fails(base):  # TIME_WAIT is entered once the client's FIN is acked
+        assert time.monotonic() < deadline, "the port never went to TIME_WAIT"
+        time.sleep(0.01)
+    explicit = {name: free_port() for name in PORT_OFFSETS if name != "service"}
+    ports = choose_ports(port_args(base, **explicit))
+    assert ports["service"] == base
