@@ -13,7 +13,7 @@ from service.settings import Settings
 SECRET_ENV = "KARTAHOOK_DEMO_SUBSCRIBER_SECRET"  # noqa: S105 (a variable name, not a secret)
 
 
-def _ratio(value: str) -> float:
+def ratio(value: str) -> float:
     number = float(value)
     if not 0.0 <= number <= 1.0:
         raise argparse.ArgumentTypeError("must be between 0 and 1")
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--fail-ratio",
-        type=_ratio,
+        type=ratio,
         default=0.0,
         help="answer 500 to this share of the deliveries (0 to 1; default 0): a failing "
         "subscriber, to see retries, dead letters and the circuit breaker",

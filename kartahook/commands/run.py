@@ -67,7 +67,7 @@ WORKER_SETTLE_S = 10.0
 PLAN_SOURCES = {code: source for source, code in SOURCE_PLAN_CODES.items() if code}
 
 
-def _ratio(value: str) -> float:
+def ratio(value: str) -> float:
     number = float(value)
     if not 0.0 <= number <= 1.0:
         raise argparse.ArgumentTypeError("must be between 0 and 1")
@@ -101,13 +101,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--fail-ratio",
-        type=_ratio,
+        type=ratio,
         default=0.0,
         help="share of the sandbox's payments that end in `failed` (0 to 1; default 0)",
     )
     parser.add_argument(
         "--failing-subscriber",
-        type=_ratio,
+        type=ratio,
         nargs="?",
         const=1.0,
         default=None,
