@@ -50,7 +50,13 @@ from kartahook.commands.admin_client import (
     admin_target,
 )
 from kartahook.errors import USAGE, CliError
-from service.domain.signing import MissingHeaderError, SignatureError, decode_secret, verify
+from service.domain.signing import (
+    MissingHeaderError,
+    SignatureError,
+    decode_secret,
+    generate_secret,
+    verify,
+)
 
 RECEIVER_PATH = "/listen"
 FORWARDED_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature", "content-type")
@@ -179,6 +185,11 @@ class _Server(uvicorn.Server):
 
 def run(args: argparse.Namespace) -> int:
     forward_to = check_http_url(args.forward_to, "--forward-to")
+    if args.secret:
+        try:
+            decode_secret(args.secret)
+        except ValueError as exc:
+            raise CliError(f"bad --secret: {exc}", USAGE) from None
     url, token = admin_target(args)
     client = AdminClient(url, token)  # a malformed --admin-url fails here, before listening
     try:
@@ -230,16 +241,16 @@ async def _registered(
     serving: asyncio.Task[None],
 ) -> int:
     subscriber_id = args.id or f"listen-{secrets.token_hex(4)}"
-    body: dict[str, Any] = {"id": subscriber_id, "url": receiver_url, "events": args.events}
-    if args.secret:
-        body["secret"] = args.secret
+    # Chosen here, so the receiver verifies with it before the first delivery can arrive.
+    secret = args.secret or generate_secret()
+    receiver.use_secret(secret)
+    body = {"id": subscriber_id, "url": receiver_url, "events": args.events, "secret": secret}
     try:
-        created = await asyncio.to_thread(client.call, "POST", "/subscribers", body)
+        await asyncio.to_thread(client.call, "POST", "/subscribers", body)
     except AdminCallError as exc:
         raise AdminCallError(f"cannot register the subscriber: {exc.message}") from None
-    receiver.use_secret(str(created["secret"]))
     try:
-        _announce(args, subscriber_id, receiver_url, str(created["secret"]))
+        _announce(args, subscriber_id, receiver_url, secret)
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({stopper, serving}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()

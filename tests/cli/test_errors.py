@@ -133,6 +133,11 @@ CASES: dict[str, Case] = {
         2,
         "bad --admin-url",
     ),
+    "listen: bad --secret": Case(
+        ["listen", "--forward-to", "http://127.0.0.1:9/x", "--secret", "whsec_not base64!"],
+        2,
+        "bad --secret",
+    ),
     "listen: admin API unreachable": Case(
         ["listen", "--forward-to", "http://127.0.0.1:9/x", "--admin-url", REFUSED],
         1,
