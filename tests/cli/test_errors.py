@@ -329,3 +329,24 @@ def test_interrupt_exits_130_quietly(
     monkeypatch.setattr(status_command, "run", interrupted)
     assert cli_main(["status"]) == 130
     assert capsys.readouterr().err == ""
+
+
+async def test_trigger_that_is_never_recorded_times_out_with_one_line(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """trigger against a sandbox whose webhooks reach no kartahook: the payment is created and
+    its id printed, and after --timeout one line says it was not recorded (exit 1)."""
+    from sandbox.kartapay_api import SandboxConfig, create_app
+
+    async with serve_app(create_app(SandboxConfig(step_delay_s=0.05))) as sandbox_url:
+        argv = ["trigger", "failed", "--timeout", "1", "--kartapay-url", sandbox_url]
+        code, out, err = await run_cli([*argv, "--redis-url", redis_url], kartahook_env(), tmp_path)
+    assert code == 1, err
+    [printed] = out.splitlines()
+    payment_id = printed.split()[1].rstrip(":")
+    assert printed.endswith("planned outcome failed")
+    [line] = err.splitlines()
+    assert line == (
+        f"kartahook trigger: payment {payment_id}: failed not recorded after 1 s (last "
+        "recorded: nothing); is a worker running? (`kartahook status`)"
+    )
