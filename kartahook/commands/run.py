@@ -197,7 +197,7 @@ def describe(stack: Stack) -> list[str]:
         rows.append(
             ("sandbox", stack.sandbox_url, f"KartaPay API; sends {stack.webhooks} webhooks")
         )
-    lines = [f"  {name:<16} {where:<40} {what}" for name, where, what in rows]
+    lines = [f"  {name:<18} {where:<40} {what}" for name, where, what in rows]
     if "service" in pids:
         lines.append(f"  sources ({stack.var_dir / 'sources.yaml'}):")
         for source, code in SOURCE_PLAN_CODES.items():
