@@ -185,7 +185,7 @@ class DeliveryAdmin:
             DEAD_ALL_KEY,
             dead_key(subscriber_id),
         ]
-        args = [now_ms, subscriber_id, transition_id, ",".join(states)]
+        args: list[str | int] = [now_ms, subscriber_id, transition_id, ",".join(states)]
         result, job_id = await REPLAY(self.redis, keys, args)
         return _decoded(result), _decoded(job_id)
 

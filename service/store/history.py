@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,18 +38,22 @@ from service.store.layout import (
     CONVERGE,
     CONVERGENCE_SOURCE,
     DEAD_ALL,
+    EVENT_DLQ_INDEX,
     HISTORY_PAYMENTS,
     STUCK,
     arq_job_key,
     attempt_log_key,
+    breaker_key,
     dead_key,
     dedupe_key,
     delivery_key,
     event_job_id,
     history_timeline_key,
+    inflight_key,
     parse_dead_member,
     payment_state_key,
     raw_event_key,
+    waiting_key,
 )
 
 # Every status, by its one-character code in a packed run (its index here).
@@ -500,3 +504,96 @@ class HistoryStore:
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             return None
         return str(payment_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[Any]
+    next_cursor: str | None
+
+
+async def walk_index(
+    store: HistoryStore,
+    expand: Callable[[list[str]], Awaitable[list[list[Any]]]],
+    limit: int,
+    cursor: str | None,
+    since_ms: int | None = None,
+) -> Page:
+    """A page of items over the payments index, newest payment first: ``expand`` gives each
+    payment's (already filtered) items in their order. The cursor is (last ms, payment id,
+    items of that payment already shown); at most :data:`SCAN_BUDGET` payments are walked per
+    page, so a page may be short and still have a cursor."""
+    items: list[Any] = []
+    after: tuple[int, str] | None = None
+    if cursor is not None:
+        ms, pid, skip = decode_cursor(cursor, (int, str, int))
+        first = (await expand([pid]))[0]
+        for n, item in enumerate(first[skip:], start=skip):
+            if len(items) == limit:
+                return Page(items, encode_cursor([ms, pid, n]))
+            items.append(item)
+        after = (ms, pid)
+        if len(items) == limit:
+            return Page(items, encode_cursor([ms, pid, len(first)]))
+    walked = 0
+    while walked < SCAN_BUDGET:
+        chunk = await store.page_payments(after, since_ms, CHUNK)
+        if not chunk:
+            return Page(items, None)
+        walked += len(chunk)
+        expanded = await expand([p.payment_id for p in chunk])
+        for payment, found in zip(chunk, expanded, strict=True):
+            for n, item in enumerate(found):
+                if len(items) == limit:
+                    return Page(items, encode_cursor([payment.last_ms, payment.payment_id, n]))
+                items.append(item)
+            after = (payment.last_ms, payment.payment_id)
+        if len(chunk) < CHUNK:
+            return Page(items, None)
+    assert after is not None
+    return Page(items, encode_cursor([after[0], after[1], 1_000_000]))
+
+
+async def overview_counts(redis: aioredis.Redis, queue_name: str) -> dict[str, int]:
+    """Backlog, dead letters (deliveries, events) and stuck payments."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcard(queue_name)
+        pipe.zcard(DEAD_ALL)
+        pipe.zcard(EVENT_DLQ_INDEX)
+        pipe.zcard(STUCK)
+        backlog, dead, event_dead, stuck = await pipe.execute()
+    return {
+        "backlog": int(backlog),
+        "dead_letters": int(dead),
+        "event_dead_letters": int(event_dead),
+        "stuck": int(stuck),
+    }
+
+
+async def subscriber_health(
+    redis: aioredis.Redis, subscriber_ids: Sequence[str], now_ms: int
+) -> list[dict[str, Any]]:
+    """Breaker, slots in flight, parked and dead deliveries of each subscriber."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for sub in subscriber_ids:
+            pipe.hget(breaker_key(sub), "open_until")
+            pipe.zcount(inflight_key(sub), now_ms, "+inf")
+            pipe.zcard(waiting_key(sub))
+            pipe.zcard(dead_key(sub))
+        rows = await pipe.execute()
+    health = []
+    for i, sub in enumerate(subscriber_ids):
+        open_until, inflight, waiting, dead = rows[4 * i : 4 * i + 4]
+        until = _int(open_until) or 0
+        breaker = "closed" if until == 0 else "open" if until > now_ms else "half-open"
+        health.append(
+            {
+                "id": sub,
+                "breaker": breaker,
+                "open_until_ms": until or None,
+                "inflight": int(inflight),
+                "waiting": int(waiting),
+                "dead_letters": int(dead),
+            }
+        )
+    return health
