@@ -37,6 +37,7 @@ import redis.asyncio as aioredis
 
 from service.domain.events import EventHint, transition_id
 from service.domain.lifecycle import FINAL, MAIN_LINE, TERMINAL
+from service.errors import KartahookError
 from service.store.jobs import deserialize
 from service.store.layout import (
     CONVERGE,
@@ -275,8 +276,8 @@ class Delivery:
         }
 
 
-class BadCursor(ValueError):
-    """A cursor this store did not write."""
+class BadCursor(KartahookError, ValueError):
+    """A list cursor this store did not write (the admin API answers 400)."""
 
 
 def encode_cursor(parts: Sequence[Any]) -> str:
