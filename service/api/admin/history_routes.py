@@ -430,12 +430,16 @@ async def test_subscriber(request: Request) -> Response:
     started = time.perf_counter()
     status: int | None = None
     error: str | None = None
+    headers: dict[str, str] = {}
     try:
-        check_subscriber(found, res.settings.subscriber_allowlist)
-        await check_target_resolved(found.url, await forbidden_targets(res.settings, res.redis))
+        forbidden = await forbidden_targets(res.settings, res.redis)
+        check_subscriber(found, res.settings.subscriber_allowlist, forbidden)
+        await check_target_resolved(found.url, forbidden)
         headers = signed_headers(found, msg_id, body, now_ms())
         timeout = res.settings.delivery_timeout_s
-        async with httpx.AsyncClient(follow_redirects=False, timeout=timeout) as http:
+        async with httpx.AsyncClient(
+            follow_redirects=False, timeout=timeout, trust_env=False
+        ) as http:
             answer = await http.post(found.url, content=body, headers=headers)
         status = answer.status_code
     except SubscriberError as exc:
@@ -443,7 +447,7 @@ async def test_subscriber(request: Request) -> Response:
     except httpx.TimeoutException:
         error = "timeout"
     except (httpx.HTTPError, OSError, ValueError) as exc:
-        error = f"{type(exc).__name__}: {exc}"[:300] if str(exc) else type(exc).__name__
+        error = _masked(exc, {**found.headers, **headers})
     duration = int((time.perf_counter() - started) * 1000)
     delivered = status is not None and 200 <= status < 300
     log.info(
@@ -457,6 +461,16 @@ async def test_subscriber(request: Request) -> Response:
         m.SubscriberTestResult,
         {"delivered": delivered, "status": status, "error": error, "duration_ms": duration},
     )
+
+
+def _masked(exc: BaseException, headers: dict[str, str]) -> str:
+    """``exc`` as one line of at most 300 characters, no header value in it (an HTTP client's
+    message may quote a value it refused: a token, a signature)."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    for value in headers.values():
+        if len(value) >= 3:
+            text = text.replace(value, "***")
+    return " ".join(text.split())[:300]
 
 
 def history_routes() -> list[ApiRoute]:
