@@ -1,6 +1,7 @@
 """The admin API's history (issue 13): overview, events, payments, deliveries and resends
 (secret rotation and test events: :mod:`service.api.admin.subscriber_routes`). Every list is a
-page ``{"items", "next_cursor"}`` (``limit`` 1..500, ``cursor``); times are epoch ms. Reads and writes go through :mod:`service.store.history` (and
+page ``{"items", "next_cursor"}`` (``limit`` 1..500, ``cursor``); times are epoch ms. Reads
+and writes go through :mod:`service.store.history` (and
 :class:`service.store.deliveries.DeliveryAdmin` for resends, the one replay path).
 
 Errors beyond the admin API's own: 400 ``invalid_query`` / ``invalid_body``; 404
