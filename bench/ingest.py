@@ -473,7 +473,7 @@ def write_sections(text: str) -> None:
         path.write_text(replace_section(current, title + text))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__)
     parser.add_argument("--duration", type=float, default=12.0, help="seconds per target")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per target")
@@ -518,7 +518,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the logs and request files")
     parser.add_argument("--serve", choices=["bare", "real"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.serve:
         serve_target(args.serve, args.port)
         return 0
