@@ -456,10 +456,19 @@ def section(results: dict[str, dict[str, Any]], load: tuple[float, float]) -> st
     """The markdown this run writes into ``bench/results.md`` and ``docs/benchmarks.md``."""
     return "\n".join(
         [
-            f"Latest `python -m bench.ingest`: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-            f", {os.cpu_count()} CPUs shared with other work, load average (1 min) "
-            f"{load[0]:.1f} at the start and {load[1]:.1f} at the end.",
+            "Latest `python -m bench.ingest`, finished "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs shared "
+            f"with other work, load average (1 min) {load[0]:.1f} at the start and "
+            f"{load[1]:.1f} at the end.",
             *source_table(results),
+            "",
+            "Every saturated round, req/s (the spread is the machine's): "
+            + "; ".join(
+                f"{'kartapay' if target == 'real' else target} "
+                + " / ".join(f"{run['rps']:.0f}" for run in stats["rounds"])
+                for target, stats in results.items()
+            )
+            + ".",
         ]
     )
 
