@@ -683,7 +683,7 @@
     const form = h(
       "form",
       { id: "add-subscriber", class: "stacked", "aria-label": "Add a subscriber" },
-      h("div", { class: "field" }, h("label", { for: "new-id" }, "Id"), h("input", { id: "new-id", name: "id", required: true, pattern: "[A-Za-z0-9_.-]+", autocomplete: "off" })),
+      h("div", { class: "field" }, h("label", { for: "new-id" }, "Id"), h("input", { id: "new-id", name: "id", required: true, pattern: "[A-Za-z0-9][A-Za-z0-9_.\\-]*", maxlength: 64, autocomplete: "off" })),
       h("div", { class: "field wide" }, h("label", { for: "new-url" }, "URL"), h("input", { id: "new-url", name: "url", type: "url", required: true, autocomplete: "off" })),
       h("div", { class: "field" }, h("label", { for: "new-events" }, "Events (comma-separated)"), h("input", { id: "new-events", name: "events", value: "payment.*", autocomplete: "off" })),
       h("div", { class: "field" }, h("label", { for: "new-channels" }, "Channels (optional)"), h("input", { id: "new-channels", name: "channels", autocomplete: "off" })),
@@ -874,7 +874,11 @@
     $("signin-form").addEventListener("submit", signIn);
     $("sign-out").addEventListener("click", () => signOut("Signed out."));
     $("refresh-now").addEventListener("click", () => render(false));
-    window.addEventListener("hashchange", () => render(true));
+    window.addEventListener("hashchange", () => {
+      // Confirmations belong to the view they were made in; secrets and errors stay.
+      for (const done of document.querySelectorAll("#flash .message-ok")) done.remove();
+      render(true);
+    });
     // A form the operator typed into is "dirty": no refresh replaces it until it is sent.
     document.addEventListener("input", (event) => {
       const form = event.target.closest && event.target.closest("#view form");
