@@ -17,14 +17,19 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from kartahook.stack import DemoSubscriber, Stack, Subscriber, isolated_env
+from service.api.app import create_admin_app
+from service.domain.subscribers import Subscriber as StoredSubscriber
 from service.kartapay import KartaPayClient
+from service.settings import Settings
 from service.store.server import free_port
+from service.store.subscribers import SubscriberStore
 from tests.e2e.conftest import running
 from tests.support import serve_app, wait_for
 
@@ -66,6 +71,19 @@ class Flaky:
             return JSONResponse({"status": self.status}, status_code=self.status)
 
         return Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+
+
+def watch(page: Any) -> list[str]:
+    """Uncaught script errors and CSP violations of ``page``, collected as they happen."""
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+
+    def on_console(message: Any) -> None:
+        if message.type == "error" and "Content Security Policy" in message.text:
+            problems.append(message.text)
+
+    page.on("console", on_console)
+    return problems
 
 
 @pytest.fixture
@@ -147,8 +165,7 @@ async def test_operator_uses_the_console_in_a_real_browser(
         try:
             page = await browser.new_page(viewport={"width": 1280, "height": 900})
             page.set_default_timeout(UI_TIMEOUT_MS)
-            problems: list[str] = []
-            page.on("pageerror", lambda exc: problems.append(str(exc)))
+            problems = watch(page)
             await page.goto(console_stack.admin_url + "/console")
 
             # Sign in: a wrong token first.
@@ -212,3 +229,52 @@ async def test_operator_uses_the_console_in_a_real_browser(
             headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
         )
     assert shown.json()["enabled"] is False
+
+
+async def test_console_refreshes_itself_pauses_while_editing_and_shows_data_as_text(
+    redis_url: str,
+) -> None:
+    """A subscriber added behind the page's back shows up without a reload; while a form field
+    is being typed in, the refresh pauses and the typed text stays; markup in server data is
+    shown as text, never turned into elements."""
+    executable = chromium_path()
+    expect = playwright_api.expect
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+    client = aioredis.from_url(redis_url)
+    store = SubscriberStore(client)
+    hostile = '<img src=x id=injected onerror="document.title=1">'
+    await store.put(
+        StoredSubscriber(
+            id="crm", url="http://127.0.0.1:9/h", enabled=False, disabled_reason=hostile
+        )
+    )
+    settings = Settings(redis_url=redis_url, admin_token=ADMIN_TOKEN)
+    async with (
+        serve_app(create_admin_app(settings)) as admin,
+        playwright_api.async_playwright() as pw,
+    ):
+        browser = await pw.chromium.launch(executable_path=executable, headless=True)
+        try:
+            page = await browser.new_page()
+            page.set_default_timeout(UI_TIMEOUT_MS)
+            problems = watch(page)
+            await page.goto(admin + "/console#/subscribers")
+            await page.get_by_label("Admin token").fill(ADMIN_TOKEN)
+            await page.get_by_role("button", name="Sign in").click()
+            await expect(page.locator("#state-crm")).to_contain_text(hostile)
+            assert await page.locator("#injected").count() == 0
+
+            await store.put(StoredSubscriber(id="late", url="http://127.0.0.1:9/late"))
+            await expect(page.locator("#state-late")).to_contain_text("enabled")
+
+            await page.get_by_label("Id", exact=True).fill("half-typed")
+            await expect(page.locator("#refresh-status")).to_contain_text("paused")
+            await store.remove("late")
+            await page.get_by_role("button", name="Refresh now").click()
+            await expect(page.locator("#state-late")).to_have_count(0)
+            await expect(page.get_by_label("Id", exact=True)).to_have_value("half-typed")
+            assert await page.title() == "kartahook console"
+            assert problems == []
+        finally:
+            await browser.close()
+            await client.aclose()

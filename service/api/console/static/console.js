@@ -782,6 +782,7 @@
     markNav(r.nav);
     const focused = document.activeElement && view.contains(document.activeElement) ? document.activeElement.getAttribute("data-key") : null;
     const scroll = window.scrollY;
+    const typed = navigated ? [] : typedValues(view);
     let content;
     try {
       content = await r.render();
@@ -794,6 +795,7 @@
     }
     const fresh = h("div", { id: "view" }, content);
     view.replaceWith(fresh);
+    restoreTyped(fresh, typed);
     state.rendering = false;
     state.lastUpdate = new Date();
     status();
@@ -809,6 +811,28 @@
         if (again) again.focus();
       }
       window.scrollTo(0, scroll);
+    }
+  }
+
+  // What the operator typed into the forms of `view` ([form id, field id, value]), so that a
+  // refresh (or an action elsewhere on the page) never erases it.
+  function typedValues(view) {
+    const typed = [];
+    for (const form of view.querySelectorAll("form[data-dirty]")) {
+      // getAttribute: form.id would be the form's field named "id" (the add-subscriber form).
+      const formId = form.getAttribute("id");
+      for (const field of form.querySelectorAll("input[id], select[id]")) typed.push([formId, field.getAttribute("id"), field.value]);
+    }
+    return typed;
+  }
+
+  function restoreTyped(fresh, typed) {
+    for (const [formId, fieldId, value] of typed) {
+      const form = fresh.querySelector("#" + CSS.escape(formId));
+      const field = form && form.querySelector("#" + CSS.escape(fieldId));
+      if (!field) continue;
+      field.value = value;
+      form.dataset.dirty = "1";
     }
   }
 
