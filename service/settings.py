@@ -125,6 +125,15 @@ class Settings(BaseSettings):
     delivery_attempt_log_size: int = Field(500, ge=1)
     delivery_done_ttl_s: int = Field(7 * 24 * 3600, gt=0)
 
+    # History (admin API and console): written by the processing job (docs/operations.md)
+    history_ttl_s: int = Field(
+        7 * 24 * 3600, gt=0, description="How long a payment's timeline is kept after its last run."
+    )
+    history_timeline_max: int = Field(64, ge=1, description="Processing runs kept per payment.")
+    history_index_max: int = Field(
+        200_000, ge=1, description="Payments the events and deliveries lists can walk, at most."
+    )
+
     @property
     def lease_ms(self) -> int:
         """:attr:`worker_lease_s` in milliseconds: how long a worker's hold on a job (arq's

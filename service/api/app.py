@@ -32,6 +32,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.admin.event_routes import event_dead_letter_routes
+from service.api.admin.history_routes import history_routes
 from service.api.admin.routes import admin_app, api_error_response
 from service.api.console import console_routes
 from service.api.health import healthz, readyz
@@ -150,6 +151,11 @@ def create_app(settings: Settings, sources: Mapping[str, Source] | None = None) 
     return trusted_proxy_headers(front, settings.trusted_proxies)
 
 
+def admin_extra_routes() -> list[BaseRoute]:
+    """The admin routes beyond ``service.api.admin.routes``' own: event dead letters, history."""
+    return [*event_dead_letter_routes(), *history_routes()]
+
+
 def create_admin_app(settings: Settings, *, lifespan: bool = True) -> ASGIApp:
     """The admin listener's ASGI app: ``/admin/…`` (Bearer ``KARTAHOOK_ADMIN_TOKEN``), the
     console (``/console``; its page signs in with that token), ``/metrics`` and the probes.
@@ -158,7 +164,7 @@ def create_admin_app(settings: Settings, *, lifespan: bool = True) -> ASGIApp:
     routes = [
         *_probe_routes(),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
-        Mount("/admin", app=admin_app(event_dead_letter_routes())),
+        Mount("/admin", app=admin_app(admin_extra_routes())),
         *console_routes(),
     ]
     app = _starlette(settings, routes, {} if lifespan else None)

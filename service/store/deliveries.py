@@ -50,6 +50,14 @@ from service.store.scripts import Script
 REPLAY = Script.load("delivery_replay")
 WAKE = Script.load("delivery_wake")
 
+# The states a dead-letter replay and a resend take a delivery from (pending ones are sent anyway).
+REPLAYABLE = ("dead",)
+RESENDABLE = ("dead", "delivered", "dropped")
+
+
+def _decoded(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
@@ -158,14 +166,28 @@ class DeliveryAdmin:
 
     async def replay(self, subscriber_id: str, transition_id: str, now_ms: int) -> str:
         """Queue a dead letter again, same webhook-id: 'ok', 'missing' or 'not_dead'."""
+        result, _ = await self.resend(subscriber_id, transition_id, now_ms, REPLAYABLE)
+        return result
+
+    async def resend(
+        self,
+        subscriber_id: str,
+        transition_id: str,
+        now_ms: int,
+        states: tuple[str, ...] = RESENDABLE,
+    ) -> tuple[str, str]:
+        """Queue a delivery in one of ``states`` again, same webhook-id, at its place in its
+        line: ('ok', job id of its attempt when it became the line's head, else ''), or
+        ('missing' | 'not_dead' (another state) | 'no_body' (past retention), '')."""
         keys = [
             self.queue_name,
             delivery_key(subscriber_id, transition_id),
             DEAD_ALL_KEY,
             dead_key(subscriber_id),
         ]
-        result = await REPLAY(self.redis, keys, [now_ms, subscriber_id, transition_id])
-        return result.decode() if isinstance(result, bytes) else str(result)
+        args: list[str | int] = [now_ms, subscriber_id, transition_id, ",".join(states)]
+        result, job_id = await REPLAY(self.redis, keys, args)
+        return _decoded(result), _decoded(job_id)
 
     async def replay_many(
         self, subscriber_id: str | None, since_ms: int | None, now_ms: int

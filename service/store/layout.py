@@ -87,6 +87,12 @@ STUCK = KEY_PREFIX + "stuck"
 EVENT_DLQ_ENTRIES = KEY_PREFIX + "dlq:events"
 EVENT_DLQ_INDEX = KEY_PREFIX + "dlq:events:index"
 
+# History (docs/decisions/history.md): written by the processing job, off the ingestion path.
+# A payment's timeline: one packed entry per processing run of a hint (service.store.history).
+HISTORY_TIMELINE = KEY_PREFIX + "h:p:{payment_id}"
+# Payments with history, by the time of their last processing run (ms); capped and aged out.
+HISTORY_PAYMENTS = KEY_PREFIX + "h:payments"
+
 # ---- job-id formats ----------------------------------------------------------------------------
 
 EVENT_JOB_ID = "evt:{digest}"
@@ -140,6 +146,8 @@ KEY_PATTERNS: tuple[KeyPattern, ...] = (
     KeyPattern(STUCK, "zset", "none (capped: converge_stuck_max)"),
     KeyPattern(EVENT_DLQ_ENTRIES, "hash", "none"),
     KeyPattern(EVENT_DLQ_INDEX, "zset", "none"),
+    KeyPattern(HISTORY_TIMELINE, "list", "history_ttl_s (capped: history_timeline_max)"),
+    KeyPattern(HISTORY_PAYMENTS, "zset", "none (capped: history_index_max; aged: history_ttl_s)"),
 )
 
 
@@ -229,6 +237,10 @@ def dead_key(subscriber_id: str) -> str:
 
 def attempt_log_key(subscriber_id: str) -> str:
     return ATTEMPT_LOG.format(sub=subscriber_id)
+
+
+def history_timeline_key(payment_id: str) -> str:
+    return HISTORY_TIMELINE.format(payment_id=payment_id)
 
 
 # ---- job ids -----------------------------------------------------------------------------------

@@ -57,6 +57,8 @@ class Outcome:
     retry_in_s: float | None = None
     deliveries: tuple[StartedDelivery, ...] = ()
     """The deliveries created and started for this run to send at once."""
+    fetched: str | None = None
+    """The payment status its last fetch found (None: no fetch answered)."""
 
 
 class _GiveUp(Exception):
@@ -149,11 +151,13 @@ class EventProcessor:
         fetches = 0
         emitted: list[str] = []
         deliveries: list[StartedDelivery] = []
+        fetched: str | None = None
         try:
             async with asyncio.timeout(self._timeout_s):
                 while True:
                     fetches += 1
                     record = await self._fetch(hint.payment_id)
+                    fetched = None if record.status is None else str(record.status.value)
                     inline = self._inline.enabled and time.monotonic() < inline_until
                     hold_ms = self._inline.hold() if inline else 0
                     result, statuses = await self._record(hint, token, record, hold_ms)
@@ -167,11 +171,19 @@ class EventProcessor:
                     if result.fetch_again and lock is not None and lock.lost:
                         # The lock lapsed and another run holds the payment: it fetches again.
                         return Outcome(
-                            "lease_lost", tuple(emitted), fetches, deliveries=tuple(deliveries)
+                            "lease_lost",
+                            tuple(emitted),
+                            fetches,
+                            deliveries=tuple(deliveries),
+                            fetched=fetched,
                         )
                     if not result.fetch_again:
                         return Outcome(
-                            "processed", tuple(emitted), fetches, deliveries=tuple(deliveries)
+                            "processed",
+                            tuple(emitted),
+                            fetches,
+                            deliveries=tuple(deliveries),
+                            fetched=fetched,
                         )
         except (errors.KartaPayError, UnknownStatusError, TimeoutError) as exc:
             await self._store.release_for_retry(hint.payment_id, token)
@@ -185,6 +197,7 @@ class EventProcessor:
                     fetches,
                     give_up.reason,
                     deliveries=tuple(deliveries),
+                    fetched=fetched,
                 )
             await self._schedule(replace(hint, attempt=hint.attempt + 1), delay)
             return Outcome(
@@ -194,6 +207,7 @@ class EventProcessor:
                 _describe(exc),
                 round(delay, 3),
                 deliveries=tuple(deliveries),
+                fetched=fetched,
             )
 
     async def _fetch(self, payment_id: str) -> PaymentRecord:

@@ -1,0 +1,599 @@
+"""History in Redis: every read and write behind the admin API's events, payments and deliveries.
+
+Written by the processing job (``workers/processing/job.py``) after each run of a hint, never by
+ingestion (its hot path writes nothing more than before). Read by the admin API
+(``service/api/admin/history_routes.py``). Decision and budget: ``docs/decisions/history.md``.
+
+Keys (:mod:`service.store.layout`):
+
+- ``HISTORY_TIMELINE`` ``{payment_id}``: list, one packed entry per processing run of a hint for
+  that payment (:class:`Run`), oldest first; capped at ``history_timeline_max`` entries, TTL
+  ``history_ttl_s`` from the last run.
+- ``HISTORY_PAYMENTS``: zset, payment id by the time of its last run (ms); capped at
+  ``history_index_max`` members and aged out after ``history_ttl_s``: what the events and
+  deliveries lists walk, newest first.
+- The event's ``DEDUPE`` key gets the payment id as its value (``SET XX KEEPTTL``, same
+  lifetime, no new key): how ``GET /admin/events/{source}/{id}`` finds the payment of an event.
+
+Everything else history shows is read where it already is: the payment's recorded state, the
+convergence sets, the raw archive (an event's headers and body while retained), the delivery
+hashes (only the fields in :data:`DELIVERY_FIELDS`) and the subscribers' attempt logs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from service.domain.events import EventHint, transition_id
+from service.domain.lifecycle import FINAL, MAIN_LINE, TERMINAL
+from service.store.jobs import deserialize
+from service.store.layout import (
+    CONVERGE,
+    CONVERGENCE_SOURCE,
+    DEAD_ALL,
+    EVENT_DLQ_INDEX,
+    HISTORY_PAYMENTS,
+    STUCK,
+    arq_job_key,
+    attempt_log_key,
+    breaker_key,
+    dead_key,
+    dedupe_key,
+    delivery_key,
+    event_job_id,
+    history_timeline_key,
+    inflight_key,
+    parse_dead_member,
+    payment_state_key,
+    raw_event_key,
+    waiting_key,
+)
+
+# Every status, by its one-character code in a packed run (its index here).
+STATUSES: tuple[str, ...] = (*MAIN_LINE, *TERMINAL)
+_STATUS_CODE = {status: str(i) for i, status in enumerate(STATUSES)}
+# The statuses a transition (and so a delivery) can have: every one but init.
+EMITTED_STATUSES: tuple[str, ...] = tuple(s for s in STATUSES if s != MAIN_LINE[0])
+# A processing run's outcome (``workers.processing.processor.Outcome.outcome``), one character.
+OUTCOMES: dict[str, str] = {
+    "processed": "p",
+    "coalesced": "c",
+    "retry": "r",
+    "dead_lettered": "d",
+    "lease_lost": "l",
+}
+_OUTCOME_NAME = {code: name for name, code in OUTCOMES.items()}
+SEP = "\x1f"
+# The source of convergence checks, packed as one character (their event id is not kept).
+_CONVERGENCE = "~"
+
+# The fields of a delivery hash history reads (and nothing else: the body is not among them).
+DELIVERY_FIELDS: tuple[str, ...] = (
+    "sub",
+    "tid",
+    "payment_id",
+    "seq",
+    "type",
+    "state",
+    "attempts",
+    "last_status",
+    "last_error",
+    "last_ms",
+    "created_ms",
+    "delivered_ms",
+    "dead_ms",
+)
+# How many payments one list request walks at most (a page may then be short, with a cursor).
+SCAN_BUDGET = 2_000
+CHUNK = 100
+
+
+def _b36(value: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    if value <= 0:
+        return "0"
+    out = []
+    while value:
+        value, rest = divmod(value, 36)
+        out.append(digits[rest])
+    return "".join(reversed(out))
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One processing run of one hint, as packed in a payment's timeline."""
+
+    received_ms: int
+    at_ms: int
+    """When the run ended (its fetch and record)."""
+    source: str
+    event_id: str
+    fetched: str | None
+    """The status the fetch found (None: no fetch answered, or the run coalesced)."""
+    outcome: str
+    emitted: tuple[str, ...]
+    """The transitions it recorded, in lifecycle order."""
+
+    def pack(self) -> str:
+        convergence = self.source == CONVERGENCE_SOURCE
+        return SEP.join(
+            (
+                _b36(self.received_ms),
+                _b36(max(0, self.at_ms - self.received_ms)),
+                _CONVERGENCE if convergence else self.source,
+                "" if self.fetched is None else _STATUS_CODE.get(self.fetched, ""),
+                OUTCOMES.get(self.outcome, "?"),
+                "".join(_STATUS_CODE[s] for s in self.emitted if s in _STATUS_CODE),
+                "" if convergence else self.event_id,
+            )
+        )
+
+    @classmethod
+    def unpack(cls, raw: bytes | str) -> Run | None:
+        text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+        parts = text.split(SEP, 6)
+        if len(parts) != 7:
+            return None
+        received, delta, source, fetched, outcome, emitted, event_id = parts
+        try:
+            received_ms = int(received, 36)
+            at_ms = received_ms + int(delta, 36)
+            codes = [STATUSES[int(c)] for c in emitted]
+            status = STATUSES[int(fetched)] if fetched else None
+        except (ValueError, IndexError):
+            return None
+        return cls(
+            received_ms,
+            at_ms,
+            CONVERGENCE_SOURCE if source == _CONVERGENCE else source,
+            event_id,
+            status,
+            _OUTCOME_NAME.get(outcome, "unknown"),
+            tuple(codes),
+        )
+
+    @property
+    def is_convergence(self) -> bool:
+        return self.source == CONVERGENCE_SOURCE
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An inbound event as history knows it: the latest run of it decides its status."""
+
+    source: str
+    event_id: str
+    payment_id: str
+    received_ms: int
+    status: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "event_id": self.event_id,
+            "payment_id": self.payment_id,
+            "received_ms": self.received_ms,
+            "status": self.status,
+        }
+
+
+def events_of(payment_id: str, runs: Sequence[Run]) -> list[Event]:
+    """The inbound events of a payment's runs (convergence checks are not events), newest
+    first; an event run several times (retries) is listed once, with its last outcome."""
+    latest: dict[tuple[str, str], Run] = {}
+    for run in runs:
+        if not run.is_convergence:
+            latest[(run.source, run.event_id)] = run
+    events = [
+        Event(src, eid, payment_id, run.received_ms, run.outcome)
+        for (src, eid), run in latest.items()
+    ]
+    return sorted(events, key=lambda e: (e.received_ms, e.source, e.event_id), reverse=True)
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode(errors="replace")
+
+
+def _int(value: bytes | None) -> int | None:
+    if value is None or value == b"":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A delivery's summary, read from its hash (:data:`DELIVERY_FIELDS` only)."""
+
+    subscriber: str
+    webhook_id: str
+    payment_id: str
+    seq: int
+    type: str
+    state: str
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    created_ms: int | None
+    last_ms: int | None
+    delivered_ms: int | None
+    dead_ms: int | None
+
+    @classmethod
+    def from_fields(cls, values: Sequence[bytes | None]) -> Delivery | None:
+        row = dict(zip(DELIVERY_FIELDS, values, strict=True))
+        if row["state"] is None or row["sub"] is None or row["tid"] is None:
+            return None
+        return cls(
+            subscriber=_text(row["sub"]) or "",
+            webhook_id=_text(row["tid"]) or "",
+            payment_id=_text(row["payment_id"]) or "",
+            seq=_int(row["seq"]) or 0,
+            type=_text(row["type"]) or "",
+            state=_text(row["state"]) or "",
+            attempts=_int(row["attempts"]) or 0,
+            last_status=_int(row["last_status"]),
+            last_error=_text(row["last_error"]) or None,
+            created_ms=_int(row["created_ms"]),
+            last_ms=_int(row["last_ms"]),
+            delivered_ms=_int(row["delivered_ms"]),
+            dead_ms=_int(row["dead_ms"]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "subscriber": self.subscriber,
+            "webhook_id": self.webhook_id,
+            "payment_id": self.payment_id,
+            "type": self.type,
+            "state": self.state,
+            "attempts": self.attempts,
+            "last_status": self.last_status,
+            "last_error": self.last_error,
+            "created_ms": self.created_ms,
+            "last_ms": self.last_ms,
+            "delivered_ms": self.delivered_ms,
+        }
+
+
+class BadCursor(ValueError):
+    """A cursor this store did not write."""
+
+
+def encode_cursor(parts: Sequence[Any]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(list(parts))).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, shape: Sequence[type]) -> list[Any]:
+    """The parts of a cursor, each of the type in ``shape``; :class:`BadCursor` otherwise."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        parts = orjson.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    except (ValueError, UnicodeEncodeError, binascii.Error, orjson.JSONDecodeError):
+        raise BadCursor("the cursor is not one this API gave") from None
+    if not isinstance(parts, list) or len(parts) != len(shape):
+        raise BadCursor("the cursor is not one this API gave")
+    for part, kind in zip(parts, shape, strict=True):
+        if not isinstance(part, kind) or isinstance(part, bool):
+            raise BadCursor("the cursor is not one this API gave")
+    return parts
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedPayment:
+    payment_id: str
+    last_ms: int
+
+
+class HistoryStore:
+    """History's one door to Redis: the processing job's writes and the admin API's reads."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        ttl_s: int = 7 * 86_400,
+        timeline_max: int = 64,
+        index_max: int = 200_000,
+    ) -> None:
+        self.redis = redis
+        self.ttl_s = ttl_s
+        self.timeline_max = timeline_max
+        self.index_max = index_max
+
+    @classmethod
+    def from_settings(cls, redis: aioredis.Redis, settings: Any) -> HistoryStore:
+        return cls(
+            redis, settings.history_ttl_s, settings.history_timeline_max, settings.history_index_max
+        )
+
+    # ---- writes (the processing job) ---------------------------------------------------------
+
+    async def record_run(self, hint: EventHint, run: Run, now_ms: int) -> None:
+        """Append ``run`` to its payment's timeline, move the payment to the top of the index
+        (capped, aged out) and note the event's payment on its dedupe key. One round trip."""
+        key = history_timeline_key(hint.payment_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.rpush(key, run.pack())
+            pipe.ltrim(key, -self.timeline_max, -1)
+            pipe.expire(key, self.ttl_s)
+            pipe.zadd(HISTORY_PAYMENTS, {hint.payment_id: now_ms})
+            pipe.zremrangebyrank(HISTORY_PAYMENTS, 0, -self.index_max - 1)
+            pipe.zremrangebyscore(HISTORY_PAYMENTS, "-inf", now_ms - self.ttl_s * 1000)
+            if hint.source != CONVERGENCE_SOURCE:
+                pipe.set(
+                    dedupe_key(hint.source, hint.event_id), hint.payment_id, xx=True, keepttl=True
+                )
+            await pipe.execute()
+
+    # ---- reads: payments ---------------------------------------------------------------------
+
+    async def runs(self, payment_id: str) -> list[Run]:
+        """A payment's processing runs, oldest first (what is retained)."""
+        raw: list[bytes] = await self.redis.lrange(history_timeline_key(payment_id), 0, -1)  # type: ignore[misc]
+        return [run for run in map(Run.unpack, raw) if run is not None]
+
+    async def runs_of(self, payment_ids: Sequence[str]) -> list[list[Run]]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for payment_id in payment_ids:
+                pipe.lrange(history_timeline_key(payment_id), 0, -1)
+            rows = await pipe.execute()
+        return [[r for r in map(Run.unpack, row) if r is not None] for row in rows]
+
+    async def payment_state(self, payment_id: str) -> dict[str, Any]:
+        """The recorded state and convergence of a payment: ``state`` (seq, status, at, or
+        None), ``next_check_ms`` (None: not scheduled), ``stuck``."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(payment_state_key(payment_id), ["seq", "status", "at"])
+            pipe.zscore(CONVERGE, payment_id)
+            pipe.zscore(STUCK, payment_id)
+            (seq, status, at), next_check, stuck = await pipe.execute()
+        state = None
+        if status is not None:
+            state = {"seq": _int(seq) or 0, "status": status.decode(), "at": _text(at) or ""}
+        return {
+            "state": state,
+            "terminal": state is not None and state["status"] in FINAL,
+            "next_check_ms": None if next_check is None else int(next_check),
+            "stuck": stuck is not None,
+        }
+
+    async def page_payments(
+        self, after: tuple[int, str] | None, since_ms: int | None, count: int
+    ) -> list[IndexedPayment]:
+        """Payments of the index, last run newest first, starting after ``after`` (last ms,
+        payment id) exclusive, down to ``since_ms``."""
+        top: float | str = "+inf" if after is None else after[0]
+        low: float | str = "-inf" if since_ms is None else since_ms
+        found: list[IndexedPayment] = []
+        offset = 0
+        while len(found) < count:
+            rows = await self.redis.zrevrangebyscore(
+                HISTORY_PAYMENTS, top, low, start=offset, num=count, withscores=True
+            )
+            if not rows:
+                break
+            offset += len(rows)
+            for member, score in rows:
+                pid, last = member.decode(), int(score)
+                if after is not None and last == after[0] and pid >= after[1]:
+                    continue  # same ms as the cursor: zrevrange orders members descending
+                found.append(IndexedPayment(pid, last))
+            if len(rows) < count:
+                break
+        return found[:count]
+
+    # ---- reads: deliveries -------------------------------------------------------------------
+
+    async def deliveries(self, refs: Iterable[tuple[str, str]]) -> list[Delivery]:
+        """The deliveries that exist among ``refs`` (subscriber id, webhook-id), in order."""
+        refs = list(refs)
+        if not refs:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sub, tid in refs:
+                pipe.hmget(delivery_key(sub, tid), list(DELIVERY_FIELDS))
+            rows = await pipe.execute()
+        found = [Delivery.from_fields(row) for row in rows]
+        return [d for d in found if d is not None]
+
+    async def deliveries_of_payments(
+        self, payment_ids: Sequence[str], subscriber_ids: Sequence[str]
+    ) -> dict[str, list[Delivery]]:
+        """Every delivery of each payment to each of ``subscriber_ids``, oldest transition first
+        (the webhook-ids are derived from (payment id, status): no index needed)."""
+        refs = [
+            (pid, sub, transition_id(pid, status))
+            for pid in payment_ids
+            for status in EMITTED_STATUSES
+            for sub in subscriber_ids
+        ]
+        found = await self.deliveries((sub, tid) for _, sub, tid in refs)
+        by_payment: dict[str, list[Delivery]] = {pid: [] for pid in payment_ids}
+        for delivery in found:
+            by_payment.setdefault(delivery.payment_id, []).append(delivery)
+        for items in by_payment.values():
+            items.sort(key=lambda d: (d.seq, d.subscriber))
+        return by_payment
+
+    async def delivery(self, subscriber_id: str, webhook_id: str) -> Delivery | None:
+        found = await self.deliveries([(subscriber_id, webhook_id)])
+        return found[0] if found else None
+
+    async def attempt_log(self, subscriber_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+        """Each subscriber's retained attempt log, newest first."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sub in subscriber_ids:
+                pipe.lrange(attempt_log_key(sub), 0, -1)
+            rows = await pipe.execute()
+        logs: dict[str, list[dict[str, Any]]] = {}
+        for sub, row in zip(subscriber_ids, rows, strict=True):
+            entries = []
+            for raw in row:
+                try:
+                    entry = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(entry, dict):
+                    entries.append(entry)
+            logs[sub] = entries
+        return logs
+
+    async def dead_page(
+        self, subscriber_id: str | None, after: tuple[int, str] | None, count: int
+    ) -> list[tuple[str, str, int]]:
+        """Dead letters newest first: (subscriber, webhook-id, dead ms), after a cursor."""
+        key = DEAD_ALL if subscriber_id is None else dead_key(subscriber_id)
+        top: float | str = "+inf" if after is None else after[0]
+        rows = await self.redis.zrevrangebyscore(
+            key, top, "-inf", start=0, num=count + 64, withscores=True
+        )
+        out: list[tuple[str, str, int]] = []
+        for member, score in rows:
+            text, at = member.decode(), int(score)
+            if after is not None and at == after[0] and text >= after[1]:
+                continue
+            if subscriber_id is None:
+                parsed = parse_dead_member(text)
+                if parsed is None:
+                    continue
+                out.append((parsed[0], parsed[1], at))
+            else:
+                out.append((subscriber_id, text, at))
+            if len(out) >= count:
+                break
+        return out
+
+    # ---- reads: events -----------------------------------------------------------------------
+
+    async def raw_event(self, source: str, event_id: str) -> dict[str, Any] | None:
+        """The archived request of an event (headers, body) while retained."""
+        raw: bytes | None = await self.redis.get(raw_event_key(source, event_id))
+        if raw is None:
+            return None
+        try:
+            record = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+        return record if isinstance(record, dict) else None
+
+    async def event_payment(self, source: str, event_id: str) -> str | None:
+        """The payment of an event: its dedupe key's value once a worker ran it; before, the
+        value is the event's job id, and the queued job names the payment."""
+        raw: bytes | None = await self.redis.get(dedupe_key(source, event_id))
+        if raw is None:
+            return None
+        value = raw.decode(errors="replace")
+        if value != event_job_id(source, event_id):
+            return value
+        job: bytes | None = await self.redis.get(arq_job_key(value))
+        if job is None:
+            return None
+        try:
+            args = deserialize(job).get("a") or []
+            payment_id = args[0]["payment_id"]
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            return None
+        return str(payment_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[Any]
+    next_cursor: str | None
+
+
+async def walk_index(
+    store: HistoryStore,
+    expand: Callable[[list[str]], Awaitable[list[list[Any]]]],
+    limit: int,
+    cursor: str | None,
+    since_ms: int | None = None,
+) -> Page:
+    """A page of items over the payments index, newest payment first: ``expand`` gives each
+    payment's (already filtered) items in their order. The cursor is (last ms, payment id,
+    items of that payment already shown); at most :data:`SCAN_BUDGET` payments are walked per
+    page, so a page may be short and still have a cursor."""
+    items: list[Any] = []
+    after: tuple[int, str] | None = None
+    if cursor is not None:
+        ms, pid, skip = decode_cursor(cursor, (int, str, int))
+        first = (await expand([pid]))[0]
+        for n, item in enumerate(first[skip:], start=skip):
+            if len(items) == limit:
+                return Page(items, encode_cursor([ms, pid, n]))
+            items.append(item)
+        after = (ms, pid)
+        if len(items) == limit:
+            return Page(items, encode_cursor([ms, pid, len(first)]))
+    walked = 0
+    while walked < SCAN_BUDGET:
+        chunk = await store.page_payments(after, since_ms, CHUNK)
+        if not chunk:
+            return Page(items, None)
+        walked += len(chunk)
+        expanded = await expand([p.payment_id for p in chunk])
+        for payment, found in zip(chunk, expanded, strict=True):
+            for n, item in enumerate(found):
+                if len(items) == limit:
+                    return Page(items, encode_cursor([payment.last_ms, payment.payment_id, n]))
+                items.append(item)
+            after = (payment.last_ms, payment.payment_id)
+        if len(chunk) < CHUNK:
+            return Page(items, None)
+    assert after is not None
+    return Page(items, encode_cursor([after[0], after[1], 1_000_000]))
+
+
+async def overview_counts(redis: aioredis.Redis, queue_name: str) -> dict[str, int]:
+    """Backlog, dead letters (deliveries, events) and stuck payments."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcard(queue_name)
+        pipe.zcard(DEAD_ALL)
+        pipe.zcard(EVENT_DLQ_INDEX)
+        pipe.zcard(STUCK)
+        backlog, dead, event_dead, stuck = await pipe.execute()
+    return {
+        "backlog": int(backlog),
+        "dead_letters": int(dead),
+        "event_dead_letters": int(event_dead),
+        "stuck": int(stuck),
+    }
+
+
+async def subscriber_health(
+    redis: aioredis.Redis, subscriber_ids: Sequence[str], now_ms: int
+) -> list[dict[str, Any]]:
+    """Breaker, slots in flight, parked and dead deliveries of each subscriber."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for sub in subscriber_ids:
+            pipe.hget(breaker_key(sub), "open_until")
+            pipe.zcount(inflight_key(sub), now_ms, "+inf")
+            pipe.zcard(waiting_key(sub))
+            pipe.zcard(dead_key(sub))
+        rows = await pipe.execute()
+    health = []
+    for i, sub in enumerate(subscriber_ids):
+        open_until, inflight, waiting, dead = rows[4 * i : 4 * i + 4]
+        until = _int(open_until) or 0
+        breaker = "closed" if until == 0 else "open" if until > now_ms else "half-open"
+        health.append(
+            {
+                "id": sub,
+                "breaker": breaker,
+                "open_until_ms": until or None,
+                "inflight": int(inflight),
+                "waiting": int(waiting),
+                "dead_letters": int(dead),
+            }
+        )
+    return health
