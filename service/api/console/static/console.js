@@ -57,6 +57,12 @@
     return date.toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
   }
 
+  // HH:MM:SS.mmm (UTC): the timeline's entries are often milliseconds apart.
+  function clock(ms) {
+    const date = new Date(Number(ms));
+    return Number.isNaN(date.getTime()) ? String(ms) : date.toISOString().slice(11, 23);
+  }
+
   function table(headers, rows, caption) {
     if (!rows.length) return h("p", { class: "muted" }, "Nothing to show.");
     return h(
@@ -489,13 +495,13 @@
                 h(
                   "li",
                   { class: "entry entry-" + String(entry.kind).replace(/[^a-z]/g, "") },
-                  h("span", { class: "when" }, time(entry.at_ms)),
+                  h("time", { class: "when", datetime: new Date(Number(entry.at_ms)).toISOString(), title: time(entry.at_ms) }, clock(entry.at_ms)),
                   " ",
                   badge(entry.kind),
                   " ",
                   entry.subscriber && entry.webhook_id ? deliveryLink(entry.subscriber, entry.webhook_id) : null,
                   " ",
-                  details(entry, ["at_ms", "kind", "webhook_id"])
+                  details(entry, entry.subscriber ? ["at_ms", "kind", "webhook_id"] : ["at_ms", "kind"])
                 )
               )
             )
