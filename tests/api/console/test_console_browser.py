@@ -216,6 +216,28 @@ async def test_operator_uses_the_console_in_a_real_browser(
             await page.locator("#main").focus()  # no field focused: nothing pauses the refresh
             await page.screenshot(path=str(SCREENSHOT), full_page=True)
 
+            # The payment's events, one of them in full; the flaky subscriber's dead deliveries
+            # and one delivery's attempts; the overview's figures.
+            await page.get_by_role("link", name="Events").click()
+            await page.get_by_label("Payment id").fill(payment_id)
+            await page.get_by_role("button", name="Search").click()
+            event_link = page.locator("tbody a[href^='#/event/']").first
+            await expect(event_link).to_be_visible()
+            await event_link.click()
+            await expect(page.get_by_role("heading", name="Headers")).to_be_visible()
+            await expect(page.locator("main")).to_contain_text(payment_id)
+            await page.goto(
+                console_stack.admin_url + "/console#/deliveries?subscriber=flaky&state=dead"
+            )
+            dead_row = page.locator("tbody tr").first
+            await expect(dead_row).to_contain_text("dead")
+            await dead_row.locator("a[href^='#/delivery/']").click()
+            await expect(page.get_by_role("heading", name="Attempts")).to_be_visible()
+            await expect(page.locator("tbody")).to_contain_text("500")
+            await page.get_by_role("link", name="Overview").click()
+            await expect(page.locator(".figures")).to_contain_text("Stuck payments")
+            await expect(page.locator("main")).to_contain_text("flaky")
+
             # Disable a subscriber.
             await page.get_by_role("link", name="Subscribers").click()
             await page.get_by_role("button", name="Disable ledger").click()

@@ -395,13 +395,22 @@
           ].map(([name, value]) => [h("dt", {}, name), h("dd", {}, value)])
         ),
         section("Headers", table(["Header", "Value"], Object.entries(e.headers || {}).map(([name, value]) => [name, text(value)]))),
-        section("Body", e.body === null || e.body === undefined ? h("p", { class: "muted" }, "Not retained any more.") : h("pre", { class: "body" }, e.body))
+        section("Body", e.body === null || e.body === undefined ? h("p", { class: "muted" }, "Not retained any more.") : h("pre", { class: "body" }, pretty(e.body)))
       );
     } catch (err) {
       if (isRefusal(err)) throw err;
       out.push(errorBox(err, "Event details"));
     }
     return out;
+  }
+
+  // A JSON body indented for reading; any other body as it is.
+  function pretty(body) {
+    try {
+      return JSON.stringify(JSON.parse(body), null, 2);
+    } catch (_) {
+      return body;
+    }
   }
 
   function paymentForm(current) {
@@ -495,7 +504,7 @@
                 h(
                   "li",
                   { class: "entry entry-" + String(entry.kind).replace(/[^a-z]/g, "") },
-                  h("time", { class: "when", datetime: new Date(Number(entry.at_ms)).toISOString(), title: time(entry.at_ms) }, clock(entry.at_ms)),
+                  h("time", { class: "when", title: time(entry.at_ms) }, clock(entry.at_ms)),
                   " ",
                   badge(entry.kind),
                   " ",
@@ -587,9 +596,27 @@
   async function deadLettersView() {
     const out = [h("h1", {}, "Dead letters")];
     const letters = await api("GET", "/dead-letters?limit=200");
+    const replayAll = letters.total
+      ? h(
+          "p",
+          {},
+          button(
+            "Replay all " + letters.total,
+            () => {
+              if (!window.confirm("Replay all " + letters.total + " delivery dead letters?")) return;
+              act(
+                () => api("POST", "/dead-letters/replay", { since: 0 }),
+                (r) => flash("ok", "Replayed " + r.replayed.length + " dead letter(s).")
+              );
+            },
+            "replay-all"
+          )
+        )
+      : null;
     out.push(
       section(
         "Deliveries (" + letters.total + ")",
+        replayAll,
         table(
           ["Subscriber", "Webhook id", "Payment", "Type", "Attempts", "Dead since", "Last status", "Last error", "Action"],
           letters.dead_letters.map((d) => [
