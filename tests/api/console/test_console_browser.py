@@ -10,6 +10,7 @@ and disables a subscriber. The page is saved to docs/console.png.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -238,8 +239,15 @@ async def test_operator_uses_the_console_in_a_real_browser(
             await expect(page.locator(".figures")).to_contain_text("Stuck payments")
             await expect(page.locator("main")).to_contain_text("flaky")
 
-            # Disable a subscriber.
+            # Send a test event to a subscriber; rotate another's secret (confirmed).
             await page.get_by_role("link", name="Subscribers").click()
+            await page.get_by_role("button", name="Send a test event to ledger").click()
+            await expect(page.locator("#flash")).to_contain_text("Test event to ledger: delivered")
+            page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+            await page.get_by_role("button", name="Rotate the secret of flaky").click()
+            await expect(page.locator("#flash .secret")).to_contain_text("whsec_")
+
+            # Disable a subscriber.
             await page.get_by_role("button", name="Disable ledger").click()
             await expect(page.locator("#state-ledger")).to_contain_text("disabled")
             await expect(page.get_by_role("button", name="Enable ledger")).to_be_visible()
@@ -297,6 +305,15 @@ async def test_console_refreshes_itself_pauses_while_editing_and_shows_data_as_t
             await expect(page.locator("#state-late")).to_have_count(0)
             await expect(page.get_by_label("Id", exact=True)).to_have_value("half-typed")
             assert await page.title() == "kartahook console"
+
+            # Add a subscriber: its generated secret is shown once, and it is listed.
+            await page.get_by_label("Id", exact=True).fill("ledger-2")
+            await page.get_by_label("URL").fill("http://127.0.0.1:9/ledger")
+            await page.get_by_role("button", name="Add subscriber").click()
+            await expect(page.locator("#flash .secret")).to_contain_text("whsec_")
+            await expect(page.locator("#state-ledger-2")).to_contain_text("enabled")
+            added = await store.get("ledger-2")
+            assert added is not None and added.url == "http://127.0.0.1:9/ledger"
             assert problems == []
         finally:
             await browser.close()

@@ -281,7 +281,7 @@
       return out;
     }
     const figures = [
-      ["Backlog", data.backlog, "#/deliveries?state=queued"],
+      ["Backlog", data.backlog, null],
       ["Dead letters (deliveries)", data.dead_letters, "#/dead-letters"],
       ["Dead letters (events)", data.event_dead_letters, "#/dead-letters"],
       ["Stuck payments", data.stuck, null],
