@@ -77,7 +77,7 @@ async def record_history(history: HistoryStore | None, hint: EventHint, result: 
     now = now_ms()
     run = Run(
         hint.received_at_ms,
-        now,
+        result.fetched_ms or now,
         hint.source,
         hint.event_id,
         result.fetched,

@@ -178,3 +178,78 @@ async def test_replay_leaves_other_dead_letters_indexed(redis: aioredis.Redis) -
     assert await zset(redis, DEAD_ALL_KEY) == {f"{SUB}/{T2}": died + 1}
     assert await zset(redis, dead_key(SUB)) == {T2: died + 1}
     assert await admin(redis).dead_letter_count() == 1
+
+
+async def test_resend_of_a_delivered_delivery_makes_it_pending_again(
+    redis: aioredis.Redis,
+) -> None:
+    """A resend takes a delivered delivery back into its line, as the line's head with a job,
+    and drops its done TTL (a pending delivery never expires); the job id is returned."""
+    await record(redis, PID, ["pending"])
+    now = await server_ms(redis)
+    await acquire(redis, T1, 1, now)
+    await finish(redis, T1, 1, now, "ok")
+    result, job_id = await admin(redis).resend(SUB, T1, now + 1)
+    assert (result, job_id) == ("ok", deliver_job_id(SUB, T1, 2))
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            **line(SUB, [T1]),
+            breaker_key(SUB): ("hash", NO_TTL),
+            QUEUE: ("zset", NO_TTL),
+            **job_entry(SUB, T1, 2),
+        },
+    )
+    fields = await hash_of(redis, delivery_key(SUB, T1))
+    assert (fields["state"], fields["attempts"], fields["replays"]) == ("active", "0", "1")
+
+
+async def test_resend_behind_an_active_head_returns_no_job(redis: aioredis.Redis) -> None:
+    """A delivered delivery resent while its line has an active head waits in line: 'ok'
+    without a job id, no job of its own."""
+    await record(redis, PID, ["pending", "submitted"])
+    now = await server_ms(redis)
+    await acquire(redis, T1, 1, now)
+    await finish(redis, T1, 1, now, "ok")
+    assert await admin(redis).resend(SUB, T1, now + 1) == ("ok", "")
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            **line(SUB, [T1, T2]),
+            breaker_key(SUB): ("hash", NO_TTL),
+            QUEUE: ("zset", NO_TTL),
+            **job_entry(SUB, T2, 1),
+        },
+    )
+    assert await zset(redis, order_key(SUB, PID)) == {T1: 1, T2: 2}
+
+
+async def test_resend_of_a_pending_delivery_is_refused(redis: aioredis.Redis) -> None:
+    """A resend of a delivery still active answers 'not_dead' and writes nothing."""
+    await record(redis, PID, ["pending"])
+    now = await server_ms(redis)
+    assert await admin(redis).resend(SUB, T1, now) == ("not_dead", "")
+    await assert_keyspace(
+        redis,
+        {**payment_keys(), **line(SUB, [T1]), QUEUE: ("zset", NO_TTL), **job_entry(SUB, T1, 1)},
+    )
+
+
+async def test_resend_without_a_body_is_no_body(redis: aioredis.Redis) -> None:
+    """A done delivery whose body is past retention answers 'no_body' and keeps its TTL."""
+    await record(redis, PID, ["pending"])
+    now = await server_ms(redis)
+    await acquire(redis, T1, 1, now)
+    await finish(redis, T1, 1, now, "ok")
+    await redis.hdel(delivery_key(SUB, T1), "body")
+    assert await admin(redis).resend(SUB, T1, now + 1) == ("no_body", "")
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            delivery_key(SUB, T1): ("hash", ttl_s(DONE_TTL_S)),
+            breaker_key(SUB): ("hash", NO_TTL),
+        },
+    )
