@@ -16,7 +16,7 @@
   const PAGE = 50;
 
   const $ = (id) => document.getElementById(id);
-  const state = { busy: false, timer: null, lastUpdate: null, rendering: false };
+  const state = { busy: false, timer: null, lastUpdate: null, rendering: false, generation: 0 };
 
   // --- DOM helpers (text only) --------------------------------------------------------------
 
@@ -808,28 +808,35 @@
   // Builds the current view off-screen, then swaps it in, keeping focus and scroll position.
   async function render(navigated) {
     if (!token()) return showSignIn();
-    if (state.rendering) return;
+    // Each render has a number; a newer one (a navigation while a refresh is loading) wins.
+    const generation = ++state.generation;
     state.rendering = true;
-    const view = $("view");
     const r = route();
     markNav(r.nav);
-    const focused = document.activeElement && view.contains(document.activeElement) ? document.activeElement.getAttribute("data-key") : null;
-    const scroll = window.scrollY;
-    const typed = navigated ? [] : typedValues(view);
     let content;
     try {
       content = await r.render();
     } catch (err) {
+      if (generation !== state.generation) return;
       if (isRefusal(err)) {
         state.rendering = false;
         return signOut(refusal(err));
       }
       content = [h("h1", {}, "Error"), errorBox(err)];
     }
+    if (generation !== state.generation) return;
+    state.rendering = false;
+    if (!token()) return; // signed out meanwhile
+    const view = $("view");
+    // The operator went into a form field while this refresh loaded: skip it.
+    if (!navigated && fieldFocused()) return status();
+    const active = document.activeElement;
+    const focused = active && view.contains(active) ? active.getAttribute("data-key") : null;
+    const scroll = window.scrollY;
+    const typed = navigated ? [] : typedValues(view);
     const fresh = h("div", { id: "view" }, content);
     view.replaceWith(fresh);
     restoreTyped(fresh, typed);
-    state.rendering = false;
     state.lastUpdate = new Date();
     status();
     if (navigated) {
@@ -871,9 +878,12 @@
 
   // Whether an automatic refresh would get in the operator's way.
   function editing() {
+    return fieldFocused() || !!document.querySelector("#view form[data-dirty]");
+  }
+
+  function fieldFocused() {
     const active = document.activeElement;
-    if (active && active.closest && active.closest("form") && ["INPUT", "SELECT", "TEXTAREA"].includes(active.tagName)) return true;
-    return !!document.querySelector("#view form[data-dirty]");
+    return !!(active && active.closest && active.closest("#view form") && ["INPUT", "SELECT", "TEXTAREA"].includes(active.tagName));
   }
 
   function status(note) {
