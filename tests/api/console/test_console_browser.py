@@ -314,6 +314,12 @@ async def test_console_refreshes_itself_pauses_while_editing_and_shows_data_as_t
             await expect(page.locator("#state-ledger-2")).to_contain_text("enabled")
             added = await store.get("ledger-2")
             assert added is not None and added.url == "http://127.0.0.1:9/ledger"
+
+            # Send a subscriber's deliveries since a time again (it has none yet).
+            await page.get_by_label("Subscriber", exact=True).select_option("ledger-2")
+            await page.get_by_label("Created since").fill("2000-01-01T00:00:00Z")
+            await page.get_by_role("button", name="Send again").click()
+            await expect(page.locator("#flash")).to_contain_text("Queued 0 deliveries to ledger-2")
             assert problems == []
         finally:
             await browser.close()

@@ -740,6 +740,35 @@
     return form;
   }
 
+  function resendSinceForm(subscribers) {
+    const form = h(
+      "form",
+      { id: "resend-since", class: "stacked", "aria-label": "Send a subscriber's deliveries again" },
+      h(
+        "div",
+        { class: "field" },
+        h("label", { for: "resend-subscriber" }, "Subscriber"),
+        h("select", { id: "resend-subscriber", name: "subscriber", required: true }, subscribers.map((s) => h("option", { value: s.id }, s.id)))
+      ),
+      h("div", { class: "field" }, h("label", { for: "resend-since-time" }, "Created since"), h("input", { id: "resend-since-time", name: "since", required: true, placeholder: "ISO time or ms", autocomplete: "off" })),
+      h("div", { class: "field actions" }, h("button", { type: "submit" }, "Send again"))
+    );
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const values = Object.fromEntries(new FormData(form).entries());
+      const since = /^\d+$/.test(values.since.trim()) ? Number(values.since.trim()) : values.since.trim();
+      act(
+        () => api("POST", "/subscribers/" + enc(values.subscriber) + "/resend", { since }),
+        (r) => {
+          delete form.dataset.dirty;
+          form.reset();
+          flash("ok", "Queued " + r.queued + " deliveries to " + values.subscriber + " again (same webhook-ids).");
+        }
+      );
+    });
+    return form;
+  }
+
   async function subscribersView() {
     const out = [h("h1", {}, "Subscribers")];
     const [listing, overview] = await Promise.all([api("GET", "/subscribers"), api("GET", "/overview").catch((err) => (isRefusal(err) ? Promise.reject(err) : null))]);
@@ -760,7 +789,8 @@
           ];
         })
       ),
-      section("Add a subscriber", addSubscriberForm())
+      section("Add a subscriber", addSubscriberForm()),
+      listing.subscribers.length ? section("Send deliveries again", resendSinceForm(listing.subscribers)) : null
     );
     return out;
   }
