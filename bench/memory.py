@@ -82,9 +82,17 @@ NO_TTL_ALLOWED = (
     layout.SUBSCRIBERS,
     layout.SUBSCRIBERS_VERSION,
     layout.BREAKER,
+    layout.HISTORY_TIMELINES,
+    layout.HISTORY_PAYMENTS,
 )
 # Capped streams and lists: constant at scale, whatever the number of payments.
-CAPPED = (layout.UNROUTABLE, layout.TRANSITIONS, layout.ATTEMPT_LOG)
+CAPPED = (
+    layout.UNROUTABLE,
+    layout.TRANSITIONS,
+    layout.ATTEMPT_LOG,
+    layout.HISTORY_TIMELINES,
+    layout.HISTORY_PAYMENTS,
+)
 SAMPLE_KEYS = 200
 FDL_PREFIX = layout.DELIVER_JOB_ID.split("{", 1)[0]
 Report = Callable[[str], None]

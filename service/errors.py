@@ -36,6 +36,8 @@
         │                                              PayPal's certificate could not be fetched
         ├── service.targets.ForbiddenAddress            a host resolved to kartahook's own
         │                                               listener (also an OSError)
+        ├── service.store.history.BadCursor             a list cursor the admin API did not
+        │                                               write (also a ValueError; 400)
         └── workers.delivery.errors.FanoutError         the fan-out machinery itself
 
 The KartaPay client keeps its own tree, :mod:`service.kartapay.errors` (``KartaPayError`` →

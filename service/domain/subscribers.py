@@ -44,6 +44,10 @@ RESERVED_HEADERS = frozenset(
 )
 
 
+# Previous secrets kept through overlapping rotations, at most (the newest ones).
+MAX_PREVIOUS_SECRETS = 3
+
+
 class PreviousSecret(BaseModel):
     """A secret replaced by a rotation, still signed with until ``expires_ms``."""
 
@@ -125,6 +129,7 @@ class Subscriber(BaseModel):
         kept = [p for p in self.previous_secrets if p.expires_ms > now_ms]
         if overlap_s > 0:
             kept.append(PreviousSecret(secret=self.secret, expires_ms=now_ms + overlap_s * 1000))
+            kept = kept[-MAX_PREVIOUS_SECRETS:]
         else:
             kept = []
         return self.model_copy(update={"secret": new_secret, "previous_secrets": kept})

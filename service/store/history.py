@@ -4,16 +4,20 @@ Written by the processing job (``workers/processing/job.py``) after each run of 
 ingestion (its hot path writes nothing more than before). Read by the admin API
 (``service/api/admin/history_routes.py``). Decision and budget: ``docs/decisions/history.md``.
 
-Keys (:mod:`service.store.layout`):
+Keys (:mod:`service.store.layout`), all written by one script, ``lua/history_record.lua``:
 
-- ``HISTORY_TIMELINE`` ``{payment_id}``: list, one packed entry per processing run of a hint for
-  that payment (:class:`Run`), oldest first; capped at ``history_timeline_max`` entries, TTL
-  ``history_ttl_s`` from the last run.
-- ``HISTORY_PAYMENTS``: zset, payment id by the time of its last run (ms); capped at
-  ``history_index_max`` members and aged out after ``history_ttl_s``: what the events and
-  deliveries lists walk, newest first.
+- ``HISTORY_TIMELINES``: hash, payment id -> its timeline: a header (first received ms, first
+  source), then one packed line per processing run of a hint (:class:`Run`), times relative to
+  the header, oldest first; at most ``history_timeline_max`` runs.
+- ``HISTORY_PAYMENTS``: list of the payment ids of that hash, newest first seen first: what the
+  events and deliveries lists walk. At most ``history_index_max``; a payment first seen more
+  than ``history_ttl_s`` ago leaves it and the hash at the next write.
+- ``HISTORY_RATE`` ``{minute}``: hash, events processed that minute by source (10 min TTL).
 - The event's ``DEDUPE`` key gets the payment id as its value (``SET XX KEEPTTL``, same
   lifetime, no new key): how ``GET /admin/events/{source}/{id}`` finds the payment of an event.
+
+A payment costs one hash field and one list entry, no key of its own (a key's own overhead would
+be half the budget): ``python -m bench.history_memory`` measures it.
 
 Everything else history shows is read where it already is: the payment's recorded state, the
 convergence sets, the raw archive (an event's headers and body while retained), the delivery
@@ -33,6 +37,7 @@ import redis.asyncio as aioredis
 
 from service.domain.events import EventHint, transition_id
 from service.domain.lifecycle import FINAL, MAIN_LINE, TERMINAL
+from service.errors import KartahookError
 from service.store.jobs import deserialize
 from service.store.layout import (
     CONVERGE,
@@ -40,6 +45,7 @@ from service.store.layout import (
     DEAD_ALL,
     EVENT_DLQ_INDEX,
     HISTORY_PAYMENTS,
+    HISTORY_TIMELINES,
     STUCK,
     arq_job_key,
     attempt_log_key,
@@ -48,13 +54,14 @@ from service.store.layout import (
     dedupe_key,
     delivery_key,
     event_job_id,
-    history_timeline_key,
+    history_rate_key,
     inflight_key,
     parse_dead_member,
     payment_state_key,
     raw_event_key,
     waiting_key,
 )
+from service.store.scripts import Script
 
 # Every status, by its one-character code in a packed run (its index here).
 STATUSES: tuple[str, ...] = (*MAIN_LINE, *TERMINAL)
@@ -90,29 +97,20 @@ DELIVERY_FIELDS: tuple[str, ...] = (
     "delivered_ms",
     "dead_ms",
 )
+RECORD = Script.load("history_record")
+RATE_TTL_S = 600
 # How many payments one list request walks at most (a page may then be short, with a cursor).
 SCAN_BUDGET = 2_000
 CHUNK = 100
 
 
-def _b36(value: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    if value <= 0:
-        return "0"
-    out = []
-    while value:
-        value, rest = divmod(value, 36)
-        out.append(digits[rest])
-    return "".join(reversed(out))
-
-
 @dataclass(frozen=True, slots=True)
 class Run:
-    """One processing run of one hint, as packed in a payment's timeline."""
+    """One processing run of one hint, as the timeline keeps it."""
 
     received_ms: int
     at_ms: int
-    """When the run ended (its fetch and record)."""
+    """When its fetch answered (or the run ended, when none did)."""
     source: str
     event_id: str
     fetched: str | None
@@ -121,47 +119,59 @@ class Run:
     emitted: tuple[str, ...]
     """The transitions it recorded, in lifecycle order."""
 
-    def pack(self) -> str:
-        convergence = self.source == CONVERGENCE_SOURCE
-        return SEP.join(
-            (
-                _b36(self.received_ms),
-                _b36(max(0, self.at_ms - self.received_ms)),
-                _CONVERGENCE if convergence else self.source,
-                "" if self.fetched is None else _STATUS_CODE.get(self.fetched, ""),
-                OUTCOMES.get(self.outcome, "?"),
-                "".join(_STATUS_CODE[s] for s in self.emitted if s in _STATUS_CODE),
-                "" if convergence else self.event_id,
-            )
-        )
-
-    @classmethod
-    def unpack(cls, raw: bytes | str) -> Run | None:
-        text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
-        parts = text.split(SEP, 6)
-        if len(parts) != 7:
-            return None
-        received, delta, source, fetched, outcome, emitted, event_id = parts
-        try:
-            received_ms = int(received, 36)
-            at_ms = received_ms + int(delta, 36)
-            codes = [STATUSES[int(c)] for c in emitted]
-            status = STATUSES[int(fetched)] if fetched else None
-        except (ValueError, IndexError):
-            return None
-        return cls(
-            received_ms,
-            at_ms,
-            CONVERGENCE_SOURCE if source == _CONVERGENCE else source,
-            event_id,
-            status,
-            _OUTCOME_NAME.get(outcome, "unknown"),
-            tuple(codes),
-        )
-
     @property
     def is_convergence(self) -> bool:
         return self.source == CONVERGENCE_SOURCE
+
+    def script_args(self) -> list[str | int]:
+        """ARGV 2..8 of ``history_record.lua``: the run, its statuses and outcome as codes."""
+        return [
+            self.received_ms,
+            self.at_ms,
+            self.source,
+            "" if self.fetched is None else _STATUS_CODE.get(self.fetched, ""),
+            OUTCOMES.get(self.outcome, "?"),
+            "".join(_STATUS_CODE[s] for s in self.emitted if s in _STATUS_CODE),
+            "" if self.is_convergence else self.event_id,
+        ]
+
+
+def unpack_timeline(raw: bytes | str | None) -> list[Run]:
+    """The runs of a packed timeline (``history_record.lua`` writes it), oldest first."""
+    if not raw:
+        return []
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+    header, *lines = text.split("\n")
+    base_text, _, default_source = header.partition(SEP)
+    try:
+        base = int(base_text, 36)
+    except ValueError:
+        return []
+    runs = []
+    for line in lines:
+        parts = line.split(SEP, 6)
+        if len(parts) != 7:
+            continue
+        received, delta, source, fetched, outcome, emitted, event_id = parts
+        try:
+            received_ms = base + int(received, 36)
+            at_ms = received_ms + int(delta, 36)
+            codes = tuple(STATUSES[int(c)] for c in emitted)
+            status = STATUSES[int(fetched)] if fetched else None
+        except (ValueError, IndexError):
+            continue
+        runs.append(
+            Run(
+                received_ms,
+                at_ms,
+                source or default_source,
+                event_id,
+                status,
+                _OUTCOME_NAME.get(outcome, "unknown"),
+                codes,
+            )
+        )
+    return runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,8 +276,8 @@ class Delivery:
         }
 
 
-class BadCursor(ValueError):
-    """A cursor this store did not write."""
+class BadCursor(KartahookError, ValueError):
+    """A list cursor this store did not write (the admin API answers 400)."""
 
 
 def encode_cursor(parts: Sequence[Any]) -> str:
@@ -287,12 +297,6 @@ def decode_cursor(cursor: str, shape: Sequence[type]) -> list[Any]:
         if not isinstance(part, kind) or isinstance(part, bool):
             raise BadCursor("the cursor is not one this API gave")
     return parts
-
-
-@dataclass(frozen=True, slots=True)
-class IndexedPayment:
-    payment_id: str
-    last_ms: int
 
 
 class HistoryStore:
@@ -318,36 +322,55 @@ class HistoryStore:
 
     # ---- writes (the processing job) ---------------------------------------------------------
 
-    async def record_run(self, hint: EventHint, run: Run, now_ms: int) -> None:
-        """Append ``run`` to its payment's timeline, move the payment to the top of the index
-        (capped, aged out) and note the event's payment on its dedupe key. One round trip."""
-        key = history_timeline_key(hint.payment_id)
+    async def record_run(self, hint: EventHint, run: Run, now_ms: int) -> bool:
+        """Append ``run`` to its payment's timeline (``lua/history_record.lua``); True when the
+        payment is new to history. One round trip."""
+        keys = [
+            HISTORY_TIMELINES,
+            HISTORY_PAYMENTS,
+            dedupe_key(hint.source, hint.event_id),
+            history_rate_key(now_ms // 60_000),
+        ]
+        inbound = not run.is_convergence
+        args: list[str | int] = [
+            hint.payment_id,
+            *run.script_args(),
+            now_ms,
+            self.ttl_s * 1000,
+            self.index_max,
+            self.timeline_max,
+            "1" if inbound else "0",
+            "1" if inbound and hint.attempt == 0 else "0",
+            RATE_TTL_S,
+        ]
+        return bool(await RECORD(self.redis, keys, args))
+
+    async def rates(self, now_ms: int, minutes: int = 5) -> dict[str, int]:
+        """Events processed in the last ``minutes`` whole minutes and this one, by source."""
+        current = now_ms // 60_000
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.rpush(key, run.pack())
-            pipe.ltrim(key, -self.timeline_max, -1)
-            pipe.expire(key, self.ttl_s)
-            pipe.zadd(HISTORY_PAYMENTS, {hint.payment_id: now_ms})
-            pipe.zremrangebyrank(HISTORY_PAYMENTS, 0, -self.index_max - 1)
-            pipe.zremrangebyscore(HISTORY_PAYMENTS, "-inf", now_ms - self.ttl_s * 1000)
-            if hint.source != CONVERGENCE_SOURCE:
-                pipe.set(
-                    dedupe_key(hint.source, hint.event_id), hint.payment_id, xx=True, keepttl=True
-                )
-            await pipe.execute()
+            for minute in range(current - minutes + 1, current + 1):
+                pipe.hgetall(history_rate_key(minute))
+            rows = await pipe.execute()
+        counts: dict[str, int] = {}
+        for row in rows:
+            for source, count in row.items():
+                name = source.decode(errors="replace")
+                counts[name] = counts.get(name, 0) + int(count)
+        return counts
 
     # ---- reads: payments ---------------------------------------------------------------------
 
     async def runs(self, payment_id: str) -> list[Run]:
         """A payment's processing runs, oldest first (what is retained)."""
-        raw: list[bytes] = await self.redis.lrange(history_timeline_key(payment_id), 0, -1)  # type: ignore[misc]
-        return [run for run in map(Run.unpack, raw) if run is not None]
+        raw: bytes | None = await self.redis.hget(HISTORY_TIMELINES, payment_id)  # type: ignore[misc]
+        return unpack_timeline(raw)
 
     async def runs_of(self, payment_ids: Sequence[str]) -> list[list[Run]]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for payment_id in payment_ids:
-                pipe.lrange(history_timeline_key(payment_id), 0, -1)
-            rows = await pipe.execute()
-        return [[r for r in map(Run.unpack, row) if r is not None] for row in rows]
+        if not payment_ids:
+            return []
+        rows: list[bytes | None] = await self.redis.hmget(HISTORY_TIMELINES, list(payment_ids))  # type: ignore[misc]
+        return [unpack_timeline(row) for row in rows]
 
     async def payment_state(self, payment_id: str) -> dict[str, Any]:
         """The recorded state and convergence of a payment: ``state`` (seq, status, at, or
@@ -367,30 +390,17 @@ class HistoryStore:
             "stuck": stuck is not None,
         }
 
-    async def page_payments(
-        self, after: tuple[int, str] | None, since_ms: int | None, count: int
-    ) -> list[IndexedPayment]:
-        """Payments of the index, last run newest first, starting after ``after`` (last ms,
-        payment id) exclusive, down to ``since_ms``."""
-        top: float | str = "+inf" if after is None else after[0]
-        low: float | str = "-inf" if since_ms is None else since_ms
-        found: list[IndexedPayment] = []
-        offset = 0
-        while len(found) < count:
-            rows = await self.redis.zrevrangebyscore(
-                HISTORY_PAYMENTS, top, low, start=offset, num=count, withscores=True
-            )
-            if not rows:
-                break
-            offset += len(rows)
-            for member, score in rows:
-                pid, last = member.decode(), int(score)
-                if after is not None and last == after[0] and pid >= after[1]:
-                    continue  # same ms as the cursor: zrevrange orders members descending
-                found.append(IndexedPayment(pid, last))
-            if len(rows) < count:
-                break
-        return found[:count]
+    async def page_payments(self, after: str | None, count: int) -> list[str]:
+        """Payment ids of the index, newest first seen first, after the payment ``after``
+        (none: from the newest; a payment no longer listed: nothing)."""
+        start = 0
+        if after is not None:
+            position = await self.redis.lpos(HISTORY_PAYMENTS, after)  # type: ignore[misc]
+            if position is None:
+                return []
+            start = int(position) + 1
+        rows: list[bytes] = await self.redis.lrange(HISTORY_PAYMENTS, start, start + count - 1)  # type: ignore[misc]
+        return [row.decode(errors="replace") for row in rows]
 
     # ---- reads: deliveries -------------------------------------------------------------------
 
@@ -517,41 +527,38 @@ async def walk_index(
     expand: Callable[[list[str]], Awaitable[list[list[Any]]]],
     limit: int,
     cursor: str | None,
-    since_ms: int | None = None,
 ) -> Page:
-    """A page of items over the payments index, newest payment first: ``expand`` gives each
-    payment's (already filtered) items in their order. The cursor is (last ms, payment id,
-    items of that payment already shown); at most :data:`SCAN_BUDGET` payments are walked per
-    page, so a page may be short and still have a cursor."""
+    """A page of items over the payments index, newest first seen payment first: ``expand``
+    gives each payment's (already filtered) items, in their order. The cursor is (0, payment
+    id, items of that payment already shown); at most :data:`SCAN_BUDGET` payments are walked
+    per page, so a page may be short and still have a cursor."""
     items: list[Any] = []
-    after: tuple[int, str] | None = None
+    after: str | None = None
     if cursor is not None:
-        ms, pid, skip = decode_cursor(cursor, (int, str, int))
+        _, pid, skip = decode_cursor(cursor, (int, str, int))
         first = (await expand([pid]))[0]
         for n, item in enumerate(first[skip:], start=skip):
             if len(items) == limit:
-                return Page(items, encode_cursor([ms, pid, n]))
+                return Page(items, encode_cursor([0, pid, n]))
             items.append(item)
-        after = (ms, pid)
-        if len(items) == limit:
-            return Page(items, encode_cursor([ms, pid, len(first)]))
+        after = pid
     walked = 0
     while walked < SCAN_BUDGET:
-        chunk = await store.page_payments(after, since_ms, CHUNK)
+        chunk = await store.page_payments(after, CHUNK)
         if not chunk:
             return Page(items, None)
         walked += len(chunk)
-        expanded = await expand([p.payment_id for p in chunk])
-        for payment, found in zip(chunk, expanded, strict=True):
+        expanded = await expand(chunk)
+        for pid, found in zip(chunk, expanded, strict=True):
             for n, item in enumerate(found):
                 if len(items) == limit:
-                    return Page(items, encode_cursor([payment.last_ms, payment.payment_id, n]))
+                    return Page(items, encode_cursor([0, pid, n]))
                 items.append(item)
-            after = (payment.last_ms, payment.payment_id)
+            after = pid
         if len(chunk) < CHUNK:
             return Page(items, None)
     assert after is not None
-    return Page(items, encode_cursor([after[0], after[1], 1_000_000]))
+    return Page(items, encode_cursor([0, after, 1_000_000]))
 
 
 async def overview_counts(redis: aioredis.Redis, queue_name: str) -> dict[str, int]:

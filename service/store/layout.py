@@ -88,10 +88,12 @@ EVENT_DLQ_ENTRIES = KEY_PREFIX + "dlq:events"
 EVENT_DLQ_INDEX = KEY_PREFIX + "dlq:events:index"
 
 # History (docs/decisions/history.md): written by the processing job, off the ingestion path.
-# A payment's timeline: one packed entry per processing run of a hint (service.store.history).
-HISTORY_TIMELINE = KEY_PREFIX + "h:p:{payment_id}"
-# Payments with history, by the time of their last processing run (ms); capped and aged out.
+# Payment id -> its packed timeline, one line per processing run of a hint (service.store.history).
+HISTORY_TIMELINES = KEY_PREFIX + "h:timelines"
+# The payments of HISTORY_TIMELINES, newest first seen first; capped and aged out with it.
 HISTORY_PAYMENTS = KEY_PREFIX + "h:payments"
+# Events processed in one minute ({minute}: epoch minutes), by source: the overview's rates.
+HISTORY_RATE = KEY_PREFIX + "h:rate:{minute}"
 
 # ---- job-id formats ----------------------------------------------------------------------------
 
@@ -146,8 +148,9 @@ KEY_PATTERNS: tuple[KeyPattern, ...] = (
     KeyPattern(STUCK, "zset", "none (capped: converge_stuck_max)"),
     KeyPattern(EVENT_DLQ_ENTRIES, "hash", "none"),
     KeyPattern(EVENT_DLQ_INDEX, "zset", "none"),
-    KeyPattern(HISTORY_TIMELINE, "list", "history_ttl_s (capped: history_timeline_max)"),
-    KeyPattern(HISTORY_PAYMENTS, "zset", "none (capped: history_index_max; aged: history_ttl_s)"),
+    KeyPattern(HISTORY_TIMELINES, "hash", "none (capped and aged with the payments list)"),
+    KeyPattern(HISTORY_PAYMENTS, "list", "none (capped: history_index_max; aged: history_ttl_s)"),
+    KeyPattern(HISTORY_RATE, "hash", "600 s"),
 )
 
 
@@ -239,8 +242,8 @@ def attempt_log_key(subscriber_id: str) -> str:
     return ATTEMPT_LOG.format(sub=subscriber_id)
 
 
-def history_timeline_key(payment_id: str) -> str:
-    return HISTORY_TIMELINE.format(payment_id=payment_id)
+def history_rate_key(minute: int) -> str:
+    return HISTORY_RATE.format(minute=minute)
 
 
 # ---- job ids -----------------------------------------------------------------------------------

@@ -50,8 +50,6 @@ from service.targets import check_target_resolved
 log = structlog.get_logger("kartahook.admin")
 
 RATE_WINDOW_MS = 5 * 60_000
-# Payments read for the overview's event rates, at most.
-RATE_PAYMENTS_MAX = 5_000
 TEST_EVENT_TYPE = "webhook.test"
 
 
@@ -80,12 +78,7 @@ async def overview(request: Request) -> Response:
     for sub, row in zip(subscribers, health, strict=True):
         row["enabled"] = sub.enabled
     since = now - RATE_WINDOW_MS
-    recent = await history.page_payments(None, since, RATE_PAYMENTS_MAX)
-    events: dict[str, int] = {}
-    for runs in await history.runs_of([p.payment_id for p in recent]):
-        for run in runs:
-            if run.received_ms >= since and not run.is_convergence:
-                events[run.source] = events.get(run.source, 0) + 1
+    events = await history.rates(now)
     delivered = failed = 0
     for entries in (await history.attempt_log([s.id for s in subscribers])).values():
         for entry in entries:
@@ -131,7 +124,7 @@ async def list_events(request: Request) -> Response:
             items = [] if payment_id is None else (await expand([payment_id]))[0]
             page = Page(items[: query.limit], None)
         else:
-            page = await walk_index(history, expand, query.limit, query.cursor, query.since)
+            page = await walk_index(history, expand, query.limit, query.cursor)
     except BadCursor:
         raise _bad_cursor() from None
     return reply(m.EventPage, _page(page))
@@ -377,20 +370,24 @@ async def resend_since(request: Request) -> Response:
     since = body.since
     history = _history(request)
     queued = 0
-    after: tuple[int, str] | None = None
+    after: str | None = None
     now = now_ms()
+    # Transitions come at most a convergence horizon after a payment is first seen.
+    oldest = since - int(res.settings.converge_horizon_s * 1000)
     while True:
-        chunk = await history.page_payments(after, since, 100)
+        chunk = await history.page_payments(after, 100)
         if not chunk:
             break
-        by_payment = await history.deliveries_of_payments([p.payment_id for p in chunk], [found.id])
-        for payment in chunk:
-            for d in by_payment[payment.payment_id]:  # oldest transition first: line order
+        runs = await history.runs_of(chunk)
+        by_payment = await history.deliveries_of_payments(chunk, [found.id])
+        for pid in chunk:
+            for d in by_payment[pid]:  # oldest transition first: the line's order
                 if d.state in RESENDABLE and (d.created_ms or 0) >= since:
                     result, _ = await res.deliveries.resend(found.id, d.webhook_id, now)
                     queued += result == "ok"
-            after = (payment.last_ms, payment.payment_id)
-        if len(chunk) < 100:
+            after = pid
+        first_seen = [r[0].received_ms for r in runs if r]
+        if len(chunk) < 100 or (first_seen and max(first_seen) < oldest):
             break
     log.info("deliveries_resent", subscriber=found.id, since=since, count=queued)
     return reply(m.Queued, {"queued": queued}, 202)
@@ -433,12 +430,16 @@ async def test_subscriber(request: Request) -> Response:
     started = time.perf_counter()
     status: int | None = None
     error: str | None = None
+    headers: dict[str, str] = {}
     try:
-        check_subscriber(found, res.settings.subscriber_allowlist)
-        await check_target_resolved(found.url, await forbidden_targets(res.settings, res.redis))
+        forbidden = await forbidden_targets(res.settings, res.redis)
+        check_subscriber(found, res.settings.subscriber_allowlist, forbidden)
+        await check_target_resolved(found.url, forbidden)
         headers = signed_headers(found, msg_id, body, now_ms())
         timeout = res.settings.delivery_timeout_s
-        async with httpx.AsyncClient(follow_redirects=False, timeout=timeout) as http:
+        async with httpx.AsyncClient(
+            follow_redirects=False, timeout=timeout, trust_env=False
+        ) as http:
             answer = await http.post(found.url, content=body, headers=headers)
         status = answer.status_code
     except SubscriberError as exc:
@@ -446,7 +447,7 @@ async def test_subscriber(request: Request) -> Response:
     except httpx.TimeoutException:
         error = "timeout"
     except (httpx.HTTPError, OSError, ValueError) as exc:
-        error = f"{type(exc).__name__}: {exc}"[:300] if str(exc) else type(exc).__name__
+        error = _masked(exc, {**found.headers, **headers})
     duration = int((time.perf_counter() - started) * 1000)
     delivered = status is not None and 200 <= status < 300
     log.info(
@@ -460,6 +461,16 @@ async def test_subscriber(request: Request) -> Response:
         m.SubscriberTestResult,
         {"delivered": delivered, "status": status, "error": error, "duration_ms": duration},
     )
+
+
+def _masked(exc: BaseException, headers: dict[str, str]) -> str:
+    """``exc`` as one line of at most 300 characters, no header value in it (an HTTP client's
+    message may quote a value it refused: a token, a signature)."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    for value in headers.values():
+        if len(value) >= 3:
+            text = text.replace(value, "***")
+    return " ".join(text.split())[:300]
 
 
 def history_routes() -> list[ApiRoute]:

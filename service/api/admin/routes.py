@@ -206,6 +206,8 @@ async def list_subscribers(request: Request) -> Response:
 async def create_subscriber(request: Request) -> Response:
     res = AdminResources(request)
     data = await json_object(request)
+    if "previous_secrets" in data:  # only a rotation keeps previous secrets
+        raise Unprocessable("invalid_subscriber", "previous_secrets: not accepted")
     subscriber = await build({**data, "origin": "api"}, res)
     if not await res.subscribers.add(subscriber):
         raise Conflict("subscriber_exists", f"subscriber {subscriber.id!r} already exists")
