@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.api.admin.event_routes import event_dead_letter_routes
 from service.api.admin.history_routes import history_routes
 from service.api.admin.routes import admin_app, api_error_response
+from service.api.admin.subscriber_routes import subscriber_routes
 from service.api.console import console_routes
 from service.api.health import healthz, readyz
 from service.api.ingest.endpoint import WebhookEndpoint
@@ -152,8 +153,9 @@ def create_app(settings: Settings, sources: Mapping[str, Source] | None = None) 
 
 
 def admin_extra_routes() -> list[BaseRoute]:
-    """The admin routes beyond ``service.api.admin.routes``' own: event dead letters, history."""
-    return [*event_dead_letter_routes(), *history_routes()]
+    """The admin routes beyond ``service.api.admin.routes``' own: event dead letters, history,
+    secret rotation and test events."""
+    return [*event_dead_letter_routes(), *history_routes(), *subscriber_routes()]
 
 
 def create_admin_app(settings: Settings, *, lifespan: bool = True) -> ASGIApp:

@@ -42,6 +42,7 @@ from service.errors import (
     Unauthorized,
     Unprocessable,
 )
+from service.metrics import ADMIN_REFUSALS
 from service.settings import Settings
 from service.store.converge import StuckList
 from service.store.deliveries import DeliveryAdmin
@@ -65,6 +66,7 @@ MUTABLE_FIELDS = frozenset(
 async def api_error_response(_: Request, exc: Exception) -> Response:
     """The one exception handler of the admin API: an :class:`ApiError` as its JSON body."""
     assert isinstance(exc, ApiError)
+    ADMIN_REFUSALS.labels(str(exc.status_code), exc.code).inc()
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers or None)
 
 

@@ -188,7 +188,8 @@ async def test_events_list_show_filters_and_pages(pipeline: Pipeline) -> None:
 
 async def test_bad_parameters_are_400_and_unknown_ids_404(pipeline: Pipeline) -> None:
     """Limits out of range, unreadable times, states and cursors are 400 invalid_query; unknown
-    events, payments, deliveries and subscribers are 404, all in the one error shape."""
+    events, payments, deliveries and subscribers are 404, all in the one error shape, and each
+    refusal is counted (kartahook_admin_refusals_total)."""
     p = pipeline
     for path, params in [
         ("/events", {"limit": "0"}),
@@ -221,6 +222,12 @@ async def test_bad_parameters_are_400_and_unknown_ids_404(pipeline: Pipeline) ->
     assert (bad_secret.status_code, bad_secret.json()["error"]) == (400, "invalid_body")
     no_since = await p.admin.post("/subscribers/ledger/resend", json={})
     assert (no_since.status_code, no_since.json()["error"]) == (400, "invalid_body")
+    async with httpx.AsyncClient() as http:
+        metrics = (
+            await http.get(str(p.admin.base_url).rstrip("/").removesuffix("/admin") + "/metrics")
+        ).text
+    assert 'kartahook_admin_refusals_total{error="invalid_query",status="400"}' in metrics
+    assert 'kartahook_admin_refusals_total{error="unknown_delivery",status="404"}' in metrics
 
 
 async def test_deliveries_list_filters_and_pages(pipeline: Pipeline) -> None:

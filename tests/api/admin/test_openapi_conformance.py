@@ -21,8 +21,8 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 import schemathesis
-from schemathesis import GenerationMode
 from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
