@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest deploy-check bench clean venv
+.PHONY: run test lint typecheck pytest chromium deploy-check bench clean venv
 
 venv: $(STAMP)
 
@@ -28,8 +28,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy service workers sandbox kartahook
 
-pytest: $(STAMP)
+pytest: $(STAMP) chromium
 	$(BIN)/pytest -q
+
+# The console's browser test drives Debian's chromium (Playwright, executable_path); never a
+# browser download.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium)
 
 test: lint typecheck pytest
 
