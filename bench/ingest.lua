@@ -1,8 +1,12 @@
 -- wrk script for bench/ingest.py (kartapay and each source): replays pre-built, distinct requests.
--- Usage: wrk -t<n> -s bench/ingest.lua <url> -- <requests file> <n>
+-- Usage: wrk -t<n> -s bench/ingest.lua <url> -- <requests file> <n> [<mean delay ms>]
 -- The file holds one request per line: "<method>\t<path>\t<headers>\t<body>", the headers as
 -- "name: value" pairs separated by the byte 0x1f. Each wrk thread takes every n-th line, so no
 -- two connections send the same event.
+-- With a mean delay, each connection waits a random time (exponential, that mean, in whole ms)
+-- after each answer before its next request: a paced load of about connections / delay
+-- requests per second, for latency below saturation. Without one, no delay() is defined and
+-- wrk sends as fast as it is answered.
 
 local threads = {}
 local counter = 0
@@ -32,6 +36,14 @@ function init(args)
     index = index + 1
   end
   position = 0
+  local mean_delay = tonumber(args[3] or "0")
+  if mean_delay > 0 then
+    math.randomseed(os.time() + id)
+    delay = function()
+      -- Exponential with mean mean_delay, rounded to whole ms at random (mean kept).
+      return math.floor(-math.log(1 - math.random()) * mean_delay + math.random())
+    end
+  end
 end
 
 function request()

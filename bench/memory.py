@@ -17,14 +17,16 @@ subscriber's URL):
    started on the same stack; once every subscriber received every transition, and the queue
    and the in-flight/parked sets are empty (every delivery finished), ``used_memory`` delta /
    payments and the same census (which patterns keep keys with no TTL at rest).
-3. **Jobs per breaker cycle during an outage.** One subscriber whose server answers 500;
-   ``--parked`` payments parked behind its open breaker (cool-down ``--cooldown``, 10 s: short,
-   yet long enough for the worker to run every parked job once per cycle; a retry schedule
-   that keeps every delivery pending). Over a few cool-downs (each ``open_until`` value of the
-   breaker hash is one cycle), the delivery job runs counted from the worker's own metrics
-   (``kartahook_deliveries_total`` + ``kartahook_delivery_deferred_total``) and the peak number
-   of due ``fdl:*`` jobs in the arq queue. Then the server recovers and every transition must
-   arrive, in lifecycle order for each payment.
+3. **Jobs per breaker cycle during an outage** (``--outage-only``: this part alone, printed).
+   One subscriber whose server answers 500, beside a healthy one; ``--parked`` payments parked
+   behind its open breaker (cool-down ``--cooldown``, 10 s; a retry schedule that keeps every
+   delivery pending). Over a few cool-downs (each ``open_until`` value of the breaker hash is
+   one cycle), the down subscriber's job runs counted from the worker's own metrics
+   (``kartahook_deliveries_total`` + ``kartahook_delivery_deferred_total`` +
+   ``kartahook_delivery_wakes_total``, its label only) and the peak number of its jobs
+   (``fdl:*``, ``fwk:*``) due in the arq queue. Then the server recovers and every transition
+   must arrive, in lifecycle order for each payment (the most jobs due at once meanwhile: the
+   release rate); the healthy subscriber's deliveries are counted before the recovery.
 4. **Projection** for 1 million payments a day at steady state: each key kind's bytes per payment
    at rest x the days it lives (its TTL from the settings), summed; keys without a TTL grow
    without bound and are reported per day.
@@ -82,11 +84,18 @@ NO_TTL_ALLOWED = (
     layout.SUBSCRIBERS,
     layout.SUBSCRIBERS_VERSION,
     layout.BREAKER,
+    layout.HISTORY_TIMELINES,
+    layout.HISTORY_PAYMENTS,
 )
 # Capped streams and lists: constant at scale, whatever the number of payments.
-CAPPED = (layout.UNROUTABLE, layout.TRANSITIONS, layout.ATTEMPT_LOG)
+CAPPED = (
+    layout.UNROUTABLE,
+    layout.TRANSITIONS,
+    layout.ATTEMPT_LOG,
+    layout.HISTORY_TIMELINES,
+    layout.HISTORY_PAYMENTS,
+)
 SAMPLE_KEYS = 200
-FDL_PREFIX = layout.DELIVER_JOB_ID.split("{", 1)[0]
 Report = Callable[[str], None]
 
 
@@ -95,11 +104,12 @@ Report = Callable[[str], None]
 
 class Receiver:
     """Records each delivery (path, webhook-id, payment id, type) and answers 204, or 500 while
-    failing (``POST /_fail`` with ``on``/``off``)."""
+    failing (``POST /_fail`` with ``on``/``off``, or a path: only that one fails)."""
 
     def __init__(self) -> None:
         self.records: list[tuple[str, str, str, str]] = []
         self.failing = False
+        self.failing_path: str | None = None
         self.refused = 0
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -119,7 +129,9 @@ class Receiver:
         path = scope["path"]
         body = b"".join(chunks)
         if path == "/_fail":
-            self.failing = body == b"on"
+            # ``on``: every path answers 500; ``/<path>``: that path only; ``off``: none.
+            self.failing = body == b"on" or body.startswith(b"/")
+            self.failing_path = body.decode() if body.startswith(b"/") else None
             await self._answer(send, 200, b"ok")
         elif path == "/_count":
             await self._answer(send, 200, str(len(self.records)).encode())
@@ -128,7 +140,7 @@ class Receiver:
         elif path == "/_records":
             await self._answer(send, 200, orjson.dumps(self.records))
         elif scope["method"] == "POST":
-            if self.failing:
+            if self.failing and self.failing_path in (None, path):
                 self.refused += 1
                 await self._answer(send, 500, b"down")
                 return
@@ -498,15 +510,19 @@ async def measure_lifecycle(
 class Outage:
     parked: int
     cooldown_s: float
-    cycles: list[tuple[int, int]] = field(default_factory=list)  # (job runs, peak due fdl jobs)
+    cycles: list[tuple[int, int]] = field(default_factory=list)  # (job runs, peak due jobs)
     parked_lines: int = 0
-    fdl_jobs_queued: int = 0
+    jobs_queued: int = 0  # the most jobs of the down subscriber queued at once (any due time)
     refused: int = 0
     expected: int = 0
     deliveries: int = 0
     duplicates: int = 0
     out_of_order: int = 0
     recovery_s: float = 0.0
+    recovery_peak_due: int = 0  # the most jobs of the down subscriber due at once, recovering
+    other_expected: int = 0
+    other_during_outage: int = 0  # the other subscriber's deliveries before the recovery
+    other_out_of_order: int = 0
 
     @property
     def jobs_per_cycle(self) -> float:
@@ -517,24 +533,43 @@ class Outage:
         return max((c[1] for c in self.cycles), default=0)
 
 
-def metric_sum(text: str, names: Sequence[str]) -> float:
-    """The sum of every sample of the metrics ``names`` in a Prometheus exposition."""
+def metric_sum(text: str, names: Sequence[str], subscriber: str | None = None) -> float:
+    """The sum of every sample of the metrics ``names`` in a Prometheus exposition (only those
+    labelled with ``subscriber``, when given)."""
     total = 0.0
+    label = f'subscriber="{subscriber}"'
     for line in text.splitlines():
         name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in names:
+        if name in names and (subscriber is None or label in line):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
 
-async def due_fdl(redis: Any, queue: str) -> tuple[int, int]:
-    """(due, all) ``fdl:*`` jobs in the arq queue."""
+def subscriber_jobs(subscriber: str) -> tuple[str, str]:
+    """The job-id prefixes of a subscriber's jobs: its deliveries' and its wake jobs'."""
+    return (
+        layout.DELIVER_JOB_ID.split("{", 1)[0] + subscriber + ":",
+        layout.WAKE_JOB_ID.split("{", 1)[0] + subscriber + ":",
+    )
+
+
+async def due_jobs(redis: Any, queue: str, subscriber: str) -> tuple[int, int]:
+    """(due, all) jobs of ``subscriber`` (deliveries and wake jobs) in the arq queue."""
     from service.clock import now_ms
 
     members = await redis.zrange(queue, 0, -1, withscores=True)
     now = now_ms()
-    fdl = [score for member, score in members if bytes(member).decode().startswith(FDL_PREFIX)]
-    return sum(1 for s in fdl if s <= now), len(fdl)
+    prefixes = subscriber_jobs(subscriber)
+    scores = [score for member, score in members if bytes(member).decode().startswith(prefixes)]
+    return sum(1 for s in scores if s <= now), len(scores)
+
+
+# The worker's metrics that count the runs of a subscriber's jobs: an attempt, a park, a wake job.
+JOB_RUN_METRICS = (
+    "kartahook_deliveries_total",
+    "kartahook_delivery_deferred_total",
+    "kartahook_delivery_wakes_total",
+)
 
 
 async def measure_outage(
@@ -545,8 +580,9 @@ async def measure_outage(
     report: Report = print,
     timeout_s: float = 300,
 ) -> Outage:
-    """``parked`` payments parked behind a down subscriber's open breaker: job runs and due jobs
-    per breaker cycle, then recovery and the order of every line."""
+    """``parked`` payments parked behind a down subscriber's open breaker, beside a healthy one:
+    the down subscriber's job runs and due jobs per breaker cycle; the healthy one's deliveries
+    meanwhile; then recovery (the most jobs due at once) and the order of every line."""
     from kartahook import stack as builder
     from kartahook.supervisor import http_ok
     from service.domain.signing import sign_headers
@@ -559,7 +595,7 @@ async def measure_outage(
     port, metrics_port = free_port(), free_port()
     receiver_url = f"http://127.0.0.1:{port}"
     metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-    sub = "down"
+    sub, other = "down", "up"
     settings = {
         "KARTAHOOK_DELIVERY_BREAKER_COOLDOWN_S": str(cooldown_s),
         # Retries every 1-2 s for a day: every delivery stays pending during the measurement,
@@ -571,20 +607,24 @@ async def measure_outage(
     }
     stack = builder.Stack(
         workdir / "outage",
-        subscribers=[builder.Subscriber(sub, f"{receiver_url}/{sub}")],
+        subscribers=[
+            builder.Subscriber(sub, f"{receiver_url}/{sub}"),
+            builder.Subscriber(other, f"{receiver_url}/{other}"),
+        ],
         extra_children=[receiver_spec(port)],
         token=TOKEN,
         base_env=child_env(settings),
         sandbox_args=("--step-delay", "0.01"),
         sandbox_webhooks=False,
     )
-    result = Outage(parked, cooldown_s, expected=parked * len(STATUSES))
+    expected = parked * len(STATUSES)
+    result = Outage(parked, cooldown_s, expected=expected, other_expected=expected)
     async with stack, httpx.AsyncClient(timeout=30) as http:
         redis: Any = redis_client(stack.redis_url)
         try:
             await wait_until(http_ok(metrics_url), 30, "worker metrics", stack)
-            await http.post(receiver_url + "/_fail", content=b"on")
-            report(f"  {parked} payments, subscriber answering 500 ...")
+            await http.post(receiver_url + "/_fail", content=f"/{sub}".encode())
+            report(f"  {parked} payments, subscriber {sub!r} answering 500, {other!r} 204 ...")
             ids = await completed_payments(stack.sandbox_url, parked)
             limit = asyncio.Semaphore(32)
 
@@ -619,9 +659,7 @@ async def measure_outage(
 
             async def runs() -> float:
                 text = (await http.get(metrics_url)).text
-                return metric_sum(
-                    text, ("kartahook_deliveries_total", "kartahook_delivery_deferred_total")
-                )
+                return metric_sum(text, JOB_RUN_METRICS, sub)
 
             # One cycle = the time one ``open_until`` of the breaker holds; the first (partial)
             # one is skipped.
@@ -632,9 +670,9 @@ async def measure_outage(
             deadline = time.monotonic() + (cycles + 2) * (cooldown_s + 2) + 30
             while len(result.cycles) < cycles and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-                due, total = await due_fdl(redis, queue)
+                due, total = await due_jobs(redis, queue, sub)
                 peak = max(peak, due)
-                result.fdl_jobs_queued = max(result.fdl_jobs_queued, total)
+                result.jobs_queued = max(result.jobs_queued, total)
                 now_open = await redis.hget(breaker_key(sub), "open_until")
                 if now_open != opened:
                     opened = now_open
@@ -647,17 +685,25 @@ async def measure_outage(
                 raise TimeoutError(f"only {len(result.cycles)} breaker cycles observed")
             report(f"  {result.jobs_per_cycle:.0f} job runs per cycle; recovering ...")
 
+            records = await receiver_records(http, receiver_url)
+            result.other_during_outage = sum(1 for r in records if r[0] == f"/{other}")
             result.refused = int((await http.get(receiver_url + "/_refused")).content)
             started = time.monotonic()
             await http.post(receiver_url + "/_fail", content=b"off")
+            wanted = result.expected + result.other_expected
 
             async def recovered() -> bool:
-                return int((await http.get(receiver_url + "/_count")).content) >= result.expected
+                due, _ = await due_jobs(redis, queue, sub)
+                result.recovery_peak_due = max(result.recovery_peak_due, due)
+                return int((await http.get(receiver_url + "/_count")).content) >= wanted
 
-            await wait_until(recovered, timeout_s, "recovery", stack, 0.2)
+            await wait_until(recovered, timeout_s, "recovery", stack, 0.05)
             result.recovery_s = time.monotonic() - started
             records = await receiver_records(http, receiver_url)
-            result.deliveries, result.duplicates, result.out_of_order = order_problems(records)
+            mine = [r for r in records if r[0] == f"/{sub}"]
+            result.deliveries, result.duplicates, result.out_of_order = order_problems(mine)
+            theirs = [r for r in records if r[0] == f"/{other}"]
+            result.other_out_of_order = order_problems(theirs)[2]
         finally:
             await redis.aclose()
     return result
@@ -780,10 +826,16 @@ def render(lives: Sequence[Lifecycle], outage: Outage | None, when: str | None =
         )
     if outage is not None:
         out.append(
-            f"| delivery jobs run per breaker cycle, {outage.parked_lines:,} parked payments "
-            f"| {outage.jobs_per_cycle:,.0f} (peak due at once {outage.peak_due:,}) "
-            f"| <= {GOAL_JOBS_PER_CYCLE} with >= {GOAL_PARKED:,} parked "
+            f"| jobs run per breaker cycle for the down subscriber, {outage.parked_lines:,} "
+            f"parked payments | {outage.jobs_per_cycle:,.0f} (peak due at once "
+            f"{outage.peak_due:,}) | <= {GOAL_JOBS_PER_CYCLE} with >= {GOAL_PARKED:,} parked "
             f"| {met(outage.jobs_per_cycle <= GOAL_JOBS_PER_CYCLE)} |"
+        )
+        in_order = outage.deliveries == outage.expected and not outage.out_of_order
+        out.append(
+            f"| after recovery, every transition delivered in order "
+            f"| {outage.deliveries:,}/{outage.expected:,}, {outage.out_of_order} lines out of "
+            f"order | all, in order | {met(in_order)} |"
         )
     if three is not None and three.rest is not None:
         bad = [p for p in three.rest.no_ttl_patterns() if p not in NO_TTL_ALLOWED]
@@ -837,13 +889,16 @@ def render(lives: Sequence[Lifecycle], outage: Outage | None, when: str | None =
         )
     if outage is not None:
         out.append(
-            f"- outage: breaker cool-down {outage.cooldown_s:g} s; job runs per cycle "
-            f"{[c[0] for c in outage.cycles]}, peak due `fdl:*` jobs per cycle "
-            f"{[c[1] for c in outage.cycles]}, at most {outage.fdl_jobs_queued:,} `fdl:*` jobs "
-            f"queued; {outage.refused:,} attempts answered 500; after recovery "
+            f"- outage: breaker cool-down {outage.cooldown_s:g} s; the down subscriber's job "
+            f"runs (attempts, parks, wake jobs) per cycle {[c[0] for c in outage.cycles]}, its "
+            f"peak due jobs per cycle {[c[1] for c in outage.cycles]}, at most "
+            f"{outage.jobs_queued:,} of its jobs queued; {outage.refused:,} attempts answered "
+            f"500; the healthy subscriber received {outage.other_during_outage:,}/"
+            f"{outage.other_expected:,} transitions before the recovery began "
+            f"({outage.other_out_of_order} lines out of order); after recovery "
             f"{outage.deliveries:,}/{outage.expected:,} transitions arrived in "
-            f"{outage.recovery_s:.1f} s, {outage.duplicates} duplicates, {outage.out_of_order} "
-            "lines out of order."
+            f"{outage.recovery_s:.1f} s (at most {outage.recovery_peak_due:,} of its jobs due at "
+            f"once), {outage.duplicates} duplicates, {outage.out_of_order} lines out of order."
         )
     out.append("")
     if one is not None and one.queued is not None:
@@ -928,7 +983,7 @@ async def run_all(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="kartahook-memory-bench-"))
     try:
         lives = []
-        for subscribers in args.subscribers:
+        for subscribers in [] if args.outage_only else args.subscribers:
             print(f"queued and at rest, {subscribers} subscriber(s):", flush=True)
             lives.append(await measure_lifecycle(workdir, args.payments, subscribers))
         outage = None
@@ -937,7 +992,7 @@ async def run_all(args: argparse.Namespace) -> int:
             outage = await measure_outage(workdir, args.parked, args.cooldown)
         lines = render(lives, outage)
         print("\n" + "\n".join(lines), flush=True)
-        if not args.no_write:
+        if not args.no_write and not args.outage_only:
             write_reports(lines)
     except BaseException:
         print(f"(logs kept in {workdir})", file=sys.stderr)
@@ -962,6 +1017,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="breaker cool-down (s): long enough for the worker to run every parked job once",
     )
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--outage-only",
+        action="store_true",
+        help="measure only the outage (jobs per breaker cycle); printed, not written",
+    )
     parser.add_argument("--receiver", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.receiver:

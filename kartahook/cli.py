@@ -48,6 +48,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "show backlog, dead letters, subscriber health and workers",
     ),
     "config": ("kartahook.commands.config", "check the configuration files"),
+    "listen": (
+        "kartahook.commands.listen",
+        "a temporary subscriber that prints and forwards each delivery",
+    ),
+    "trigger": (
+        "kartahook.commands.trigger",
+        "drive one sandbox payment to completed, failed or canceled",
+    ),
+    "logs": ("kartahook.commands.logs", "show the logs of `kartahook run` readably"),
 }
 
 # What `kartahook COMMAND --help` says about the command.
@@ -98,6 +107,24 @@ DESCRIPTIONS: dict[str, str] = {
     "config": (
         "Check the sources and subscribers files without starting anything; prints one line "
         "per problem and exits 1 when there is any."
+    ),
+    "listen": (
+        "Register a temporary subscriber through the admin API, receive its deliveries on this "
+        "machine, print each one (its signature verified) and forward it, same body and "
+        "webhook-* headers, to --forward-to; answer kartahook with the forward's status. "
+        "Ctrl-C or SIGTERM removes the subscriber. Against `make run` it needs no options "
+        "but --forward-to (the admin URL and token come from var/run.json)."
+    ),
+    "trigger": (
+        "Create one payment in the sandbox and drive it to OUTCOME (through --source's "
+        "provider, default STR), print its id and follow it until kartahook has recorded that "
+        "status (read from Redis). Against `make run` the sandbox and Redis come from "
+        "var/run.json."
+    ),
+    "logs": (
+        "Show var/log/*.log (the structlog JSON lines of every process `kartahook run` "
+        "started) one readable line each: time, component, level, event, key fields. "
+        "--follow keeps printing new lines until Ctrl-C."
     ),
 }
 

@@ -148,15 +148,22 @@ def plan_code(n: int) -> GatewayCode:
     return GATEWAY_CODES[n % len(GATEWAY_CODES)]
 
 
-async def create_and_submit_plans(kartapay: KartaPayClient, payments: int) -> dict[str, str]:
+async def create_and_submit_plans(
+    kartapay: KartaPayClient,
+    payments: int,
+    on_submitted: Callable[[str, str], None] | None = None,
+) -> dict[str, str]:
     """Create ``payments`` payments and submit each with :func:`plan_code`; return payment id
-    -> plan code, in creation order."""
+    -> plan code, in creation order. ``on_submitted(payment id, plan code)`` is called as each
+    one is submitted."""
     limit = asyncio.Semaphore(CREATE_CONCURRENCY)
 
     async def one(n: int) -> tuple[str, str]:
         async with limit:
             record = await kartapay.create(demo_claim(n))
             await kartapay.submit(record.id, plan_code(n))
+            if on_submitted is not None:
+                on_submitted(record.id, plan_code(n))
             return record.id, plan_code(n)
 
     return dict(await asyncio.gather(*(one(n) for n in range(1, payments + 1))))
@@ -234,13 +241,14 @@ async def run_demo(
     *,
     timeout_s: float = 120.0,
     on_delivery: Callable[[Entry], None] | None = None,
+    on_submitted: Callable[[str, str], None] | None = None,
 ) -> DemoResult:
     """Drive ``payments`` demo payments through their lifecycle and follow their deliveries."""
     async with httpx.AsyncClient(timeout=5.0) as http:
         watcher = ReceivedWatcher(subscriber_url, http)
         await watcher.start_from_now()
         started = time.monotonic()
-        plans = await create_and_submit_plans(kartapay, payments)
+        plans = await create_and_submit_plans(kartapay, payments, on_submitted)
         result = await follow(
             watcher, list(plans), timeout_s=timeout_s, on_delivery=on_delivery, started=started
         )

@@ -201,6 +201,7 @@ class DemoSubscriber:
     channels: tuple[str, ...] | None = None
     keep: int | None = None
     keep_raw: bool = False  # list each delivery's body and signature headers too
+    fail_ratio: float = 0.0  # share of deliveries it answers 500 (its --fail-ratio)
     name: str = ""  # the process's name (log file, messages); default ``subscriber-<id>``
 
     @property
@@ -237,6 +238,12 @@ class Stack:
     # survives a crash of Redis or of the machine (guarantee 1; docs/operations.md).
     redis_appendfsync: str = "always"
     base_env: Mapping[str, str] | None = None  # the children's environment; default os.environ
+    # ``KARTAHOOK_*`` settings given to every child on top of ``base_env`` (e.g. a short retry
+    # schedule, so that dead letters show up in a demo).
+    settings_env: Mapping[str, str] = field(default_factory=dict)
+    # The admin API's token, given to the service only (KARTAHOOK_ADMIN_TOKEN); None: the
+    # service's environment decides (off unless set there).
+    admin_token: str | None = field(default=None, repr=False)
     sandbox_args: Sequence[str] = ()
     sandbox_webhooks: bool = True  # False: the sandbox sends none
     # Which webhooks the sandbox sends (its --webhooks): KartaPay's own, the plan's provider's,
@@ -353,6 +360,7 @@ class Stack:
                 "KARTAHOOK_SUBSCRIBERS_FILE": str(subscribers),
                 SOURCE_SECRET_ENV: self.source_secret,
                 **self.providers.source_env(),
+                **self.settings_env,
             }
         )
         env.update({entry.secret_env: entry.secret for entry in self.entries()})
@@ -375,6 +383,8 @@ class Stack:
                 argv += ["--keep", str(demo.keep)]
             if demo.keep_raw:
                 argv.append("--keep-raw")
+            if demo.fail_ratio:
+                argv += ["--fail-ratio", str(demo.fail_ratio)]
             # The secret reaches it through the environment, not the command line.
             demo_env = {**env, "KARTAHOOK_DEMO_SUBSCRIBER_SECRET": demo.secret}
             ready = http_ok(demo.base_url(self.client_host) + "/healthz")
@@ -384,7 +394,10 @@ class Stack:
         sandbox = ("sandbox", ChildSpec("sandbox", [], dict(env), None))
         if self.provider_webhooks:  # it writes the PayPal CA the service reads at start
             specs.append(sandbox)
-        specs.append(("serve", ChildSpec("service", self._argv("service", serve), dict(env), None)))
+        serve_env = dict(env)
+        if self.admin_token:  # through the environment: never on a command line
+            serve_env["KARTAHOOK_ADMIN_TOKEN"] = self.admin_token
+        specs.append(("serve", ChildSpec("service", self._argv("service", serve), serve_env, None)))
         for n in range(1, self.workers + 1):
             name = "worker" if n == 1 else f"worker-{n}"
             argv = self._argv("worker", [*CLI, "worker"])
@@ -467,6 +480,11 @@ class Stack:
                 appendfsync=self.redis_appendfsync,
             )
             await asyncio.to_thread(self.redis.start, 30.0)
+            if self.redis.replaced:
+                self.report(
+                    f"  stopped the redis-server (pid {self.redis.replaced}) an earlier run "
+                    f"left on {self.redis.data_dir}"
+                )
             self.redis_url = self.redis.url
         env = self.child_env(*self.write_config_files())
         for command, spec in self.specs(env):

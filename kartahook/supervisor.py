@@ -54,8 +54,12 @@ def port_is_open(host: str, port: int) -> bool:
 
 
 def port_is_free(host: str, port: int) -> bool:
-    """Whether ``port`` can be bound on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """Whether ``port`` can be bound on ``host`` right now, the way uvicorn and redis-server
+    bind (``SO_REUSEADDR``): a port whose last connections wait in TIME_WAIT (a run stopped a
+    moment ago) is free for them, only a listener or a live connection's port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

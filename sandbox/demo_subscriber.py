@@ -6,7 +6,10 @@ against the Standard Webhooks signature made with the subscriber's ``whsec_`` se
 - missing or malformed headers: 400; a wrong signature or a stale timestamp: 401;
 - a body that is not a JSON object: 400;
 - a ``webhook-id`` seen before: 200 with ``"duplicate": true``, counted, not listed again;
-- otherwise: 200, logged, and listed by ``GET /received``.
+- otherwise: 200, logged, and listed by ``GET /received``;
+- with ``fail_ratio`` R > 0, a share R of the verified deliveries is answered 500 instead (not
+  listed, counted as ``rejected`` ``failed_on_purpose``): a failing subscriber for demos of
+  retries, dead letters and the circuit breaker (``kartahook run --failing-subscriber``).
 
 ``GET /received`` answers, in arrival order, the last ``keep`` deliveries: ``seq``,
 ``webhook_id``, ``type``, ``payment_id``, ``status``, ``received_at`` (ISO 8601, UTC),
@@ -22,6 +25,7 @@ The log line of a delivery carries its ids, type and status; never its signature
 
 from __future__ import annotations
 
+import random
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
@@ -150,9 +154,14 @@ class ReceivedLog:
         }
 
 
-def create_app(secret: str, keep: int = 1000, keep_raw: bool = False) -> Starlette:
+def create_app(
+    secret: str, keep: int = 1000, keep_raw: bool = False, fail_ratio: float = 0.0
+) -> Starlette:
     """The demo subscriber's ASGI app, verifying with ``secret`` and listing the last ``keep``
-    (with each one's body and signature headers when ``keep_raw``)."""
+    (with each one's body and signature headers when ``keep_raw``); it answers 500 to a share
+    ``fail_ratio`` of the deliveries."""
+    if not 0.0 <= fail_ratio <= 1.0:
+        raise ValueError("fail_ratio must be between 0 and 1")
     keys = [decode_secret(secret)]
     received = ReceivedLog(keep)
 
@@ -182,6 +191,10 @@ def create_app(secret: str, keep: int = 1000, keep_raw: bool = False) -> Starlet
             received.reject("not_json")
             log.warning("delivery_rejected", reason="not_json", webhook_id=webhook_id)
             return _json({"error": "the body must be a JSON object"}, 400)
+        if fail_ratio and random.random() < fail_ratio:
+            received.reject("failed_on_purpose")
+            log.info("delivery_failed_on_purpose", webhook_id=webhook_id)
+            return _json({"error": "failing on purpose (--fail-ratio)"}, 500)
         raw = None
         if keep_raw:
             names = ("webhook-id", "webhook-timestamp", "webhook-signature")

@@ -150,6 +150,14 @@ async def force_failure(request: Request) -> Response:
     return json_response({"data": record.view()})
 
 
+async def plan_outcome(request: Request) -> Response:
+    body = await _json_body(request)
+    if not isinstance(body, dict) or not isinstance(body.get("outcome"), str):
+        raise BadRequest('the body must be {"outcome": "completed" | "failed" | "canceled"}')
+    record = _sandbox(request).lifecycle.plan_outcome(request.path_params["id"], body["outcome"])
+    return json_response({"data": record.view(), "outcome": record.outcome})
+
+
 async def list_webhooks(request: Request) -> Response:
     sender = _sandbox(request).sender
     payment_id = request.query_params.get("paymentId")
@@ -255,6 +263,7 @@ def create_app(
         Route("/_sandbox/faults", get_faults, methods=["GET"]),
         Route("/_sandbox/faults", set_faults, methods=["POST"]),
         Route("/_sandbox/payments/{id}/fail", force_failure, methods=["POST"]),
+        Route("/_sandbox/payments/{id}/outcome", plan_outcome, methods=["POST"]),
         Route("/_sandbox/webhooks", list_webhooks, methods=["GET"]),
         Route("/_sandbox/webhooks", clear_webhooks, methods=["DELETE"]),
         Route("/_sandbox/providers", get_providers, methods=["GET"]),

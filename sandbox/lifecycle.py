@@ -1,5 +1,6 @@
-"""What happens to a payment after the API calls: submit, cancel, forced failure, and the
-automatic steps submitted -> approved -> captured -> completed (or -> failed).
+"""What happens to a payment after the API calls: submit, cancel, forced failure, a planned
+outcome, and the automatic steps submitted -> approved -> captured -> completed (or -> failed,
+or -> canceled when that outcome was planned).
 
 One scheduler task, started in the app's lifespan, runs the automatic steps when they are due.
 """
@@ -22,6 +23,7 @@ log = structlog.get_logger("sandbox.lifecycle")
 NEXT_STEP = {"submitted": "approved", "approved": "captured", "captured": "completed"}
 CANCELABLE = frozenset({"init", "pending", "submitted"})
 SUBMITTABLE = frozenset({"init", "pending"})
+OUTCOMES = ("completed", "failed", "canceled")
 
 
 class StepScheduler:
@@ -88,7 +90,8 @@ class Lifecycle:
         plan["source"] = chosen
         billing = dict(record.body["billing"])
         billing["providerId"] = f"{chosen.lower()}_{self.rng.getrandbits(64):016x}"
-        record.will_fail = self.rng.random() < self.config.fail_ratio
+        if record.outcome is None:
+            record.will_fail = self.rng.random() < self.config.fail_ratio
         self.store.move(payment_id, "submitted", plan=plan, billing=billing)
         log.info("payment submitted", payment_id=payment_id, source=chosen)
         self.scheduler.schedule(self.config.step_delay_s, payment_id, "submitted")
@@ -111,13 +114,29 @@ class Lifecycle:
         log.info("payment failed on request", payment_id=payment_id)
         return record
 
+    def plan_outcome(self, payment_id: str, outcome: str) -> PaymentRecord:
+        """Decide where a payment's automatic steps lead (sandbox control): ``completed``,
+        ``failed`` (from ``submitted``, whatever ``fail_ratio`` says) or ``canceled`` (from
+        ``submitted``); only before its first automatic step."""
+        if outcome not in OUTCOMES:
+            raise BadRequest(f"outcome must be one of {', '.join(OUTCOMES)}")
+        record = self._record(payment_id)
+        if record.status not in CANCELABLE:
+            raise BadRequest(f"the outcome of a payment in status {record.status} is decided")
+        record.outcome = outcome
+        record.will_fail = outcome == "failed"
+        log.info("payment outcome planned", payment_id=payment_id, outcome=outcome)
+        return record
+
     def advance(self, payment_id: str, expected_status: str) -> None:
         """One automatic step, if the payment is still where the step was planned."""
         record = self.store.get(payment_id)
         if record is None or record.status != expected_status:
             return  # canceled or failed meanwhile
         try:
-            if expected_status == "submitted" and record.will_fail:
+            if expected_status == "submitted" and record.outcome == "canceled":
+                self.store.move(payment_id, "canceled")
+            elif expected_status == "submitted" and record.will_fail:
                 self.store.move(payment_id, "failed")
             else:
                 self.store.move(payment_id, NEXT_STEP[expected_status])

@@ -87,6 +87,9 @@ class PaymentRecord:
     body: dict[str, Any]
     will_fail: bool = False
     seq: int = 0
+    # The final status its automatic steps lead to, when planned (``POST
+    # /_sandbox/payments/{id}/outcome``); None: ``completed``, or ``failed`` by ``fail_ratio``.
+    outcome: str | None = None
 
     @property
     def status(self) -> str:

@@ -24,7 +24,8 @@
     │   ├── Unauthorized               401 (``missing_token``; ``WWW-Authenticate: Bearer``)
     │   ├── Forbidden                  403 (``invalid_token``, ``admin_disabled``)
     │   ├── NotFound                   404 (``not_found``, ``unknown_subscriber``, …)
-    │   ├── Conflict                   409 (``subscriber_exists``)
+    │   ├── Conflict                   409 (``subscriber_exists``, ``delivery_pending``)
+    │   ├── Gone                       410 (``body_expired``)
     │   └── Unprocessable              422 (``invalid_subscriber``, ``invalid_query``, …)
     └── (defined next to their code, subclassing it)
         ├── service.api.ingest.sources.base.Rejection   a webhook refused by its source
@@ -35,6 +36,8 @@
         │                                              PayPal's certificate could not be fetched
         ├── service.targets.ForbiddenAddress            a host resolved to kartahook's own
         │                                               listener (also an OSError)
+        ├── service.store.history.BadCursor             a list cursor the admin API did not
+        │                                               write (also a ValueError; 400)
         └── workers.delivery.errors.FanoutError         the fan-out machinery itself
 
 The KartaPay client keeps its own tree, :mod:`service.kartapay.errors` (``KartaPayError`` →
@@ -176,6 +179,12 @@ class Conflict(ApiError):
     """409: the resource exists already."""
 
     status_code = 409
+
+
+class Gone(ApiError):
+    """410: the resource is past retention."""
+
+    status_code = 410
 
 
 class Unprocessable(ApiError):

@@ -45,6 +45,14 @@ REDIS_WAIT_SHORT = Counter(
     registry=REGISTRY,
 )
 
+ADMIN_REFUSALS = Counter(
+    "kartahook_admin_refusals",
+    "Admin API requests refused, by status and error code (bad token, bad parameter, unknown "
+    "id, ...).",
+    ["status", "error"],
+    registry=REGISTRY,
+)
+
 REDIS_BATCH_SIZE = Histogram(
     "kartahook_ingest_batch_size",
     "Event writes sent to Redis in one pipeline by the ingestion batcher.",

@@ -131,6 +131,15 @@ class Settings(BaseSettings):
     # this long, then dropped (metrics: kartahook_dead_letters, kartahook_payments_stuck).
     operator_ttl_s: int = Field(30 * 24 * 3600, gt=0)
 
+    # History (admin API and console): written by the processing job (docs/operations.md)
+    history_ttl_s: int = Field(
+        7 * 24 * 3600, gt=0, description="How long a payment's timeline is kept after its last run."
+    )
+    history_timeline_max: int = Field(64, ge=1, description="Processing runs kept per payment.")
+    history_index_max: int = Field(
+        200_000, ge=1, description="Payments the events and deliveries lists can walk, at most."
+    )
+
     @property
     def lease_ms(self) -> int:
         """:attr:`worker_lease_s` in milliseconds: how long a worker's hold on a job (arq's

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from service.kartapay.client import KartaPayClient
     from service.store.dead_letters import EventDeadLetters
+    from service.store.history import HistoryStore
     from service.store.leases import Leases
     from service.store.subscribers import SubscriberCache
     from workers.delivery import Deliveries
@@ -62,6 +63,8 @@ class WorkerContext:
     retry_policy: FetchRetryPolicy | None = None
     event_dead_letters: EventDeadLetters | None = None
     processor: EventProcessor | None = None
+    history: HistoryStore | None = None
+    """Where processing records each run for the admin API's history (``service.store.history``)."""
     converger: Converger | None = None
     """The convergence loop (``workers.processing.converge``), started with processing."""
     fanout: FanoutDeps | None = None

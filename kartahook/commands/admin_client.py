@@ -2,21 +2,24 @@
 talk HTTP to a running ``kartahook serve``, so validation, allowlist and wake-ups happen in one
 place (the API), and the CLI never needs Redis credentials.
 
-``--admin-url`` (or ``KARTAHOOK_ADMIN_URL``, default http://127.0.0.1:8090: the admin listener of
-``kartahook serve``) and ``--token`` (or ``KARTAHOOK_ADMIN_TOKEN``).
+``--admin-url`` (or ``KARTAHOOK_ADMIN_URL``, else the ``admin_url`` of a running ``kartahook run``'s
+``var/run.json``, else http://127.0.0.1:8090: the admin listener of ``kartahook serve``) and
+``--token`` (or ``KARTAHOOK_ADMIN_TOKEN``, else ``run.json``'s token when the URL is
+``run.json``'s); see :mod:`kartahook.run_state`.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 
 from kartahook.errors import RUNTIME, USAGE, CliError
+from kartahook.run_state import DEFAULT_VAR_DIR, discover_admin
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8090"
 
@@ -47,17 +50,34 @@ def _add_options(parent: argparse.ArgumentParser, sub_level: bool) -> None:
     parent.add_argument(
         "--admin-url",
         metavar="URL",
-        default=default(os.environ.get("KARTAHOOK_ADMIN_URL", DEFAULT_ADMIN_URL)),
-        help=f"base URL of kartahook serve's admin listener (env KARTAHOOK_ADMIN_URL, default "
-        f"{DEFAULT_ADMIN_URL})",
+        default=default(None),
+        help="base URL of kartahook serve's admin listener (env KARTAHOOK_ADMIN_URL, else the "
+        f"running `kartahook run`'s, from VAR_DIR/run.json, else {DEFAULT_ADMIN_URL})",
     )
     parent.add_argument(
         "--token",
-        default=default(os.environ.get("KARTAHOOK_ADMIN_TOKEN")),
-        help="the admin API's Bearer token (env KARTAHOOK_ADMIN_TOKEN)",
+        default=default(None),
+        help="the admin API's Bearer token (env KARTAHOOK_ADMIN_TOKEN, else the running "
+        "`kartahook run`'s, for its admin URL)",
+    )
+    parent.add_argument(
+        "--var-dir",
+        type=Path,
+        default=default(DEFAULT_VAR_DIR),
+        help="where a running `kartahook run` keeps run.json (default ./var)",
     )
     parent.add_argument(
         "--json", action="store_true", default=default(False), help="print the raw JSON answer"
+    )
+
+
+def admin_target(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The admin URL and token for ``args``: options, environment, ``run.json``, default."""
+    return discover_admin(
+        getattr(args, "admin_url", None),
+        getattr(args, "token", None),
+        getattr(args, "var_dir", DEFAULT_VAR_DIR),
+        DEFAULT_ADMIN_URL,
     )
 
 
@@ -83,7 +103,8 @@ class AdminClient:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> AdminClient:
-        return cls(args.admin_url, args.token)
+        url, token = admin_target(args)
+        return cls(url, token)
 
     def call(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
         query = {k: v for k, v in params.items() if v is not None}

@@ -1,20 +1,18 @@
 """``kartahook demo``: drive demo payments through a running stack and show their deliveries.
 
-By default it talks to the stack that ``kartahook run`` started (read from ``./var/run.json``),
-else to ``KARTAHOOK_KARTAPAY_URL`` and the demo subscriber at ``KARTAHOOK_DEMO_SUBSCRIBER_URL``
-(default http://127.0.0.1:8702).
+Options win; then ``KARTAHOOK_KARTAPAY_URL`` and ``KARTAHOOK_DEMO_SUBSCRIBER_URL``; then the
+stack of a running ``kartahook run`` (``./var/run.json``, :mod:`kartahook.run_state`); then the
+defaults (the sandbox's, and the demo subscriber at http://127.0.0.1:8702).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 from pathlib import Path
-from typing import Any
 
 from kartahook.errors import USAGE, CliError
+from kartahook.run_state import DEFAULT_VAR_DIR, discover, live_run_state
 from service.settings import Settings
 
 DEFAULT_SUBSCRIBER_URL = "http://127.0.0.1:8702"
@@ -24,25 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--payments", type=int, default=5, help="how many payments (default 5)")
     parser.add_argument("--kartapay-url", help="KartaPay API (sandbox) base URL")
     parser.add_argument(
-        "--subscriber-url",
-        default=os.environ.get("KARTAHOOK_DEMO_SUBSCRIBER_URL"),
-        help="demo subscriber base URL (env KARTAHOOK_DEMO_SUBSCRIBER_URL)",
+        "--subscriber-url", help="demo subscriber base URL (env KARTAHOOK_DEMO_SUBSCRIBER_URL)"
     )
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="seconds to wait for the deliveries"
     )
     parser.add_argument(
-        "--var-dir", type=Path, default=Path("var"), help="where kartahook run keeps run.json"
+        "--var-dir", type=Path, default=DEFAULT_VAR_DIR, help="where kartahook run keeps run.json"
     )
-
-
-def read_run_state(var_dir: Path) -> dict[str, Any]:
-    """What ``kartahook run`` wrote about the stack it runs, or ``{}``."""
-    try:
-        state: dict[str, Any] = json.loads((var_dir / "run.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return state
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,9 +37,21 @@ def run(args: argparse.Namespace) -> int:
     from service.kartapay import KartaPayClient
 
     settings = Settings()
-    state = read_run_state(args.var_dir)
-    kartapay_url = args.kartapay_url or state.get("sandbox_url") or settings.kartapay_url
-    subscriber_url = args.subscriber_url or state.get("subscriber_url") or DEFAULT_SUBSCRIBER_URL
+    state = live_run_state(args.var_dir)
+    kartapay_url = (
+        discover(args.kartapay_url, "KARTAHOOK_KARTAPAY_URL", state, "sandbox_url", None)
+        or settings.kartapay_url
+    )
+    subscriber_url = (
+        discover(
+            args.subscriber_url,
+            "KARTAHOOK_DEMO_SUBSCRIBER_URL",
+            state,
+            "subscriber_url",
+            DEFAULT_SUBSCRIBER_URL,
+        )
+        or DEFAULT_SUBSCRIBER_URL
+    )
     if args.payments < 1:
         raise CliError("--payments must be at least 1", USAGE)
     print(f"demo: {args.payments} payments via {kartapay_url}, deliveries from {subscriber_url}")

@@ -1,5 +1,6 @@
 """``kartahook status``: backlog, dead letters, subscriber health and the workers' heartbeat,
-read straight from Redis (``KARTAHOOK_REDIS_URL``). ``--json`` for scripts.
+read straight from Redis (``--redis-url``, else ``KARTAHOOK_REDIS_URL``, else the Redis of a
+running ``kartahook run``, from ``var/run.json``). ``--json`` for scripts.
 
 Exits 0 when healthy, 1 when something needs attention: no worker heartbeat, a subscriber
 disabled or with an open breaker, dead letters or stuck payments present; 2, with one line on
@@ -12,11 +13,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
 from redis.exceptions import RedisError
 
+from kartahook.run_state import DEFAULT_VAR_DIR, live_run_state
 from service.settings import Settings
 from service.store.client import check_url, error_line, redis_client
 from service.store.status import snapshot
@@ -25,7 +28,16 @@ STATUS_TIMEOUT_S = 5.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--redis-url", help="default KARTAHOOK_REDIS_URL")
+    parser.add_argument(
+        "--redis-url",
+        help="default KARTAHOOK_REDIS_URL, else that of a running `kartahook run` (run.json)",
+    )
+    parser.add_argument(
+        "--var-dir",
+        type=Path,
+        default=DEFAULT_VAR_DIR,
+        help="where a running `kartahook run` keeps run.json (default ./var)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -61,9 +73,12 @@ def problems(state: dict[str, Any]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     settings = Settings()
-    url = args.redis_url or settings.redis_url
+    url = args.redis_url or settings.redis_url or live_run_state(args.var_dir).get("redis_url")
     if not url:
-        print("kartahook: set KARTAHOOK_REDIS_URL or pass --redis-url", file=sys.stderr)
+        print(
+            "kartahook status: set KARTAHOOK_REDIS_URL, pass --redis-url, or start `make run`",
+            file=sys.stderr,
+        )
         return 2
     try:
         check_url(url)

@@ -4,7 +4,8 @@
   :class:`service.api.ingest.front.WebhookFront` outside Starlette), ``/healthz`` and
   ``/readyz``. Nothing else: a load balancer may expose it to the internet.
 - ``create_admin_app(settings)``: the admin listener (``KARTAHOOK_ADMIN_PORT``). ``/admin/…``,
-  ``/metrics`` and the probes; keep it internal (NetworkPolicy, bind address).
+  the operator's console (``/console``, :mod:`service.api.console`), ``/metrics`` and the
+  probes; keep it internal (NetworkPolicy, bind address).
 - ``create_server_app(settings, admin_port)``: both in one ASGI app for one uvicorn server that
   listens on both sockets. A request goes to the admin app only when it arrived on the admin
   port (the local address of its connection, ``scope["server"]``), else to the public app. One
@@ -31,7 +32,10 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.admin.event_routes import event_dead_letter_routes
+from service.api.admin.history_routes import history_routes
 from service.api.admin.routes import admin_app, api_error_response
+from service.api.admin.subscriber_routes import subscriber_routes
+from service.api.console import console_routes
 from service.api.health import healthz, readyz
 from service.api.ingest.endpoint import WebhookEndpoint
 from service.api.ingest.front import WebhookFront
@@ -148,14 +152,22 @@ def create_app(settings: Settings, sources: Mapping[str, Source] | None = None) 
     return trusted_proxy_headers(front, settings.trusted_proxies)
 
 
+def admin_extra_routes() -> list[BaseRoute]:
+    """The admin routes beyond ``service.api.admin.routes``' own: event dead letters, history,
+    secret rotation and test events."""
+    return [*event_dead_letter_routes(), *history_routes(), *subscriber_routes()]
+
+
 def create_admin_app(settings: Settings, *, lifespan: bool = True) -> ASGIApp:
-    """The admin listener's ASGI app: ``/admin/…`` (Bearer ``KARTAHOOK_ADMIN_TOKEN``),
-    ``/metrics`` and the probes. With ``lifespan=False`` it relies on the state of the app it
-    is served beside (:func:`create_server_app`)."""
+    """The admin listener's ASGI app: ``/admin/…`` (Bearer ``KARTAHOOK_ADMIN_TOKEN``), the
+    console (``/console``; its page signs in with that token), ``/metrics`` and the probes.
+    With ``lifespan=False`` it relies on the state of the app it is served beside
+    (:func:`create_server_app`)."""
     routes = [
         *_probe_routes(),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
-        Mount("/admin", app=admin_app(event_dead_letter_routes())),
+        Mount("/admin", app=admin_app(admin_extra_routes())),
+        *console_routes(),
     ]
     app = _starlette(settings, routes, {} if lifespan else None)
     return trusted_proxy_headers(app, settings.trusted_proxies)

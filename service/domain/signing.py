@@ -14,7 +14,7 @@ import hmac
 import re
 import secrets as _secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 # Defined in service.errors (the error tree), re-exported here.
 from service.errors import MissingHeaderError as MissingHeaderError
@@ -74,14 +74,16 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
 
 
 def sign_headers(
-    secret: str, msg_id: str, body: bytes, timestamp: int | None = None
+    secret: str | Sequence[str], msg_id: str, body: bytes, timestamp: int | None = None
 ) -> dict[str, str]:
-    """The three Standard Webhooks headers for ``body``."""
+    """The three Standard Webhooks headers for ``body``. Several secrets (a rotation's overlap)
+    give several signatures, space-separated (``v1,<sig1> v1,<sig2>``), in their order."""
     ts = int(time.time()) if timestamp is None else timestamp
+    secrets = [secret] if isinstance(secret, str) else list(secret)
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(ts),
-        "webhook-signature": sign(decode_secret(secret), msg_id, ts, body),
+        "webhook-signature": " ".join(sign(decode_secret(s), msg_id, ts, body) for s in secrets),
     }
 
 

@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from service import config_files
-from service.domain.signing import decode_secret, generate_secret
+from service.domain.signing import decode_secret, generate_secret, sign_headers
 from service.errors import SubscriberError as SubscriberError
 from service.targets import ForbiddenTargets, check_target
 
@@ -42,6 +42,19 @@ RESERVED_HEADERS = frozenset(
         "connection",
     }
 )
+
+
+# Previous secrets kept through overlapping rotations, at most (the newest ones).
+MAX_PREVIOUS_SECRETS = 3
+
+
+class PreviousSecret(BaseModel):
+    """A secret replaced by a rotation, still signed with until ``expires_ms``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    secret: str = Field(repr=False)
+    expires_ms: int
 
 
 class Subscriber(BaseModel):
@@ -63,6 +76,9 @@ class Subscriber(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
     origin: Literal["file", "api"] = "api"
     updated_at: float = Field(default_factory=time.time)
+    previous_secrets: list[PreviousSecret] = Field(default_factory=list, repr=False)
+    """Secrets replaced by a rotation and still in their overlap: deliveries carry a signature
+    with each of them too. Never shown by the API (:meth:`public`) nor logged."""
 
     @field_validator("secret")
     @classmethod
@@ -95,8 +111,28 @@ class Subscriber(BaseModel):
         return self.concurrency or default
 
     def public(self) -> dict[str, Any]:
-        """The subscriber as the admin API shows it: everything but the secret."""
-        return self.model_dump(exclude={"secret"})
+        """The subscriber as the admin API shows it: everything but its secrets (the expiry of
+        a rotation's previous secret is shown, as ``previous_secret_expires_ms``)."""
+        data = self.model_dump(exclude={"secret", "previous_secrets"})
+        expiries = [p.expires_ms for p in self.previous_secrets]
+        data["previous_secret_expires_ms"] = max(expiries) if expiries else None
+        return data
+
+    def signing_secrets(self, now_ms: int) -> list[str]:
+        """The secrets a delivery is signed with now: the current one, then every previous
+        one still in its overlap."""
+        return [self.secret, *(p.secret for p in self.previous_secrets if p.expires_ms > now_ms)]
+
+    def rotated(self, new_secret: str, overlap_s: int, now_ms: int) -> Subscriber:
+        """This subscriber with ``new_secret``; the current one kept for ``overlap_s`` (0: not
+        at all), with the previous ones still in their overlap."""
+        kept = [p for p in self.previous_secrets if p.expires_ms > now_ms]
+        if overlap_s > 0:
+            kept.append(PreviousSecret(secret=self.secret, expires_ms=now_ms + overlap_s * 1000))
+            kept = kept[-MAX_PREVIOUS_SECRETS:]
+        else:
+            kept = []
+        return self.model_copy(update={"secret": new_secret, "previous_secrets": kept})
 
     def to_json(self) -> str:
         return self.model_dump_json()
@@ -117,6 +153,27 @@ class Subscriber(BaseModel):
             if not isinstance(channels, list) or not set(self.channels) & set(map(str, channels)):
                 return False
         return True
+
+
+USER_AGENT = "kartahook-delivery/1"
+
+
+def signed_headers(
+    subscriber: Subscriber, msg_id: str, body: bytes, now_ms: int, timestamp: int | None = None
+) -> dict[str, str]:
+    """What a delivery to ``subscriber`` carries: its extra headers, then ours: content type,
+    user agent, Standard Webhooks headers (one signature per secret: :meth:`signing_secrets`)
+    and ``Idempotency-Key`` (= ``webhook-id``)."""
+    headers = dict(subscriber.headers)
+    headers.update(
+        {
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+            **sign_headers(subscriber.signing_secrets(now_ms), msg_id, body, timestamp),
+            "idempotency-key": msg_id,
+        }
+    )
+    return headers
 
 
 def host_allowed(host: str, allowlist: Iterable[str]) -> bool:

@@ -20,11 +20,14 @@ webhook-id, ``{p}`` payment id):
 - ``ORDER`` ``{s}:{p}``: zset of the pending deliveries of one (subscriber, payment), score = seq.
 - ``HEAD`` ``{s}:{p}``: string, the one active delivery of that pair (its head). Only the head has
   an arq job; the next one is activated when the head is delivered or dead-lettered.
-- ``WAITING`` ``{s}``: zset of parked heads (over the cap, breaker open, subscriber disabled),
-  woken when a slot frees, the breaker closes, or the subscriber is enabled.
+- ``WAITING`` ``{s}``: zset of parked heads (over the cap, breaker open, probe in flight,
+  subscriber disabled), scored by when they first parked, with no job of their own; woken when
+  a slot frees, by the subscriber's wake job (``WAKE_JOB_ID``: the probe at the end of a breaker
+  cycle, or a recheck), or when the subscriber is enabled.
 - ``INFLIGHT`` ``{s}``: zset of in-flight job ids, score = lease end (a dead worker's slot
   expires).
-- ``BREAKER`` ``{s}``: hash, circuit breaker: fails, open_until (ms), probe, probe_until.
+- ``BREAKER`` ``{s}``: hash, circuit breaker: fails, open_until (ms), probe, probe_until; and
+  recheck_at (ms), when the subscriber's pending recheck wake job is due.
 - ``DEAD_ALL``: zset of ``{s}/{t}`` by dead-letter time; ``DEAD`` ``{s}``: zset of ``{t}``.
 - ``ATTEMPT_LOG`` ``{s}``: list, the attempt log, newest first, capped.
 
@@ -40,6 +43,8 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from service.domain.events import transition_id
+from service.domain.lifecycle import MAIN_LINE, SEQ, TERMINAL
 from service.store.compression import decompress
 from service.store.layout import DEAD_ALL as DEAD_ALL_KEY
 from service.store.layout import (
@@ -55,6 +60,24 @@ from service.store.scripts import Script
 
 REPLAY = Script.load("delivery_replay")
 WAKE = Script.load("delivery_wake")
+
+# The states a dead-letter replay and a resend take a delivery from (pending ones are sent anyway).
+REPLAYABLE = ("dead",)
+RESENDABLE = ("dead", "delivered", "dropped")
+# The statuses a transition can have (init never is one).
+EMITTED = tuple(s for s in (*MAIN_LINE, *TERMINAL) if s != MAIN_LINE[0])
+
+
+def _status_of(payment_id: str, tid: str) -> str | None:
+    """The status of the transition ``tid`` of ``payment_id`` (None: not one of its)."""
+    for status in EMITTED:
+        if transition_id(payment_id, status) == tid:
+            return status
+    return None
+
+
+def _decoded(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,14 +192,34 @@ class DeliveryAdmin:
 
     async def replay(self, subscriber_id: str, transition_id: str, now_ms: int) -> str:
         """Queue a dead letter again, same webhook-id: 'ok', 'missing' or 'not_dead'."""
+        result, _ = await self.resend(subscriber_id, transition_id, now_ms, REPLAYABLE)
+        return result
+
+    async def resend(
+        self,
+        subscriber_id: str,
+        transition_id: str,
+        now_ms: int,
+        states: tuple[str, ...] = RESENDABLE,
+        payment_id: str | None = None,
+    ) -> tuple[str, str]:
+        """Queue a delivery in one of ``states`` again, same webhook-id, at its place in its
+        line: ('ok', job id of its attempt when it became the line's head, else ''), or
+        ('missing' | 'not_dead' (another state) | 'no_body' (past retention), ''). A finished
+        (delivered or dropped) delivery is only a record of its payment: found with
+        ``payment_id``, and resent while its transition's snapshot (the body) exists."""
         keys = [
             self.queue_name,
             delivery_key(subscriber_id, transition_id),
             DEAD_ALL_KEY,
             dead_key(subscriber_id),
         ]
-        result = await REPLAY(self.redis, keys, [now_ms, subscriber_id, transition_id])
-        return result.decode() if isinstance(result, bytes) else str(result)
+        args: list[str | int] = [now_ms, subscriber_id, transition_id, ",".join(states)]
+        status = _status_of(payment_id, transition_id) if payment_id else None
+        if payment_id and status is not None:
+            args += [payment_id, SEQ[status], status]
+        result, job_id = await REPLAY(self.redis, keys, args)
+        return _decoded(result), _decoded(job_id)
 
     async def replay_many(
         self, subscriber_id: str | None, since_ms: int | None, now_ms: int
@@ -189,7 +232,8 @@ class DeliveryAdmin:
         return replayed
 
     async def wake(self, subscriber_id: str, count: int, now_ms: int) -> int:
-        """Reset the breaker and start up to ``count`` parked deliveries of a subscriber."""
+        """Reset the breaker (its pending wake job goes with it) and start up to ``count``
+        parked deliveries of a subscriber."""
         keys = [self.queue_name, breaker_key(subscriber_id), waiting_key(subscriber_id)]
         woken = await WAKE(self.redis, keys, [now_ms, subscriber_id, count])
         return int(woken)

@@ -1,16 +1,23 @@
-"""The worker's side of the delivery state: two Lua scripts (``lua/delivery_acquire.lua``,
-``lua/delivery_finish.lua``) over the keys of :mod:`service.store.deliveries`. Deliveries are
+"""The worker's side of the delivery state: Lua scripts (``lua/delivery_acquire.lua``,
+``lua/delivery_finish.lua``, ``lua/delivery_release.lua``, ``lua/delivery_resume.lua``) over the
+keys of :mod:`service.store.deliveries`. Deliveries are
 created by processing's compare-and-set
 (:mod:`service.store.payments`), in the same step that records the transition.
 
 - :meth:`FanoutStore.acquire` lets an attempt start, or parks the delivery: over the concurrency
-  cap, breaker open, probe in flight, or subscriber disabled. A parked delivery holds no worker.
+  cap, breaker open, probe in flight, or subscriber disabled. A parked delivery holds no worker
+  and has no job of its own: the subscriber's one wake job brings it back (below).
 - :meth:`FanoutStore.resume`, after a crash, makes the deferred safety-net jobs of the attempts
   in flight of some subscribers due when their slot's lease ends (``lua/delivery_resume.lua``).
 - :meth:`FanoutStore.finish` records the attempt and moves the delivery on: delivered, retried
   later (a fresh job), dead-lettered, or parked (outcome ``gone``: a 410, or a subscriber the
   send-time guards paused); then it wakes parked deliveries. After a
-  success it may acquire the line's next delivery for the caller in the same step.
+  success it may acquire the line's next delivery for the caller in the same step. A failure that
+  opens the breaker enqueues that cycle's wake job.
+- :meth:`FanoutStore.release` is the subscriber's wake job (``fanout_wake``, one per breaker
+  cycle, or a recheck of deliveries parked over the cap): at the end of a cool-down it acquires
+  the longest-parked delivery as the half-open probe, for the job to send; with the breaker
+  closed it gives parked deliveries jobs, as many as there are free slots.
 
 Both scripts refuse to act on a stale copy of the subscriber registry (see
 :class:`service.store.subscribers.SubscriberCache`): ``acquire`` answers ``reload``, and ``finish``
@@ -47,6 +54,7 @@ OPERATOR_TTL_S = 30 * 86_400
 ACQUIRE = Script.load("delivery_acquire")
 FINISH = Script.load("delivery_finish")
 RESUME = Script.load("delivery_resume")
+RELEASE = Script.load("delivery_release")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +124,19 @@ class Finished:
     handed: Acquired | None = None
     """The next delivery of the same (subscriber, payment), acquired for the caller to run at
     once (only with ``hold_ms``); its queued job is deferred as a safety net."""
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """What a subscriber's wake job found (:meth:`FanoutStore.release`)."""
+
+    verdict: str
+    """reload, disabled, open, probing, idle, probe or released."""
+    count: int = 0
+    """open: until when (ms); probing: the probe's lease end; released: deliveries given a job."""
+    probe: Acquired | None = None
+    """With ``probe``: the longest-parked delivery, started as the half-open probe for the caller
+    to send at once (its queued job deferred by the hold, as the safety net)."""
 
 
 def _text(value: Any) -> str:
@@ -199,7 +220,13 @@ class FanoutStore:
         hold_ms: int = 0,
         lease_ms: int = 0,
         subscribers_version: str = "",
+        open_jitter_ms: int = 0,
+        recheck_ms: int = 0,
     ) -> Finished:
+        """Record the attempt and move the delivery on. ``open_jitter_ms``: added to the end of
+        the cool-down for the wake job of a breaker this failure opens; ``recheck_ms`` (0: none):
+        when deliveries stay parked after the wake-ups, the subscriber's recheck is due then
+        (unless one is pending)."""
         reply = await FINISH(
             self.redis,
             [
@@ -235,6 +262,8 @@ class FanoutStore:
                 hold_ms,
                 lease_ms,
                 subscribers_version,
+                open_jitter_ms,
+                recheck_ms,
                 self.operator_ttl_s,
             ],
         )
@@ -245,6 +274,46 @@ class FanoutStore:
             dead_letters=int(reply[2]),
             handed=Acquired.started(handed, reply[4:]) if handed else None,
         )
+
+    async def release(
+        self,
+        *,
+        subscriber_id: str,
+        enabled: bool,
+        cap: int,
+        lease_ms: int,
+        hold_ms: int,
+        recheck_ms: int,
+        open_jitter_ms: int,
+        now_ms: int,
+        subscribers_version: str,
+    ) -> Released:
+        """The subscriber's wake job (``lua/delivery_release.lua``): the half-open probe taken
+        from the parked deliveries, or parked deliveries given jobs as slots allow."""
+        reply = await RELEASE(
+            self.redis,
+            [
+                self.queue_name,
+                SUBSCRIBERS_VERSION,
+                waiting_key(subscriber_id),
+                inflight_key(subscriber_id),
+                breaker_key(subscriber_id),
+            ],
+            [
+                now_ms,
+                subscriber_id,
+                "1" if enabled else "0",
+                cap,
+                lease_ms,
+                hold_ms,
+                recheck_ms,
+                open_jitter_ms,
+                subscribers_version,
+            ],
+        )
+        verdict = _text(reply[0])
+        probe = Acquired.started(_text(reply[2]), reply[3:], verdict) if len(reply) > 2 else None
+        return Released(verdict, int(reply[1]), probe)
 
     async def resume(self, subscriber_ids: Sequence[str], now_ms: int) -> int:
         """Make the deferred safety-net job of each attempt in flight for ``subscriber_ids`` due

@@ -46,6 +46,7 @@ ARQ_EXPIRES_EXTRA_MS = 7 * 86_400_000
 # The arq functions that ingestion, processing and delivery enqueue.
 PROCESS_EVENT = "process_event"
 FANOUT_DELIVER = "fanout_deliver"
+FANOUT_WAKE = "fanout_wake"
 
 # ---- key formats -------------------------------------------------------------------------------
 
@@ -102,12 +103,24 @@ STUCK = KEY_PREFIX + "stuck"
 EVENT_DLQ_ENTRIES = KEY_PREFIX + "dlq:events"
 EVENT_DLQ_INDEX = KEY_PREFIX + "dlq:events:index"
 
+# History (docs/decisions/history.md): written by the processing job, off the ingestion path.
+# Payment id -> its packed timeline, one line per processing run of a hint (service.store.history).
+HISTORY_TIMELINES = KEY_PREFIX + "h:timelines"
+# The payments of HISTORY_TIMELINES, newest first seen first; capped and aged out with it.
+HISTORY_PAYMENTS = KEY_PREFIX + "h:payments"
+# Events processed in one minute ({minute}: epoch minutes), by source: the overview's rates.
+HISTORY_RATE = KEY_PREFIX + "h:rate:{minute}"
+
 # ---- job-id formats ----------------------------------------------------------------------------
 
 EVENT_JOB_ID = "evt:{digest}"
 EVENT_RETRY_JOB_ID = "{event_job_id}:r{attempt}"
 EVENT_DLQ_RETRY_JOB_ID = "{event_job_id}:dlq{now_ms}"
 DELIVER_JOB_ID = "fdl:{sub}:{tid}:{gen}"
+# A subscriber's wake job (``fanout_wake``, docs/fanout.md "Isolation"): one per breaker cycle,
+# ``at`` = the cycle's ``open_until``, so every delivery parked behind that open breaker ensures
+# the same one job; or one per recheck of deliveries parked over the cap, ``at`` = its due time.
+WAKE_JOB_ID = "fwk:{sub}:{at}"
 # A convergence check of a payment: one per (payment, schedule start, step), so a check is
 # enqueued once however many workers run converge_due.lua.
 CONVERGE_JOB_ID = "cv:{payment_id}:{first}:{step}"
@@ -161,6 +174,9 @@ KEY_PATTERNS: tuple[KeyPattern, ...] = (
     KeyPattern(STUCK, "zset", "none (capped: converge_stuck_max)"),
     KeyPattern(EVENT_DLQ_ENTRIES, "hash", "none (entries older than operator_ttl_s trimmed)"),
     KeyPattern(EVENT_DLQ_INDEX, "zset", "none (entries older than operator_ttl_s trimmed)"),
+    KeyPattern(HISTORY_TIMELINES, "hash", "none (capped and aged with the payments list)"),
+    KeyPattern(HISTORY_PAYMENTS, "list", "none (capped: history_index_max; aged: history_ttl_s)"),
+    KeyPattern(HISTORY_RATE, "hash", "600 s"),
 )
 
 
@@ -268,6 +284,10 @@ def attempt_log_key(subscriber_id: str) -> str:
     return ATTEMPT_LOG.format(sub=subscriber_id)
 
 
+def history_rate_key(minute: int) -> str:
+    return HISTORY_RATE.format(minute=minute)
+
+
 # ---- job ids -----------------------------------------------------------------------------------
 
 
@@ -293,6 +313,12 @@ def event_dlq_retry_job_id(event_job: str, now_ms: int) -> str:
 
 def deliver_job_id(subscriber_id: str, transition_id: str, gen: int) -> str:
     return DELIVER_JOB_ID.format(sub=subscriber_id, tid=transition_id, gen=gen)
+
+
+def wake_job_id(subscriber_id: str, at_ms: int) -> str:
+    """The wake job of ``subscriber_id`` for ``at_ms``: the ``open_until`` of a breaker cycle,
+    or the due time of a recheck."""
+    return WAKE_JOB_ID.format(sub=subscriber_id, at=at_ms)
 
 
 def converge_job_id(payment_id: str, first_ms: int, step: int) -> str:
@@ -330,6 +356,7 @@ def deliver_job_target(job_id: str) -> tuple[str, str]:
 LUA_KEY_FUNCTIONS: dict[str, str] = {
     "arq_job_key": ARQ_JOB,
     "deliver_job_id": DELIVER_JOB_ID,
+    "wake_job_id": WAKE_JOB_ID,
     "dead_member": DEAD_MEMBER,
     "delivery_key": DELIVERY,
     "snapshot_key": SNAPSHOT,

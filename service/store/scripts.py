@@ -43,6 +43,7 @@ def constants() -> dict[str, str]:
         "ARQ_EXPIRES_EXTRA_MS": str(layout.ARQ_EXPIRES_EXTRA_MS),
         "LINE_TTL_S": str(layout.LINE_TTL_S),
         "FANOUT_DELIVER": layout.lua_string(layout.FANOUT_DELIVER),
+        "FANOUT_WAKE": layout.lua_string(layout.FANOUT_WAKE),
         "PROCESS_EVENT": layout.lua_string(layout.PROCESS_EVENT),
         "CONVERGENCE_SOURCE": layout.lua_string(layout.CONVERGENCE_SOURCE),
         "FINAL_STATUSES": "{" + ", ".join(f"[{layout.lua_string(s)}] = true" for s in FINAL) + "}",

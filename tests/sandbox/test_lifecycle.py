@@ -209,6 +209,55 @@ async def test_forced_failure_and_cancel_send_their_webhooks(receiver: Receiver)
     assert receiver.bad_signatures == 0
 
 
+async def test_a_planned_outcome_decides_one_payment(receiver: Receiver) -> None:
+    """POST /_sandbox/payments/{id}/outcome before submit: `failed` fails that payment (the
+    fail ratio is 0), `canceled` cancels it once submitted, `completed` wins over a fail ratio
+    of 1; a bad outcome or a payment past its first step is refused with 400."""
+    async with sandbox(config_for(receiver, fail_ratio=1.0)) as (client, url):
+        await client.post("/_sandbox/faults", json={"fail_ratio": 0.0})
+        ids: dict[str, str] = {}
+        async with httpx.AsyncClient(base_url=url) as control:
+            for outcome in ("failed", "canceled", "completed"):
+                if outcome == "completed":
+                    await control.post("/_sandbox/faults", json={"fail_ratio": 1.0})
+                created = await client.post("/v1/payments", json=CLAIM)
+                payment_id = created.json()["data"]["id"]
+                planned = await control.post(
+                    f"/_sandbox/payments/{payment_id}/outcome", json={"outcome": outcome}
+                )
+                assert planned.status_code == 200 and planned.json()["outcome"] == outcome
+                submitted = await client.post(
+                    f"/v1/payments/{payment_id}/submit", json={"source": "STR"}
+                )
+                assert submitted.status_code == 200
+                ids[outcome] = payment_id
+            for outcome, payment_id in ids.items():
+                await wait_status(client, payment_id, outcome)
+            bad = await control.post(
+                f"/_sandbox/payments/{ids['failed']}/outcome", json={"outcome": "failed"}
+            )
+            assert bad.status_code == 400  # already final
+            created = await client.post("/v1/payments", json=CLAIM)
+            unknown = await control.post(
+                f"/_sandbox/payments/{created.json()['data']['id']}/outcome",
+                json={"outcome": "refunded"},
+            )
+            assert unknown.status_code == 400
+            missing = await control.post(
+                "/_sandbox/payments/nope/outcome", json={"outcome": "failed"}
+            )
+            assert missing.status_code == 404
+
+        async def arrived() -> bool:
+            return (
+                receiver.statuses(ids["failed"]) == ["init", "submitted", "failed"]
+                and receiver.statuses(ids["canceled"]) == ["init", "submitted", "canceled"]
+                and receiver.statuses(ids["completed"]) == SUCCESS
+            )
+
+        await wait_for(arrived, timeout_s=15)
+
+
 async def test_webhook_is_retried_when_the_receiver_fails(receiver: Receiver) -> None:
     """A receiver that answers 500 once per event still gets every event, re-signed, with the
     same webhook-id; the sandbox records both attempts."""

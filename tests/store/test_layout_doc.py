@@ -73,6 +73,7 @@ def test_lua_files_name_no_key_prefix() -> None:
     """No .lua file of the store spells a key prefix: keys come in KEYS or from lib/keys.lua."""
     prefixes = {layout.KEY_PREFIX, layout.ARQ_JOB_PREFIX, layout.prefix(layout.EVENT_JOB_ID)}
     prefixes.add(layout.DELIVER_JOB_ID.split("{", 1)[0])
+    prefixes.add(layout.WAKE_JOB_ID.split("{", 1)[0])
     files = sorted((ROOT / "service" / "store" / "lua").rglob("*.lua"))
     offenders = []
     for path in files:

@@ -9,6 +9,10 @@ worker context); one job does the rest:
 - ``fanout_deliver(subscriber_id, webhook_id)``: one attempt; job id ``fdl:<sub>:<id>:<gen>``,
   written by the Lua scripts (a fresh job per attempt; for a delivery run at once, the safety
   net that runs only should that run die).
+- ``fanout_wake(subscriber_id)``: a subscriber's wake job, job id ``fwk:<sub>:<at>``, written
+  by the Lua scripts: one per breaker cycle (``at`` = its ``open_until``; it sends the half-open
+  probe), or a recheck of deliveries parked over the cap. Parked deliveries have no job of
+  their own.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from service.clock import now_ms
 from service.settings import Settings
 from service.store.deliveries import DeliveryAdmin
 from service.store.delivery_state import FanoutStore
-from service.store.layout import FANOUT_DELIVER
+from service.store.layout import FANOUT_DELIVER, FANOUT_WAKE
 from service.store.subscribers import SubscriberCache, SubscriberStore, load_subscribers_into
 from workers import metrics as worker_metrics
 from workers.context import WorkerContext, worker_context
@@ -34,7 +38,7 @@ from workers.delivery.client import build_transport
 from workers.delivery.errors import FanoutNotStarted
 from workers.delivery.guard import SendGuard
 from workers.delivery.handoff import FanoutHandoff
-from workers.delivery.runner import FanoutDeps, deliver
+from workers.delivery.runner import FanoutDeps, deliver, wake
 from workers.delivery.schedule import RetrySchedule
 
 log = structlog.get_logger("kartahook.fanout")
@@ -80,6 +84,28 @@ async def fanout_deliver(ctx: dict[str, Any], subscriber_id: str, webhook_id: st
         raise Retry(defer=_backoff(ctx, base=0.5, cap=30)) from exc
 
 
+async def fanout_wake(ctx: dict[str, Any], subscriber_id: str) -> str:
+    """arq job: a subscriber's wake job (the probe of a breaker cycle, or a recheck)."""
+    deps = _deps(ctx)
+    until = deps.attempts_until(time.monotonic(), job_timeout_s(deps.settings))
+    try:
+        if int(ctx.get("job_try", 1)) > 1:
+            # Run again: if its worker died sending the probe, the probe's job resumes now.
+            await deps.store.resume([subscriber_id], now_ms())
+        return await wake(deps, subscriber_id, until)
+    except RedisError as exc:
+        raise Retry(defer=_backoff(ctx, base=0.5, cap=30)) from exc
+    except Exception as exc:
+        worker_metrics.UNEXPECTED_ERRORS.labels(FANOUT_WAKE).inc()
+        log.exception(
+            "fanout_wake_error",
+            subscriber_id=subscriber_id,
+            error=type(exc).__name__,
+            job_try=ctx.get("job_try"),
+        )
+        raise Retry(defer=_backoff(ctx, base=0.5, cap=30)) from exc
+
+
 def job_timeout_s(settings: Settings) -> int:
     """The delivery job's timeout: the worker's job timeout, at least twice the HTTP timeout.
 
@@ -90,11 +116,18 @@ def job_timeout_s(settings: Settings) -> int:
 
 
 def functions(settings: Settings) -> list[Function]:
-    """The fan-out job as arq registers it."""
+    """The fan-out jobs as arq registers them."""
     return [
         func(
             fanout_deliver,
             name=FANOUT_DELIVER,
+            keep_result=0,
+            max_tries=MAX_TRIES,
+            timeout=job_timeout_s(settings),
+        ),
+        func(
+            fanout_wake,
+            name=FANOUT_WAKE,
             keep_result=0,
             max_tries=MAX_TRIES,
             timeout=job_timeout_s(settings),

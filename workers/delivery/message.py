@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 
 import orjson
 
+from service.clock import now_ms
 from service.domain.events import Transition
-from service.domain.signing import sign_headers
-from service.domain.subscribers import Subscriber
+from service.domain.subscribers import USER_AGENT, Subscriber, signed_headers
 
-USER_AGENT = "kartahook-delivery/1"
+__all__ = ["USER_AGENT", "delivery_body", "delivery_headers"]
 
 
 def delivery_body(transition: Transition) -> bytes:
@@ -35,14 +35,6 @@ def delivery_body(transition: Transition) -> bytes:
 def delivery_headers(
     subscriber: Subscriber, msg_id: str, body: bytes, timestamp: int | None = None
 ) -> dict[str, str]:
-    """The subscriber's extra headers, then ours: content type, signature, Idempotency-Key."""
-    headers = dict(subscriber.headers)
-    headers.update(
-        {
-            "content-type": "application/json",
-            "user-agent": USER_AGENT,
-            **sign_headers(subscriber.secret, msg_id, body, timestamp),
-            "idempotency-key": msg_id,
-        }
-    )
-    return headers
+    """The subscriber's extra headers, then ours: content type, signatures (one per secret
+    during a rotation's overlap), Idempotency-Key (:func:`signed_headers`)."""
+    return signed_headers(subscriber, msg_id, body, now_ms(), timestamp)

@@ -30,6 +30,13 @@ DEFERRED = Counter(
     "Delivery jobs parked instead of sent: cap, open, probing, disabled.",
     ["subscriber", "reason"],
 )
+WAKES = Counter(
+    "kartahook_delivery_wakes_total",
+    "Runs of subscribers' wake jobs (one per breaker cycle, or a recheck of parked deliveries)"
+    " by what they found: probe (sent the half-open probe), probing, idle, open, released,"
+    " disabled, removed.",
+    ["subscriber", "outcome"],
+)
 DEAD_LETTERS = Gauge(
     "kartahook_delivery_dead_letters",
     "Delivery dead letters waiting for a replay (as last seen by this worker).",

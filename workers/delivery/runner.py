@@ -1,6 +1,8 @@
 """Plain handlers behind delivery: :func:`deliver` runs one delivery's attempt and, when it
 succeeds, the next ones of the same (subscriber, payment) line; :func:`deliver_now` sends the
-deliveries that processing has just created and started, inside the processing job."""
+deliveries that processing has just created and started, inside the processing job;
+:func:`wake` is a subscriber's wake job (the half-open probe of a breaker cycle, or a recheck of
+its parked deliveries)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from service.clock import now_ms
 from service.logging import write_json_line
 from service.retry_after import parse_retry_after
 from service.settings import Settings
-from service.store.delivery_state import Acquired, FanoutStore
+from service.store.delivery_state import Acquired, FanoutStore, Released
 from service.store.layout import parse_deliver_job_id
 from service.store.leases import Lease, Leases
 from service.store.subscribers import (
@@ -188,9 +190,7 @@ async def _acquire(
             enabled=subscriber.enabled,
             cap=subscriber.cap(deps.settings.delivery_concurrency),
             lease_ms=deps.lease_ms,
-            open_jitter_ms=breaker_wake_jitter_ms(
-                deps.settings.delivery_breaker_cooldown_s, deps.rng
-            ),
+            open_jitter_ms=_open_jitter_ms(deps),
             now_ms=now_ms(),
             subscribers_version=cache.version,
             recheck_ms=deps.hold_ms,
@@ -207,6 +207,52 @@ async def _acquire(
         if acquired.body is None:
             return "stale"
         return subscriber, acquired
+    raise RegistryKeepsChanging(f"the subscriber registry changed {RELOAD_TRIES} times")
+
+
+def _open_jitter_ms(deps: FanoutDeps) -> int:
+    return breaker_wake_jitter_ms(deps.settings.delivery_breaker_cooldown_s, deps.rng)
+
+
+async def wake(deps: FanoutDeps, subscriber_id: str, until: float) -> str:
+    """A subscriber's wake job (``fanout_wake``): one per breaker cycle, due when the cool-down
+    ends, or a recheck of deliveries parked over the cap. At the end of a cool-down the
+    longest-parked delivery goes as the half-open probe, sent here at once (then, on success,
+    the line's next ones, as :func:`deliver` does); its finish closes the breaker and releases
+    the parked deliveries as slots free, or re-opens it with the next cycle's wake job. With the
+    breaker closed, parked deliveries get jobs as slots allow. The verdict is the job's result."""
+    cache = deps.subscribers
+    for _ in range(RELOAD_TRIES):
+        subscriber = await cache.get(subscriber_id)
+        if subscriber is None:
+            await cache.refresh()
+            subscriber = await cache.get(subscriber_id)
+        if subscriber is None:
+            # Removed: the admin API woke its parked deliveries, whose jobs drop them.
+            metrics.WAKES.labels(subscriber_id, "removed").inc()
+            return "removed"
+        cap = subscriber.cap(deps.settings.delivery_concurrency)
+        released: Released = await deps.store.release(
+            subscriber_id=subscriber_id,
+            enabled=subscriber.enabled,
+            cap=cap,
+            lease_ms=deps.lease_ms,
+            hold_ms=deps.hold_ms,
+            recheck_ms=deps.hold_ms,
+            open_jitter_ms=_open_jitter_ms(deps),
+            now_ms=now_ms(),
+            subscribers_version=cache.version,
+        )
+        if released.verdict == "reload":
+            await cache.refresh()
+            continue
+        metrics.WAKES.labels(subscriber_id, released.verdict).inc()
+        if released.verdict == "open":
+            metrics.set_subscriber_state(subscriber_id, "paused")
+        if released.probe is None:
+            return released.verdict
+        await _run_line(deps, subscriber, released.probe, until)
+        return released.verdict
     raise RegistryKeepsChanging(f"the subscriber registry changed {RELOAD_TRIES} times")
 
 
@@ -286,6 +332,8 @@ async def _attempt(
         hold_ms=deps.hold_ms if chain else 0,
         lease_ms=deps.lease_ms,
         subscribers_version=deps.subscribers.version,
+        open_jitter_ms=_open_jitter_ms(deps),
+        recheck_ms=deps.hold_ms,
     )
     _observe(subscriber.id, acquired.received_at_ms, result, outcome, finished)
     metrics.DEAD_LETTERS.set(finished_state.dead_letters)

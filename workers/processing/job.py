@@ -10,11 +10,13 @@ import structlog
 from arq.worker import Function, Retry, func
 from redis.exceptions import RedisError
 
+from service.clock import now_ms
 from service.domain.events import EventHint
 from service.kartapay.client import KartaPayClient
 from service.settings import Settings
 from service.store.converge import ConvergePlan, ConvergeStore
 from service.store.dead_letters import EventDeadLetters
+from service.store.history import HistoryStore, Run
 from service.store.layout import PROCESS_EVENT, event_retry_job_id, hint_job_id
 from service.store.payments import PaymentStateStore
 from service.store.subscribers import SubscriberCache
@@ -22,7 +24,7 @@ from workers import metrics
 from workers.context import WorkerContext, WorkerNotStarted, worker_context
 from workers.delivery import Deliveries, bodies_only
 from workers.processing.converge import Converger
-from workers.processing.processor import EventProcessor, InlineDelivery
+from workers.processing.processor import EventProcessor, InlineDelivery, Outcome
 from workers.processing.retry_policy import FetchRetryPolicy
 
 log = structlog.get_logger("kartahook.process")
@@ -63,7 +65,29 @@ async def process_event(ctx: dict[str, Any], arg: dict[str, Any]) -> str:
         )
         if result.deliveries:
             await deliveries.send_started(result.deliveries, until)
+        await record_history(context.history, hint, result)
     return result.outcome
+
+
+async def record_history(history: HistoryStore | None, hint: EventHint, result: Outcome) -> None:
+    """Append the run to its payment's history (after the sends: off the delivery path too). A
+    failure costs the history entry only, never the run (logged)."""
+    if history is None:
+        return
+    now = now_ms()
+    run = Run(
+        hint.received_at_ms,
+        result.fetched_ms or now,
+        hint.source,
+        hint.event_id,
+        result.fetched,
+        result.outcome,
+        result.emitted,
+    )
+    try:
+        await history.record_run(hint, run, now)
+    except RedisError as exc:
+        log.warning("history_not_recorded", error=type(exc).__name__)
 
 
 async def resume_deliveries(context: WorkerContext, deliveries: Deliveries) -> None:
@@ -152,6 +176,7 @@ async def processing_startup(context: WorkerContext) -> None:
     context.event_dead_letters = EventDeadLetters(
         redis, settings.queue_name, settings.operator_ttl_s
     )
+    context.history = HistoryStore.from_settings(redis, settings)
     context.processor = EventProcessor(
         store,
         client,

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import structlog
 
+from service.clock import now_ms
 from service.domain.events import EventHint, Transition
 from service.domain.lifecycle import SEQ, TIMESTAMP_FIELD, UnknownStatusError, steps_after
 from service.kartapay import errors
@@ -57,6 +58,10 @@ class Outcome:
     retry_in_s: float | None = None
     deliveries: tuple[StartedDelivery, ...] = ()
     """The deliveries created and started for this run to send at once."""
+    fetched: str | None = None
+    """The payment status its last fetch found (None: no fetch answered)."""
+    fetched_ms: int = 0
+    """When its last fetch answered (0: none did)."""
 
 
 class _GiveUp(Exception):
@@ -149,11 +154,15 @@ class EventProcessor:
         fetches = 0
         emitted: list[str] = []
         deliveries: list[StartedDelivery] = []
+        fetched: str | None = None
+        fetched_ms = 0
         try:
             async with asyncio.timeout(self._timeout_s):
                 while True:
                     fetches += 1
                     record = await self._fetch(hint.payment_id)
+                    fetched = None if record.status is None else str(record.status.value)
+                    fetched_ms = now_ms()
                     inline = self._inline.enabled and time.monotonic() < inline_until
                     hold_ms = self._inline.hold() if inline else 0
                     result, statuses = await self._record(hint, token, record, hold_ms)
@@ -167,11 +176,21 @@ class EventProcessor:
                     if result.fetch_again and lock is not None and lock.lost:
                         # The lock lapsed and another run holds the payment: it fetches again.
                         return Outcome(
-                            "lease_lost", tuple(emitted), fetches, deliveries=tuple(deliveries)
+                            "lease_lost",
+                            tuple(emitted),
+                            fetches,
+                            deliveries=tuple(deliveries),
+                            fetched=fetched,
+                            fetched_ms=fetched_ms,
                         )
                     if not result.fetch_again:
                         return Outcome(
-                            "processed", tuple(emitted), fetches, deliveries=tuple(deliveries)
+                            "processed",
+                            tuple(emitted),
+                            fetches,
+                            deliveries=tuple(deliveries),
+                            fetched=fetched,
+                            fetched_ms=fetched_ms,
                         )
         except (errors.KartaPayError, UnknownStatusError, TimeoutError) as exc:
             await self._store.release_for_retry(hint.payment_id, token)
@@ -185,6 +204,8 @@ class EventProcessor:
                     fetches,
                     give_up.reason,
                     deliveries=tuple(deliveries),
+                    fetched=fetched,
+                    fetched_ms=fetched_ms,
                 )
             await self._schedule(replace(hint, attempt=hint.attempt + 1), delay)
             return Outcome(
@@ -194,6 +215,8 @@ class EventProcessor:
                 _describe(exc),
                 round(delay, 3),
                 deliveries=tuple(deliveries),
+                fetched=fetched,
+                fetched_ms=fetched_ms,
             )
 
     async def _fetch(self, payment_id: str) -> PaymentRecord:

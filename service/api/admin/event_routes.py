@@ -11,9 +11,10 @@ from __future__ import annotations
 import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-from service.api.admin.routes import json_object, limit_param, since_param
+from service.api.admin import models as m
+from service.api.admin.openapi import ApiRoute, Spec, query_of
+from service.api.admin.routes import json_object, since_param
 from service.errors import NotFound, Unprocessable
 from service.settings import Settings
 from service.store.dead_letters import EventDeadLetters
@@ -36,9 +37,8 @@ def _unknown() -> NotFound:
 
 async def list_event_dead_letters(request: Request) -> Response:
     store = _store(request)
-    since = since_param(request.query_params.get("since"))
-    limit = limit_param(request)
-    entries = await store.entries(limit=limit, since=_seconds(since))
+    query = query_of(request, m.EventDeadLettersQuery)
+    entries = await store.entries(limit=query.limit, since=_seconds(query.since))
     return JSONResponse({"total": await store.count(), "dead_letters": entries})
 
 
@@ -67,10 +67,42 @@ async def retry_event_dead_letters(request: Request) -> Response:
     return JSONResponse({"retried": retried})
 
 
-def event_dead_letter_routes() -> list[Route]:
+def event_dead_letter_routes() -> list[ApiRoute]:
+    tag = "event dead letters"
     return [
-        Route("/events/dead-letters", list_event_dead_letters, methods=["GET"]),
-        Route("/events/dead-letters/retry", retry_event_dead_letters, methods=["POST"]),
-        Route("/events/dead-letters/{entry_id}", show_event_dead_letter, methods=["GET"]),
-        Route("/events/dead-letters/{entry_id}/retry", retry_event_dead_letter, methods=["POST"]),
+        ApiRoute(
+            "/events/dead-letters",
+            "GET",
+            list_event_dead_letters,
+            Spec(
+                "Events processing gave up on, oldest first",
+                m.EventDeadLetterList,
+                query=m.EventDeadLettersQuery,
+                tag=tag,
+            ),
+        ),
+        ApiRoute(
+            "/events/dead-letters/retry",
+            "POST",
+            retry_event_dead_letters,
+            Spec(
+                "Queue again every event dead letter since a time (0: all)",
+                m.Retried,
+                body=m.SinceIn,
+                errors=(422,),
+                tag=tag,
+            ),
+        ),
+        ApiRoute(
+            "/events/dead-letters/{entry_id}",
+            "GET",
+            show_event_dead_letter,
+            Spec("One event dead letter", m.EventDeadLetterOut, errors=(404,), tag=tag),
+        ),
+        ApiRoute(
+            "/events/dead-letters/{entry_id}/retry",
+            "POST",
+            retry_event_dead_letter,
+            Spec("Queue one event dead letter again", m.Retried, errors=(404,), tag=tag),
+        ),
     ]

@@ -26,9 +26,11 @@ import orjson
 import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route, Router
+from starlette.routing import BaseRoute, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.api.admin import models as m
+from service.api.admin.openapi import ApiRoute, Spec, openapi_route, query_of
 from service.clock import now_ms
 from service.errors import (
     ApiError,
@@ -40,6 +42,7 @@ from service.errors import (
     Unauthorized,
     Unprocessable,
 )
+from service.metrics import ADMIN_REFUSALS
 from service.settings import Settings
 from service.store.converge import StuckList
 from service.store.deliveries import DeliveryAdmin
@@ -63,6 +66,7 @@ MUTABLE_FIELDS = frozenset(
 async def api_error_response(_: Request, exc: Exception) -> Response:
     """The one exception handler of the admin API: an :class:`ApiError` as its JSON body."""
     assert isinstance(exc, ApiError)
+    ADMIN_REFUSALS.labels(str(exc.status_code), exc.code).inc()
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers or None)
 
 
@@ -204,6 +208,8 @@ async def list_subscribers(request: Request) -> Response:
 async def create_subscriber(request: Request) -> Response:
     res = AdminResources(request)
     data = await json_object(request)
+    if "previous_secrets" in data:  # only a rotation keeps previous secrets
+        raise Unprocessable("invalid_subscriber", "previous_secrets: not accepted")
     subscriber = await build({**data, "origin": "api"}, res)
     if not await res.subscribers.add(subscriber):
         raise Conflict("subscriber_exists", f"subscriber {subscriber.id!r} already exists")
@@ -274,18 +280,17 @@ async def disable_subscriber(request: Request) -> Response:
 async def subscriber_attempts(request: Request) -> Response:
     res = AdminResources(request)
     found = await res.subscriber(request.path_params["subscriber_id"])
-    limit = limit_param(request)
-    return JSONResponse({"attempts": await res.deliveries.attempts(found.id, limit)})
+    query = query_of(request, m.LimitQuery)
+    return JSONResponse({"attempts": await res.deliveries.attempts(found.id, query.limit)})
 
 
 async def list_dead_letters(request: Request) -> Response:
     res = AdminResources(request)
-    subscriber_id = request.query_params.get("subscriber") or None
-    since = since_param(request.query_params.get("since"))
-    limit = limit_param(request)
+    query = query_of(request, m.DeadLettersQuery)
+    subscriber_id = query.subscriber or None
     if subscriber_id is not None:
         await res.subscriber(subscriber_id)
-    letters = await res.deliveries.dead_letters(subscriber_id, since, limit)
+    letters = await res.deliveries.dead_letters(subscriber_id, query.since, query.limit)
     total = await res.deliveries.dead_letter_count(subscriber_id)
     return JSONResponse({"total": total, "dead_letters": [d.to_dict() for d in letters]})
 
@@ -339,7 +344,8 @@ def offset_param(request: Request) -> int:
 async def list_stuck_payments(request: Request) -> Response:
     """``GET /admin/payments/stuck?offset=&limit=``: payments still not terminal at the
     convergence horizon, longest stuck first; ``next_offset`` is null on the last page."""
-    offset, limit = offset_param(request), limit_param(request)
+    query = query_of(request, m.StuckQuery)
+    offset, limit = query.offset, query.limit
     stuck = StuckList(request.state.redis)
     total = await stuck.count()
     page = await stuck.page(offset, limit)
@@ -357,29 +363,147 @@ async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
     raise NotFound("not_found", "no such admin route")
 
 
-def admin_routes() -> list[Route]:
+def admin_routes() -> list[ApiRoute]:
+    """The subscribers, dead-letter and stuck-payment routes, with their models."""
     return [
-        Route("/subscribers", list_subscribers, methods=["GET"]),
-        Route("/subscribers", create_subscriber, methods=["POST"]),
-        Route("/subscribers/{subscriber_id}", show_subscriber, methods=["GET"]),
-        Route("/subscribers/{subscriber_id}", update_subscriber, methods=["PATCH"]),
-        Route("/subscribers/{subscriber_id}", remove_subscriber, methods=["DELETE"]),
-        Route("/subscribers/{subscriber_id}/enable", enable_subscriber, methods=["POST"]),
-        Route("/subscribers/{subscriber_id}/disable", disable_subscriber, methods=["POST"]),
-        Route("/subscribers/{subscriber_id}/attempts", subscriber_attempts, methods=["GET"]),
-        Route("/dead-letters", list_dead_letters, methods=["GET"]),
-        Route("/payments/stuck", list_stuck_payments, methods=["GET"]),
-        Route("/dead-letters/replay", replay_dead_letters, methods=["POST"]),
-        Route("/dead-letters/{subscriber_id}/{webhook_id}", show_dead_letter, methods=["GET"]),
-        Route(
+        ApiRoute(
+            "/subscribers",
+            "GET",
+            list_subscribers,
+            Spec("List subscribers (secrets never shown)", m.SubscriberList, tag="subscribers"),
+        ),
+        ApiRoute(
+            "/subscribers",
+            "POST",
+            create_subscriber,
+            Spec(
+                "Add a subscriber; its secret is shown once",
+                m.SubscriberCreated,
+                201,
+                body=m.SubscriberIn,
+                errors=(400, 409, 422),
+                tag="subscribers",
+            ),
+        ),
+        ApiRoute(
+            "/subscribers/{subscriber_id}",
+            "GET",
+            show_subscriber,
+            Spec("One subscriber", m.SubscriberOut, errors=(404,), tag="subscribers"),
+        ),
+        ApiRoute(
+            "/subscribers/{subscriber_id}",
+            "PATCH",
+            update_subscriber,
+            Spec(
+                "Change a subscriber",
+                m.SubscriberOut,
+                body=m.SubscriberPatch,
+                errors=(400, 404, 422),
+                tag="subscribers",
+            ),
+        ),
+        ApiRoute(
+            "/subscribers/{subscriber_id}",
+            "DELETE",
+            remove_subscriber,
+            Spec("Remove a subscriber", None, 204, errors=(404,), tag="subscribers"),
+        ),
+        ApiRoute(
+            "/subscribers/{subscriber_id}/enable",
+            "POST",
+            enable_subscriber,
+            Spec(
+                "Enable a subscriber; its parked deliveries resume",
+                m.SubscriberOut,
+                errors=(404, 422),
+                tag="subscribers",
+            ),
+        ),
+        ApiRoute(
+            "/subscribers/{subscriber_id}/disable",
+            "POST",
+            disable_subscriber,
+            Spec("Disable a subscriber", m.SubscriberOut, errors=(404,), tag="subscribers"),
+        ),
+        ApiRoute(
+            "/subscribers/{subscriber_id}/attempts",
+            "GET",
+            subscriber_attempts,
+            Spec(
+                "A subscriber's attempt log, newest first",
+                m.AttemptsOut,
+                query=m.LimitQuery,
+                errors=(404,),
+                tag="subscribers",
+            ),
+        ),
+        ApiRoute(
+            "/dead-letters",
+            "GET",
+            list_dead_letters,
+            Spec(
+                "Dead-lettered deliveries, oldest first",
+                m.DeadLetterList,
+                query=m.DeadLettersQuery,
+                errors=(404,),
+                tag="dead letters",
+            ),
+        ),
+        ApiRoute(
+            "/payments/stuck",
+            "GET",
+            list_stuck_payments,
+            Spec(
+                "Payments not terminal at the convergence horizon",
+                m.StuckList,
+                query=m.StuckQuery,
+                tag="payments",
+            ),
+        ),
+        ApiRoute(
+            "/dead-letters/replay",
+            "POST",
+            replay_dead_letters,
+            Spec(
+                "Replay the dead letters of a subscriber, or since a time, or both",
+                m.Replayed,
+                body=m.ReplayManyIn,
+                errors=(404, 422),
+                tag="dead letters",
+            ),
+        ),
+        ApiRoute(
+            "/dead-letters/{subscriber_id}/{webhook_id}",
+            "GET",
+            show_dead_letter,
+            Spec(
+                "One dead letter, with its body", m.DeadLetterOut, errors=(404,), tag="dead letters"
+            ),
+        ),
+        ApiRoute(
             "/dead-letters/{subscriber_id}/{webhook_id}/replay",
+            "POST",
             replay_dead_letter,
-            methods=["POST"],
+            Spec(
+                "Replay one dead letter (same webhook-id)",
+                m.Replayed,
+                errors=(404,),
+                tag="dead letters",
+            ),
         ),
     ]
 
 
 def admin_app(extra_routes: Sequence[BaseRoute] = ()) -> ASGIApp:
-    """The admin routes (plus ``extra_routes``) behind the token check; mount at ``/admin`` in an
-    app whose exception handlers render :class:`ApiError` with :func:`api_error_response`."""
-    return AdminAuth(Router(routes=[*admin_routes(), *extra_routes], default=not_found))
+    """The admin routes (plus ``extra_routes``) and ``/openapi.json`` (their document) behind
+    the token check; mount at ``/admin`` in an app whose exception handlers render
+    :class:`ApiError` with :func:`api_error_response`."""
+    return AdminAuth(Router(routes=router_routes(extra_routes), default=not_found))
+
+
+def router_routes(extra_routes: Sequence[BaseRoute] = ()) -> list[BaseRoute]:
+    """Every route of the admin router: :func:`admin_routes`, ``extra_routes`` and the
+    OpenAPI document built from all of them."""
+    routes: list[BaseRoute] = [*admin_routes(), *extra_routes]
+    return [*routes, openapi_route(routes)]

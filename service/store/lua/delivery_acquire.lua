@@ -1,8 +1,9 @@
 -- Lets a delivery job's attempt start, or parks the delivery (see lib/acquire.lua).
 -- KEYS: 1 arq queue, 2 subscribers version, 3 delivery, 4 waiting, 5 in-flight, 6 breaker
 -- ARGV: 1 now ms, 2 subscriber id, 3 webhook-id, 4 gen, 5 job id, 6 enabled (1|0), 7 cap,
---       8 lease ms, 9 open jitter ms, 10 subscribers version, 11 recheck ms (over the cap: the
---       parked delivery's job is due then; 0: after the lease)
+--       8 lease ms, 9 open jitter ms (for the breaker cycle's wake job), 10 subscribers version,
+--       11 recheck ms (over the cap: the subscriber's recheck wake job is due then, unless one
+--       is pending; 0: after the lease)
 -- Reply: {'reload', 0} when the caller's subscribers version is stale; else try_acquire's
 --        {verdict, until_ms[, body, attempts, payment id, type, received ms]}
 -- lib: keys jobs acquire

@@ -1,12 +1,15 @@
 -- Records a delivery attempt and moves the delivery on: delivered, retried later (a fresh job),
 -- dead-lettered, dropped, or parked (410); then wakes parked deliveries of the subscriber.
+-- A failure that opens the breaker (the threshold reached, or a failed probe) enqueues that
+-- cycle's one wake job (lib/wake.lua), due when the cool-down ends.
 -- KEYS: 1 arq queue, 2 subscribers version, 3 delivery, 4 in-flight, 5 breaker, 6 attempt log,
 --       7 waiting, 8 dead letters (all), 9 dead letters of the subscriber, 10 arq job of job id
 -- ARGV: 1 now ms, 2 subscriber id, 3 webhook-id, 4 gen, 5 job id, 6 outcome
 --       (ok|fail|gone|removed), 7 next (retry|dead), 8 retry at ms, 9 breaker threshold,
 --       10 cooldown ms, 11 cap, 12 enabled (1|0), 13 done ttl s, 14 log entry ('' for none),
 --       15 log cap, 16 status, 17 error, 18 hold ms, 19 lease ms, 20 subscribers version,
---       21 operator ttl s (a dead letter's hash and snapshot; dead letters older are trimmed
+--       21 open jitter ms (for a wake job this finish enqueues), 22 recheck ms (0: none),
+--       23 operator ttl s (a dead letter's hash and snapshot; dead letters older are trimmed
 --       from the indexes)
 -- A delivered or dropped delivery shrinks to its record (lib/lines.lua ``shrink``, kept done
 -- ttl s) and releases its snapshot.
@@ -16,10 +19,13 @@
 -- the caller die. With no next one in the line, the longest-parked delivery of the subscriber
 -- (waiting for a slot) is handed over the same way, instead of being woken into a job.
 -- Slots whose lease lapsed are dropped first, so a dead worker's slots wake parked deliveries.
+-- Wake-ups are bounded by the free slots (at most the cap), each woken job holding its slot for
+-- a lease until it runs; when deliveries stay parked, a recheck wake job (ARGV 22 ms away) is
+-- ensured as their safety net.
 -- Reply: {result, woken, dead letters, handed job id[, its body, attempts, payment id, type,
 --        received ms]}
 -- The line's keys are derived (lib/lines.lua): its payment id is read from the delivery.
--- lib: keys jobs lines acquire
+-- lib: keys jobs lines acquire wake
 local queue, dkey, fkey, bkey = KEYS[1], KEYS[3], KEYS[4], KEYS[5]
 local lkey, wkey, dead_all, dead_sub = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local now = tonumber(ARGV[1])
@@ -29,7 +35,8 @@ local threshold, cooldown, cap = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber
 local enabled, done_ttl = ARGV[12] == '1', tonumber(ARGV[13])
 local log_entry, log_cap, status, err = ARGV[14], tonumber(ARGV[15]), ARGV[16], ARGV[17]
 local hold, lease = tonumber(ARGV[18]), tonumber(ARGV[19])
-local operator_ttl = tonumber(ARGV[21])
+local jitter, recheck = tonumber(ARGV[21]) or 0, tonumber(ARGV[22]) or 0
+local operator_ttl = tonumber(ARGV[23])
 local handed, handed_fields = '', {}
 -- The caller's copy of the subscriber is current: it may be handed more work.
 local current = enabled and (redis.call('GET', KEYS[2]) or '0') == ARGV[20]
@@ -45,17 +52,23 @@ if log_entry ~= '' then
 end
 local breaker_open = false
 if outcome == 'ok' then
+  -- Closed before the cool-down ended (an attempt begun before it opened): its wake job goes.
+  local was_open = tonumber(redis.call('HGET', bkey, 'open_until')) or 0
+  if was_open > now then cancel_job_id(queue, wake_job_id(sub, string.format('%d', was_open))) end
   redis.call('HSET', bkey, 'fails', 0, 'open_until', 0, 'probe', '')
 elseif outcome == 'fail' then
   local fails = redis.call('HINCRBY', bkey, 'fails', 1)
   local open_until = tonumber(redis.call('HGET', bkey, 'open_until')) or 0
   if redis.call('HGET', bkey, 'probe') == job_id then
+    -- The probe failed: the next cycle, with its one wake job.
     redis.call('HSET', bkey, 'open_until', now + cooldown, 'probe', '')
+    ensure_cycle_wake(queue, sub, now + cooldown, jitter, now)
     breaker_open = true
   elseif open_until > 0 then
     breaker_open = true
   elseif fails >= threshold then
     redis.call('HSET', bkey, 'open_until', now + cooldown)
+    ensure_cycle_wake(queue, sub, now + cooldown, jitter, now)
     breaker_open = true
   end
 end
@@ -122,7 +135,15 @@ if (enabled or outcome == 'removed') and not breaker_open and outcome ~= 'gone' 
         woken = 1
       end
     end
-    if free > 0 then woken = woken + wake(queue, wkey, sub, free, now) end
+    if free > 0 then
+      local reserve = (outcome ~= 'removed' and lease > 0) and fkey or nil
+      woken = woken + wake(queue, wkey, sub, free, now, reserve, now + lease)
+    end
+    if redis.call('ZCARD', wkey) == 0 then
+      cancel_recheck(queue, bkey, sub)
+    elseif enabled and recheck > 0 then
+      ensure_recheck(queue, bkey, sub, now, recheck)
+    end
   end
 end
 return {result, woken, redis.call('ZCARD', dead_all), handed, unpack(handed_fields)}

@@ -71,7 +71,8 @@ if new > cur then
         table.insert(reply, job_id)
         for k = 3, 7 do table.insert(reply, got[k] or '') end
       else
-        -- Parked (with a fresh job when it may go): the held job is spent.
+        -- Parked (no job of its own: the wake job or a finish brings it back): the held job
+        -- is spent.
         cancel_job_id(queue, job_id)
       end
     end

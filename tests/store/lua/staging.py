@@ -19,6 +19,7 @@ from service.store.layout import (
     head_key,
     order_key,
     snapshot_key,
+    wake_job_id,
 )
 from service.store.payments import (
     TRANSITIONS_LOG_KEY,
@@ -129,6 +130,12 @@ def job_entry(sub: str, transition: str, gen: int, due_in_ms: int = 0) -> Expect
     return {job_key(deliver_job_id(sub, transition, gen)): ("string", job_ttl(due_in_ms))}
 
 
+def wake_entry(sub: str, at_ms: int, due_in_ms: int) -> Expected:
+    """A subscriber's wake job for ``at_ms`` written by the scripts, due ``due_in_ms`` after the
+    script's now."""
+    return {job_key(wake_job_id(sub, at_ms)): ("string", job_ttl(due_in_ms))}
+
+
 def fanout(redis: aioredis.Redis) -> FanoutStore:
     return FanoutStore(redis, QUEUE, OPERATOR_TTL_S)
 
@@ -150,6 +157,7 @@ async def acquire(
     lease_ms: int = LEASE_MS,
     open_jitter_ms: int = 0,
     version: str = "0",
+    recheck_ms: int = 0,
 ) -> Acquired:
     """Acquire the attempt of job (sub, transition, gen) as the delivery job does."""
     return await fanout(redis).acquire(
@@ -163,6 +171,7 @@ async def acquire(
         open_jitter_ms=open_jitter_ms,
         now_ms=now_ms,
         subscribers_version=version,
+        recheck_ms=recheck_ms,
     )
 
 
@@ -186,6 +195,8 @@ async def finish(
     hold_ms: int = 0,
     lease_ms: int = LEASE_MS,
     version: str = "0",
+    open_jitter_ms: int = 0,
+    recheck_ms: int = 0,
 ) -> Finished:
     """Finish the attempt of job (sub, transition, gen) as the delivery job does."""
     return await fanout(redis).finish(
@@ -208,4 +219,6 @@ async def finish(
         hold_ms=hold_ms,
         lease_ms=lease_ms,
         subscribers_version=version,
+        open_jitter_ms=open_jitter_ms,
+        recheck_ms=recheck_ms,
     )

@@ -1,6 +1,7 @@
 """The delivery attempt's acquire, run through ``FanoutStore.acquire``: the attempt starts (ok,
-probe) or the delivery is parked (cap, open, probing, disabled) with a fresh job when it may go;
-a stale job or a stale subscriber list changes nothing."""
+probe) or the delivery is parked (cap, open, probing, disabled) with no job of its own: the
+subscriber's one wake job (a breaker cycle's, or a recheck) brings it back; a stale job or a
+stale subscriber list changes nothing."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import redis.asyncio as aioredis
 
 from service.store.deliveries import breaker_key, delivery_key, waiting_key
 from service.store.delivery_state import Acquired
-from service.store.layout import deliver_job_id, inflight_key
+from service.store.layout import deliver_job_id, inflight_key, wake_job_id
 from service.store.subscribers import SUBSCRIBERS_VERSION_KEY
 from tests.store.lua.keyspace import (
     NO_TTL,
@@ -28,18 +29,19 @@ from tests.store.lua.staging import (
     SUB,
     acquire,
     body_of,
-    fanout,
     job_entry,
     job_key,
     line,
     payment_keys,
     record,
     tid,
+    wake_entry,
 )
 
 T1, T2 = tid(PID, "pending"), tid(PID, "submitted")
+PID2 = "pay_2"
+P2 = tid(PID2, "pending")
 JOB1 = deliver_job_id(SUB, T1, 1)
-JOB2 = deliver_job_id(SUB, T1, 2)
 HOUR_MS = 3_600_000
 
 STAGED: Expected = {
@@ -127,48 +129,46 @@ async def test_expired_leases_free_their_slots(redis: aioredis.Redis, now: int) 
     assert await zset(redis, inflight_key(SUB)) == {JOB1: now + LEASE_MS}
 
 
-async def test_cap_reached_with_a_recheck_parks_with_a_job_after_the_recheck(
+async def test_cap_reached_with_a_recheck_parks_and_queues_the_subscribers_recheck(
     redis: aioredis.Redis, now: int
 ) -> None:
-    """At the cap with a recheck given: parked as usual, its fresh job due after the recheck
-    (not the short lease, so parked deliveries do not poll each lease)."""
+    """At the cap with a recheck given: parked (gen bumped, waiting set) with no job of its own;
+    the subscriber's one recheck wake job is queued after the recheck (recheck_at kept)."""
     busy = "fdl:ledger:busy:1"
     await redis.zadd(inflight_key(SUB), {busy: now + HOUR_MS})
     recheck = 30_000
-    got = await fanout(redis).acquire(
-        subscriber_id=SUB,
-        transition_id=T1,
-        gen=1,
-        job_id=JOB1,
-        enabled=True,
-        cap=1,
-        lease_ms=3_000,
-        open_jitter_ms=0,
-        now_ms=now,
-        subscribers_version="0",
-        recheck_ms=recheck,
-    )
+    got = await acquire(redis, T1, 1, now, cap=1, lease_ms=3_000, recheck_ms=recheck)
     assert (got.verdict, got.until_ms, got.may_send) == ("cap", 0, False)
     await assert_keyspace(
         redis,
         {
             **STAGED,
-            **job_entry(SUB, T1, 2, recheck),
+            **wake_entry(SUB, now + recheck, recheck),
             inflight_key(SUB): ("zset", NO_TTL),
             waiting_key(SUB): ("zset", NO_TTL),
+            breaker_key(SUB): ("hash", NO_TTL),
         },
     )
     queue = await zset(redis, QUEUE)
-    assert queue[JOB2] == now + recheck and set(queue) == {JOB1, JOB2}
+    assert set(queue) == {JOB1, wake_job_id(SUB, now + recheck)}
+    assert queue[wake_job_id(SUB, now + recheck)] == now + recheck
     assert await zset(redis, waiting_key(SUB)) == {T1: now}
     assert await zset(redis, inflight_key(SUB)) == {busy: now + HOUR_MS}
+    assert await hash_of(redis, breaker_key(SUB)) == {"recheck_at": str(now + recheck)}
     assert (await hash_of(redis, delivery_key(SUB, T1)))["gen"] == "2"
+    assert await job_body(redis, job_key(wake_job_id(SUB, now + recheck))) == {
+        "t": None,
+        "f": "fanout_wake",
+        "a": [SUB],
+        "k": {},
+        "et": now,
+    }
 
 
-async def test_cap_reached_parks_with_a_job_after_the_lease(
+async def test_cap_reached_rechecks_after_the_lease_by_default(
     redis: aioredis.Redis, now: int
 ) -> None:
-    """At the cap: parked (gen bumped, waiting set), a fresh job due when a lease ends."""
+    """At the cap with no recheck given: the subscriber's recheck is due after the lease."""
     # The running job's own key (gen 1) stays: arq removes it when the job returns.
     busy = "fdl:ledger:busy:1"
     await redis.zadd(inflight_key(SUB), {busy: now + HOUR_MS})
@@ -178,23 +178,50 @@ async def test_cap_reached_parks_with_a_job_after_the_lease(
         redis,
         {
             **STAGED,
-            **job_entry(SUB, T1, 2, LEASE_MS),
+            **wake_entry(SUB, now + LEASE_MS, LEASE_MS),
             inflight_key(SUB): ("zset", NO_TTL),
             waiting_key(SUB): ("zset", NO_TTL),
+            breaker_key(SUB): ("hash", NO_TTL),
         },
     )
+    assert (await zset(redis, QUEUE))[wake_job_id(SUB, now + LEASE_MS)] == now + LEASE_MS
+    assert await hash_of(redis, breaker_key(SUB)) == {"recheck_at": str(now + LEASE_MS)}
+
+
+async def test_cap_reached_with_a_recheck_pending_adds_no_job(
+    redis: aioredis.Redis, now: int
+) -> None:
+    """Many deliveries parked over the cap share one recheck: while one is pending (recheck_at
+    ahead), another park queues nothing; one due already (or past) is followed by a new one."""
+    busy = "fdl:ledger:busy:1"
+    await redis.zadd(inflight_key(SUB), {busy: now + HOUR_MS})
+    await acquire(redis, T1, 1, now, cap=1)
+    await record(redis, PID2, ["pending"])
+    got = await acquire(redis, P2, 1, now + 1_000, cap=1)
+    assert got.verdict == "cap"
+    await assert_keyspace(
+        redis,
+        {
+            **STAGED,
+            **payment_keys(PID2),
+            **line(SUB, [P2], PID2),
+            **job_entry(SUB, P2, 1),
+            **wake_entry(SUB, now + LEASE_MS, LEASE_MS),
+            inflight_key(SUB): ("zset", NO_TTL),
+            waiting_key(SUB): ("zset", NO_TTL),
+            breaker_key(SUB): ("hash", NO_TTL),
+        },
+    )
+    assert await zset(redis, waiting_key(SUB)) == {T1: now, P2: now + 1_000}
+    # Once the pending recheck's time has come, the next park queues the next one.
+    later = now + LEASE_MS
+    assert (await acquire(redis, T1, 2, later, cap=1)).verdict == "cap"
     queue = await zset(redis, QUEUE)
-    assert queue[JOB2] == now + LEASE_MS and set(queue) == {JOB1, JOB2}
-    assert await zset(redis, waiting_key(SUB)) == {T1: now}
-    assert await zset(redis, inflight_key(SUB)) == {busy: now + HOUR_MS}
-    assert (await hash_of(redis, delivery_key(SUB, T1)))["gen"] == "2"
-    assert await job_body(redis, job_key(JOB2)) == {
-        "t": None,
-        "f": "fanout_deliver",
-        "a": [SUB, T1],
-        "k": {},
-        "et": now,
+    assert {j for j in queue if j.startswith("fwk:")} == {
+        wake_job_id(SUB, now + LEASE_MS),
+        wake_job_id(SUB, later + LEASE_MS),
     }
+    assert await hash_of(redis, breaker_key(SUB)) == {"recheck_at": str(later + LEASE_MS)}
 
 
 async def test_parking_again_keeps_the_first_waiting_time(redis: aioredis.Redis, now: int) -> None:
@@ -207,36 +234,75 @@ async def test_parking_again_keeps_the_first_waiting_time(redis: aioredis.Redis,
         redis,
         {
             **STAGED,
-            **job_entry(SUB, T1, 2, LEASE_MS),
-            **job_entry(SUB, T1, 3, LEASE_MS),
+            **wake_entry(SUB, now + LEASE_MS, LEASE_MS),
             inflight_key(SUB): ("zset", NO_TTL),
             waiting_key(SUB): ("zset", NO_TTL),
+            breaker_key(SUB): ("hash", NO_TTL),
         },
     )
     assert await zset(redis, waiting_key(SUB)) == {T1: now}
+    assert (await hash_of(redis, delivery_key(SUB, T1)))["gen"] == "3"
 
 
-async def test_open_breaker_parks_until_it_opens_for_a_probe(
+async def test_open_breaker_parks_behind_the_cycles_one_wake_job(
     redis: aioredis.Redis, now: int
 ) -> None:
-    """Breaker open: parked, its fresh job due at open_until plus jitter ('open', until)."""
-    await redis.hset(breaker_key(SUB), mapping={"fails": 5, "open_until": now + HOUR_MS})  # type: ignore[misc]
+    """Breaker open: parked with no job of its own; the cycle's wake job (id by open_until) is
+    queued at open_until plus jitter ('open', until)."""
+    open_until = now + HOUR_MS
+    await redis.hset(breaker_key(SUB), mapping={"fails": 5, "open_until": open_until})  # type: ignore[misc]
     got = await acquire(redis, T1, 1, now, open_jitter_ms=250)
-    assert (got.verdict, got.until_ms) == ("open", now + HOUR_MS)
+    assert (got.verdict, got.until_ms) == ("open", open_until)
     await assert_keyspace(
         redis,
         {
             **STAGED,
-            **job_entry(SUB, T1, 2, HOUR_MS + 250),
+            **wake_entry(SUB, open_until, HOUR_MS + 250),
             breaker_key(SUB): ("hash", NO_TTL),
             waiting_key(SUB): ("zset", NO_TTL),
         },
     )
-    assert (await zset(redis, QUEUE))[JOB2] == now + HOUR_MS + 250
+    queue = await zset(redis, QUEUE)
+    assert set(queue) == {JOB1, wake_job_id(SUB, open_until)}
+    assert queue[wake_job_id(SUB, open_until)] == open_until + 250
+    assert await zset(redis, waiting_key(SUB)) == {T1: now}
+    assert (await hash_of(redis, delivery_key(SUB, T1)))["gen"] == "2"
+    assert (await job_body(redis, job_key(wake_job_id(SUB, open_until))))["a"] == [SUB]
 
 
-async def test_another_probe_in_flight_parks_until_it_ends(redis: aioredis.Redis, now: int) -> None:
-    """Half-open with another probe in flight: parked until that probe's lease ends."""
+async def test_many_parked_behind_an_open_breaker_share_one_wake_job(
+    redis: aioredis.Redis, now: int
+) -> None:
+    """A second delivery parked behind the same open breaker queues nothing more: the cycle's
+    wake job keeps its id and due time."""
+    open_until = now + HOUR_MS
+    await redis.hset(breaker_key(SUB), mapping={"fails": 5, "open_until": open_until})  # type: ignore[misc]
+    await acquire(redis, T1, 1, now, open_jitter_ms=250)
+    await record(redis, PID2, ["pending"])
+    got = await acquire(redis, P2, 1, now + 10, open_jitter_ms=900)
+    assert got.verdict == "open"
+    await assert_keyspace(
+        redis,
+        {
+            **STAGED,
+            **payment_keys(PID2),
+            **line(SUB, [P2], PID2),
+            **job_entry(SUB, P2, 1),
+            **wake_entry(SUB, open_until, HOUR_MS + 250),
+            breaker_key(SUB): ("hash", NO_TTL),
+            waiting_key(SUB): ("zset", NO_TTL),
+        },
+    )
+    queue = await zset(redis, QUEUE)
+    assert {j: at for j, at in queue.items() if j.startswith("fwk:")} == {
+        wake_job_id(SUB, open_until): open_until + 250
+    }
+    assert await zset(redis, waiting_key(SUB)) == {T1: now, P2: now + 10}
+
+
+async def test_another_probe_in_flight_parks_with_no_job(redis: aioredis.Redis, now: int) -> None:
+    """Half-open with another probe in flight: parked with no job ('probing', its lease end);
+    the probe's finish decides what comes next."""
     await redis.hset(  # type: ignore[misc]
         breaker_key(SUB),
         mapping={"open_until": now - 1, "probe": "fdl:ledger:x:1", "probe_until": now + 9_000},
@@ -245,14 +311,11 @@ async def test_another_probe_in_flight_parks_until_it_ends(redis: aioredis.Redis
     assert (got.verdict, got.until_ms) == ("probing", now + 9_000)
     await assert_keyspace(
         redis,
-        {
-            **STAGED,
-            **job_entry(SUB, T1, 2, 9_000),
-            breaker_key(SUB): ("hash", NO_TTL),
-            waiting_key(SUB): ("zset", NO_TTL),
-        },
+        {**STAGED, breaker_key(SUB): ("hash", NO_TTL), waiting_key(SUB): ("zset", NO_TTL)},
     )
-    assert (await zset(redis, QUEUE))[JOB2] == now + 9_000
+    assert list(await zset(redis, QUEUE)) == [JOB1]
+    assert await zset(redis, waiting_key(SUB)) == {T1: now}
+    assert (await hash_of(redis, delivery_key(SUB, T1)))["gen"] == "2"
 
 
 async def test_half_open_breaker_starts_the_probe(redis: aioredis.Redis, now: int) -> None:

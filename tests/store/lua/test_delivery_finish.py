@@ -25,6 +25,7 @@ from service.store.layout import (
     order_key,
     records_key,
     snapshot_key,
+    wake_job_id,
 )
 from service.store.payments import TRANSITIONS_LOG_KEY, Candidate, state_key
 from service.store.records import payment_deliveries
@@ -57,6 +58,7 @@ from tests.store.lua.staging import (
     payment_store,
     record,
     tid,
+    wake_entry,
 )
 
 PID2 = "pay_2"
@@ -75,7 +77,8 @@ async def stage(redis: aioredis.Redis, statuses: list[str]) -> int:
 
 
 async def park_other(redis: aioredis.Redis, now: int) -> Expected:
-    """Park the head of another payment's line (cap reached); the keys that adds. Its first job
+    """Park the head of another payment's line (cap reached), with no job of its own; the keys
+    that adds (the subscriber's recheck wake job, its time in the breaker hash). Its first job
     stays, as the arq job that ran the acquire would until arq removed it."""
     await record(redis, PID2, ["pending"])
     assert (await acquire(redis, P2, 1, now, cap=0)).verdict == "cap"
@@ -83,13 +86,20 @@ async def park_other(redis: aioredis.Redis, now: int) -> Expected:
         **payment_keys(PID2),
         **line(SUB, [P2], PID2),
         **job_entry(SUB, P2, 1),
-        **job_entry(SUB, P2, 2, LEASE_MS),
+        **recheck_job(now),
         waiting_key(SUB): ("zset", NO_TTL),
+        breaker_key(SUB): ("hash", NO_TTL),
     }
 
 
+def recheck_job(parked_at: int) -> Expected:
+    """The recheck wake job park_other's parking queued."""
+    return wake_entry(SUB, parked_at + LEASE_MS, LEASE_MS)
+
+
 def woken_other() -> Expected:
-    """The other payment's line after its parked head was woken (its job is at gen 3)."""
+    """The other payment's line after its parked head was woken (its job is at gen 3); nothing
+    is parked any more, so the recheck its parking queued was cancelled."""
     return {**payment_keys(PID2), **line(SUB, [P2], PID2), **job_entry(SUB, P2, 1)}
 
 
@@ -270,6 +280,7 @@ async def test_delivered_wakes_parked_deliveries(redis: aioredis.Redis) -> None:
             breaker_key(SUB): ("hash", NO_TTL),
             **woken_other(),
             QUEUE: ("zset", NO_TTL),
+            inflight_key(SUB): ("zset", NO_TTL),
             **job_entry(SUB, P2, 3),
         },
     )
@@ -321,6 +332,7 @@ async def test_failure_under_the_threshold_still_wakes_parked(redis: aioredis.Re
             breaker_key(SUB): ("hash", NO_TTL),
             **woken_other(),
             QUEUE: ("zset", NO_TTL),
+            inflight_key(SUB): ("zset", NO_TTL),
             **job_entry(SUB, P2, 3),
         },
     )
@@ -371,7 +383,7 @@ async def test_removed_subscriber_drops_and_wakes_one(redis: aioredis.Redis) -> 
     """Removed subscriber: dropped (done TTL, not counted), line advances, one parked woken."""
     now = await stage(redis, ["pending", "submitted"])
     await park_other(redis, now)
-    done = await finish(redis, T1, 1, now, "removed", enabled=False)
+    done = await finish(redis, T1, 1, now, "removed", enabled=False, recheck_ms=HOLD_MS)
     assert done == Finished("dropped", 1, 0, None)
     await assert_keyspace(
         redis,
@@ -418,6 +430,7 @@ async def test_stale_finish_still_spends_its_job_and_counts_the_breaker(
             **payment_keys(),
             **line(SUB, [T1]),
             QUEUE: ("zset", NO_TTL),
+            inflight_key(SUB): ("zset", NO_TTL),
             **job_entry(SUB, T1, 3),
             breaker_key(SUB): ("hash", NO_TTL),
             attempt_log_key(SUB): ("list", NO_TTL),
@@ -432,7 +445,15 @@ async def test_failure_at_the_threshold_opens_the_breaker(redis: aioredis.Redis)
     now = await stage(redis, ["pending"])
     parked = await park_other(redis, now)
     done = await finish(
-        redis, T1, 1, now, "fail", retry_at_ms=now + 10_000, threshold=1, cooldown_ms=60_000
+        redis,
+        T1,
+        1,
+        now,
+        "fail",
+        retry_at_ms=now + 10_000,
+        threshold=1,
+        cooldown_ms=60_000,
+        open_jitter_ms=300,
     )
     assert (done.result, done.woken) == ("retry", 0)
     await assert_keyspace(
@@ -444,9 +465,16 @@ async def test_failure_at_the_threshold_opens_the_breaker(redis: aioredis.Redis)
             **job_entry(SUB, T1, 2, 10_000),
             breaker_key(SUB): ("hash", NO_TTL),
             **parked,
+            **wake_entry(SUB, now + 60_000, 60_300),
         },
     )
-    assert await hash_of(redis, breaker_key(SUB)) == {"fails": "1", "open_until": str(now + 60_000)}
+    assert await hash_of(redis, breaker_key(SUB)) == {
+        "fails": "1",
+        "open_until": str(now + 60_000),
+        "recheck_at": str(now + LEASE_MS),
+    }
+    # The cycle's one wake job, due when the cool-down ends (plus the jitter).
+    assert (await zset(redis, QUEUE))[wake_job_id(SUB, now + 60_000)] == now + 60_300
 
 
 async def test_failure_while_open_keeps_the_breaker_as_it_is(redis: aioredis.Redis) -> None:
@@ -467,7 +495,11 @@ async def test_failure_while_open_keeps_the_breaker_as_it_is(redis: aioredis.Red
             **parked,
         },
     )
-    assert await hash_of(redis, breaker_key(SUB)) == {"fails": "4", "open_until": str(now - 5)}
+    assert await hash_of(redis, breaker_key(SUB)) == {
+        "fails": "4",
+        "open_until": str(now - 5),
+        "recheck_at": str(now + LEASE_MS),
+    }
 
 
 async def test_failed_probe_reopens_the_breaker(redis: aioredis.Redis) -> None:
@@ -486,8 +518,14 @@ async def test_failed_probe_reopens_the_breaker(redis: aioredis.Redis) -> None:
             QUEUE: ("zset", NO_TTL),
             **job_entry(SUB, T1, 2, 9_900),
             breaker_key(SUB): ("hash", NO_TTL),
+            **wake_entry(SUB, now + 100 + 60_000, 60_000),
         },
     )
+    # The next cycle's one wake job, due when its cool-down ends.
+    assert await zset(redis, QUEUE) == {
+        deliver_job_id(SUB, T1, 2): now + 10_000,
+        wake_job_id(SUB, now + 100 + 60_000): now + 100 + 60_000,
+    }
     breaker = await hash_of(redis, breaker_key(SUB))
     assert breaker == {
         "fails": "6",
@@ -512,8 +550,11 @@ async def test_successful_probe_closes_the_breaker_and_wakes(redis: aioredis.Red
         {
             **payment_keys(),
             breaker_key(SUB): ("hash", NO_TTL),
-            **woken_other(),
+            **payment_keys(PID2),
+            **line(SUB, [P2], PID2),
+            **job_entry(SUB, P2, 1),
             QUEUE: ("zset", NO_TTL),
+            inflight_key(SUB): ("zset", NO_TTL),
             **job_entry(SUB, P2, 3),
         },
     )
@@ -570,7 +611,8 @@ async def test_lapsed_slot_of_a_dead_holder_is_freed_and_wakes_a_parked_one(
         },
     )
     assert (await zset(redis, QUEUE))[job3] == now
-    assert await zset(redis, inflight_key(SUB)) == {live: now + 60_000}
+    # The woken job holds the freed slot for a lease until it runs.
+    assert await zset(redis, inflight_key(SUB)) == {live: now + 60_000, job3: now + LEASE_MS}
 
 
 async def test_dead_letters_older_than_the_operator_ttl_leave_the_indexes(
@@ -685,3 +727,101 @@ async def test_records_outlive_a_lost_state_for_the_done_ttl(redis: aioredis.Red
     )
     (row,) = await payment_deliveries(redis, PID, [SUB])
     assert (row["tid"], row["state"]) == (T1, "delivered")
+
+
+async def test_successful_probe_releases_only_the_free_slots_and_rechecks(
+    redis: aioredis.Redis,
+) -> None:
+    """A probe's success releases parked deliveries at the cap's rate: jobs for the free slots
+    only, the rest stay parked (no job of their own), and one recheck is queued for them."""
+    await record(redis, PID, ["pending"])
+    now = await server_ms(redis)
+    open_until = now - 1
+    await redis.hset(breaker_key(SUB), mapping={"fails": 5, "open_until": now + 1})  # type: ignore[misc]
+    others = ["pay_a", "pay_b", "pay_c"]
+    for n, pid in enumerate(others):
+        await record(redis, pid, ["pending"])
+        assert (await acquire(redis, tid(pid, "pending"), 1, now - 10 + n)).verdict == "open"
+    await redis.hset(breaker_key(SUB), "open_until", open_until)  # type: ignore[misc]
+    assert (await acquire(redis, T1, 1, now)).verdict == "probe"
+    done = await finish(redis, T1, 1, now, "ok", cap=2, recheck_ms=HOLD_MS)
+    assert done == Finished("delivered", 2, 0, None)
+    expected: Expected = {
+        **payment_keys(),
+        breaker_key(SUB): ("hash", NO_TTL),
+        QUEUE: ("zset", NO_TTL),
+        waiting_key(SUB): ("zset", NO_TTL),
+        inflight_key(SUB): ("zset", NO_TTL),
+        **wake_entry(SUB, now + 1, 11),
+        **wake_entry(SUB, now + HOLD_MS, HOLD_MS),
+    }
+    for pid in others:
+        expected.update(payment_keys(pid))
+        expected.update(line(SUB, [tid(pid, "pending")], pid))
+        expected.update(job_entry(SUB, tid(pid, "pending"), 1))
+    for pid in others[:2]:
+        expected.update(job_entry(SUB, tid(pid, "pending"), 3))
+    await assert_keyspace(redis, expected)
+    assert await zset(redis, waiting_key(SUB)) == {tid("pay_c", "pending"): now - 8}
+    queue = await zset(redis, QUEUE)
+    assert {j: at for j, at in queue.items() if j.endswith(":3")} == {
+        deliver_job_id(SUB, tid("pay_a", "pending"), 3): now,
+        deliver_job_id(SUB, tid("pay_b", "pending"), 3): now,
+    }
+    assert queue[wake_job_id(SUB, now + HOLD_MS)] == now + HOLD_MS
+    assert (await hash_of(redis, breaker_key(SUB)))["recheck_at"] == str(now + HOLD_MS)
+    # Each woken job holds its slot for a lease until it runs: the next finish counts them.
+    assert await zset(redis, inflight_key(SUB)) == {
+        deliver_job_id(SUB, tid(pid, "pending"), 3): now + LEASE_MS for pid in others[:2]
+    }
+
+
+async def test_finish_with_a_recheck_pending_queues_no_other(redis: aioredis.Redis) -> None:
+    """Deliveries still parked after a finish, with a recheck pending already: nothing more is
+    queued (one recheck at a time per subscriber)."""
+    now = await stage(redis, ["pending"])
+    parked = await park_other(redis, now)
+    busy = "fdl:ledger:busy:1"
+    await redis.zadd(inflight_key(SUB), {busy: now + 60_000})
+    done = await finish_ok(redis, now + 1, cap=1, recheck_ms=HOLD_MS)
+    assert (done.result, done.woken) == ("delivered", 0)
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            **parked,
+            QUEUE: ("zset", NO_TTL),
+            inflight_key(SUB): ("zset", NO_TTL),
+        },
+    )
+    assert (await hash_of(redis, breaker_key(SUB)))["recheck_at"] == str(now + LEASE_MS)
+
+
+async def test_success_while_still_open_cancels_the_cycles_wake_job(
+    redis: aioredis.Redis,
+) -> None:
+    """An attempt begun before the breaker opened succeeds before the cool-down ends: the
+    breaker closes and that cycle's wake job leaves the queue."""
+    now = await stage(redis, ["pending"])
+    await record(redis, PID2, ["pending"])
+    open_until = now + 60_000
+    await redis.hset(breaker_key(SUB), mapping={"fails": 5, "open_until": open_until})  # type: ignore[misc]
+    assert (await acquire(redis, P2, 1, now)).verdict == "open"
+    assert wake_job_id(SUB, open_until) in await zset(redis, QUEUE)
+    done = await finish_ok(redis, now + 1)
+    assert done == Finished("delivered", 1, 0, None)
+    await assert_keyspace(
+        redis,
+        {
+            **payment_keys(),
+            breaker_key(SUB): ("hash", NO_TTL),
+            **woken_other(),
+            QUEUE: ("zset", NO_TTL),
+            inflight_key(SUB): ("zset", NO_TTL),
+            **job_entry(SUB, P2, 3),
+        },
+    )
+    queue = await zset(redis, QUEUE)
+    assert queue[deliver_job_id(SUB, P2, 3)] == now + 1
+    assert wake_job_id(SUB, open_until) not in queue
+    assert await hash_of(redis, breaker_key(SUB)) == {"fails": "0", "open_until": "0", "probe": ""}

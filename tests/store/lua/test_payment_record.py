@@ -11,7 +11,14 @@ from redis.exceptions import ResponseError
 from service.store.compression import ZSTD_MAGIC, decompress
 from service.store.deliveries import breaker_key, delivery_key, waiting_key
 from service.store.delivery_state import Acquired
-from service.store.layout import deliver_job_id, head_key, inflight_key, order_key, snapshot_key
+from service.store.layout import (
+    deliver_job_id,
+    head_key,
+    inflight_key,
+    order_key,
+    snapshot_key,
+    wake_job_id,
+)
 from service.store.layout import payment_dirty_key as _dirty_key
 from service.store.layout import payment_lock_key as _lock_key
 from service.store.payments import TRANSITIONS_LOG_KEY, StaleSubscribers, state_key
@@ -22,6 +29,7 @@ from tests.store.lua.keyspace import (
     assert_keyspace,
     hash_of,
     job_body,
+    job_ttl,
     server_ms,
     ttl_ms,
     ttl_s,
@@ -363,8 +371,15 @@ async def test_hold_starts_the_head_for_the_caller(redis: aioredis.Redis) -> Non
     assert before + LEASE_MS <= inflight[job] <= after + LEASE_MS
 
 
-async def test_hold_over_the_cap_parks_the_head_with_a_fresh_job(redis: aioredis.Redis) -> None:
-    """With hold_ms at the cap the head is parked: held job removed, next gen due later."""
+async def recheck_jobs(redis: aioredis.Redis, sub: str = SUB) -> dict[str, int]:
+    """The subscriber's recheck wake jobs in the queue, by id (their due time)."""
+    prefix = wake_job_id(sub, 0)[:-1]
+    return {job: at for job, at in (await zset(redis, QUEUE)).items() if job.startswith(prefix)}
+
+
+async def test_hold_over_the_cap_parks_the_head_behind_a_recheck(redis: aioredis.Redis) -> None:
+    """With hold_ms at the cap the head is parked with no job (held job removed, gen bumped);
+    the subscriber's one recheck wake job is due a lease later."""
     now = await server_ms(redis)
     busy = deliver_job_id(SUB, "msg_busy", 1)
     await redis.zadd(inflight_key(SUB), {busy: now + 3_600_000})
@@ -372,25 +387,33 @@ async def test_hold_over_the_cap_parks_the_head_with_a_fresh_job(redis: aioredis
         redis, PID, ["pending"], caps={SUB: 1}, hold_ms=HOLD_MS, lease_ms=LEASE_MS
     )
     assert result.started == ()
+    [(recheck, at)] = (await recheck_jobs(redis)).items()
+    after = await server_ms(redis)
+    assert now + LEASE_MS <= at <= after + LEASE_MS and recheck == wake_job_id(SUB, at)
     await assert_keyspace(
         redis,
         {
             **payment_keys(),
             **line(SUB, [T1]),
             QUEUE: ("zset", NO_TTL),
-            **job_entry(SUB, T1, 2, LEASE_MS),
+            job_key(recheck): ("string", job_ttl(LEASE_MS)),
             inflight_key(SUB): ("zset", NO_TTL),
             waiting_key(SUB): ("zset", NO_TTL),
+            breaker_key(SUB): ("hash", NO_TTL),
         },
     )
-    assert list(await zset(redis, QUEUE)) == [deliver_job_id(SUB, T1, 2)]
+    assert list(await zset(redis, QUEUE)) == [recheck]
     assert list(await zset(redis, waiting_key(SUB))) == [T1]
     assert await zset(redis, inflight_key(SUB)) == {busy: now + 3_600_000}
+    assert await hash_of(redis, breaker_key(SUB)) == {"recheck_at": str(at)}
     assert (await hash_of(redis, delivery_key(SUB, T1)))["gen"] == "2"
 
 
-async def test_hold_with_breaker_open_parks_until_it_may_close(redis: aioredis.Redis) -> None:
-    """With hold_ms and the breaker open the head is parked until open_until plus jitter."""
+async def test_hold_with_breaker_open_parks_behind_the_cycles_wake_job(
+    redis: aioredis.Redis,
+) -> None:
+    """With hold_ms and the breaker open the head is parked with no job; the cycle's one wake
+    job is due at open_until plus jitter."""
     open_until = await server_ms(redis) + 3_600_000
     await redis.hset(breaker_key(SUB), mapping={"fails": 5, "open_until": open_until})  # type: ignore[misc]
     result = await record(
@@ -409,18 +432,19 @@ async def test_hold_with_breaker_open_parks_until_it_may_close(redis: aioredis.R
             **payment_keys(),
             **line(SUB, [T1]),
             QUEUE: ("zset", NO_TTL),
-            **job_entry(SUB, T1, 2, 3_600_700),
+            job_key(wake_job_id(SUB, open_until)): ("string", job_ttl(3_600_700)),
             breaker_key(SUB): ("hash", NO_TTL),
             waiting_key(SUB): ("zset", NO_TTL),
         },
     )
-    assert await zset(redis, QUEUE) == {deliver_job_id(SUB, T1, 2): open_until + 700}
+    assert await zset(redis, QUEUE) == {wake_job_id(SUB, open_until): open_until + 700}
+    assert (await hash_of(redis, delivery_key(SUB, T1)))["gen"] == "2"
 
 
-async def test_hold_while_another_job_probes_parks_until_the_probe_ends(
+async def test_hold_while_another_job_probes_parks_with_no_job(
     redis: aioredis.Redis,
 ) -> None:
-    """With hold_ms while another job probes, the head is parked until the probe ends."""
+    """With hold_ms while another job probes, the head is parked with no job at all."""
     probe_until = await server_ms(redis) + 3_600_000
     await redis.hset(  # type: ignore[misc]
         breaker_key(SUB),
@@ -435,13 +459,11 @@ async def test_hold_while_another_job_probes_parks_until_the_probe_ends(
         {
             **payment_keys(),
             **line(SUB, [T1]),
-            QUEUE: ("zset", NO_TTL),
-            **job_entry(SUB, T1, 2, 3_600_000),
             breaker_key(SUB): ("hash", NO_TTL),
             waiting_key(SUB): ("zset", NO_TTL),
         },
     )
-    assert await zset(redis, QUEUE) == {deliver_job_id(SUB, T1, 2): probe_until}
+    assert list(await zset(redis, waiting_key(SUB))) == [T1]
 
 
 async def test_hold_with_half_open_breaker_starts_the_probe(redis: aioredis.Redis) -> None:
@@ -483,6 +505,7 @@ async def test_hold_starts_one_line_and_parks_another(redis: aioredis.Redis) -> 
         lease_ms=LEASE_MS,
     )
     assert [s.job_id for s in result.started] == [deliver_job_id(SUB, T1, 1)]
+    [recheck] = await recheck_jobs(redis, OTHER_SUB)
     await assert_keyspace(
         redis,
         {
@@ -491,10 +514,11 @@ async def test_hold_starts_one_line_and_parks_another(redis: aioredis.Redis) -> 
             **line(OTHER_SUB, [T1]),
             QUEUE: ("zset", NO_TTL),
             **job_entry(SUB, T1, 1, HOLD_MS),
-            **job_entry(OTHER_SUB, T1, 2, LEASE_MS),
+            job_key(recheck): ("string", job_ttl(LEASE_MS)),
             inflight_key(SUB): ("zset", NO_TTL),
             inflight_key(OTHER_SUB): ("zset", NO_TTL),
             waiting_key(OTHER_SUB): ("zset", NO_TTL),
+            breaker_key(OTHER_SUB): ("hash", NO_TTL),
         },
     )
 

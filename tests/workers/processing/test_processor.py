@@ -20,6 +20,8 @@ from service.store.layout import (
     inflight_key,
     payment_dirty_key,
     payment_lock_key,
+    waiting_key,
+    wake_job_id,
 )
 from service.store.leases import Leases
 from service.store.payments import TRANSITIONS_LOG_KEY, PaymentStateStore
@@ -192,8 +194,8 @@ async def test_inline_run_past_its_window_leaves_the_heads_to_their_jobs(
 
 
 async def test_inline_run_over_the_cap_parks_the_head_instead(redis: aioredis.Redis) -> None:
-    """A head that finds its subscriber's slots all taken is parked (not started), and only
-    a fresh job, due after the lease, stays queued for it."""
+    """A head that finds its subscriber's slots all taken is parked (not started) with no job
+    of its own: only the subscriber's recheck wake job, due after the lease, stays queued."""
     store = SubscriberStore(redis)
     await store.put(Subscriber(id="one", url="http://127.0.0.1:1/hook", concurrency=1))
     await redis.zadd(
@@ -203,7 +205,9 @@ async def test_inline_run_over_the_cap_parks_the_head_instead(redis: aioredis.Re
     outcome = await processor.handle(hint(1), "a", inline_until=time.monotonic() + 60)
     assert outcome.deliveries == ()
     tid = transition_id("pay_1", "submitted")
-    assert [j.decode() for j in await redis.zrange(QUEUE, 0, -1)] == [f"fdl:one:{tid}:2"]
+    [(recheck, at)] = await redis.zrange(QUEUE, 0, -1, withscores=True)
+    assert recheck.decode() == wake_job_id("one", int(at))
+    assert await redis.zrange(waiting_key("one"), 0, -1) == [tid.encode()]
     assert not await redis.exists(ARQ_JOB_PREFIX + deliver_job_id("one", tid, 1))
 
 

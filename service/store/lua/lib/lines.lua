@@ -107,9 +107,16 @@ local function unpark_one(queue, wkey, sub, now, at)
   end
 end
 
-local function wake(queue, wkey, sub, count, now)
+-- Gives up to ``count`` of the longest-parked deliveries of ``sub`` jobs due now; how many.
+-- With ``fkey``, each woken job holds a slot of the in-flight zset until ``reserve_until`` (its
+-- acquire renews it), so the wake-ups of the next finishes count it before it runs: a backlog
+-- is released at the cap's rate, never more jobs due at once than free slots.
+local function wake(queue, wkey, sub, count, now, fkey, reserve_until)
   local woken = 0
-  while woken < count and unpark_one(queue, wkey, sub, now) do
+  while woken < count do
+    local job = unpark_one(queue, wkey, sub, now)
+    if not job then break end
+    if fkey then redis.call('ZADD', fkey, reserve_until, job) end
     woken = woken + 1
   end
   return woken

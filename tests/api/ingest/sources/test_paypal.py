@@ -24,7 +24,8 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from service.api.ingest.sources import SourceConfigError, build_sources
+from service.api.ingest.sources import SourceConfigError, build_sources, paypal
+from service.api.ingest.sources.base import NotAuthentic
 from service.store.server import free_port
 from tests.api.ingest.sources.pki import Issued, issue, make_ca
 from tests.api.ingest.sources.support import request_lines, served
@@ -139,13 +140,20 @@ def event(payment_id: str = "pay_p1") -> bytes:
 
 
 def signed(
-    issued: Issued, cert_url: str, body: bytes, webhook_id: str = WEBHOOK_ID
+    issued: Issued,
+    cert_url: str,
+    body: bytes,
+    webhook_id: str = WEBHOOK_ID,
+    *,
+    transmission_id: str | None = None,
+    encoding: str = "utf-8",
 ) -> dict[str, str]:
-    """PayPal's headers for ``body``, signed with ``issued``'s key."""
-    transmission_id = str(uuid4())
+    """PayPal's headers for ``body``, signed with ``issued``'s key (the message encoded with
+    ``encoding``)."""
+    transmission_id = transmission_id or str(uuid4())
     transmission_time = "2026-12-01T10:00:00Z"
     message = f"{transmission_id}|{transmission_time}|{webhook_id}|{zlib.crc32(body)}"
-    signature = issued.key.sign(message.encode(), padding.PKCS1v15(), hashes.SHA256())
+    signature = issued.key.sign(message.encode(encoding), padding.PKCS1v15(), hashes.SHA256())
     return {
         "content-type": "application/json",
         "paypal-transmission-id": transmission_id,
@@ -303,6 +311,107 @@ async def test_certificate_fetch_times_out(
         response = await client.post(PATH, content=body, headers=headers)
     assert response.status_code == 503
     assert "retry-after" in response.headers
+
+
+def utf8_headers(headers: dict[str, str]) -> dict[str, bytes]:
+    """Header values sent as their UTF-8 bytes (httpx sends str values as ASCII only)."""
+    return {name: value.encode() for name, value in headers.items()}
+
+
+async def test_non_ascii_transmission_id(
+    client: httpx.AsyncClient, pki: Pki, cert_servers: CertServers
+) -> None:
+    """A transmission id outside ASCII (and outside latin-1) is checked over the UTF-8 bytes
+    sent: signed over those, 202; signed over other bytes, 401; never a 5xx."""
+    url = cert_servers.url("good")
+    good = pki.certificates["good"]
+    for transmission_id in ("tx-\u20ac-1", "tx-\u00e9-1"):
+        body = event()
+        headers = signed(good, url, body, transmission_id=transmission_id)
+        response = await client.post(PATH, content=body, headers=utf8_headers(headers))
+        assert response.status_code == 202, (transmission_id, response.text)
+    body = event()
+    latin = signed(good, url, body, transmission_id="tx-\u00e9-2", encoding="latin-1")
+    response = await client.post(PATH, content=body, headers=utf8_headers(latin))
+    assert response.status_code == 401
+
+
+@pytest.mark.parametrize(
+    "signature",
+    ["not base64!", "QUJD RA==", "QUJDRA=", "\u00e9QUJD"],
+    ids=["alphabet", "inner-space", "padding", "non-ascii"],
+)
+async def test_signature_not_base64(
+    client: httpx.AsyncClient, pki: Pki, cert_servers: CertServers, signature: str
+) -> None:
+    """A PAYPAL-TRANSMISSION-SIG that is not strict base64: 401, with its reason logged."""
+    body = event()
+    headers = signed(pki.certificates["good"], cert_servers.url("good"), body)
+    headers["paypal-transmission-sig"] = signature
+    with structlog.testing.capture_logs() as logs:
+        response = await client.post(PATH, content=body, headers=utf8_headers(headers))
+    assert response.status_code == 401
+    [line] = request_lines(logs)
+    assert line["reason"] == "PAYPAL-TRANSMISSION-SIG is not base64"
+
+
+async def test_cached_url_not_checked_again(
+    client: httpx.AsyncClient,
+    pki: Pki,
+    cert_servers: CertServers,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The certificate URL is checked once, before its fetch; requests naming the cached URL
+    skip the check, while a URL outside cert_hosts is checked (and refused) every time."""
+    checked: Counter[str] = Counter()
+    check = paypal.check_cert_url
+
+    def counting(url: str, hosts: Any) -> None:
+        checked[url] += 1
+        check(url, hosts)
+
+    monkeypatch.setattr(paypal, "check_cert_url", counting)
+    url = cert_servers.url("second")
+    outside = cert_servers.url("second", host="127.0.0.1")
+    key = pki.certificates["second"]
+    for _ in range(5):
+        body = event()
+        response = await client.post(PATH, content=body, headers=signed(key, url, body))
+        assert response.status_code == 202
+        body = event()
+        response = await client.post(PATH, content=body, headers=signed(key, outside, body))
+        assert response.status_code == 401
+    assert checked == {url: 1, outside: 5}
+    assert cert_servers.fetches["second"] == 1
+
+
+async def test_certificate_keys_check_before_fetching() -> None:
+    """CertificateKeys itself refuses a URL that may not be fetched (401), without calling its
+    fetcher and without caching anything: a cached URL has always passed the check."""
+    fetched: list[str] = []
+
+    async def fetcher(url: str) -> bytes:
+        fetched.append(url)
+        return b""
+
+    keys = paypal.CertificateKeys(
+        hosts=["paypal.com"], subject_cn=CN, extra_roots=[], ttl_s=60, max_entries=4
+    )
+    keys.fetcher = fetcher
+    for url in (
+        "http://paypal.com/cert",
+        "https://evil.example/cert",
+        "https://user:pw@paypal.com/cert",
+        "https://paypal.com:bad/cert",
+    ):
+        with pytest.raises(NotAuthentic):
+            await keys.key_for(url)
+        assert keys.cached(url) is None
+    assert fetched == []
+    with pytest.raises(NotAuthentic, match="no certificate"):  # allowed: fetched, then refused
+        await keys.key_for("https://paypal.com/cert")
+    assert fetched == ["https://paypal.com/cert"]
+    assert keys.cached("https://paypal.com/cert") is None
 
 
 async def test_wrong_method(client: httpx.AsyncClient) -> None:
