@@ -1,19 +1,21 @@
 """``history_record.lua``, run through ``HistoryStore.record_run``: a payment's runs are packed
 into one field of the timelines hash (read back as written), a new payment is pushed on the
 payments list, runs per payment and payments are capped, payments first seen longer ago than
-the TTL leave, the event's payment is noted on its dedupe key only while that key lives, and
-inbound events (not convergence checks, not retries) are counted per minute."""
+the TTL leave, the event's key is left alone (its record names the payment), and inbound
+events (not convergence checks, not retries) are counted per minute."""
 
 from __future__ import annotations
 
 import redis.asyncio as aioredis
 
 from service.domain.events import EventHint
+from service.store.compression import compress
+from service.store.events import archive_record
 from service.store.history import HistoryStore, Run
 from service.store.layout import (
     HISTORY_PAYMENTS,
     HISTORY_TIMELINES,
-    dedupe_key,
+    event_key,
     history_rate_key,
 )
 from tests.store.lua.keyspace import NO_TTL, assert_keyspace, ttl_s
@@ -109,14 +111,18 @@ async def test_payments_first_seen_before_the_ttl_leave(redis: aioredis.Redis) -
     assert await redis.hkeys(HISTORY_TIMELINES) == [b"pay_new"]
 
 
-async def test_payment_noted_on_the_dedupe_key_while_it_lives(redis: aioredis.Redis) -> None:
-    """The event's dedupe key gets the payment id and keeps its TTL; the payment is then found
-    from the event."""
+async def test_event_key_left_alone_and_its_payment_read_from_its_record(
+    redis: aioredis.Redis,
+) -> None:
+    """A run leaves the event's key as ingestion wrote it (value and TTL); the event's payment
+    is read from the archived record in it."""
     store = HistoryStore(redis)
-    await redis.set(dedupe_key("kartapay", "evt_kept"), "evt:job", ex=500)
+    key = event_key("kartapay", "evt_kept")
+    value = compress(archive_record("kartapay", "evt_kept", NOW, {}, b"{}", payment_id="pay_1"))
+    await redis.set(key, value, ex=500)
     hint = EventHint("kartapay", "evt_kept", "pay_1", NOW)
     await store.record_run(hint, run_of(hint), NOW)
-    await assert_keyspace(
-        redis, {**HISTORY, **RATE, dedupe_key("kartapay", "evt_kept"): ("string", ttl_s(500))}
-    )
+    await assert_keyspace(redis, {**HISTORY, **RATE, key: ("string", ttl_s(500))})
+    assert await redis.get(key) == value
     assert await store.event_payment("kartapay", "evt_kept") == "pay_1"
+    assert await store.event_payment("kartapay", "evt_unknown") is None
