@@ -84,16 +84,15 @@ NO_TTL_ALLOWED = (
     layout.SUBSCRIBERS,
     layout.SUBSCRIBERS_VERSION,
     layout.BREAKER,
-    layout.HISTORY_TIMELINES,
     layout.HISTORY_PAYMENTS,
 )
-# Capped streams and lists: constant at scale, whatever the number of payments.
+# Capped streams and lists: constant at scale, whatever the number of payments. History's
+# payments list is capped too, but at a cap (history_index_max) meant to hold days of payments:
+# it is counted per payment, with the timelines in the state hashes.
 CAPPED = (
     layout.UNROUTABLE,
     layout.TRANSITIONS,
     layout.ATTEMPT_LOG,
-    layout.HISTORY_TIMELINES,
-    layout.HISTORY_PAYMENTS,
 )
 SAMPLE_KEYS = 200
 Report = Callable[[str], None]

@@ -4,18 +4,23 @@ Written by the processing job (``workers/processing/job.py``) after each run of 
 ingestion (its hot path writes nothing more than before). Read by the admin API
 (``service/api/admin/history_routes.py``). Decision and budget: ``docs/decisions/history.md``.
 
-Keys (:mod:`service.store.layout`), all written by one script, ``lua/history_record.lua``:
+Keys and fields (:mod:`service.store.layout`), all written by one script,
+``lua/history_record.lua``:
 
-- ``HISTORY_TIMELINES``: hash, payment id -> its timeline: a header (first received ms, first
-  source), then one packed line per processing run of a hint (:class:`Run`), times relative to
-  the header, oldest first; at most ``history_timeline_max`` runs.
-- ``HISTORY_PAYMENTS``: list of the payment ids of that hash, newest first seen first: what the
-  events and deliveries lists walk. At most ``history_index_max``; a payment first seen more
-  than ``history_ttl_s`` ago leaves it and the hash at the next write.
+- The payment's state hash (``PAYMENT_STATE``, the one key every payment has at rest) holds its
+  timeline: a header field (``HISTORY_HEADER``: first received ms, first source, the numbers of
+  the first kept and the next run) and one short field per processing run of a hint
+  (``HISTORY_RUN``, :class:`Run`), times relative to the header; at most
+  ``history_timeline_max`` runs. Each field stays under 64 bytes for the usual event ids, so the
+  small hash stays a compact listpack; the timeline lives as long as the state.
+- ``HISTORY_PAYMENTS``: list of the payment ids with a timeline, newest first seen first: what
+  the events and deliveries lists walk. At most ``history_index_max``; a payment first seen more
+  than ``history_ttl_s`` ago leaves it (and its timeline fields its state hash) at the next
+  write.
 - ``HISTORY_RATE`` ``{minute}``: hash, events processed that minute by source (10 min TTL).
 
-A payment costs one hash field and one list entry, no key of its own (a key's own overhead would
-be half the budget): ``python -m bench.history_memory`` measures it.
+A payment costs a few short fields of a hash it already has and one list entry, no key of its
+own and no field named by its id: ``python -m bench.history_memory`` measures it.
 
 Everything else history shows is read where it already is: the payment's recorded state, the
 convergence sets, the event's key (its archived headers and body while retained, and the
@@ -29,7 +34,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,8 +53,8 @@ from service.store.layout import (
     CONVERGENCE_SOURCE,
     DEAD_ALL,
     EVENT_DLQ_INDEX,
+    HISTORY_HEADER,
     HISTORY_PAYMENTS,
-    HISTORY_TIMELINES,
     STUCK,
     arq_job_key,
     attempt_log_key,
@@ -61,6 +67,7 @@ from service.store.layout import (
     inflight_key,
     parse_dead_member,
     payment_state_key,
+    run_field,
     waiting_key,
 )
 from service.store.scripts import Script
@@ -111,7 +118,7 @@ class Run:
     def is_convergence(self) -> bool:
         return self.source == CONVERGENCE_SOURCE
 
-    def script_args(self) -> list[str | int]:
+    def script_args(self) -> list[str | int | bytes]:
         """ARGV 2..8 of ``history_record.lua``: the run, its statuses and outcome as codes."""
         return [
             self.received_ms,
@@ -120,40 +127,64 @@ class Run:
             "" if self.fetched is None else _STATUS_CODE.get(self.fetched, ""),
             OUTCOMES.get(self.outcome, "?"),
             "".join(_STATUS_CODE[s] for s in self.emitted if s in _STATUS_CODE),
-            "" if self.is_convergence else self.event_id,
+            b"" if self.is_convergence else pack_event_id(self.event_id),
         ]
 
 
-def unpack_timeline(raw: bytes | str | None) -> list[Run]:
-    """The runs of a packed timeline (``history_record.lua`` writes it), oldest first."""
-    if not raw:
+# An event id of the usual shape (a lower-case prefix, ``_``, then lower-case hex, as KartaPay's
+# test ids) is kept as its prefix and the hex's bytes: 17 bytes instead of 28.
+_PACKABLE = re.compile(r"([a-z]{1,8}_)((?:[0-9a-f]{2}){4,32})")
+_PACKED = b"\x00"
+
+
+def pack_event_id(event_id: str) -> bytes:
+    """An event id as a run field keeps it (:func:`unpack_event_id` reads it back)."""
+    match = _PACKABLE.fullmatch(event_id)
+    if match is None:
+        return event_id.encode()
+    return _PACKED + match.group(1).encode() + bytes.fromhex(match.group(2))
+
+
+def unpack_event_id(raw: bytes) -> str:
+    if not raw.startswith(_PACKED):
+        return raw.decode(errors="replace")
+    end = raw.index(b"_", 1) + 1
+    return raw[1:end].decode() + raw[end:].hex()
+
+
+def unpack_runs(fields: Mapping[bytes, bytes]) -> list[Run]:
+    """The runs of a payment's timeline (``history_record.lua`` writes them as fields of its
+    state hash, among the state's own fields), oldest first."""
+    header = fields.get(HISTORY_HEADER.encode())
+    if not header:
         return []
-    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
-    header, *lines = text.split("\n")
-    base_text, _, default_source = header.partition(SEP)
     try:
-        base = int(base_text, 36)
-    except ValueError:
+        base_text, default_source, first, nxt = header.decode().split(SEP)
+        base, first_n, next_n = int(base_text, 36), int(first, 36), int(nxt, 36)
+    except (ValueError, UnicodeDecodeError):
         return []
     runs = []
-    for line in lines:
-        parts = line.split(SEP, 6)
+    for n in range(first_n, next_n):
+        raw = fields.get(run_field(n).encode())
+        if raw is None:
+            continue
+        parts = raw.split(SEP.encode(), 6)
         if len(parts) != 7:
             continue
-        received, delta, source, fetched, outcome, emitted, event_id = parts
         try:
+            received, delta, source, fetched, outcome, emitted = (p.decode() for p in parts[:6])
             received_ms = base + int(received, 36)
             at_ms = received_ms + int(delta, 36)
             codes = tuple(STATUSES[int(c)] for c in emitted)
             status = STATUSES[int(fetched)] if fetched else None
-        except (ValueError, IndexError):
+        except (ValueError, IndexError, UnicodeDecodeError):
             continue
         runs.append(
             Run(
                 received_ms,
                 at_ms,
                 source or default_source,
-                event_id,
+                unpack_event_id(parts[6]),
                 status,
                 _OUTCOME_NAME.get(outcome, "unknown"),
                 codes,
@@ -318,9 +349,13 @@ class HistoryStore:
     async def record_run(self, hint: EventHint, run: Run, now_ms: int) -> bool:
         """Append ``run`` to its payment's timeline (``lua/history_record.lua``); True when the
         payment is new to history. One round trip."""
-        keys = [HISTORY_TIMELINES, HISTORY_PAYMENTS, history_rate_key(now_ms // 60_000)]
+        keys = [
+            payment_state_key(hint.payment_id),
+            HISTORY_PAYMENTS,
+            history_rate_key(now_ms // 60_000),
+        ]
         inbound = not run.is_convergence
-        args: list[str | int] = [
+        args: list[str | int | bytes] = [
             hint.payment_id,
             *run.script_args(),
             now_ms,
@@ -329,6 +364,7 @@ class HistoryStore:
             self.timeline_max,
             "1" if inbound and hint.attempt == 0 else "0",
             RATE_TTL_S,
+            self.ttl_s,
         ]
         return bool(await RECORD(self.redis, keys, args))
 
@@ -350,14 +386,16 @@ class HistoryStore:
 
     async def runs(self, payment_id: str) -> list[Run]:
         """A payment's processing runs, oldest first (what is retained)."""
-        raw: bytes | None = await self.redis.hget(HISTORY_TIMELINES, payment_id)  # type: ignore[misc]
-        return unpack_timeline(raw)
+        return (await self.runs_of([payment_id]))[0]
 
     async def runs_of(self, payment_ids: Sequence[str]) -> list[list[Run]]:
         if not payment_ids:
             return []
-        rows: list[bytes | None] = await self.redis.hmget(HISTORY_TIMELINES, list(payment_ids))  # type: ignore[misc]
-        return [unpack_timeline(row) for row in rows]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for pid in payment_ids:
+                pipe.hgetall(payment_state_key(pid))
+            rows: list[dict[bytes, bytes]] = await pipe.execute()
+        return [unpack_runs(row) for row in rows]
 
     async def payment_state(self, payment_id: str) -> dict[str, Any]:
         """The recorded state and convergence of a payment: ``state`` (seq, status, at, or

@@ -104,9 +104,12 @@ EVENT_DLQ_ENTRIES = KEY_PREFIX + "dlq:events"
 EVENT_DLQ_INDEX = KEY_PREFIX + "dlq:events:index"
 
 # History (docs/decisions/history.md): written by the processing job, off the ingestion path.
-# Payment id -> its packed timeline, one line per processing run of a hint (service.store.history).
-HISTORY_TIMELINES = KEY_PREFIX + "h:timelines"
-# The payments of HISTORY_TIMELINES, newest first seen first; capped and aged out with it.
+# A payment's timeline is kept in its state hash (PAYMENT_STATE): a header field and one short
+# field per processing run of a hint ({n}: the run's number, base 36; service.store.history).
+HISTORY_HEADER = "h"
+HISTORY_RUN = "r{n}"
+# The payments with a timeline, newest first seen first; capped and aged (their timeline fields
+# leave their state hash with them).
 HISTORY_PAYMENTS = KEY_PREFIX + "h:payments"
 # Events processed in one minute ({minute}: epoch minutes), by source: the overview's rates.
 HISTORY_RATE = KEY_PREFIX + "h:rate:{minute}"
@@ -148,7 +151,11 @@ KEY_PATTERNS: tuple[KeyPattern, ...] = (
     KeyPattern(ARQ_RESULT, "string", "keep_result"),
     KeyPattern(EVENT, "string", "max(dedupe_ttl_s, raw_ttl_s)"),
     KeyPattern(UNROUTABLE, "list", "none (capped)"),
-    KeyPattern(PAYMENT_STATE, "hash", "state_ttl_s; FINAL_STATE_TTL_S once final"),
+    KeyPattern(
+        PAYMENT_STATE,
+        "hash",
+        "state_ttl_s; FINAL_STATE_TTL_S once final (history_ttl_s if history wrote it first)",
+    ),
     KeyPattern(PAYMENT_LOCK, "string", "worker_lease_s, renewed while the fetch runs"),
     KeyPattern(PAYMENT_DIRTY, "string", "dirty_ttl_s"),
     KeyPattern(TRANSITIONS, "stream", "none (capped)"),
@@ -174,7 +181,6 @@ KEY_PATTERNS: tuple[KeyPattern, ...] = (
     KeyPattern(STUCK, "zset", "none (capped: converge_stuck_max)"),
     KeyPattern(EVENT_DLQ_ENTRIES, "hash", "none (entries older than operator_ttl_s trimmed)"),
     KeyPattern(EVENT_DLQ_INDEX, "zset", "none (entries older than operator_ttl_s trimmed)"),
-    KeyPattern(HISTORY_TIMELINES, "hash", "none (capped and aged with the payments list)"),
     KeyPattern(HISTORY_PAYMENTS, "list", "none (capped: history_index_max; aged: history_ttl_s)"),
     KeyPattern(HISTORY_RATE, "hash", "600 s"),
 )
@@ -282,6 +288,17 @@ def dead_key(subscriber_id: str) -> str:
 
 def attempt_log_key(subscriber_id: str) -> str:
     return ATTEMPT_LOG.format(sub=subscriber_id)
+
+
+def run_field(n: int) -> str:
+    """The state hash field of a payment's run ``n`` (base 36, as history_record.lua names it)."""
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    text = ""
+    while True:
+        n, r = divmod(n, 36)
+        text = digits[r] + text
+        if n == 0:
+            return HISTORY_RUN.format(n=text)
 
 
 def history_rate_key(minute: int) -> str:

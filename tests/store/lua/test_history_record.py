@@ -1,8 +1,9 @@
-"""``history_record.lua``, run through ``HistoryStore.record_run``: a payment's runs are packed
-into one field of the timelines hash (read back as written), a new payment is pushed on the
-payments list, runs per payment and payments are capped, payments first seen longer ago than
-the TTL leave, the event's key is left alone (its record names the payment), and inbound
-events (not convergence checks, not retries) are counted per minute."""
+"""``history_record.lua``, run through ``HistoryStore.record_run``: a payment's runs are short
+fields of its state hash (read back as written, the usual event ids packed), beside the state's
+own fields and TTL (history's TTL when it made the hash); a new payment is pushed on the payments
+list, runs per payment and payments are capped, payments first seen longer ago than the TTL
+leave (their fields too), the event's key is left alone (its record names the payment), and
+inbound events (not convergence checks, not retries) are counted per minute."""
 
 from __future__ import annotations
 
@@ -14,16 +15,23 @@ from service.store.events import archive_record
 from service.store.history import HistoryStore, Run
 from service.store.layout import (
     HISTORY_PAYMENTS,
-    HISTORY_TIMELINES,
     event_key,
     history_rate_key,
+    payment_state_key,
 )
-from tests.store.lua.keyspace import NO_TTL, assert_keyspace, ttl_s
+from tests.store.lua.keyspace import NO_TTL, Expected, assert_keyspace, hash_of, ttl_s
 
 NOW = 1_800_000_000_000
 MINUTE = NOW // 60_000
+TTL_S = 7 * 86_400
 RATE = {history_rate_key(MINUTE): ("hash", ttl_s(600))}
-HISTORY = {HISTORY_TIMELINES: ("hash", NO_TTL), HISTORY_PAYMENTS: ("list", NO_TTL)}
+LIST = {HISTORY_PAYMENTS: ("list", NO_TTL)}
+EVENT_ID = "evt_" + "0a1f" * 6  # KartaPay's shape: packed to 17 bytes
+
+
+def timeline(*payment_ids: str) -> Expected:
+    """The state hashes history made (no state recorded), with history's TTL."""
+    return {payment_state_key(pid): ("hash", ttl_s(TTL_S)) for pid in payment_ids}
 
 
 def run_of(hint: EventHint, outcome: str = "processed") -> Run:
@@ -45,21 +53,44 @@ async def payments(redis: aioredis.Redis) -> list[str]:
 async def test_a_first_run_creates_the_payment_and_counts_the_event(
     redis: aioredis.Redis,
 ) -> None:
-    """The first run of a payment: its timeline field, its list entry, this minute's count;
-    no dedupe key is created (it had expired)."""
+    """The first run of a payment without a state yet: a header and a run field in a state hash
+    with history's TTL, its list entry, this minute's count; the event id is packed (a field
+    well under 64 bytes) and read back as it was."""
     store = HistoryStore(redis)
-    hint = EventHint("kartapay", "evt_1", "pay_1", NOW - 500)
+    hint = EventHint("kartapay", EVENT_ID, "pay_1", NOW - 500)
     assert await store.record_run(hint, run_of(hint), NOW) is True
-    await assert_keyspace(redis, {**HISTORY, **RATE})
+    await assert_keyspace(redis, {**timeline("pay_1"), **LIST, **RATE})
     assert await store.runs("pay_1") == [run_of(hint)]
+    stored = await redis.hget(payment_state_key("pay_1"), "r0")  # type: ignore[misc]
+    assert stored is not None and EVENT_ID.encode() not in stored and len(stored) < 40
     assert await payments(redis) == ["pay_1"]
     assert await store.rates(NOW) == {"kartapay": 1}
 
 
+async def test_runs_join_a_recorded_state_and_keep_its_ttl(redis: aioredis.Redis) -> None:
+    """A payment whose state is recorded: its runs are added to the state hash, whose own
+    fields and TTL are left as they were."""
+    key = payment_state_key("pay_1")
+    await redis.hset(key, mapping={"seq": "3", "status": "captured", "ledger:1": "d,1,200"})  # type: ignore[misc]
+    await redis.expire(key, 500)
+    store = HistoryStore(redis)
+    hint = EventHint("kartapay", "evt_plain", "pay_1", NOW)
+    await store.record_run(hint, run_of(hint), NOW)
+    await assert_keyspace(redis, {key: ("hash", ttl_s(500)), **LIST, **RATE})
+    fields = await hash_of(redis, key)
+    assert {k: fields[k] for k in ("seq", "status", "ledger:1")} == {
+        "seq": "3",
+        "status": "captured",
+        "ledger:1": "d,1,200",
+    }
+    assert sorted(fields) == ["h", "ledger:1", "r0", "seq", "status"]
+    assert await store.runs("pay_1") == [run_of(hint)]
+
+
 async def test_runs_are_appended_in_order_and_capped(redis: aioredis.Redis) -> None:
-    """Later runs append to the same field (another source, a convergence check without event
-    id, an event received before the first); only the last ``timeline_max`` are kept; retries
-    and convergence checks are not counted as events."""
+    """Later runs add fields (another source, a convergence check without event id, an event
+    received before the first); only the last ``timeline_max`` are kept; retries and
+    convergence checks are not counted as events."""
     store = HistoryStore(redis, timeline_max=3)
     hints = [
         EventHint("kartapay", "evt_1", "pay_1", NOW),
@@ -69,7 +100,7 @@ async def test_runs_are_appended_in_order_and_capped(redis: aioredis.Redis) -> N
     ]
     for hint in hints:
         assert await store.record_run(hint, run_of(hint), NOW) is (hint is hints[0])
-    await assert_keyspace(redis, {**HISTORY, **RATE})
+    await assert_keyspace(redis, {**timeline("pay_1"), **LIST, **RATE})
     runs = await store.runs("pay_1")
     assert [(r.source, r.event_id, r.received_ms) for r in runs] == [
         ("stripe", "evt_2", NOW + 5),
@@ -77,26 +108,28 @@ async def test_runs_are_appended_in_order_and_capped(redis: aioredis.Redis) -> N
         ("convergence", "", NOW + 60_000),
     ]
     assert runs[0] == run_of(hints[1])
+    assert sorted(await redis.hkeys(payment_state_key("pay_1"))) == [b"h", b"r1", b"r2", b"r3"]  # type: ignore[misc]
     assert await payments(redis) == ["pay_1"]
     assert await store.rates(NOW) == {"kartapay": 1, "stripe": 1}
 
 
 async def test_payments_beyond_the_cap_leave_with_their_timelines(redis: aioredis.Redis) -> None:
-    """With a cap of two payments, a third pushes the oldest out of the list and the hash."""
+    """With a cap of two payments, a third pushes the oldest out of the list, and its timeline
+    fields out of its state hash."""
     store = HistoryStore(redis, index_max=2)
     for n in range(3):
         hint = EventHint("kartapay", f"evt_{n}", f"pay_{n}", NOW + n)
         await store.record_run(hint, run_of(hint), NOW + n)
-    await assert_keyspace(redis, {**HISTORY, **RATE})
+    await assert_keyspace(redis, {**timeline("pay_1", "pay_2"), **LIST, **RATE})
     assert await payments(redis) == ["pay_2", "pay_1"]
-    assert sorted(await redis.hkeys(HISTORY_TIMELINES)) == [b"pay_1", b"pay_2"]
+    assert await store.runs("pay_0") == []
     assert await store.page_payments(None, 10) == ["pay_2", "pay_1"]
     assert await store.page_payments("pay_2", 10) == ["pay_1"]
     assert await store.page_payments("pay_0", 10) == []
 
 
 async def test_payments_first_seen_before_the_ttl_leave(redis: aioredis.Redis) -> None:
-    """A payment first seen longer ago than the TTL leaves at the next write."""
+    """A payment first seen longer ago than the TTL leaves at the next write, with its fields."""
     store = HistoryStore(redis, ttl_s=60)
     old = EventHint("kartapay", "evt_old", "pay_old", NOW)
     await store.record_run(old, run_of(old), NOW)
@@ -105,10 +138,14 @@ async def test_payments_first_seen_before_the_ttl_leave(redis: aioredis.Redis) -
     await store.record_run(late, run_of(late), late_ms)
     await assert_keyspace(
         redis,
-        {**HISTORY, **RATE, history_rate_key(late_ms // 60_000): ("hash", ttl_s(600))},
+        {
+            payment_state_key("pay_new"): ("hash", ttl_s(60)),
+            **LIST,
+            **RATE,
+            history_rate_key(late_ms // 60_000): ("hash", ttl_s(600)),
+        },
     )
     assert await payments(redis) == ["pay_new"]
-    assert await redis.hkeys(HISTORY_TIMELINES) == [b"pay_new"]
 
 
 async def test_event_key_left_alone_and_its_payment_read_from_its_record(
@@ -122,7 +159,7 @@ async def test_event_key_left_alone_and_its_payment_read_from_its_record(
     await redis.set(key, value, ex=500)
     hint = EventHint("kartapay", "evt_kept", "pay_1", NOW)
     await store.record_run(hint, run_of(hint), NOW)
-    await assert_keyspace(redis, {**HISTORY, **RATE, key: ("string", ttl_s(500))})
+    await assert_keyspace(redis, {**timeline("pay_1"), **LIST, **RATE, key: ("string", ttl_s(500))})
     assert await redis.get(key) == value
     assert await store.event_payment("kartapay", "evt_kept") == "pay_1"
     assert await store.event_payment("kartapay", "evt_unknown") is None
