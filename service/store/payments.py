@@ -52,6 +52,10 @@ RECORD = Script.load("payment_record")
 RELEASE = Script.load("payment_release")
 
 TRANSITIONS_LOG_KEY = TRANSITIONS
+# The fields of a state hash that are the state itself (payment_record.lua, the convergence
+# scripts); delivery records (service.store.records) and history (service.store.history) share
+# the hash.
+_STATE_FIELDS = frozenset({b"seq", b"status", b"at", b"cv_first", b"cv_step"})
 TRANSITIONS_LOG_MAXLEN = 100_000
 # How long a payment's state lives once it is final (completed, canceled, failed), shrunk to
 # (seq, status): it must outlive every hint that can still come for the payment, or a late hint
@@ -195,6 +199,9 @@ class PaymentStateStore:
         return RecordResult(int(previous), int(emitted), bool(again), started, bool(stuck))
 
     async def recorded(self, payment_id: str) -> dict[str, str]:
-        """The last recorded state of a payment (empty when none)."""
+        """The last recorded state of a payment (empty when none): the hash's fields but the
+        delivery records' and history's (which share it and may hold any byte)."""
         raw: dict[bytes, bytes] = await self._redis.hgetall(payment_state_key(payment_id))  # type: ignore[misc]
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return {
+            k.decode(): v.decode(errors="replace") for k, v in raw.items() if k in _STATE_FIELDS
+        }
