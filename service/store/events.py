@@ -41,7 +41,16 @@ UNROUTABLE_KEY = layout.UNROUTABLE
 UNROUTABLE_CAP = 10_000
 
 # Header names (or parts of names) never archived: signatures and credentials.
-_SENSITIVE_HEADER_PARTS = ("signature", "authorization", "secret", "token", "cookie", "api-key")
+# "-sig": PayPal's PAYPAL-TRANSMISSION-SIG (a signature, yet not spelled "signature").
+_SENSITIVE_HEADER_PARTS = (
+    "signature",
+    "-sig",
+    "authorization",
+    "secret",
+    "token",
+    "cookie",
+    "api-key",
+)
 # Nor the connection's own headers (hop-by-hop, RFC 9110 7.6.1) and the body's framing: they say
 # nothing about the event, and their values (lengths, ports) are what compresses worst.
 _TRANSPORT_HEADERS = frozenset(

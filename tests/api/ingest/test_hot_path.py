@@ -92,21 +92,27 @@ def test_packed_store_command_equals_the_plain_one(source: str, event_id: str, b
 
 
 def test_archived_headers_drop_credentials_on_every_call() -> None:
-    """Signature, credential, cookie and transport headers are dropped, the first time and once
-    known."""
+    """Signature (PayPal's -sig too), credential, cookie and transport headers are dropped, the
+    first time and once known."""
     headers = {
         "content-type": "application/json",
         "webhook-signature": "v1,abc",
         "authorization": "Bearer x",
         "x-api-key": "k",
         "x-custom-token": "t",
+        "paypal-transmission-sig": "c2lnbmF0dXJl",
+        "paypal-transmission-id": "tid-1",
         "cookie": "c",
         "webhook-id": "msg_1",
         "content-length": "12",
         "connection": "keep-alive",
         "accept-encoding": "gzip",
     }
-    expected = {"content-type": "application/json", "webhook-id": "msg_1"}
+    expected = {
+        "content-type": "application/json",
+        "webhook-id": "msg_1",
+        "paypal-transmission-id": "tid-1",
+    }
     for _ in range(3):
         assert archived_headers(headers) == expected
     assert archived_headers({"x-new-secret-header": "s", "x-new": "n"}) == {"x-new": "n"}
