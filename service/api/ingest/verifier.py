@@ -25,6 +25,7 @@ import queue
 import threading
 from typing import NamedTuple
 
+import structlog
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -40,6 +41,8 @@ class _Check(NamedTuple):
     signature: bytes
     message: bytes
 
+
+log = structlog.get_logger("kartahook.ingest")
 
 _Answer = bool | BaseException
 _STOP: list[_Check] = []  # the thread's "no more batches" (identity, never a real batch)
@@ -64,6 +67,7 @@ class SignatureVerifier:
         self._queue: queue.SimpleQueue[list[_Check]] = queue.SimpleQueue()
         self._batch: list[_Check] = []
         self.batches = 0  # batches handed over (tests and measurements read it)
+        self.checks = 0  # checks handed over in them
 
     @property
     def running(self) -> bool:
@@ -86,6 +90,7 @@ class SignatureVerifier:
         self._hand_over()
         self._queue.put(_STOP)
         await asyncio.to_thread(thread.join)  # the loop keeps running: answers arrive
+        log.info("verifier stopped", verifier=self.name, batches=self.batches, checks=self.checks)
 
     async def verify(self, key: rsa.RSAPublicKey, signature: bytes, message: bytes) -> bool:
         """True when ``signature`` is ``key``'s over ``message`` (exceptions as ``verify``'s)."""
@@ -103,6 +108,7 @@ class SignatureVerifier:
         if batch:
             self._batch = []
             self.batches += 1
+            self.checks += len(batch)
             self._queue.put(batch)
 
     def _run(self) -> None:
