@@ -31,6 +31,9 @@ connections in a closed loop, p99 measures the queue and the machine. The tables
 It also prints each server's CPU time per request (user + system, from ``/proc``; medians of the
 rounds) and their ratio. Both servers are CPU-bound on one core, so on a machine shared with
 other work that ratio is the steadier measure of the same thing.
+And the CPU time per request of each server's main thread, the one running the event loop
+(``/proc/<pid>/task/<pid>``): equal to the process's unless work runs on other threads (it shows
+whether a change moved work off the loop, docs/decisions/paypal-verification-cost.md).
 """
 
 from __future__ import annotations

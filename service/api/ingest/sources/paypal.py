@@ -22,9 +22,7 @@ roots plus ``cert_ca_file`` for the certificate host's own TLS. Tests may inject
 
 Per request, with the certificate cached, what is left is the RSA verification itself
 (``RSAPublicKey.verify``, OpenSSL's speed), a CRC32 of the body and a few µs of header work
-(docs/benchmarks.md, "Ingestion per source"). While the app runs, the RSA check is done on a
-worker thread, the requests of one event-loop turn handed over together
-(:mod:`service.api.ingest.verifier`, docs/decisions/paypal-verification-cost.md).
+(docs/benchmarks.md, "Ingestion per source").
 """
 
 from __future__ import annotations
@@ -46,7 +44,9 @@ from urllib.parse import urlsplit
 
 import httpx
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
@@ -61,13 +61,15 @@ from service.api.ingest.sources.base import (
     SourceUnavailable,
     VerifiedEvent,
 )
-from service.api.ingest.verifier import SignatureVerifier, check_now
 from service.errors import KartahookError
 
 AUTH_ALGORITHM = "SHA256withRSA"
 MAX_CERTIFICATE_BYTES = 64 * 1024
 DEFAULT_CERT_HOSTS = ("paypal.com", "*.paypal.com")
 DEFAULT_CERT_SUBJECT_CN = "messageverificationcerts.paypal.com"
+# Stateless parameters of every verification: made once, not per request.
+_PADDING = padding.PKCS1v15()
+_HASH = hashes.SHA256()
 
 CertificateFetcher = Callable[[str], Awaitable[bytes]]
 """Fetches a certificate URL (already checked) and returns its body; raises
@@ -355,8 +357,6 @@ class PayPalSource(Source):
             ttl_s=options.cert_cache_ttl_s,
             max_entries=options.cert_cache_size,
         )
-        # The RSA checks, off the event loop while the app runs (inline otherwise).
-        self.verifier = SignatureVerifier(f"paypal-verify-{name}")
 
     def use_fetcher(self, fetcher: CertificateFetcher | None) -> None:
         """Fetch certificates with ``fetcher`` (``start`` then keeps it)."""
@@ -364,9 +364,6 @@ class PayPalSource(Source):
 
     async def start(self, stack: AsyncExitStack) -> None:
         self.certificates.trust_store()  # the system's roots parsed now, not on a request
-        self.verifier.start()
-        # Registered first, so run last: the client closes, then pending checks are answered.
-        stack.push_async_callback(self.verifier.stop)
         if self.certificates.fetcher is not None:
             return
         client = httpx.AsyncClient(
@@ -414,8 +411,10 @@ class PayPalSource(Source):
 
     @staticmethod
     def check_signature(key: rsa.RSAPublicKey, signature: bytes, message: bytes) -> None:
-        if not check_now(key, signature, message):
-            raise NotAuthentic("signature does not match the certificate")
+        try:
+            key.verify(signature, message, _PADDING, _HASH)
+        except InvalidSignature:
+            raise NotAuthentic("signature does not match the certificate") from None
 
     def authenticate(self, request: InboundRequest) -> None:
         """The synchronous check: works only once the certificate's key is cached."""
@@ -433,8 +432,6 @@ class PayPalSource(Source):
         key = self.certificates.cached(url)
         if key is None:
             key = await self.certificates.key_for(url)  # checks the URL, then fetches
-        # On the verifier's thread, batched with this loop turn's other requests.
-        if not await self.verifier.verify(key, signature, message):
-            raise NotAuthentic("signature does not match the certificate")
+        self.check_signature(key, signature, message)
         self.check_client(request)
         return self.extract(request)

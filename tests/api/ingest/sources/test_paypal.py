@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import threading
 import zlib
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -17,7 +16,6 @@ from uuid import uuid4
 import httpx
 import orjson
 import pytest
-import redis.asyncio as aioredis
 import structlog
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
@@ -28,12 +26,10 @@ from starlette.routing import Route
 
 from service.api.ingest.sources import SourceConfigError, build_sources, paypal
 from service.api.ingest.sources.base import NotAuthentic
-from service.settings import Settings
-from service.store import layout
 from service.store.server import free_port
 from tests.api.ingest.sources.pki import Issued, issue, make_ca
 from tests.api.ingest.sources.support import request_lines, served
-from tests.support import serve_app, serve_listeners, wait_for
+from tests.support import serve_app
 
 CN = "messageverificationcerts.paypal.test"
 WEBHOOK_ID = "WH-4LF48398NM123456A"
@@ -416,95 +412,6 @@ async def test_certificate_keys_check_before_fetching() -> None:
         await keys.key_for("https://paypal.com/cert")
     assert fetched == ["https://paypal.com/cert"]
     assert keys.cached("https://paypal.com/cert") is None
-
-
-def mixed_webhooks(pki: Pki, url: str, count: int) -> list[tuple[bytes, dict[str, str], int]]:
-    """``count`` webhooks naming one certificate, a third of them signed by another key (body,
-    headers, the status each must get)."""
-    webhooks = []
-    for i in range(count):
-        body = event(f"pay_mix{i}")
-        forged = i % 3 == 1
-        key = pki.certificates["second" if forged else "good"]
-        webhooks.append((body, signed(key, url, body), 401 if forged else 202))
-    return webhooks
-
-
-async def stored(redis: aioredis.Redis, body: bytes) -> bool:
-    return bool(await redis.exists(layout.raw_event_key("paypal", orjson.loads(body)["id"])))
-
-
-async def test_concurrent_webhooks_share_verifier_batches(
-    redis_url: str, redis: aioredis.Redis, pki: Pki, cert_servers: CertServers
-) -> None:
-    """Many concurrent webhooks, right and forged signatures mixed, are checked on the
-    verifier thread in shared batches, and each gets its own answer (202 stored, 401 not)."""
-    sources = build_sources(paypal_config(pki))
-    source = sources["paypal"]
-    assert isinstance(source, paypal.PayPalSource)
-    url = cert_servers.url("good")
-    async with served(redis_url, sources=sources) as client:
-        assert source.verifier.running
-        body = event()  # caches the certificate
-        assert (
-            await client.post(
-                PATH, content=body, headers=signed(pki.certificates["good"], url, body)
-            )
-        ).status_code == 202
-        before = source.verifier.batches
-        webhooks = mixed_webhooks(pki, url, 60)
-        answers = await asyncio.gather(
-            *(client.post(PATH, content=body, headers=headers) for body, headers, _ in webhooks)
-        )
-        assert [a.status_code for a in answers] == [status for _, _, status in webhooks]
-        assert source.verifier.batches - before < len(webhooks)  # some batch held several
-    for body, _, status in webhooks:
-        assert await stored(redis, body) == (status == 202)
-    assert not source.verifier.running
-
-
-async def test_shutdown_with_checks_pending(
-    redis_url: str, redis: aioredis.Redis, pki: Pki, cert_servers: CertServers
-) -> None:
-    """The server stopping while webhooks wait for the verifier: each is answered with its own
-    status or refused as a connection, never a 5xx; each 202 was stored; the thread ends."""
-    sources = build_sources(paypal_config(pki))
-    source = sources["paypal"]
-    assert isinstance(source, paypal.PayPalSource)
-    url = cert_servers.url("good")
-    settings = Settings(redis_url=redis_url, sources_file=None)
-    webhooks = mixed_webhooks(pki, url, 40)
-    async with httpx.AsyncClient(timeout=30) as client:
-        async with serve_listeners(settings, sources, proxy_headers=False) as (base, _):
-            body = event()  # caches the certificate
-            headers = signed(pki.certificates["good"], url, body)
-            assert (
-                await client.post(base + PATH, content=body, headers=headers)
-            ).status_code == 202
-            before = source.verifier.batches
-            tasks = [
-                asyncio.create_task(client.post(base + PATH, content=body, headers=headers))
-                for body, headers, _ in webhooks
-            ]
-
-            async def handed_over() -> bool:
-                return source.verifier.batches > before
-
-            await wait_for(handed_over)
-        # The server has stopped (graceful shutdown, then the lifespan's end).
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-    answered = 0
-    for (body, _, status), result in zip(webhooks, results, strict=True):
-        if isinstance(result, httpx.TransportError):  # refused: not acknowledged
-            assert not await stored(redis, body)
-            continue
-        assert isinstance(result, httpx.Response), result
-        assert result.status_code == status
-        assert await stored(redis, body) == (status == 202)
-        answered += 1
-    assert answered > 0
-    assert not source.verifier.running
-    assert not [t for t in threading.enumerate() if t.name == "paypal-verify-paypal"]
 
 
 async def test_wrong_method(client: httpx.AsyncClient) -> None:
