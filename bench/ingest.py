@@ -31,6 +31,9 @@ connections in a closed loop, p99 measures the queue and the machine. The tables
 It also prints each server's CPU time per request (user + system, from ``/proc``; medians of the
 rounds) and their ratio. Both servers are CPU-bound on one core, so on a machine shared with
 other work that ratio is the steadier measure of the same thing.
+And the CPU time per request of each server's main thread, the one running the event loop
+(``/proc/<pid>/task/<pid>``): equal to the process's unless work runs on other threads (it shows
+whether a change moved work off the loop, docs/decisions/paypal-verification-cost.md).
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bench.cpu import process_cpu_seconds
+from bench.cpu import process_cpu_seconds, thread_cpu_seconds
 from bench.ingest_sources import HEADER_SEPARATOR
 
 LUA_SCRIPT = Path(__file__).with_name("ingest.lua")
@@ -261,6 +264,7 @@ def bench(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                         write(target, measured, round_s, f"{target}{round_no}")
                         pid = processes[server].pid
                         cpu_before = process_cpu_seconds(pid)
+                        loop_before = thread_cpu_seconds(pid)
                         stats = run_wrk(
                             ports[server],
                             measured,
@@ -269,8 +273,13 @@ def bench(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                             args.threads,
                         )
                         cpu_after = process_cpu_seconds(pid)
+                        loop_after = thread_cpu_seconds(pid)
                         if cpu_before is not None and cpu_after is not None and stats["requests"]:
                             stats["cpu_us"] = (cpu_after - cpu_before) / stats["requests"] * 1e6
+                        if loop_before is not None and loop_after is not None and stats["requests"]:
+                            stats["loop_cpu_us"] = (
+                                (loop_after - loop_before) / stats["requests"] * 1e6
+                            )
                         runs[target].append(stats)
                         measured.unlink()
                 paced_rate = latency_rate(args, runs)
@@ -309,6 +318,9 @@ def bench(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                 cpu = sorted(run["cpu_us"] for run in target_runs if "cpu_us" in run)
                 if cpu:
                     results[target]["cpu_us_median"] = cpu[len(cpu) // 2]
+                loop_cpu = sorted(r["loop_cpu_us"] for r in target_runs if "loop_cpu_us" in r)
+                if loop_cpu:
+                    results[target]["loop_cpu_us_median"] = loop_cpu[len(loop_cpu) // 2]
                 if target in paced:
                     results[target]["paced"] = paced[target]
     finally:
@@ -336,6 +348,11 @@ def report(results: dict[str, dict[str, Any]]) -> None:
             print(
                 f"{target:>5}: CPU per request {stats['cpu_us_median']:.0f} us "
                 f"(median; rounds {each_cpu} us)"
+            )
+        if "loop_cpu_us_median" in stats:
+            print(
+                f"{target:>5}: event-loop thread CPU per request "
+                f"{stats['loop_cpu_us_median']:.0f} us (median)"
             )
     if "real" in results and "bare" in results:
         ratio = results["real"]["rps"] / results["bare"]["rps"]
@@ -479,8 +496,28 @@ def section(results: dict[str, dict[str, Any]], load: tuple[float, float]) -> st
                 for target, stats in results.items()
             )
             + ".",
+            *loop_cpu_line(results),
         ]
     )
+
+
+def loop_cpu_line(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The event-loop thread's CPU per request of each target (median round), when measured:
+    the server's CPU per request less what its other threads (PayPal's RSA checks) did."""
+    measured = {
+        t: st["loop_cpu_us_median"] for t, st in results.items() if "loop_cpu_us_median" in st
+    }
+    if not measured:
+        return []
+    return [
+        "",
+        "Event-loop thread CPU per request (median round): "
+        + ", ".join(
+            f"{'kartapay' if target == 'real' else target} {cpu:.0f} us"
+            for target, cpu in measured.items()
+        )
+        + ".",
+    ]
 
 
 def write_sections(text: str) -> None:

@@ -98,3 +98,7 @@ def test_tiny_run_bare_and_paypal() -> None:
     assert results["paypal"]["paced"]["rps"] < 200  # paced near 100/s, not saturated
     lines = ingest.source_table(results)
     assert row(lines, "paypal", "Paced")[-1] in ("met", "**NOT met**")
+    # The event-loop thread is measured apart from the process (PayPal's verifier thread).
+    for target in ("bare", "paypal"):
+        assert results[target]["loop_cpu_us_median"] > 0
+    assert "Event-loop thread CPU per request" in ingest.section(results, (1.0, 1.0))
