@@ -114,11 +114,17 @@ async def payment_deliveries(
                 pipe.hgetall(delivery_key(sub, tid))
         replies = await pipe.execute()
     found: dict[tuple[str, int], dict[str, str]] = {}
-    fields = {k.decode(): v.decode() for k, v in replies[0].items()}
-    base_ms = int(fields.pop(BASE_FIELD, 0) or 0)
-    for name, value in fields.items():
-        if not is_record_field(name):
-            continue  # the state's own fields (seq, status, ...)
+    # The hash also holds the state's own fields (seq, status, ...) and history's packed,
+    # binary run fields: only the base time and the record fields are decoded.
+    records: dict[str, str] = {}
+    base_ms = 0
+    for raw_name, raw_value in replies[0].items():
+        name = raw_name.decode(errors="replace")
+        if name == BASE_FIELD:
+            base_ms = int(raw_value or 0)
+        elif is_record_field(name):
+            records[name] = raw_value.decode()
+    for name, value in records.items():
         row = parse_record(payment_id, name, value, base_ms)
         found[(row["sub"], int(row["seq"]))] = row
     for fields in replies[1:]:

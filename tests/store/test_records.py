@@ -83,3 +83,22 @@ async def test_payment_deliveries_reads_records_and_pending_hashes(redis: aiored
         ("crm", "3", "active"),
         ("old", "1", "dropped"),
     ]
+
+
+async def test_payment_deliveries_skips_history_binary_fields(redis: aioredis.Redis) -> None:
+    """History's packed, binary timeline fields in the same state hash are skipped, not decoded
+    (a 500 of the payment view otherwise)."""
+    state = layout.payment_state_key("pay_2")
+    await redis.hset(
+        state,
+        mapping={
+            "seq": "5",
+            "status": "completed",
+            "t0": BASE,
+            "crm:2": "d,1,200,0,5",
+            layout.HISTORY_HEADER: b"\xb1\x00\xff",
+            layout.HISTORY_RUN.format(n="0"): b"\x81\xb1\xfe binary",
+        },
+    )
+    rows = await payment_deliveries(redis, "pay_2", [])
+    assert [(r["sub"], r["seq"], r["state"]) for r in rows] == [("crm", "2", "delivered")]
