@@ -101,21 +101,9 @@ class SubscriberList(Model):
     subscribers: list[SubscriberOut]
 
 
-class SubscriberIn(Model):
-    """A new subscriber (``secret`` is generated when not given)."""
-
-    id: str
-    url: str
-    secret: str | None = None
-    events: list[str] | None = None
-    channels: list[str] | None = None
-    sources: list[str] | None = None
-    enabled: bool | None = None
-    concurrency: int | None = None
-    headers: dict[str, str] | None = None
-
-
 class SubscriberPatch(Model):
+    """A change to a subscriber: the fields given replace the stored ones."""
+
     url: str | None = None
     secret: str | None = None
     events: list[str] | None = None
@@ -124,6 +112,13 @@ class SubscriberPatch(Model):
     enabled: bool | None = None
     concurrency: int | None = None
     headers: dict[str, str] | None = None
+
+
+class SubscriberIn(SubscriberPatch):
+    """A new subscriber (``secret`` is generated when not given)."""
+
+    id: str
+    url: str
 
 
 class LimitQuery(Query):
