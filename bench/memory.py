@@ -470,7 +470,9 @@ async def measure_lifecycle(
 
             await wait_until(all_queued, timeout_s, "webhooks queued", stack)
             result.queued = await census(redis, queue)
-            result.events = result.queued.row(layout.EVENT).keys
+            # One job per stored event (the event hashes hold one field per event: a key per
+            # payment, not per event).
+            result.events = int(await redis.zcard(queue))
             result.queued_reloaded = await reloaded_bytes(redis, workdir)
             report(f"  {result.events} events queued: {result.queued_per_event:.0f} B/event")
 

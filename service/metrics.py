@@ -18,6 +18,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -57,6 +58,16 @@ REDIS_BATCH_SIZE = Histogram(
     "kartahook_ingest_batch_size",
     "Event writes sent to Redis in one pipeline by the ingestion batcher.",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    registry=REGISTRY,
+)
+
+REDIS_SETTING_LOW = Gauge(
+    "kartahook_redis_setting_low",
+    "1 when a Redis setting kartahook's memory budget needs is too low (hash-max-listpack-value"
+    " below 1024: events take more memory; log line redis_memory_setting_low), 0 when enough;"
+    " unset when it could not be read (service.store.redis_config).",
+    ["setting"],
+    multiprocess_mode="max",
     registry=REGISTRY,
 )
 

@@ -20,6 +20,7 @@ from urllib.parse import quote
 import redis
 import redis.exceptions
 
+from service.store.redis_config import HASH_MAX_LISTPACK_VALUE, SETTING_ALIAS
 from service.store.server import find_redis_server, free_port, stop_process
 
 MASTER_NAME = "mymaster"
@@ -188,6 +189,7 @@ class SentinelCluster:
             "--replica-announce-ip", "127.0.0.1",
             # A (re)joining replica is synced at once, not after the default 5 s wait for others.
             "--repl-diskless-sync-delay", "0",
+            "--" + SETTING_ALIAS, str(HASH_MAX_LISTPACK_VALUE),
         ]  # fmt: skip
         if replica_of is not None:
             args += ["--replicaof", "127.0.0.1", str(replica_of)]

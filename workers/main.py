@@ -24,8 +24,10 @@ from service.store.client import arq_redis, check_url
 from service.store.jobs import deserialize, serialize
 from service.store.layout import ARQ_EXPIRES_EXTRA_MS
 from service.store.leases import Leases
+from service.store.redis_config import check_memory_settings
 from workers.context import CTX_KEY, WorkerContext, worker_context
 from workers.delivery import job as fanout
+from workers.metrics import REDIS_SETTING_LOW
 from workers.probe_server import ProbeServer
 from workers.processing.job import processing_function, processing_shutdown, processing_startup
 
@@ -152,9 +154,10 @@ class ResilientWorker(Worker):
 async def on_startup(ctx: dict[str, Any]) -> None:
     """Build the resources of one worker process into its :class:`WorkerContext`: fan-out,
     processing (which hands its deliveries to fan-out), and the probe server when a port is
-    set."""
+    set; and check Redis's memory setting once (a warning when it is low, never a failure)."""
     context = worker_context(ctx)
     settings = context.settings
+    await check_memory_settings(context.arq_redis(), REDIS_SETTING_LOW)
     context.leases = Leases(context.arq_redis(), settings.queue_name, settings.lease_ms)
     await fanout.delivery_startup(context)
     await processing_startup(context)

@@ -3,7 +3,7 @@ port is set)."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS_PROCESSED = Counter(
     "kartahook_events_processed_total",
@@ -50,4 +50,11 @@ PAYMENTS_STUCK = Counter(
     "kartahook_payments_stuck_total",
     "Payments found still not terminal at the convergence horizon (listed by"
     " GET /admin/payments/stuck).",
+)
+REDIS_SETTING_LOW = Gauge(
+    "kartahook_redis_setting_low",
+    "1 when a Redis setting kartahook's memory budget needs is too low (hash-max-listpack-value"
+    " below 1024: events take more memory; log line redis_memory_setting_low), 0 when enough;"
+    " unset when it could not be read (service.store.redis_config).",
+    ["setting"],
 )

@@ -49,9 +49,11 @@ from service.api.middleware import (
 )
 from service.errors import ApiError
 from service.logging import configure_logging
+from service.metrics import REDIS_SETTING_LOW
 from service.settings import Settings
 from service.store.client import redis_client
 from service.store.events import EventStore
+from service.store.redis_config import check_memory_settings
 
 log = structlog.get_logger("kartahook.app")
 
@@ -89,6 +91,8 @@ def _lifespan(
         resources = AsyncExitStack()  # what sources hold while the app runs (PayPal's client)
         for source in sources.values():
             await source.start(resources)
+        # Once per process: a warning when Redis keeps events in more memory than it should.
+        await check_memory_settings(client, REDIS_SETTING_LOW)
         log.info("service starting", sources=sorted(sources))
         # Everything built so far lives as long as the process: keep it out of the garbage
         # collector's full passes, which otherwise stall the loop for milliseconds (p99).

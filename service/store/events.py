@@ -4,10 +4,12 @@ atomically.
 One Lua script does all three in one round trip (and Redis runs it atomically, so nothing is
 ever half-written):
 
-- ``SET <event key> <raw record> NX EX max(dedupe_ttl_s, raw_ttl_s)``: the event key is both
-  the dedupe marker and the archive (:func:`archive_record`: metadata, then the body as it came;
-  for audit and replay), compressed (:mod:`service.store.compression`; one key's overhead
-  instead of two). When the key exists the event is a duplicate and nothing else happens;
+- ``HSETNX <the payment's event hash> <the event's field> <raw record>``: one hash per payment
+  (``layout.EVENT``), one field per event (``layout.event_field``), which is both the dedupe
+  marker and the archive (:func:`archive_record`: metadata, then the body as it came; for audit
+  and replay), compressed (:mod:`service.store.compression`). When the field exists the event
+  is a duplicate and nothing else happens; else ``EXPIRE <hash> max(dedupe_ttl_s, raw_ttl_s)``:
+  each new event of a payment pushes its hash's expiry back (docs/decisions/event-hash.md);
 - ``PSETEX <arq job key>`` with the job in arq's own format (JSON), as ``arq`` writes it;
 - ``ZADD <queue> <enqueue ms> <job id>``, so a stock arq ``Worker`` picks it up.
 
@@ -76,8 +78,13 @@ _ARQ_JOB_ID_PREFIX = layout.prefix(layout.ARQ_JOB).encode() + _JOB_ID_PREFIX
 
 
 def _store_template(queue_name: str, event_ttl_s: int) -> bytes:
-    """``EVALSHA`` of :data:`STORE_EVENT` (RESP) as a %-format of (digest x 3, job length, job,
-    enqueue ms length, enqueue ms, raw record length, raw record)."""
+    """``EVALSHA`` of :data:`STORE_EVENT` (RESP) as a %-format of (event key length, payment
+    id, digest x 2, job length, job, enqueue ms length, enqueue ms, raw record length, raw
+    record, event field).
+
+    Every part is a length-prefixed bulk string, so any payment id a source accepts (any
+    characters, up to ``MAX_ID_LENGTH``) makes a well-formed command: the key's length is
+    filled in with it."""
 
     def constant(data: bytes) -> bytes:  # a whole bulk string, escaped for the format
         return bulk_string(data).replace(b"%", b"%%")
@@ -89,11 +96,11 @@ def _store_template(queue_name: str, event_ttl_s: int) -> bytes:
     variable = b"$%d\r\n%b\r\n"
     return b"".join(
         (
-            b"*12\r\n",
+            b"*13\r\n",
             constant(b"EVALSHA"),
             constant(STORE_EVENT.sha.encode()),
             constant(b"3"),
-            keyed(_EVENT_PREFIX, layout.EVENT_DIGEST_CHARS),
+            b"$%d\r\n" + _EVENT_PREFIX.replace(b"%", b"%%") + b"%b\r\n",  # the payment's hash
             keyed(_ARQ_JOB_ID_PREFIX),
             constant(queue_name.encode()),
             keyed(_JOB_ID_PREFIX),
@@ -102,6 +109,7 @@ def _store_template(queue_name: str, event_ttl_s: int) -> bytes:
             constant(b"%d" % layout.ARQ_EXPIRES_EXTRA_MS),
             variable,  # enqueue time, ms
             variable,  # the raw record, compressed
+            keyed(b"", layout.EVENT_FIELD_CHARS),  # the event's field: the digest's head
         )
     )
 
@@ -227,8 +235,8 @@ class EventStore:
 
     @property
     def event_ttl_s(self) -> int:
-        """The event key's TTL: it is the dedupe marker and the archive, so the longer of the
-        dedupe window and the raw retention."""
+        """The event hash's TTL, from the payment's latest new event: its fields are the dedupe
+        markers and the archive, so the longer of the dedupe window and the raw retention."""
         return max(self.dedupe_ttl_s, self.raw_ttl_s)
 
     @classmethod
@@ -252,13 +260,15 @@ class EventStore:
     def store_command(self, event: VerifiedEvent, headers: Mapping[str, str]) -> bytes:
         """``EVALSHA`` of :data:`STORE_EVENT` for ``event``, packed (RESP).
 
-        Equal to ``pack_command("EVALSHA", sha, 3, event_key(...), arq_job_key(job_id),
-        queue, job_id, event_ttl_s, arq_job_bytes(PROCESS_EVENT, EventHint(...).to_job_args(),
-        now_ms), ARQ_EXPIRES_EXTRA_MS, now_ms, compress(archive_record(...)))`` (a test holds it to
+        Equal to ``pack_command("EVALSHA", sha, 3, event_key(payment_id),
+        arq_job_key(job_id), queue, job_id, event_ttl_s, arq_job_bytes(PROCESS_EVENT,
+        EventHint(...).to_job_args(), now_ms), ARQ_EXPIRES_EXTRA_MS, now_ms,
+        compress(archive_record(...)), event_field(source, event_id))`` (a test holds it to
         that), built with one digest instead of three and with the constant parts packed once.
         """
         source, event_id, payment_id, now_ms, body = event
         digest = event_digest(source, event_id).encode()
+        pid = payment_id.encode()
         # The job argument is EventHint(source, event_id, payment_id, now_ms).to_job_args();
         # dataclasses.asdict deep-copies and is slow on the hot path.
         job_args = [
@@ -276,7 +286,8 @@ class EventStore:
             archive_record(source, event_id, now_ms, headers, body, payment_id)
         )
         return self._store_template % (
-            digest[: layout.EVENT_DIGEST_CHARS],
+            len(_EVENT_PREFIX) + len(pid),
+            pid,
             digest,
             digest,
             len(job),
@@ -285,6 +296,7 @@ class EventStore:
             now,
             len(raw),
             raw,
+            digest[: layout.EVENT_FIELD_CHARS],
         )
 
     async def keep_unroutable(

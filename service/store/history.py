@@ -23,11 +23,12 @@ A payment costs a few short fields of a hash it already has and one list entry, 
 own and no field named by its id: ``python -m bench.history_memory`` measures it.
 
 Everything else history shows is read where it already is: the payment's recorded state, the
-convergence sets, the event's key (its archived headers and body while retained, and the
-payment id the source found: how ``GET /admin/events/{source}/{id}`` finds the payment of an
-event), the deliveries (:func:`service.store.records.payment_deliveries`: the hashes of pending
-and dead ones, the records of finished ones, only the fields in :data:`DELIVERY_FIELDS`) and the
-subscribers' attempt logs.
+convergence sets, the event's field in its payment's event hash (its archived headers and body
+while retained; ``GET /admin/events/{source}/{id}`` needs the payment's id to find it: given,
+or read from the event's job while it is queued), the deliveries
+(:func:`service.store.records.payment_deliveries`: the hashes of pending and dead ones, the
+records of finished ones, only the fields in :data:`DELIVERY_FIELDS`) and the subscribers'
+attempt logs.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ from service.store.layout import (
     breaker_key,
     dead_key,
     delivery_key,
+    event_field,
     event_job_id,
     event_key,
     history_rate_key,
@@ -532,23 +534,28 @@ class HistoryStore:
 
     # ---- reads: events -----------------------------------------------------------------------
 
-    async def raw_event(self, source: str, event_id: str) -> dict[str, Any] | None:
-        """The archived request of an event (headers, body) while retained."""
-        raw: bytes | None = await self.redis.get(event_key(source, event_id))
+    async def raw_event(self, source: str, event_id: str, payment_id: str) -> dict[str, Any] | None:
+        """The archived request of an event (headers, body) while retained: its field in its
+        payment's event hash (the payment's id is needed to find it: :meth:`event_payment`)."""
+        raw: bytes | None = await self.redis.hget(  # type: ignore[misc]
+            event_key(payment_id), event_field(source, event_id)
+        )
         if not raw:
             return None
         try:
             record = read_raw_record(raw)
         except (ValueError, orjson.JSONDecodeError):
             return None
-        return record if isinstance(record, dict) else None
+        if not isinstance(record, dict):
+            return None
+        if record.get("source") != source or record.get("event_id") != event_id:
+            return None  # another event of the payment with the same field (64 bits: never seen)
+        return record
 
     async def event_payment(self, source: str, event_id: str) -> str | None:
-        """The payment of an event: the one its archived record names (the source found it at
-        ingestion); without one (a record of an older form), the queued job names it."""
-        record = await self.raw_event(source, event_id)
-        if record is not None and record.get("payment_id"):
-            return str(record["payment_id"])
+        """The payment of an event while its job is queued (the job's hint names it); None
+        once the job ran: the event is then found only with its payment's id (the archive is
+        kept by payment, and history's timeline is the payment's)."""
         job: bytes | None = await self.redis.get(arq_job_key(event_job_id(source, event_id)))
         if job is None:
             return None

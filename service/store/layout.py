@@ -59,11 +59,16 @@ ARQ_IN_PROGRESS = ARQ_IN_PROGRESS_PREFIX + "{job_id}"
 ARQ_RETRY = ARQ_RETRY_PREFIX + "{job_id}"
 ARQ_RESULT = ARQ_RESULT_PREFIX + "{job_id}"
 
-# One key per stored event: its dedupe marker and its raw record (compressed) in one value.
-# Named by the first EVENT_DIGEST_CHARS of the event's digest: 96 bits are plenty to tell
-# events apart, and a shorter name is a smaller allocation for every stored webhook (8 B).
-EVENT = KEY_PREFIX + "ev:{digest}"
-EVENT_DIGEST_CHARS = 24
+# One hash per payment holds its stored events (docs/decisions/event-hash.md): one field per
+# event, its dedupe marker, whose value is the event's raw record (compressed). A hash of a few
+# short fields is one small listpack (with the Redis setting of service.store.redis_config):
+# one key's overhead per payment instead of one per webhook.
+EVENT = KEY_PREFIX + "ev:{payment_id}"
+# The field of an event: the first EVENT_FIELD_CHARS of its digest (of (source, event id)).
+# Within one payment's few events 64 bits are plenty to tell them apart (two of a payment's
+# 100 events collide with a probability below 10^-15), and a short field is 16 B less per event.
+EVENT_FIELD = "{digest}"
+EVENT_FIELD_CHARS = 16
 UNROUTABLE = KEY_PREFIX + "unroutable"
 
 PAYMENT_STATE = KEY_PREFIX + "pay:{payment_id}:state"
@@ -149,7 +154,7 @@ KEY_PATTERNS: tuple[KeyPattern, ...] = (
     KeyPattern(ARQ_IN_PROGRESS, "string", "worker_lease_s, renewed while the job runs"),
     KeyPattern(ARQ_RETRY, "string", "88400 s (arq)"),
     KeyPattern(ARQ_RESULT, "string", "keep_result"),
-    KeyPattern(EVENT, "string", "max(dedupe_ttl_s, raw_ttl_s)"),
+    KeyPattern(EVENT, "hash", "max(dedupe_ttl_s, raw_ttl_s), from the payment's latest new event"),
     KeyPattern(UNROUTABLE, "list", "none (capped)"),
     KeyPattern(
         PAYMENT_STATE,
@@ -222,9 +227,15 @@ def health_check_key(queue: str) -> str:
     return HEALTH_CHECK.format(queue=queue)
 
 
-def event_key(source: str, event_id: str) -> str:
-    """The stored event's key: its dedupe marker and (compressed) raw record."""
-    return EVENT.format(digest=event_digest(source, event_id)[:EVENT_DIGEST_CHARS])
+def event_key(payment_id: str) -> str:
+    """The hash of a payment's stored events (a field per event: :func:`event_field`)."""
+    return EVENT.format(payment_id=payment_id)
+
+
+def event_field(source: str, event_id: str) -> str:
+    """An event's field in its payment's event hash: its dedupe marker, whose value is its
+    (compressed) raw record."""
+    return EVENT_FIELD.format(digest=event_digest(source, event_id)[:EVENT_FIELD_CHARS])
 
 
 def payment_state_key(payment_id: str) -> str:

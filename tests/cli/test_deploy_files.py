@@ -20,6 +20,7 @@ import yaml
 from kartahook.cli import build_parser
 from service.api.ingest.sources.config import load_sources
 from service.settings import Settings
+from service.store.redis_config import HASH_MAX_LISTPACK_VALUE, SETTING
 from service.store.subscribers import load_subscribers_file
 from tests.deploy.kustomize import render
 
@@ -167,6 +168,14 @@ def test_compose_runs_redis_with_aof_on_a_volume() -> None:
     assert "--appendonly yes" in command
     assert any(v.endswith(":/data") for v in redis["volumes"])
     assert redis["volumes"][0].split(":")[0] in compose()["volumes"]
+
+
+def test_compose_and_kubernetes_redis_keep_event_hashes_compact() -> None:
+    """Both Redis deployments set hash-max-listpack-value to what the event hashes need."""
+    wanted = f"{SETTING} {HASH_MAX_LISTPACK_VALUE}"
+    assert f"--{wanted}" in " ".join(compose()["services"]["redis"]["command"])
+    values = yaml.safe_load((KUBE / "redis-sentinel-values.yaml").read_text())
+    assert wanted in values["commonConfiguration"].splitlines()
 
 
 def test_compose_services_use_the_image_and_valid_commands() -> None:

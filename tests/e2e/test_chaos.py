@@ -38,7 +38,7 @@ from kartahook.stack import DemoSubscriber, Stack, isolated_env
 from service.kartapay import GATEWAY_CODES, KartaPayClient
 from service.kartapay.errors import ApiError, RequestTimeoutError, TransportError
 from service.settings import Settings
-from service.store.layout import event_key
+from service.store.layout import event_field, event_key
 from tests.e2e.conftest import running
 
 T = TypeVar("T")
@@ -354,36 +354,38 @@ def bad_signatures(subscriber: DemoSubscriber, listing: dict[str, Any]) -> list[
     return bad
 
 
-def webhook_answers(log_path: Path) -> tuple[Counter[str], set[str]]:
+def webhook_answers(log_path: Path) -> tuple[Counter[str], set[tuple[str, str]]]:
     """What the service answered the sandbox's webhook attempts, from the sandbox's log:
-    HTTP statuses (``error`` for a connection that failed), and the webhook-ids answered 2xx."""
+    HTTP statuses (``error`` for a connection that failed), and the (payment id, webhook-id)
+    of those answered 2xx."""
     answers: Counter[str] = Counter()
-    acknowledged: set[str] = set()
+    acknowledged: set[tuple[str, str]] = set()
     for line in log_path.read_text(errors="replace").splitlines():
         with contextlib.suppress(ValueError):
             record = json.loads(line)
             if record.get("event") == "webhook sent":
                 answers[str(record.get("status"))] += 1
                 if 200 <= int(record.get("status", 0)) < 300:
-                    acknowledged.add(str(record["webhook_id"]))
+                    acknowledged.add((str(record["payment_id"]), str(record["webhook_id"])))
             elif record.get("event") == "webhook attempt failed":
                 answers["error"] += 1
     return answers, acknowledged
 
 
-async def forgotten(redis_url: str, webhook_ids: set[str]) -> list[str]:
-    """The acknowledged webhook-ids whose dedupe key (written in the same Lua call as the job,
-    before the 2xx) is not in Redis."""
+async def forgotten(redis_url: str, webhooks: set[tuple[str, str]]) -> list[str]:
+    """The acknowledged webhook-ids (with their payment ids) whose dedupe marker (their field
+    in their payment's event hash, written in the same Lua call as the job, before the 2xx) is
+    not in Redis."""
     client = aioredis.Redis.from_url(redis_url)
     try:
-        ids = sorted(webhook_ids)
+        ids = sorted(webhooks)
         async with client.pipeline(transaction=False) as pipe:
-            for webhook_id in ids:
-                pipe.exists(event_key("kartapay", webhook_id))
+            for payment_id, webhook_id in ids:
+                pipe.hexists(event_key(payment_id), event_field("kartapay", webhook_id))
             found = await pipe.execute()
     finally:
         await client.aclose()
-    return [webhook_id for webhook_id, hit in zip(ids, found, strict=True) if not hit]
+    return [webhook_id for (_, webhook_id), hit in zip(ids, found, strict=True) if not hit]
 
 
 @pytest.mark.timeout(600)

@@ -111,10 +111,15 @@ async def list_events(request: Request) -> Response:
     try:
         if query.payment_id is not None:
             page = await _one_payment(query.payment_id, expand, query.limit, query.cursor)
-        elif query.source is not None and query.event_id is not None:
+        elif query.source is not None and query.event_id is not None and query.cursor is None:
+            # While its job is queued the job names the payment; once it ran, the walk below
+            # finds the event among the newest payments (or pass payment_id).
             payment_id = await history.event_payment(query.source, query.event_id)
             items = [] if payment_id is None else (await expand([payment_id]))[0]
-            page = Page(items[: query.limit], None)
+            if items:
+                page = Page(items[: query.limit], None)
+            else:
+                page = await walk_index(history, expand, query.limit, None)
         else:
             page = await walk_index(history, expand, query.limit, query.cursor)
     except BadCursor:
@@ -137,15 +142,24 @@ async def _one_payment(payment_id: str, expand: Any, limit: int, cursor: str | N
 
 async def show_event(request: Request) -> Response:
     source, event_id = request.path_params["source"], request.path_params["event_id"]
+    query = query_of(request, m.EventQuery)
     history = _history(request)
-    raw = await history.raw_event(source, event_id)
-    payment_id = await history.event_payment(source, event_id)
-    event = None
-    if payment_id is not None:
-        found = [e for e in events_of(payment_id, await history.runs(payment_id))]
-        event = next((e for e in found if (e.source, e.event_id) == (source, event_id)), None)
+    # The archive is kept by payment: the payment given, else the one the queued job names.
+    payment_id = query.payment_id or await history.event_payment(source, event_id)
+    if payment_id is None:
+        raise NotFound(
+            "unknown_event",
+            f"no event {event_id!r} of source {source!r} is queued; once processed, an event is "
+            "found by its payment: pass ?payment_id=",
+        )
+    raw = await history.raw_event(source, event_id, payment_id)
+    found = events_of(payment_id, await history.runs(payment_id))
+    event = next((e for e in found if (e.source, e.event_id) == (source, event_id)), None)
     if event is None and raw is None:
-        raise NotFound("unknown_event", f"no event {event_id!r} of source {source!r} is retained")
+        raise NotFound(
+            "unknown_event",
+            f"no event {event_id!r} of source {source!r} and payment {payment_id!r} is retained",
+        )
     received = (
         event.received_ms if event is not None else raw.get("received_at_ms") if raw else None
     )
@@ -412,6 +426,7 @@ def history_routes() -> list[ApiRoute]:
             Spec(
                 "One event, with its archived headers and body",
                 m.EventDetail,
+                query=m.EventQuery,
                 errors=(404,),
                 tag="history",
             ),

@@ -251,6 +251,14 @@ class EventsQuery(PageQuery):
     until: Time = None
 
 
+class EventQuery(Query):
+    payment_id: str | None = Field(
+        None,
+        description="the event's payment (events are kept by payment): needed once the event's "
+        "job has run; without it the queued job names the payment",
+    )
+
+
 EventStatus = Literal[
     "queued", "processed", "coalesced", "retry", "dead_lettered", "lease_lost", "unknown"
 ]

@@ -178,11 +178,33 @@ async def test_events_list_show_filters_and_pages(pipeline: Pipeline) -> None:
     later = now_ms() + 60_000
     assert (await p.get("/events", since=later))["items"] == []
     assert len((await p.get("/events", until="2100-01-01T00:00:00Z"))["items"]) == 3
-    shown = await p.get("/events/kartapay/evt_a1")
+    shown = await p.get("/events/kartapay/evt_a1", payment_id=first)
     assert (shown["payment_id"], shown["status"]) == (first, "processed")
     assert orjson.loads(shown["body"])["data"]["id"] == first
     assert "webhook-signature" not in shown["headers"]
     assert shown["headers"]["webhook-id"] == "evt_a1"
+
+
+async def test_an_event_is_found_by_its_queued_job_then_by_its_payment(
+    pipeline: Pipeline,
+) -> None:
+    """While its job is queued an event is shown without its payment's id; once processed it
+    needs ?payment_id= (a 404 saying so without it, or with another payment's)."""
+    p = pipeline
+    [payment_id] = await completed_payments(p.kartapay)
+    await p.webhook("evt_q1", payment_id)
+    queued = await p.get("/events/kartapay/evt_q1")
+    assert (queued["payment_id"], queued["status"]) == (payment_id, "queued")
+    assert orjson.loads(queued["body"])["data"]["id"] == payment_id
+    await p.work()
+    missing = await p.admin.get("/events/kartapay/evt_q1")
+    assert (missing.status_code, missing.json()["error"]) == (404, "unknown_event")
+    assert "?payment_id=" in missing.json()["detail"]
+    other = await p.admin.get("/events/kartapay/evt_q1", params={"payment_id": "pay_other"})
+    assert (other.status_code, other.json()["error"]) == (404, "unknown_event")
+    shown = await p.get("/events/kartapay/evt_q1", payment_id=payment_id)
+    assert (shown["payment_id"], shown["status"]) == (payment_id, "processed")
+    assert shown["headers"]["webhook-id"] == "evt_q1"
 
 
 async def test_bad_parameters_are_400_and_unknown_ids_404(pipeline: Pipeline) -> None:

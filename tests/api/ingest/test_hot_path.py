@@ -53,7 +53,7 @@ def reference_store_command(store: EventStore, event: VerifiedEvent, headers: An
         "EVALSHA",
         STORE_EVENT.sha,
         3,
-        layout.event_key(event.source, event.event_id),
+        layout.event_key(event.payment_id),
         layout.arq_job_key(layout.hint_job_id(hint)),
         store.queue_name,
         layout.hint_job_id(hint),
@@ -71,22 +71,28 @@ def reference_store_command(store: EventStore, event: VerifiedEvent, headers: An
                 event.payment_id,
             )
         ),
+        layout.event_field(event.source, event.event_id),
     )
 
 
 @pytest.mark.parametrize(
-    ("source", "event_id", "body"),
+    ("source", "event_id", "payment_id", "body"),
     [
-        ("kartapay", "msg_1", b'{"data":{"id":"pay_1"}}'),
-        ("kp-eu", "évènement/ü 42", '{"x":"ü"}'.encode()),
-        ("kartapay", "msg_bin", b"\xff\xfe not utf-8"),
+        ("kartapay", "msg_1", "pay_1", b'{"data":{"id":"pay_1"}}'),
+        ("kp-eu", "évènement/ü 42", "paiement/ü 42", '{"x":"ü"}'.encode()),
+        ("kartapay", "msg_bin", "pay_%d%b\r\n$5", b"\xff\xfe not utf-8"),
+        ("kartapay", "msg_long", "p" * 256, b"{}"),
+        ("kartapay", "msg_empty", "", b"{}"),
     ],
 )
-def test_packed_store_command_equals_the_plain_one(source: str, event_id: str, body: bytes) -> None:
-    """store_command() packs byte for byte what pack_command() with the layout's keys packs."""
+def test_packed_store_command_equals_the_plain_one(
+    source: str, event_id: str, payment_id: str, body: bytes
+) -> None:
+    """store_command() packs byte for byte what pack_command() with the layout's keys packs,
+    whatever the payment id (its key's length varies)."""
     client = aioredis.Redis()
     store = EventStore(client, queue_name="q:%s", dedupe_ttl_s=345_600, raw_ttl_s=7, timeout_s=1)
-    event = VerifiedEvent(source, event_id, "pay_1", 1_700_000_000_123, body)
+    event = VerifiedEvent(source, event_id, payment_id, 1_700_000_000_123, body)
     headers = {"content-type": "application/json", "webhook-signature": "v1,abc", "x-a": "b"}
     assert store.store_command(event, headers) == reference_store_command(store, event, headers)
 

@@ -116,10 +116,11 @@ async def test_accepted_event_is_stored_as_arq_job_dedupe_and_raw(
     hint = events.EventHint("kartapay", "msg_accept", "pay_42", received_at_ms)
     assert job["a"] == hint.to_job_args() and job["et"] == received_at_ms
     assert 0 < await redis.pttl(layout.ARQ_JOB_PREFIX + job_id) <= layout.ARQ_EXPIRES_EXTRA_MS
-    raw = read_raw_record(await redis.get(layout.event_key("kartapay", "msg_accept")))
+    stored = layout.event_key("pay_42"), layout.event_field("kartapay", "msg_accept")
+    raw = read_raw_record(await redis.hget(*stored))  # type: ignore[misc]
     assert raw["body"] == body.decode() and raw["source"] == "kartapay"
     assert "webhook-signature" not in raw["headers"] and raw["headers"]["webhook-id"]
-    assert 71 * 3600 < await redis.ttl(layout.event_key("kartapay", "msg_accept")) <= 72 * 3600
+    assert 71 * 3600 < await redis.ttl(layout.event_key("pay_42")) <= 72 * 3600
     assert await metric_value(client, "kartapay", "accepted") == before + 1
 
 

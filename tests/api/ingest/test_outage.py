@@ -59,10 +59,16 @@ def make_app(redis_url: str) -> object:
 
 
 async def event_keys(client: aioredis.Redis, msg_id: str) -> list[bool]:
-    """Which of event key (dedupe and raw archive), job and queue entry exist for an event."""
+    """Which of the event's field in its payment's event hash (dedupe and raw archive), job and
+    queue entry exist for an event (``msg_x`` is about payment ``pay_x``)."""
     job_id = layout.event_job_id("kartapay", msg_id)
+    payment_id = msg_id.replace("msg_", "pay_", 1)
     return [
-        bool(await client.exists(layout.event_key("kartapay", msg_id))),
+        bool(
+            await client.hexists(
+                layout.event_key(payment_id), layout.event_field("kartapay", msg_id)
+            )
+        ),  # type: ignore[misc]
         bool(await client.exists(layout.ARQ_JOB_PREFIX + job_id)),
         await client.zscore("arq:queue", job_id) is not None,
     ]

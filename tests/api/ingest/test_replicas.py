@@ -101,8 +101,11 @@ async def test_accepted_only_once_the_replica_has_it(
             body, headers = signed(f"msg_rep_{n}", f"pay_rep_{n}")
             answer = await http.post(URL_PATH, content=body, headers=headers)
             assert answer.status_code == 202, answer.text
-            raw = layout.event_key("kartapay", f"msg_rep_{n}")
-            assert await replica_client.exists(raw) == 1, "acknowledged before the replica had it"
+            stored = (
+                layout.event_key(f"pay_rep_{n}"),
+                layout.event_field("kartapay", f"msg_rep_{n}"),
+            )
+            assert await replica_client.hexists(*stored), "acknowledged before the replica had it"  # type: ignore[misc]
     finally:
         await replica_client.aclose()
 
@@ -140,7 +143,8 @@ async def test_paused_replica_gives_503_not_replicated_then_the_retry_is_a_dupli
     assert sample("kartahook_ingest_wait_short_total") == short_before + 1
     primary_client = aioredis.from_url(primary.url)
     try:
-        assert await primary_client.exists(layout.event_key("kartapay", "msg_paused")) == 1
+        stored = layout.event_key("pay_paused"), layout.event_field("kartapay", "msg_paused")
+        assert await primary_client.hexists(*stored)  # type: ignore[misc]
     finally:
         await primary_client.aclose()
     retried = await http.post(URL_PATH, content=body, headers=headers)

@@ -2,7 +2,7 @@
 fields of its state hash (read back as written, the usual event ids packed), beside the state's
 own fields and TTL (history's TTL when it made the hash); a new payment is pushed on the payments
 list, runs per payment and payments are capped, payments first seen longer ago than the TTL
-leave (their fields too), the event's key is left alone (its record names the payment), and
+leave (their fields too), the payment's event hash is left alone (read by payment), and
 inbound events (not convergence checks, not retries) are counted per minute."""
 
 from __future__ import annotations
@@ -13,8 +13,13 @@ from service.domain.events import EventHint
 from service.store.compression import compress
 from service.store.events import archive_record
 from service.store.history import HistoryStore, Run
+from service.store.jobs import arq_job_bytes
 from service.store.layout import (
     HISTORY_PAYMENTS,
+    PROCESS_EVENT,
+    arq_job_key,
+    event_field,
+    event_job_id,
     event_key,
     history_rate_key,
     payment_state_key,
@@ -148,18 +153,27 @@ async def test_payments_first_seen_before_the_ttl_leave(redis: aioredis.Redis) -
     assert await payments(redis) == ["pay_new"]
 
 
-async def test_event_key_left_alone_and_its_payment_read_from_its_record(
+async def test_event_hash_left_alone_and_the_event_read_from_its_payments_hash(
     redis: aioredis.Redis,
 ) -> None:
-    """A run leaves the event's key as ingestion wrote it (value and TTL); the event's payment
-    is read from the archived record in it."""
+    """A run leaves the payment's event hash as ingestion wrote it (value and TTL); the event's
+    archived record is read from it by payment, and its payment from its job only while the job
+    is queued."""
     store = HistoryStore(redis)
-    key = event_key("kartapay", "evt_kept")
+    key, field = event_key("pay_1"), event_field("kartapay", "evt_kept")
     value = compress(archive_record("kartapay", "evt_kept", NOW, {}, b"{}", payment_id="pay_1"))
-    await redis.set(key, value, ex=500)
+    await redis.hset(key, field, value)  # type: ignore[misc]
+    await redis.expire(key, 500)
     hint = EventHint("kartapay", "evt_kept", "pay_1", NOW)
     await store.record_run(hint, run_of(hint), NOW)
-    await assert_keyspace(redis, {**timeline("pay_1"), **LIST, **RATE, key: ("string", ttl_s(500))})
-    assert await redis.get(key) == value
+    await assert_keyspace(redis, {**timeline("pay_1"), **LIST, **RATE, key: ("hash", ttl_s(500))})
+    assert await redis.hget(key, field) == value  # type: ignore[misc]
+    record = await store.raw_event("kartapay", "evt_kept", "pay_1")
+    assert record is not None and record["payment_id"] == "pay_1" and record["body"] == "{}"
+    assert await store.raw_event("kartapay", "evt_kept", "pay_2") is None
+    assert await store.raw_event("kartapay", "evt_unknown", "pay_1") is None
+    assert await store.event_payment("kartapay", "evt_kept") is None  # its job is not queued
+    job = arq_job_bytes(PROCESS_EVENT, hint.to_job_args(), NOW)
+    await redis.set(arq_job_key(event_job_id("kartapay", "evt_kept")), job, ex=500)
     assert await store.event_payment("kartapay", "evt_kept") == "pay_1"
     assert await store.event_payment("kartapay", "evt_unknown") is None

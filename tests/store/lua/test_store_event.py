@@ -1,9 +1,11 @@
-"""STORE_EVENT, run through ``EventStore.store``: event key (dedupe marker and compressed raw
-archive), arq job and queue entry written together, or nothing at all for a duplicate."""
+"""STORE_EVENT, run through ``EventStore.store``: the event's field in its payment's event hash
+(dedupe marker and compressed raw archive), arq job and queue entry written together, or nothing
+at all for a duplicate."""
 
 from __future__ import annotations
 
 import base64
+import random
 from collections.abc import AsyncIterator
 
 import orjson
@@ -17,6 +19,7 @@ from service.store.layout import (
     ARQ_EXPIRES_EXTRA_MS,
     ARQ_JOB_PREFIX,
     PROCESS_EVENT,
+    event_field,
     event_job_id,
     event_key,
 )
@@ -54,25 +57,33 @@ def event(
     return VerifiedEvent(SOURCE, event_id, payment_id, at, b'{"id": "%s"}' % event_id.encode())
 
 
-def stored_keys(event_id: str) -> Expected:
-    """The two keys of one stored event (the queue is shared); the event key lives the longer
-    of the dedupe window and the raw retention."""
+def stored_keys(event_id: str, payment_id: str = "pay_1") -> Expected:
+    """The keys of one stored event (the queue is shared): its payment's event hash, which
+    lives the longer of the dedupe window and the raw retention, and its job."""
     job_id = event_job_id(SOURCE, event_id)
     return {
-        event_key(SOURCE, event_id): ("string", ttl_s(max(DEDUPE_TTL_S, RAW_TTL_S))),
+        event_key(payment_id): ("hash", ttl_s(max(DEDUPE_TTL_S, RAW_TTL_S))),
         ARQ_JOB_PREFIX + job_id: ("string", ttl_ms(ARQ_EXPIRES_EXTRA_MS)),
     }
+
+
+async def stored(redis: aioredis.Redis, event_id: str, payment_id: str = "pay_1") -> bytes | None:
+    """The stored value of an event: its field in its payment's event hash."""
+    value: bytes | None = await redis.hget(event_key(payment_id), event_field(SOURCE, event_id))  # type: ignore[misc]
+    return value
 
 
 async def test_new_event_writes_event_key_job_and_queue(
     redis: aioredis.Redis, store: EventStore
 ) -> None:
-    """A new event is stored: event key (compressed raw record), arq job, queue entry."""
+    """A new event is stored: one field of its payment's event hash (the compressed raw record),
+    arq job, queue entry."""
     assert await store.store(event(), HEADERS) is StoreResult.STORED
     job_id = event_job_id(SOURCE, "evt_1")
     await assert_keyspace(redis, {**stored_keys("evt_1"), QUEUE: ("zset", NO_TTL)})
-    stored = await redis.get(event_key(SOURCE, "evt_1"))
-    assert stored is not None and stored.startswith(ZSTD_MAGIC)
+    assert await redis.hkeys(event_key("pay_1")) == [event_field(SOURCE, "evt_1").encode()]  # type: ignore[misc]
+    value = await stored(redis, "evt_1")
+    assert value is not None and value.startswith(ZSTD_MAGIC)
     assert await zset(redis, QUEUE) == {job_id: RECEIVED_MS}
     assert await job_body(redis, ARQ_JOB_PREFIX + job_id) == {
         "t": None,
@@ -96,7 +107,7 @@ async def test_raw_archive_keeps_body_without_signature(
 ) -> None:
     """The raw archive holds the body and metadata, and not the signature header."""
     await store.store(event(), HEADERS)
-    raw = await redis.get(event_key(SOURCE, "evt_1"))
+    raw = await stored(redis, "evt_1")
     assert raw is not None
     assert read_raw_record(raw) == {
         "source": SOURCE,
@@ -111,12 +122,12 @@ async def test_raw_archive_keeps_body_without_signature(
 async def test_duplicate_writes_nothing(redis: aioredis.Redis, store: EventStore) -> None:
     """A second copy of an event is a duplicate: no key changes, the queue keeps one entry."""
     await store.store(event(), HEADERS)
-    before_raw = await redis.get(event_key(SOURCE, "evt_1"))
+    before_raw = await stored(redis, "evt_1")
     later = event(at=RECEIVED_MS + 5_000)._replace(body=b'{"other": true}')
     assert await store.store(later, HEADERS) is StoreResult.DUPLICATE
     await assert_keyspace(redis, {**stored_keys("evt_1"), QUEUE: ("zset", NO_TTL)})
     assert await zset(redis, QUEUE) == {event_job_id(SOURCE, "evt_1"): RECEIVED_MS}
-    assert await redis.get(event_key(SOURCE, "evt_1")) == before_raw
+    assert await stored(redis, "evt_1") == before_raw
 
 
 async def test_duplicate_after_job_ran_is_not_enqueued_again(
@@ -136,9 +147,10 @@ async def test_duplicate_after_job_ran_is_not_enqueued_again(
 async def test_event_whose_dedupe_expired_is_stored_again(
     redis: aioredis.Redis, store: EventStore
 ) -> None:
-    """Once its event key is gone an event is stored again: same job id, one queue entry."""
+    """Once its payment's event hash is gone an event is stored again: same job id, one queue
+    entry."""
     await store.store(event(), HEADERS)
-    await redis.delete(event_key(SOURCE, "evt_1"))
+    await redis.delete(event_key("pay_1"))
     again = RECEIVED_MS + 60_000
     assert await store.store(event(at=again), HEADERS) is StoreResult.STORED
     job_id = event_job_id(SOURCE, "evt_1")
@@ -147,19 +159,67 @@ async def test_event_whose_dedupe_expired_is_stored_again(
     assert (await job_body(redis, ARQ_JOB_PREFIX + job_id))["et"] == again
 
 
-async def test_distinct_events_get_keys_of_their_own(
+async def test_events_of_one_payment_share_its_hash(
     redis: aioredis.Redis, store: EventStore
 ) -> None:
-    """Two events are stored side by side: two keys each and two entries in one queue."""
+    """Two events of one payment are two fields of its one event hash, two jobs and two queue
+    entries; a duplicate leaves the hash's TTL alone, a new event pushes it back."""
     assert await store.store(event("evt_1"), HEADERS) is StoreResult.STORED
+    await redis.expire(event_key("pay_1"), 100)
+    assert await store.store(event("evt_1"), HEADERS) is StoreResult.DUPLICATE
+    assert 0 < await redis.ttl(event_key("pay_1")) <= 100
     assert await store.store(event("evt_2", at=RECEIVED_MS + 1), HEADERS) is StoreResult.STORED
     await assert_keyspace(
         redis, {**stored_keys("evt_1"), **stored_keys("evt_2"), QUEUE: ("zset", NO_TTL)}
     )
+    assert await redis.hlen(event_key("pay_1")) == 2  # type: ignore[misc]
     assert await zset(redis, QUEUE) == {
         event_job_id(SOURCE, "evt_1"): RECEIVED_MS,
         event_job_id(SOURCE, "evt_2"): RECEIVED_MS + 1,
     }
+
+
+async def test_events_of_two_payments_get_a_hash_each(
+    redis: aioredis.Redis, store: EventStore
+) -> None:
+    """Events of two payments are kept in two hashes, one per payment."""
+    assert await store.store(event("evt_1", "pay_1"), HEADERS) is StoreResult.STORED
+    assert await store.store(event("evt_2", "pay_2"), HEADERS) is StoreResult.STORED
+    await assert_keyspace(
+        redis,
+        {**stored_keys("evt_1", "pay_1"), **stored_keys("evt_2", "pay_2"), QUEUE: ("zset", NO_TTL)},
+    )
+    assert read_raw_record(await stored(redis, "evt_2", "pay_2") or b"")["payment_id"] == "pay_2"
+
+
+@pytest.mark.parametrize(
+    "payment_id",
+    ["", "pay 1", "pay%d%b\r\n*3\r\n", "pä€y😀", "x" * 256, "pay:1:state", "{payment_id}"],
+)
+async def test_any_payment_id_a_source_accepts_names_its_own_hash(
+    redis: aioredis.Redis, store: EventStore, payment_id: str
+) -> None:
+    """The command is well formed for any payment id (empty, spaces, %, CRLF, RESP, non-ASCII,
+    the longest a source accepts): the event is stored under exactly that payment's hash."""
+    assert await store.store(event("evt_1", payment_id), HEADERS) is StoreResult.STORED
+    await assert_keyspace(redis, {**stored_keys("evt_1", payment_id), QUEUE: ("zset", NO_TTL)})
+    record = read_raw_record(await stored(redis, "evt_1", payment_id) or b"")
+    assert record["payment_id"] == payment_id
+    assert await store.store(event("evt_1", payment_id), HEADERS) is StoreResult.DUPLICATE
+
+
+async def test_a_payments_event_hash_is_a_compact_listpack(
+    redis: aioredis.Redis, store: EventStore
+) -> None:
+    """With the setting every Redis of kartahook gets, a payment's five events, each record
+    well over Redis's default 64 B, stay one listpack (the memory budget,
+    docs/decisions/event-hash.md)."""
+    rng = random.Random(14)
+    for n in range(5):
+        body = orjson.dumps({"data": {"id": "pay_1", "ref": rng.randbytes(200).hex()}})
+        await store.store(event(f"evt_{n}")._replace(body=body), HEADERS)
+        assert 64 < len(await stored(redis, f"evt_{n}") or b"") <= 1024
+    assert await redis.object("encoding", event_key("pay_1")) == b"listpack"
 
 
 async def test_script_reloaded_after_script_flush(redis: aioredis.Redis, store: EventStore) -> None:
@@ -176,10 +236,10 @@ async def test_binary_body_is_archived_as_it_came(redis: aioredis.Redis, store: 
     """A body that is not UTF-8 is archived byte for byte and read back as body_b64."""
     raw_body = b"\xff\xfe\n not utf-8 \x00"
     await store.store(event()._replace(body=raw_body), HEADERS)
-    stored = await redis.get(event_key(SOURCE, "evt_1"))
-    assert stored is not None
-    assert decompress(stored).endswith(b"\n" + raw_body)
-    record = read_raw_record(stored)
+    value = await stored(redis, "evt_1")
+    assert value is not None
+    assert decompress(value).endswith(b"\n" + raw_body)
+    record = read_raw_record(value)
     assert base64.b64decode(str(record["body_b64"])) == raw_body and "body" not in record
 
 

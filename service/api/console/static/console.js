@@ -363,7 +363,7 @@
           page.items.map((e) => [
             time(e.received_ms),
             e.source,
-            link("#/event/" + enc(e.source) + "/" + enc(e.event_id), e.event_id),
+            link(eventHash(e), e.event_id),
             paymentLink(e.payment_id),
             badge(e.status),
           ]),
@@ -378,10 +378,18 @@
     return out;
   }
 
-  async function eventView(source, eventId) {
+  // An event's view; its payment's id goes along: events are kept by payment, and once its job
+  // has run the API finds an event only with it.
+  function eventHash(e) {
+    const hash = "#/event/" + enc(e.source) + "/" + enc(e.event_id);
+    return e.payment_id ? hash + "?" + new URLSearchParams({ payment_id: e.payment_id }).toString() : hash;
+  }
+
+  async function eventView(source, eventId, paymentId) {
     const out = [h("h1", {}, "Event " + eventId), h("p", {}, link("#/events", "All events"))];
     try {
-      const e = await api("GET", "/events/" + enc(source) + "/" + enc(eventId));
+      const query = paymentId ? "?" + new URLSearchParams({ payment_id: paymentId }).toString() : "";
+      const e = await api("GET", "/events/" + enc(source) + "/" + enc(eventId) + query);
       out.push(
         h(
           "dl",
@@ -812,7 +820,7 @@
       case "events":
         return { nav: "events", render: () => eventsView(params) };
       case "event":
-        return { nav: "events", render: () => eventView(parts[1] || "", parts.slice(2).join("/")) };
+        return { nav: "events", render: () => eventView(parts[1] || "", parts.slice(2).join("/"), params.get("payment_id")) };
       case "payment":
         return { nav: "payment", render: () => paymentView(parts.slice(1).join("/")) };
       case "deliveries":

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from service.api.ingest.sources import SourceConfigError, build_sources
 from service.store.events import UNROUTABLE_KEY, read_raw_record
-from service.store.layout import event_key
+from service.store.layout import event_field, event_key
 from tests.api.ingest.sources.support import basic, served
 
 CONFIG = {
@@ -33,7 +33,8 @@ async def test_get_with_query_parameters(redis_url: str, redis: aioredis.Redis) 
     assert response.status_code == 202, response.text
     assert response.json()["event_id"] == f"{transaction}:PAID"
     assert again.status_code == 200
-    record = read_raw_record(await redis.get(event_key("holo", f"{transaction}:PAID")))
+    stored = await redis.hget(event_key("pay_h1"), event_field("holo", f"{transaction}:PAID"))  # type: ignore[misc]
+    record = read_raw_record(stored)
     assert record["body"] == f"transactionId={transaction}&status=PAID&reference=pay_h1"
 
 
