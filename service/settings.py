@@ -53,8 +53,10 @@ class Settings(BaseSettings):
 
     # Ingestion
     max_body_bytes: int = Field(256 * 1024, gt=0)
-    # One key per event holds the dedupe marker and the compressed raw record: it lives the
-    # longer of the two (docs/ingestion.md).
+    # One field per event of its payment's event hash holds the dedupe marker and the
+    # compressed raw record: the hash lives the longer of the two after the payment's latest new
+    # event, so an event is remembered at least this long after it, and this long after its
+    # payment's latest webhook (docs/ingestion.md, docs/decisions/event-hash.md).
     dedupe_ttl_s: int = Field(72 * 3600, ge=72 * 3600)
     raw_ttl_s: int = Field(72 * 3600, gt=0)
     trusted_proxies: CommaList = Field(default_factory=lambda: ["127.0.0.1"])
