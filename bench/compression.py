@@ -72,15 +72,16 @@ async def collect(payments: int) -> tuple[list[bytes], list[bytes]]:
             redis = redis_client(stack.redis_url)
             try:
                 expected = payments * 5
+                values: list[bytes] = []
                 for _ in range(600):
+                    # One event hash per payment, a field (its raw record) per event.
                     keys = [k async for k in redis.scan_iter(match=prefix(EVENT) + "*")]
-                    if len(keys) >= expected:
+                    values = [v for key in keys for v in await redis.hvals(key)]  # type: ignore[misc]
+                    if len(values) >= expected:
                         break
                     await asyncio.sleep(0.1)
-                values = await redis.mget(keys)
                 for value in values:
-                    if value is not None:
-                        raws.append(compression.decompress(value))
+                    raws.append(compression.decompress(value))
             finally:
                 await redis.aclose()
             raws.sort(key=payment_of)

@@ -80,7 +80,7 @@ _ARQ_JOB_ID_PREFIX = layout.prefix(layout.ARQ_JOB).encode() + _JOB_ID_PREFIX
 def _store_template(queue_name: str, event_ttl_s: int) -> bytes:
     """``EVALSHA`` of :data:`STORE_EVENT` (RESP) as a %-format of (event key length, payment
     id, digest x 2, job length, job, enqueue ms length, enqueue ms, raw record length, raw
-    record, event field).
+    record, event field length, event field).
 
     Every part is a length-prefixed bulk string, so any payment id a source accepts (any
     characters, up to ``MAX_ID_LENGTH``) makes a well-formed command: the key's length is
@@ -109,7 +109,7 @@ def _store_template(queue_name: str, event_ttl_s: int) -> bytes:
             constant(b"%d" % layout.ARQ_EXPIRES_EXTRA_MS),
             variable,  # enqueue time, ms
             variable,  # the raw record, compressed
-            keyed(b"", layout.EVENT_FIELD_CHARS),  # the event's field: the digest's head
+            variable,  # the event's field: the digest's head as an integer
         )
     )
 
@@ -168,18 +168,17 @@ def archive_record(
     received_at_ms: int,
     headers: Mapping[str, str],
     body: bytes,
-    payment_id: str = "",
 ) -> bytes:
-    """The archived form of one request, as an event key keeps it (compressed): a JSON line
-    ``{source, event_id, payment_id, received_at_ms, headers}`` (the payment the source found
-    in it: what an event is about, read back by history), then the body's own bytes. Not a
-    JSON string: escaping the body's quotes costs a quarter of the compressed size (measured,
-    docs/decisions/compression.md), and any body, UTF-8 or not, is kept as it came."""
+    """The archived form of one request, as its field of its payment's event hash keeps it
+    (compressed): a JSON line ``{source, event_id, received_at_ms, headers}``, then the body's
+    own bytes. Not a JSON string: escaping the body's quotes costs a quarter of the compressed
+    size (measured, docs/decisions/compression.md), and any body, UTF-8 or not, is kept as it
+    came. The payment id is not in it (the hash's key names the payment; records written
+    before the event hashes had it: :func:`read_raw_record` returns it when there)."""
     head = orjson.dumps(
         {
             "source": source,
             "event_id": event_id,
-            "payment_id": payment_id,
             "received_at_ms": received_at_ms,
             "headers": archived_headers(headers),
         }
@@ -190,7 +189,7 @@ def archive_record(
 def read_raw_record(value: bytes) -> dict[str, object]:
     """An archived record (the value of an event key) in :func:`raw_record`'s shape: ``{source,
     event_id, received_at_ms, headers, body}`` (``body_b64`` for a body that is not UTF-8), plus
-    ``payment_id`` for records of :func:`archive_record`. Reads
+    ``payment_id`` for records written before the event hashes. Reads
     :func:`archive_record`'s form, compressed or not, and a whole JSON record (older values)."""
     data = compression.decompress(value)
     head, newline, body = data.partition(b"\n")
@@ -267,8 +266,10 @@ class EventStore:
         that), built with one digest instead of three and with the constant parts packed once.
         """
         source, event_id, payment_id, now_ms, body = event
-        digest = event_digest(source, event_id).encode()
+        digest_text = event_digest(source, event_id)
+        digest = digest_text.encode()
         pid = payment_id.encode()
+        field = b"%d" % layout.digest_number(digest_text)
         # The job argument is EventHint(source, event_id, payment_id, now_ms).to_job_args();
         # dataclasses.asdict deep-copies and is slow on the hot path.
         job_args = [
@@ -282,9 +283,8 @@ class EventStore:
         ]
         job = arq_job_bytes(layout.PROCESS_EVENT, job_args, now_ms)
         now = b"%d" % now_ms
-        raw = compression.compress(
-            archive_record(source, event_id, now_ms, headers, body, payment_id)
-        )
+        # The payment id is not archived: the event hash's key names it.
+        raw = compression.compress(archive_record(source, event_id, now_ms, headers, body))
         return self._store_template % (
             len(_EVENT_PREFIX) + len(pid),
             pid,
@@ -296,7 +296,8 @@ class EventStore:
             now,
             len(raw),
             raw,
-            digest[: layout.EVENT_FIELD_CHARS],
+            len(field),
+            field,
         )
 
     async def keep_unroutable(

@@ -550,6 +550,7 @@ class HistoryStore:
             return None
         if record.get("source") != source or record.get("event_id") != event_id:
             return None  # another event of the payment with the same field (64 bits: never seen)
+        record.setdefault("payment_id", payment_id)  # the hash's key names it
         return record
 
     async def event_payment(self, source: str, event_id: str) -> str | None:

@@ -68,7 +68,6 @@ def reference_store_command(store: EventStore, event: VerifiedEvent, headers: An
                 event.received_at_ms,
                 headers,
                 event.body,
-                event.payment_id,
             )
         ),
         layout.event_field(event.source, event.event_id),

@@ -161,7 +161,7 @@ async def test_event_hash_left_alone_and_the_event_read_from_its_payments_hash(
     is queued."""
     store = HistoryStore(redis)
     key, field = event_key("pay_1"), event_field("kartapay", "evt_kept")
-    value = compress(archive_record("kartapay", "evt_kept", NOW, {}, b"{}", payment_id="pay_1"))
+    value = compress(archive_record("kartapay", "evt_kept", NOW, {}, b"{}"))
     await redis.hset(key, field, value)  # type: ignore[misc]
     await redis.expire(key, 500)
     hint = EventHint("kartapay", "evt_kept", "pay_1", NOW)

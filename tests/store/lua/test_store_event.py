@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from service.api.ingest.sources.base import VerifiedEvent
+from service.domain.events import event_digest
 from service.store.compression import ZSTD_MAGIC, decompress
 from service.store.events import EventStore, StoreResult, read_raw_record
 from service.store.layout import (
@@ -105,14 +106,14 @@ async def test_new_event_writes_event_key_job_and_queue(
 async def test_raw_archive_keeps_body_without_signature(
     redis: aioredis.Redis, store: EventStore
 ) -> None:
-    """The raw archive holds the body and metadata, and not the signature header."""
+    """The raw archive holds the body and metadata, and not the signature header (nor the
+    payment id: the hash's key names it)."""
     await store.store(event(), HEADERS)
     raw = await stored(redis, "evt_1")
     assert raw is not None
     assert read_raw_record(raw) == {
         "source": SOURCE,
         "event_id": "evt_1",
-        "payment_id": "pay_1",
         "received_at_ms": RECEIVED_MS,
         "headers": {"content-type": "application/json"},
         "body": '{"id": "evt_1"}',
@@ -189,7 +190,7 @@ async def test_events_of_two_payments_get_a_hash_each(
         redis,
         {**stored_keys("evt_1", "pay_1"), **stored_keys("evt_2", "pay_2"), QUEUE: ("zset", NO_TTL)},
     )
-    assert read_raw_record(await stored(redis, "evt_2", "pay_2") or b"")["payment_id"] == "pay_2"
+    assert read_raw_record(await stored(redis, "evt_2", "pay_2") or b"")["event_id"] == "evt_2"
 
 
 @pytest.mark.parametrize(
@@ -204,7 +205,7 @@ async def test_any_payment_id_a_source_accepts_names_its_own_hash(
     assert await store.store(event("evt_1", payment_id), HEADERS) is StoreResult.STORED
     await assert_keyspace(redis, {**stored_keys("evt_1", payment_id), QUEUE: ("zset", NO_TTL)})
     record = read_raw_record(await stored(redis, "evt_1", payment_id) or b"")
-    assert record["payment_id"] == payment_id
+    assert record["event_id"] == "evt_1" and record["body"] == '{"id": "evt_1"}'
     assert await store.store(event("evt_1", payment_id), HEADERS) is StoreResult.DUPLICATE
 
 
@@ -247,3 +248,13 @@ def test_records_of_older_releases_still_read() -> None:
     """A whole-JSON record, uncompressed (as written before), reads as it was."""
     old = {"source": SOURCE, "event_id": "evt_0", "received_at_ms": 1, "headers": {}, "body": "{}"}
     assert read_raw_record(orjson.dumps(old)) == old
+
+
+@pytest.mark.parametrize("event_id", ["evt_1", "evt_2", "msg_é", "x" * 256])
+def test_an_events_field_is_its_digests_first_64_bits_as_a_redis_integer(event_id: str) -> None:
+    """The field is the digest's first 16 hex characters as a signed 64-bit integer in
+    canonical decimal form (what a listpack stores as an integer, 10 bytes)."""
+    field = event_field(SOURCE, event_id)
+    number = int(field)
+    assert -(1 << 63) <= number < 1 << 63 and str(number) == field
+    assert number % (1 << 64) == int(event_digest(SOURCE, event_id)[:16], 16)
