@@ -151,6 +151,13 @@ class ApiError(KartahookError):
         return {"error": self.code, "detail": self.detail}
 
 
+class Unavailable(ApiError):
+    """503: Redis did not answer in time (down, failing over, or slow); ``Retry-After`` says
+    when to try again. Nothing was changed by a refused write."""
+
+    status_code = 503
+
+
 class BadRequest(ApiError):
     """400: the request cannot be read (not JSON, a bad query parameter)."""
 

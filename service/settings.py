@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     # Infrastructure
     redis_url: str | None = None
     redis_timeout_s: float = Field(0.5, gt=0, description="Deadline for one Redis write.")
+    # The admin API, the console and /metrics read history with scans and long lists: their own
+    # client, with a longer deadline than ingestion's writes (docs/operations.md).
+    admin_redis_timeout_s: float = Field(
+        5.0, gt=0, description="Deadline for one Redis call of the admin API and /metrics."
+    )
     # Behind Sentinel: a webhook is acknowledged only once this many replicas have it (WAIT).
     redis_min_replicas: int = Field(0, ge=0, description="Replicas that must have a write; 0: off.")
     redis_wait_timeout_ms: int = Field(

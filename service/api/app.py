@@ -23,6 +23,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -33,7 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.admin.event_routes import event_dead_letter_routes
 from service.api.admin.history_routes import history_routes
-from service.api.admin.routes import admin_app, api_error_response
+from service.api.admin.routes import admin_app, api_error_response, redis_error_response
 from service.api.admin.subscriber_routes import subscriber_routes
 from service.api.console import console_routes
 from service.api.health import healthz, readyz
@@ -74,6 +75,21 @@ def ingestion_redis(settings: Settings) -> aioredis.Redis:
     )
 
 
+def operator_redis(settings: Settings) -> aioredis.Redis:
+    """The Redis client of the admin API, the console and ``/metrics``: their reads scan and
+    page through history, so each call may take ``admin_redis_timeout_s``, not ingestion's
+    write deadline; and a pool of its own, so a slow admin read never holds a connection a
+    webhook needs."""
+    if not settings.redis_url:
+        raise RuntimeError("KARTAHOOK_REDIS_URL is not set")
+    return redis_client(
+        settings.redis_url,
+        socket_timeout=settings.admin_redis_timeout_s,
+        socket_connect_timeout=settings.admin_redis_timeout_s,
+        max_connections=16,
+    )
+
+
 async def _http_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
@@ -88,6 +104,7 @@ def _lifespan(
     async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:
         client = ingestion_redis(settings)
         store = EventStore.from_settings(client, settings)
+        operator = operator_redis(settings)
         resources = AsyncExitStack()  # what sources hold while the app runs (PayPal's client)
         for source in sources.values():
             await source.start(resources)
@@ -107,7 +124,7 @@ def _lifespan(
         try:
             yield {
                 "event_store": store,
-                "redis": client,
+                "redis": operator,  # the admin API's and /metrics' (not ingestion's)
                 "settings": settings,
                 "backlog_high_water": settings.backlog_high_water,
                 # For the HTTP protocol's own answers (431): metric labels of known sources.
@@ -118,6 +135,7 @@ def _lifespan(
             await resources.aclose()
             await store.close()
             await client.aclose()
+            await operator.aclose()
 
     return lifespan
 
@@ -140,7 +158,11 @@ def _starlette(
             Middleware(RequestContextMiddleware),
             Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes),
         ],
-        exception_handlers={HTTPException: _http_error, ApiError: api_error_response},
+        exception_handlers={
+            HTTPException: _http_error,
+            ApiError: api_error_response,
+            RedisError: redis_error_response,
+        },
         lifespan=None if sources is None else _lifespan(settings, sources),
     )
 

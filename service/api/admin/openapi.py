@@ -39,6 +39,7 @@ ERROR_TEXT = {
     409: "conflict with the current state",
     410: "past retention",
     422: "well-formed but invalid",
+    503: "Redis did not answer: try again after Retry-After",
 }
 
 
@@ -169,7 +170,7 @@ def openapi_document(routes: Sequence[BaseRoute], prefix: str = "/admin") -> dic
                 "description": spec.summary,
                 "content": {"application/json": {"schema": refs[(spec.response, "serialization")]}},
             }
-        codes = {401, 403, *spec.errors}
+        codes = {401, 403, 503, *spec.errors}
         if spec.query is not None or spec.body is not None:
             codes.add(400)
         for code in sorted(codes):

@@ -9,6 +9,7 @@ lifespan state (``redis``, ``settings``). Errors are JSON ``{"error": <code>, "d
 - 409 ``subscriber_exists``; 422 ``invalid_url``, ``host_not_allowed``, ``invalid_subscriber``,
   ``control_characters`` (in the URL or a header), ``forbidden_target`` (the URL reaches
   kartahook's own Redis, admin listener or worker metrics port, whatever the allowlist says).
+- 503 ``redis_unavailable`` (with ``Retry-After``) when Redis does not answer in time.
 
 Handlers (and the token check) raise :class:`service.errors.ApiError`; one exception handler,
 :func:`api_error_response`, renders them: the app registers it (``exception_handlers``) and mounts
@@ -40,6 +41,7 @@ from service.errors import (
     NotFound,
     SubscriberError,
     Unauthorized,
+    Unavailable,
     Unprocessable,
 )
 from service.metrics import ADMIN_REFUSALS
@@ -68,6 +70,22 @@ async def api_error_response(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     ADMIN_REFUSALS.labels(str(exc.status_code), exc.code).inc()
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers or None)
+
+
+async def redis_error_response(request: Request, exc: Exception) -> Response:
+    """A Redis error in a handler (Redis down, failing over, or slower than
+    ``admin_redis_timeout_s``): 503 ``redis_unavailable`` with ``Retry-After``, one log line,
+    counted as a refusal. Never a 500: the request was fine, the store was not there."""
+    settings: Settings = request.state.settings
+    log.warning(
+        "admin_redis_unavailable",
+        path=request.url.path,
+        method=request.method,
+        error=type(exc).__name__,
+    )
+    retry = {"Retry-After": str(settings.retry_after_s)}
+    unavailable = Unavailable("redis_unavailable", "Redis did not answer; try again", retry)
+    return await api_error_response(request, unavailable)
 
 
 class AdminAuth:
