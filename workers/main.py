@@ -37,6 +37,8 @@ log = structlog.get_logger("kartahook.worker")
 CONNECT_TRIES = 6
 CONNECT_RETRY_DELAY_S = 1.0
 CONNECT_TIMEOUT_S = 1.0
+# At shutdown, how long each Redis step (health-check key, on_shutdown, closing the pool) may take.
+CLOSE_STEP_S = 3.0
 
 
 class ResilientWorker(Worker):
@@ -60,10 +62,12 @@ class ResilientWorker(Worker):
         redis_url: str,
         lease_s: float | None = None,
         renew_s: float | None = None,
+        redis_timeout_s: float | None = None,
         **options: Any,
     ) -> None:
         super().__init__(**options)
         self.redis_url = redis_url
+        self.redis_timeout_s = redis_timeout_s
         if self._pool is None:
             self.redis_settings = None  # the pool comes from service.store.client, not arq
         self.lease_s = lease_s
@@ -116,6 +120,7 @@ class ResilientWorker(Worker):
             default_queue_name=self.queue_name,
             expires_extra_ms=self.expires_extra_ms,
             socket_connect_timeout=CONNECT_TIMEOUT_S,
+            socket_timeout=self.redis_timeout_s,
         )
         for attempt in range(1, CONNECT_TRIES + 1):
             try:
@@ -142,6 +147,36 @@ class ResilientWorker(Worker):
         if isinstance(context, WorkerContext):
             context.stopping.set()
         super().handle_sig_wait_for_completion(signum)
+
+    async def close(self) -> None:
+        """arq's close, each Redis step bounded: the jobs in flight have already been given
+        their drain time; then the health-check key's removal and ``on_shutdown`` get
+        :data:`CLOSE_STEP_S` each, and a Redis that does not answer (down, or stalled in a
+        failover) is logged and left behind. So SIGTERM always ends the process, exit 0."""
+        if not self._handle_signals:
+            self.handle_sig(signal.SIGUSR1)
+        if not self._pool:
+            return
+        await asyncio.gather(*self.tasks.values())
+        try:
+            async with asyncio.timeout(CLOSE_STEP_S):
+                await self.pool.delete(self.health_check_key)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning(
+                "worker_close_redis_unavailable", step="health_check", error=type(exc).__name__
+            )
+        if self.on_shutdown:
+            try:
+                async with asyncio.timeout(CLOSE_STEP_S):
+                    await self.on_shutdown(self.ctx)
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.warning(
+                    "worker_close_redis_unavailable", step="on_shutdown", error=type(exc).__name__
+                )
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(CLOSE_STEP_S):
+                await self.pool.close(close_connection_pool=True)
+        self._pool = None
 
     async def _poll_iteration(self) -> None:
         try:
@@ -225,5 +260,9 @@ def build_worker(
     }
     options.update(overrides)
     return ResilientWorker(
-        redis_url=url, lease_s=settings.worker_lease_s, renew_s=settings.lease_renew_s, **options
+        redis_url=url,
+        lease_s=settings.worker_lease_s,
+        renew_s=settings.lease_renew_s,
+        redis_timeout_s=settings.worker_redis_timeout_s,
+        **options,
     )

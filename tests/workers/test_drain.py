@@ -5,6 +5,7 @@ its metrics. (SIGTERM during deliveries: tests/test_inline_delivery_interrupted.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 import uuid
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 import redis.asyncio as aioredis
 from arq.connections import RedisSettings, create_pool
 
@@ -19,10 +21,16 @@ from sandbox.kartapay_api import SandboxConfig, create_app
 from service.domain.events import EventHint
 from service.domain.signing import generate_secret, sign_headers
 from service.kartapay.client import KartaPayClient
+from service.settings import Settings
 from service.store.jobs import deserialize, serialize
-from service.store.layout import PROCESS_EVENT, hint_job_id, payment_lock_key
+from service.store.layout import (
+    PROCESS_EVENT,
+    health_check_key,
+    hint_job_id,
+    payment_lock_key,
+)
 from service.store.payments import TRANSITIONS_LOG_KEY
-from service.store.server import free_port
+from service.store.server import RedisServer, free_port
 from tests.support import (
     completed_payments,
     exit_code,
@@ -122,3 +130,40 @@ async def test_serve_with_two_processes_accepts_and_aggregates_metrics(
     assert accepted and float(accepted[0].rsplit(" ", 1)[1]) == 20.0, text[:2000]
     assert server.returncode is not None
     assert not await asyncio.to_thread(lambda: list(tmp_path.glob("kartahook-metrics-*")))
+
+
+@pytest.mark.parametrize("how", ["stalled", "down"])
+async def test_sigterm_ends_the_worker_while_redis_is_stalled_or_down(
+    tmp_path: Path, how: str
+) -> None:
+    """SIGTERM while Redis stops answering (SIGSTOP: a partition, a failover's old primary),
+    and while it is down: the worker exits 0 within its bounded close, logging what it could
+    not do, instead of hanging on a socket that never answers."""
+    server = RedisServer(tmp_path / "redis", appendonly=False).start()
+    assert server.process is not None
+    log = tmp_path / "worker.log"
+    worker = start_worker(server.url, "http://127.0.0.1:9", TOKEN, log, worker_redis_timeout_s="2")
+    client = aioredis.from_url(server.url)
+    try:
+
+        async def polling() -> bool:  # arq writes its health-check key on its first poll
+            return bool(await client.exists(health_check_key(Settings().queue_name)))
+
+        await wait_for(polling, timeout_s=30)
+        await client.aclose()
+        if how == "stalled":
+            os.kill(server.process.pid, signal.SIGSTOP)
+        else:
+            server.stop()
+        await asyncio.sleep(0.5)  # the worker is now inside a call Redis does not answer
+        worker.send_signal(signal.SIGTERM)
+        code = await exit_code(worker, 60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        if server.process is not None and server.process.poll() is None:
+            os.kill(server.process.pid, signal.SIGCONT)
+        server.stop()
+    text = log.read_text()
+    assert code == 0, text[-2000:]
+    assert "worker_close_redis_unavailable" in text, text[-2000:]

@@ -72,26 +72,28 @@ def refusals() -> float:
 async def test_redis_down_is_503_with_retry_after_never_500(own_redis: RedisServer) -> None:
     """With Redis stopped, every admin route answers 503 redis_unavailable + Retry-After, logs
     a line and counts a refusal; once Redis is back, the same requests succeed."""
-    async with serve_app(create_admin_app(settings_for(own_redis))) as base:
-        async with httpx.AsyncClient(base_url=base + "/admin", headers=AUTH) as http:
-            assert (await http.get("/subscribers")).status_code == 200
-            own_redis.stop()
-            before = refusals()
-            with capture_logs() as logs:
-                for method, path, body in REQUESTS:
-                    answer = await http.request(method, path, json=body)
-                    assert answer.status_code == 503, (method, path, answer.text)
-                    assert answer.json()["error"] == "redis_unavailable"
-                    assert answer.headers["retry-after"] == "7"
-            assert refusals() - before == len(REQUESTS)
-            lines = [e for e in logs if e["event"] == "admin_redis_unavailable"]
-            assert [(e["method"], e["path"]) for e in lines] == [
-                (method, "/admin" + path) for method, path, _ in REQUESTS
-            ]
-            own_redis.start()
-            created = await http.post("/subscribers", json=REQUESTS[-2][2])
-            assert created.status_code == 201, created.text
-            assert (await http.get("/subscribers/crm")).json()["id"] == "crm"
+    async with (
+        serve_app(create_admin_app(settings_for(own_redis))) as base,
+        httpx.AsyncClient(base_url=base + "/admin", headers=AUTH) as http,
+    ):
+        assert (await http.get("/subscribers")).status_code == 200
+        own_redis.stop()
+        before = refusals()
+        with capture_logs() as logs:
+            for method, path, body in REQUESTS:
+                answer = await http.request(method, path, json=body)
+                assert answer.status_code == 503, (method, path, answer.text)
+                assert answer.json()["error"] == "redis_unavailable"
+                assert answer.headers["retry-after"] == "7"
+        assert refusals() - before == len(REQUESTS)
+        lines = [e for e in logs if e["event"] == "admin_redis_unavailable"]
+        assert [(e["method"], e["path"]) for e in lines] == [
+            (method, "/admin" + path) for method, path, _ in REQUESTS
+        ]
+        own_redis.start()
+        created = await http.post("/subscribers", json=REQUESTS[-2][2])
+        assert created.status_code == 201, created.text
+        assert (await http.get("/subscribers/crm")).json()["id"] == "crm"
 
 
 async def test_stalled_redis_answers_503_after_the_admin_deadline(
@@ -100,36 +102,40 @@ async def test_stalled_redis_answers_503_after_the_admin_deadline(
     """A Redis that stops answering (SIGSTOP) makes an admin read 503 once the admin deadline
     has passed, not a 500 and not a hang; after SIGCONT the read succeeds."""
     assert own_redis.process is not None
-    async with serve_app(create_admin_app(settings_for(own_redis))) as base:
-        async with httpx.AsyncClient(base_url=base + "/admin", headers=AUTH, timeout=30) as http:
-            assert (await http.get("/overview")).status_code == 200
-            os.kill(own_redis.process.pid, signal.SIGSTOP)
-            try:
-                answer = await http.get("/overview")
-            finally:
-                os.kill(own_redis.process.pid, signal.SIGCONT)
-            assert (answer.status_code, answer.json()["error"]) == (503, "redis_unavailable")
-            deadline = asyncio.get_running_loop().time() + 10
-            while (await http.get("/overview")).status_code != 200:
-                assert asyncio.get_running_loop().time() < deadline, "admin never recovered"
-                await asyncio.sleep(0.05)
+    async with (
+        serve_app(create_admin_app(settings_for(own_redis))) as base,
+        httpx.AsyncClient(base_url=base + "/admin", headers=AUTH, timeout=30) as http,
+    ):
+        assert (await http.get("/overview")).status_code == 200
+        os.kill(own_redis.process.pid, signal.SIGSTOP)
+        try:
+            answer = await http.get("/overview")
+        finally:
+            os.kill(own_redis.process.pid, signal.SIGCONT)
+        assert (answer.status_code, answer.json()["error"]) == (503, "redis_unavailable")
+        deadline = asyncio.get_running_loop().time() + 10
+        while (await http.get("/overview")).status_code != 200:
+            assert asyncio.get_running_loop().time() < deadline, "admin never recovered"
+            await asyncio.sleep(0.05)
 
 
 async def test_admin_reads_get_their_own_longer_deadline(own_redis: RedisServer) -> None:
     """The admin client's socket timeout is admin_redis_timeout_s, not ingestion's
     redis_timeout_s: a read that takes longer than ingestion's deadline still answers 200."""
     settings = settings_for(own_redis, redis_timeout_s=0.05, admin_redis_timeout_s=5.0)
-    async with serve_app(create_admin_app(settings)) as base:
-        async with httpx.AsyncClient(base_url=base + "/admin", headers=AUTH, timeout=30) as http:
-            assert (await http.get("/overview")).status_code == 200
-            assert own_redis.process is not None
-            # Redis answers nothing for 0.3 s: six times ingestion's deadline, well within
-            # the admin's.
-            os.kill(own_redis.process.pid, signal.SIGSTOP)
-            loop = asyncio.get_running_loop()
-            loop.call_later(0.3, os.kill, own_redis.process.pid, signal.SIGCONT)
-            try:
-                answer = await http.get("/overview")
-            finally:
-                os.kill(own_redis.process.pid, signal.SIGCONT)
-            assert answer.status_code == 200, answer.text
+    async with (
+        serve_app(create_admin_app(settings)) as base,
+        httpx.AsyncClient(base_url=base + "/admin", headers=AUTH, timeout=30) as http,
+    ):
+        assert (await http.get("/overview")).status_code == 200
+        assert own_redis.process is not None
+        # Redis answers nothing for 0.3 s: six times ingestion's deadline, well within
+        # the admin's.
+        os.kill(own_redis.process.pid, signal.SIGSTOP)
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.3, os.kill, own_redis.process.pid, signal.SIGCONT)
+        try:
+            answer = await http.get("/overview")
+        finally:
+            os.kill(own_redis.process.pid, signal.SIGCONT)
+        assert answer.status_code == 200, answer.text
