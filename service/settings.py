@@ -86,12 +86,6 @@ class Settings(BaseSettings):
     worker_health_check_s: int = Field(15, ge=10, le=30)
     worker_job_timeout_s: int = Field(60, gt=0, description="arq kills a job after this.")
     worker_drain_s: int = Field(25, ge=0, description="SIGTERM grace for jobs in flight.")
-    # A Redis that stops answering (a partition, a failover's old primary) fails each call after
-    # this, instead of holding the worker forever; the call is then retried like any outage.
-    # Above any call's normal duration (every script is O(1) or bounded).
-    worker_redis_timeout_s: float = Field(
-        10.0, gt=0, description="Deadline for one Redis call of a worker."
-    )
     worker_lease_s: float = Field(
         5.0,
         ge=0.5,

@@ -62,12 +62,10 @@ class ResilientWorker(Worker):
         redis_url: str,
         lease_s: float | None = None,
         renew_s: float | None = None,
-        redis_timeout_s: float | None = None,
         **options: Any,
     ) -> None:
         super().__init__(**options)
         self.redis_url = redis_url
-        self.redis_timeout_s = redis_timeout_s
         if self._pool is None:
             self.redis_settings = None  # the pool comes from service.store.client, not arq
         self.lease_s = lease_s
@@ -120,7 +118,6 @@ class ResilientWorker(Worker):
             default_queue_name=self.queue_name,
             expires_extra_ms=self.expires_extra_ms,
             socket_connect_timeout=CONNECT_TIMEOUT_S,
-            socket_timeout=self.redis_timeout_s,
         )
         for attempt in range(1, CONNECT_TRIES + 1):
             try:
@@ -263,6 +260,5 @@ def build_worker(
         redis_url=url,
         lease_s=settings.worker_lease_s,
         renew_s=settings.lease_renew_s,
-        redis_timeout_s=settings.worker_redis_timeout_s,
         **options,
     )

@@ -142,7 +142,7 @@ async def test_sigterm_ends_the_worker_while_redis_is_stalled_or_down(
     server = RedisServer(tmp_path / "redis", appendonly=False).start()
     assert server.process is not None
     log = tmp_path / "worker.log"
-    worker = start_worker(server.url, "http://127.0.0.1:9", TOKEN, log, worker_redis_timeout_s="2")
+    worker = start_worker(server.url, "http://127.0.0.1:9", TOKEN, log)
     client = aioredis.from_url(server.url)
     try:
 
