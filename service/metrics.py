@@ -24,6 +24,8 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from service.store.redis_config import LOW_GAUGE_HELP, LOW_GAUGE_NAME
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 WEBHOOKS = Counter(
@@ -62,10 +64,8 @@ REDIS_BATCH_SIZE = Histogram(
 )
 
 REDIS_SETTING_LOW = Gauge(
-    "kartahook_redis_setting_low",
-    "1 when a Redis setting kartahook's memory budget needs is too low (hash-max-listpack-value"
-    " below 1024: events take more memory; log line redis_memory_setting_low), 0 when enough;"
-    " unset when it could not be read (service.store.redis_config).",
+    LOW_GAUGE_NAME,
+    LOW_GAUGE_HELP,
     ["setting"],
     multiprocess_mode="max",
     registry=REGISTRY,

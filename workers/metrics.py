@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from service.store.redis_config import LOW_GAUGE_HELP, LOW_GAUGE_NAME
+
 EVENTS_PROCESSED = Counter(
     "kartahook_events_processed_total",
     "process_event runs by outcome.",
@@ -52,9 +54,7 @@ PAYMENTS_STUCK = Counter(
     " GET /admin/payments/stuck).",
 )
 REDIS_SETTING_LOW = Gauge(
-    "kartahook_redis_setting_low",
-    "1 when a Redis setting kartahook's memory budget needs is too low (hash-max-listpack-value"
-    " below 1024: events take more memory; log line redis_memory_setting_low), 0 when enough;"
-    " unset when it could not be read (service.store.redis_config).",
+    LOW_GAUGE_NAME,
+    LOW_GAUGE_HELP,
     ["setting"],
 )

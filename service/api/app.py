@@ -62,17 +62,22 @@ log = structlog.get_logger("kartahook.app")
 YOUNG_GC_THRESHOLD = 10_000
 
 
-def ingestion_redis(settings: Settings) -> aioredis.Redis:
-    """The ingestion's Redis client (from ``service.store.client``, plain or Sentinel URL):
-    every socket operation bounded by ``redis_timeout_s``."""
+def _redis(settings: Settings, timeout_s: float, max_connections: int) -> aioredis.Redis:
+    """A Redis client from ``service.store.client`` (plain or Sentinel URL), every socket
+    operation bounded by ``timeout_s``."""
     if not settings.redis_url:
         raise RuntimeError("KARTAHOOK_REDIS_URL is not set")
     return redis_client(
         settings.redis_url,
-        socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
-        max_connections=64,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        max_connections=max_connections,
     )
+
+
+def ingestion_redis(settings: Settings) -> aioredis.Redis:
+    """The ingestion's Redis client: every call bounded by ``redis_timeout_s``."""
+    return _redis(settings, settings.redis_timeout_s, 64)
 
 
 def operator_redis(settings: Settings) -> aioredis.Redis:
@@ -80,14 +85,7 @@ def operator_redis(settings: Settings) -> aioredis.Redis:
     page through history, so each call may take ``admin_redis_timeout_s``, not ingestion's
     write deadline; and a pool of its own, so a slow admin read never holds a connection a
     webhook needs."""
-    if not settings.redis_url:
-        raise RuntimeError("KARTAHOOK_REDIS_URL is not set")
-    return redis_client(
-        settings.redis_url,
-        socket_timeout=settings.admin_redis_timeout_s,
-        socket_connect_timeout=settings.admin_redis_timeout_s,
-        max_connections=16,
-    )
+    return _redis(settings, settings.admin_redis_timeout_s, 16)
 
 
 async def _http_error(_: Request, exc: Exception) -> Response:

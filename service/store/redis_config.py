@@ -38,6 +38,13 @@ ADVICE = (
     "works the same but takes ~40 % more memory (docs/decisions/event-hash.md)"
 )
 CHECK_TIMEOUT_S = 2.0
+# The gauge each process kind registers (service.metrics, workers.metrics: their own registries).
+LOW_GAUGE_NAME = "kartahook_redis_setting_low"
+LOW_GAUGE_HELP = (
+    "1 when a Redis setting kartahook's memory budget needs is too low (hash-max-listpack-value"
+    " below 1024: events take more memory; log line redis_memory_setting_low), 0 when enough;"
+    " unset when it could not be read (service.store.redis_config)."
+)
 
 
 async def check_memory_settings(redis: aioredis.Redis, low_gauge: Gauge) -> int | None:

@@ -134,12 +134,12 @@ async def test_serve_with_two_processes_accepts_and_aggregates_metrics(
 
 @pytest.mark.parametrize("how", ["stalled", "down"])
 async def test_sigterm_ends_the_worker_while_redis_is_stalled_or_down(
-    tmp_path: Path, how: str
+    tmp_path: Path, own_redis: RedisServer, how: str
 ) -> None:
     """SIGTERM while Redis stops answering (SIGSTOP: a partition, a failover's old primary),
     and while it is down: the worker exits 0 within its bounded close, logging what it could
     not do, instead of hanging on a socket that never answers."""
-    server = RedisServer(tmp_path / "redis", appendonly=False).start()
+    server = own_redis
     assert server.process is not None
     log = tmp_path / "worker.log"
     worker = start_worker(server.url, "http://127.0.0.1:9", TOKEN, log)
@@ -161,9 +161,6 @@ async def test_sigterm_ends_the_worker_while_redis_is_stalled_or_down(
     finally:
         if worker.poll() is None:
             worker.kill()
-        if server.process is not None and server.process.poll() is None:
-            os.kill(server.process.pid, signal.SIGCONT)
-        server.stop()
     text = log.read_text()
     assert code == 0, text[-2000:]
     assert "worker_close_redis_unavailable" in text, text[-2000:]

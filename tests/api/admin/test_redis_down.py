@@ -10,11 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import pytest
 from structlog.testing import capture_logs
 
 from service.api.app import create_admin_app
@@ -37,17 +34,6 @@ REQUESTS = [
     ("POST", "/subscribers", {"id": "crm", "url": "http://127.0.0.1:9/hook"}),
     ("PATCH", "/subscribers/crm", {"enabled": False}),
 ]
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis", appendonly=False).start()
-    try:
-        yield server
-    finally:
-        if server.process is not None and server.process.poll() is None:
-            os.kill(server.process.pid, signal.SIGCONT)
-        server.stop()
 
 
 def settings_for(server: RedisServer, **overrides: object) -> Settings:

@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 import orjson
-import pytest
 import redis.asyncio as aioredis
 from standardwebhooks import Webhook
 
@@ -38,17 +35,6 @@ def signed_request(msg_id: str, payment_id: str) -> tuple[bytes, dict[str, str]]
         "webhook-timestamp": str(int(now.timestamp())),
         "webhook-signature": Webhook(SECRET).sign(msg_id=msg_id, timestamp=now, data=body.decode()),
     }
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis", appendonly=True).start()
-    try:
-        yield server
-    finally:
-        if server.process is not None and server.process.poll() is None:
-            os.kill(server.process.pid, signal.SIGCONT)
-        server.stop()
 
 
 def make_app(redis_url: str) -> object:
