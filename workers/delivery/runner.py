@@ -39,8 +39,13 @@ from workers.delivery.schedule import RetrySchedule, breaker_wake_jitter_ms
 
 log = structlog.get_logger("kartahook.fanout")
 
-# How many deliveries of one (subscriber, payment) line one job runs back to back.
-INLINE_CHAIN_MAX = 16
+# How many deliveries one run sends back to back: its line's next ones, then the subscriber's
+# longest-parked ones, each in the slot the last one freed. A backstop only: a run is bounded by
+# time (``until``, before arq's job timeout), by the drain and by its slot's lease. It was 16:
+# each run that stopped there left its line's next delivery and one woken parked delivery to arq
+# jobs of their own (~2 jobs per 16 deliveries under load, ~50 us of worker CPU per delivery;
+# docs/benchmarks.md "End-to-end", 2026-12-01 evening).
+INLINE_CHAIN_MAX = 1000
 # Margin kept between the last attempt a job may start and the job's arq timeout.
 JOB_TIMEOUT_MARGIN_S = 5.0
 
