@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from arq.connections import ArqRedis
 
     from service.kartapay.client import KartaPayClient
+    from service.store.batcher import ScriptBatcher
     from service.store.dead_letters import EventDeadLetters
     from service.store.history import HistoryStore
     from service.store.leases import Leases
@@ -65,6 +66,8 @@ class WorkerContext:
     processor: EventProcessor | None = None
     history: HistoryStore | None = None
     """Where processing records each run for the admin API's history (``service.store.history``)."""
+    history_batcher: ScriptBatcher | None = None
+    """The pipelined connection history's records go through (closed at shutdown)."""
     converger: Converger | None = None
     """The convergence loop (``workers.processing.converge``), started with processing."""
     fanout: FanoutDeps | None = None

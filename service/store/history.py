@@ -47,6 +47,7 @@ from service.domain.events import EventHint, transition_id
 from service.domain.lifecycle import FINAL, MAIN_LINE, TERMINAL
 from service.errors import KartahookError
 from service.store import records
+from service.store.batcher import ScriptBatcher
 from service.store.events import read_raw_record
 from service.store.jobs import deserialize
 from service.store.layout import (
@@ -334,23 +335,35 @@ class HistoryStore:
         ttl_s: int = 7 * 86_400,
         timeline_max: int = 64,
         index_max: int = 200_000,
+        batcher: ScriptBatcher | None = None,
     ) -> None:
         self.redis = redis
         self.ttl_s = ttl_s
         self.timeline_max = timeline_max
         self.index_max = index_max
+        self.batcher = batcher
+        """Where :meth:`record_run` sends its script when given (the worker's: the records of
+        concurrent processing jobs share one pipelined write); else one call on ``redis``."""
 
     @classmethod
-    def from_settings(cls, redis: aioredis.Redis, settings: Any) -> HistoryStore:
+    def from_settings(
+        cls, redis: aioredis.Redis, settings: Any, batcher: ScriptBatcher | None = None
+    ) -> HistoryStore:
         return cls(
-            redis, settings.history_ttl_s, settings.history_timeline_max, settings.history_index_max
+            redis,
+            settings.history_ttl_s,
+            settings.history_timeline_max,
+            settings.history_index_max,
+            batcher,
         )
 
     # ---- writes (the processing job) ---------------------------------------------------------
 
     async def record_run(self, hint: EventHint, run: Run, now_ms: int) -> bool:
         """Append ``run`` to its payment's timeline (``lua/history_record.lua``); True when the
-        payment is new to history. One round trip."""
+        payment is new to history. One round trip, shared with concurrent records through the
+        batcher when there is one (:class:`~service.store.batcher.RedisUnavailable` then, where
+        a plain call raises redis-py's errors)."""
         keys = [
             payment_state_key(hint.payment_id),
             HISTORY_PAYMENTS,
@@ -368,6 +381,8 @@ class HistoryStore:
             RATE_TTL_S,
             self.ttl_s,
         ]
+        if self.batcher is not None:
+            return bool(await self.batcher.call(RECORD, keys, args))
         return bool(await RECORD(self.redis, keys, args))
 
     async def rates(self, now_ms: int, minutes: int = 5) -> dict[str, int]:

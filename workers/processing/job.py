@@ -14,6 +14,7 @@ from service.clock import now_ms
 from service.domain.events import EventHint
 from service.kartapay.client import KartaPayClient
 from service.settings import Settings
+from service.store.batcher import RedisUnavailable, ScriptBatcher
 from service.store.converge import ConvergePlan, ConvergeStore
 from service.store.dead_letters import EventDeadLetters
 from service.store.history import HistoryStore, Run
@@ -28,6 +29,9 @@ from workers.processing.processor import EventProcessor, InlineDelivery, Outcome
 from workers.processing.retry_policy import FetchRetryPolicy
 
 log = structlog.get_logger("kartahook.process")
+
+# Deadline of one history record sent through the batcher.
+HISTORY_TIMEOUT_S = 5.0
 
 # A run that raises something unexpected (Redis down, a bug) is retried by arq this many times.
 UNEXPECTED_ERROR_TRIES = 1000
@@ -86,7 +90,7 @@ async def record_history(history: HistoryStore | None, hint: EventHint, result: 
     )
     try:
         await history.record_run(hint, run, now)
-    except RedisError as exc:
+    except (RedisError, RedisUnavailable) as exc:
         log.warning("history_not_recorded", error=type(exc).__name__)
 
 
@@ -176,7 +180,10 @@ async def processing_startup(context: WorkerContext) -> None:
     context.event_dead_letters = EventDeadLetters(
         redis, settings.queue_name, settings.operator_ttl_s
     )
-    context.history = HistoryStore.from_settings(redis, settings)
+    # History's records of concurrent runs share one pipelined write (off the delivery path;
+    # a record that fails costs its history entry only: record_history).
+    context.history_batcher = ScriptBatcher(redis, timeout_s=HISTORY_TIMEOUT_S)
+    context.history = HistoryStore.from_settings(redis, settings, context.history_batcher)
     context.processor = EventProcessor(
         store,
         client,
@@ -199,6 +206,9 @@ async def processing_shutdown(context: WorkerContext) -> None:
     converger, context.converger = context.converger, None
     if converger is not None:
         await converger.stop()
+    batcher, context.history_batcher = context.history_batcher, None
+    if batcher is not None:
+        await batcher.close()
     if context.kartapay is not None:
         await context.kartapay.aclose()
         context.kartapay = None

@@ -7,9 +7,13 @@ inbound events (not convergence checks, not retries) are counted per minute."""
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 import redis.asyncio as aioredis
 
 from service.domain.events import EventHint
+from service.store.batcher import RedisUnavailable, ScriptBatcher
 from service.store.compression import compress
 from service.store.events import archive_record
 from service.store.history import HistoryStore, Run
@@ -177,3 +181,31 @@ async def test_event_hash_left_alone_and_the_event_read_from_its_payments_hash(
     await redis.set(arq_job_key(event_job_id("kartapay", "evt_kept")), job, ex=500)
     assert await store.event_payment("kartapay", "evt_kept") == "pay_1"
     assert await store.event_payment("kartapay", "evt_unknown") is None
+
+
+async def test_concurrent_runs_through_the_batcher_land_as_direct_calls_do(
+    redis: aioredis.Redis, redis_url: str
+) -> None:
+    """The worker's records go through a ScriptBatcher (one pipelined write for concurrent
+    runs): twenty at once are all recorded, each read back, the keyspace the same as direct
+    calls make; and after the batcher is closed a record fails with RedisUnavailable (the
+    processing job logs it and goes on), writing nothing."""
+    client = aioredis.from_url(redis_url)
+    batcher = ScriptBatcher(client, timeout_s=5.0)
+    store = HistoryStore(redis, batcher=batcher)
+    hints = [EventHint("kartapay", f"evt_{n:04d}", f"pay_{n}", NOW - 500) for n in range(20)]
+    try:
+        news = await asyncio.gather(*(store.record_run(h, run_of(h), NOW) for h in hints))
+        assert news == [True] * 20
+        pids = [h.payment_id for h in hints]
+        await assert_keyspace(redis, {**timeline(*pids), **LIST, **RATE})
+        for hint in hints:
+            assert await store.runs(hint.payment_id) == [run_of(hint)]
+        assert sorted(await payments(redis)) == sorted(pids)
+    finally:
+        await batcher.close()
+        await client.aclose()
+    late = EventHint("kartapay", "evt_late", "pay_late", NOW - 500)
+    with pytest.raises(RedisUnavailable):
+        await store.record_run(late, run_of(late), NOW)
+    assert not await redis.exists(payment_state_key("pay_late"))
