@@ -9,6 +9,8 @@ from arq.constants import default_queue_name
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.store.layout import OPERATOR_TTL_S
+
 CommaList = Annotated[list[str], NoDecode]
 
 
@@ -136,7 +138,7 @@ class Settings(BaseSettings):
     delivery_done_ttl_s: int = Field(7 * 24 * 3600, gt=0)
     # What an operator must act on (delivery and event dead letters, stuck payments) is kept
     # this long, then dropped (metrics: kartahook_dead_letters, kartahook_payments_stuck).
-    operator_ttl_s: int = Field(30 * 24 * 3600, gt=0)
+    operator_ttl_s: int = Field(OPERATOR_TTL_S, gt=0)
 
     # History (admin API and console): written by the processing job (docs/operations.md)
     history_ttl_s: int = Field(

@@ -29,7 +29,10 @@ class EventDeadLetters:
     """The store of dead-lettered events."""
 
     def __init__(
-        self, redis: Redis, queue_name: str = layout.DEFAULT_QUEUE, ttl_s: int = 30 * 86_400
+        self,
+        redis: Redis,
+        queue_name: str = layout.DEFAULT_QUEUE,
+        ttl_s: int = layout.OPERATOR_TTL_S,
     ) -> None:
         """``ttl_s``: how long an entry is kept (``Settings.operator_ttl_s``)."""
         self._redis = redis

@@ -36,6 +36,7 @@ import redis.asyncio as aioredis
 from service.store.compression import decompress
 from service.store.layout import DEAD_ALL as DEAD_ALL_KEY
 from service.store.layout import (
+    OPERATOR_TTL_S,
     SUBSCRIBERS_VERSION,
     arq_job_key,
     attempt_log_key,
@@ -47,9 +48,6 @@ from service.store.layout import (
     waiting_key,
 )
 from service.store.scripts import Script
-
-# Settings.operator_ttl_s's default.
-OPERATOR_TTL_S = 30 * 86_400
 
 ACQUIRE = Script.load("delivery_acquire")
 FINISH = Script.load("delivery_finish")

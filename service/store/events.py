@@ -89,8 +89,8 @@ def _store_template(queue_name: str, event_ttl_s: int) -> bytes:
     def constant(data: bytes) -> bytes:  # a whole bulk string, escaped for the format
         return bulk_string(data).replace(b"%", b"%%")
 
-    def keyed(prefix: bytes, chars: int = DIGEST_CHARS) -> bytes:  # bulk string prefix + digest
-        head = b"$%d\r\n" % (len(prefix) + chars) + prefix
+    def keyed(prefix: bytes) -> bytes:  # a bulk string of prefix + digest
+        head = b"$%d\r\n" % (len(prefix) + DIGEST_CHARS) + prefix
         return head.replace(b"%", b"%%") + b"%b\r\n"
 
     variable = b"$%d\r\n%b\r\n"

@@ -37,6 +37,9 @@ HEALTH_CHECK_SUFFIX = health_check_key_suffix
 # snapshots they refer to) live after their last write: longer than the retry horizon (3 days)
 # and any sensible pause of a subscriber; a line nobody touched for this long is forgotten.
 LINE_TTL_S = 30 * 86_400
+# How long what an operator must act on (dead letters, stuck payments) is kept by default
+# (Settings.operator_ttl_s).
+OPERATOR_TTL_S = 30 * 86_400
 # How long a job key lives beyond its run time (arq's ``expires_extra_ms``; arq's default is one
 # day). A job whose key expires before a worker reaches it is lost ("job expired"), so this is
 # how long a backlog may last without losing a stored webhook or a delivery: seven days, longer
@@ -271,7 +274,7 @@ def snapshot_key(transition_id: str) -> str:
 
 def records_key(payment_id: str) -> str:
     """Where a payment's delivery records are kept: its state hash."""
-    return PAYMENT_STATE.format(payment_id=payment_id)
+    return payment_state_key(payment_id)
 
 
 def record_field(subscriber_id: str, seq: int) -> str:

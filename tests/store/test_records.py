@@ -3,6 +3,8 @@ expects, from the compact form lua/lib/lines.lua writes."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis.asyncio as aioredis
 
 from service.domain.events import transition_id
@@ -59,20 +61,24 @@ def test_pending_hash_reads_with_the_same_fields() -> None:
     )
 
 
-async def test_payment_deliveries_reads_records_and_pending_hashes(redis: aioredis.Redis) -> None:
-    """Records of any subscriber (even one no longer asked about) and the pending hashes of the
-    subscribers asked about come back together, by subscriber then seq."""
-    state = layout.payment_state_key("pay_1")
+async def seed_state(redis: aioredis.Redis, payment_id: str, extra: dict[str, Any]) -> None:
+    """A completed payment's state hash with crm's record of seq 2 (delivered), plus ``extra``."""
     await redis.hset(
-        state,
+        layout.payment_state_key(payment_id),
         mapping={
             "seq": "5",
             "status": "completed",
             "t0": BASE,
             "crm:2": "d,1,200,0,5",
-            "old:1": "x",
+            **extra,
         },
     )
+
+
+async def test_payment_deliveries_reads_records_and_pending_hashes(redis: aioredis.Redis) -> None:
+    """Records of any subscriber (even one no longer asked about) and the pending hashes of the
+    subscribers asked about come back together, by subscriber then seq."""
+    await seed_state(redis, "pay_1", {"old:1": "x"})
     pending = layout.delivery_key("crm", transition_id("pay_1", "approved"))
     await redis.hset(
         pending, mapping={"sub": "crm", "seq": "3", "state": "active", "attempts": "2"}
@@ -88,14 +94,10 @@ async def test_payment_deliveries_reads_records_and_pending_hashes(redis: aiored
 async def test_payment_deliveries_skips_history_binary_fields(redis: aioredis.Redis) -> None:
     """History's packed, binary timeline fields in the same state hash are skipped, not decoded
     (a 500 of the payment view otherwise)."""
-    state = layout.payment_state_key("pay_2")
-    await redis.hset(
-        state,
-        mapping={
-            "seq": "5",
-            "status": "completed",
-            "t0": BASE,
-            "crm:2": "d,1,200,0,5",
+    await seed_state(
+        redis,
+        "pay_2",
+        {
             layout.HISTORY_HEADER: b"\xb1\x00\xff",
             layout.HISTORY_RUN.format(n="0"): b"\x81\xb1\xfe binary",
         },

@@ -338,6 +338,21 @@ async def test_failure_under_the_threshold_still_wakes_parked(redis: aioredis.Re
     )
 
 
+def t1_dead_t2_next() -> Expected:
+    """The keyspace once T1 is dead-lettered: its dead letter and both indexes, T2 active in
+    the line with its job, the breaker hash."""
+    return {
+        **payment_keys(),
+        **line(SUB, [T2]),
+        **dead(SUB, T1),
+        QUEUE: ("zset", NO_TTL),
+        **job_entry(SUB, T2, 1),
+        breaker_key(SUB): ("hash", NO_TTL),
+        DEAD_ALL_KEY: ("zset", NO_TTL),
+        dead_key(SUB): ("zset", NO_TTL),
+    }
+
+
 async def test_failure_without_retry_dead_letters(redis: aioredis.Redis) -> None:
     """A failure with no retry left: dead letter (hash and snapshot kept the operator TTL, both
     dead sets), next activated."""
@@ -346,16 +361,7 @@ async def test_failure_without_retry_dead_letters(redis: aioredis.Redis) -> None
     assert done == Finished("dead", 0, 1, None)
     await assert_keyspace(
         redis,
-        {
-            **payment_keys(),
-            **line(SUB, [T2]),
-            **dead(SUB, T1),
-            QUEUE: ("zset", NO_TTL),
-            **job_entry(SUB, T2, 1),
-            breaker_key(SUB): ("hash", NO_TTL),
-            DEAD_ALL_KEY: ("zset", NO_TTL),
-            dead_key(SUB): ("zset", NO_TTL),
-        },
+        t1_dead_t2_next(),
     )
     first = await hash_of(redis, delivery_key(SUB, T1))
     assert (first["state"], first["dead_ms"], first["attempts"]) == ("dead", str(now), "1")
@@ -627,16 +633,7 @@ async def test_dead_letters_older_than_the_operator_ttl_leave_the_indexes(
     await finish(redis, T1, 1, now, "fail", status="500")
     await assert_keyspace(
         redis,
-        {
-            **payment_keys(),
-            **line(SUB, [T2]),
-            **dead(SUB, T1),
-            QUEUE: ("zset", NO_TTL),
-            **job_entry(SUB, T2, 1),
-            breaker_key(SUB): ("hash", NO_TTL),
-            DEAD_ALL_KEY: ("zset", NO_TTL),
-            dead_key(SUB): ("zset", NO_TTL),
-        },
+        t1_dead_t2_next(),
     )
     assert await zset(redis, DEAD_ALL_KEY) == {f"{SUB}/msg_young": young, f"{SUB}/{T1}": now}
     assert await zset(redis, dead_key(SUB)) == {"msg_young": young, T1: now}
