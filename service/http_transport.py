@@ -7,12 +7,19 @@ as concurrency grows; in the worker's profile the KartaPay fetch through it cost
 four deliveries of the payment together. This transport keeps the httpx API (the ``transport=``
 seam, the request and response types, the connect and read timeouts) and moves the bytes with
 aiohttp, which keeps up. Delivery and the KartaPay client both use it.
+
+Both send through :func:`exchange`, which skips httpx's request and response objects on this
+transport: building and reading them cost the worker as much CPU as aiohttp's own work per
+request (docs/decisions/http-exchange.md). On any other transport (httpx's own pool, the tests'
+``httpx.MockTransport``) it goes through them, with the same result.
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 import aiohttp
@@ -51,7 +58,7 @@ class GuardedResolver(AbstractResolver):
         await self._inner.close()
 
 
-def _map_error(exc: BaseException, request: httpx.Request) -> httpx.TransportError:
+def _map_error(exc: BaseException, request: httpx.Request | None) -> httpx.TransportError:
     message = str(exc) or type(exc).__name__
     if isinstance(exc, aiohttp.ClientConnectorError):
         return httpx.ConnectError(message, request=request)
@@ -77,6 +84,61 @@ class _Body(httpx.AsyncByteStream):
     async def aclose(self) -> None:
         # A fully read body returns the connection to the pool; a partly read one closes it.
         self._response.release()
+
+
+@dataclass(slots=True)
+class Answer:
+    """What :func:`exchange` has read so far, filled in as it arrives: a failure part-way
+    through the body leaves the status, the headers and what came of the body."""
+
+    status: int = 0
+    """0 until the status line has come."""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """Case-insensitive, as the transport's own header types are."""
+    body: bytes = b""
+
+
+async def exchange(
+    transport: httpx.AsyncBaseTransport,
+    answer: Answer,
+    method: str,
+    url: httpx.URL,
+    headers: Mapping[str, str],
+    body: bytes | None = None,
+    *,
+    phase_timeout_s: float,
+    read_at_most: int | None = None,
+) -> None:
+    """Send one request on ``transport`` and fill ``answer``: its status and headers, then its
+    body, all of it or its first ``read_at_most`` bytes (the connection is then closed rather
+    than pooled). ``phase_timeout_s`` bounds the connect and each read, as httpx's timeouts do;
+    the caller bounds the whole. Raises httpx's exceptions (``httpx.TimeoutException``,
+    ``httpx.TransportError``), whichever transport moves the bytes."""
+    if isinstance(transport, AiohttpTransport):
+        await transport.exchange(answer, method, url, headers, body, phase_timeout_s, read_at_most)
+        return
+    phases = dict.fromkeys(("connect", "read", "write", "pool"), phase_timeout_s)
+    request = httpx.Request(
+        method, url, headers=headers, content=body, extensions={"timeout": phases}
+    )
+    response = await transport.handle_async_request(request)
+    try:
+        answer.status = response.status_code
+        answer.headers = response.headers
+        if response.is_stream_consumed:  # a response built with its content (MockTransport)
+            answer.body = response.content[:read_at_most]
+            return
+        async for chunk in response.aiter_raw():
+            answer.body += chunk
+            if read_at_most is not None and len(answer.body) >= read_at_most:
+                break
+    finally:
+        await response.aclose()
+
+
+@cache
+def _timeout(phase_s: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=None, sock_connect=phase_s, sock_read=phase_s)
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -135,6 +197,39 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             request=request,
             extensions={"http_version": b"HTTP/1.1"},
         )
+
+    async def exchange(
+        self,
+        answer: Answer,
+        method: str,
+        url: httpx.URL,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        phase_timeout_s: float,
+        read_at_most: int | None,
+    ) -> None:
+        """:func:`exchange` on aiohttp's objects alone."""
+        for name, value in headers.items():
+            if not value.isascii():  # aiohttp would send it as UTF-8; httpx refuses it
+                raise ValueError(f"header {name!r} has a character that is not ASCII")
+        session = self._session_now()
+        try:
+            async with session.request(
+                method,
+                str(url),
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=_timeout(phase_timeout_s),
+            ) as response:
+                answer.status = response.status
+                answer.headers = response.headers
+                async for chunk in response.content.iter_any():
+                    answer.body += chunk
+                    if read_at_most is not None and len(answer.body) >= read_at_most:
+                        break
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _map_error(exc, None) from exc
 
     async def aclose(self) -> None:
         if self._session is not None:

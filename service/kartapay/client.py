@@ -21,7 +21,7 @@ import httpx
 import orjson
 from pydantic import SecretStr, ValidationError
 
-from service.http_transport import AiohttpTransport
+from service.http_transport import AiohttpTransport, Answer, exchange
 from service.kartapay.errors import (
     InvalidResponseError,
     RequestTimeoutError,
@@ -54,11 +54,6 @@ _USER_AGENT = "kartahook-kartapay-client/1"
 M = TypeVar("M", bound=KartaPayModel)
 
 
-def explicit_timeout(seconds: float) -> httpx.Timeout:
-    """One deadline for each phase of a request: connect, read, write and pool checkout."""
-    return httpx.Timeout(connect=seconds, read=seconds, write=seconds, pool=seconds)
-
-
 def payment_path(payment_id: str, action: str = "") -> str:
     """The path of one payment, its id percent-encoded so it stays one path segment."""
     if not payment_id:
@@ -78,7 +73,7 @@ def id_from_location(location: str | None) -> str | None:
 class KartaPayClient:
     """Async client of the KartaPay REST API (``kartapay-api-spec.json``).
 
-    ``timeout`` is seconds for each of connect, read, write and pool, or an ``httpx.Timeout``.
+    ``timeout`` is seconds for each of connect, read, write and pool.
     ``transport`` replaces the network (tests use ``httpx.MockTransport``). The token is never
     shown by ``repr`` nor put in any error.
     """
@@ -89,7 +84,7 @@ class KartaPayClient:
         token: str | SecretStr,
         *,
         language: str = "en-US",
-        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT_S,
+        timeout: float = DEFAULT_TIMEOUT_S,
         transport: httpx.AsyncBaseTransport | None = None,
         limits: httpx.Limits = DEFAULT_LIMITS,
     ) -> None:
@@ -105,8 +100,7 @@ class KartaPayClient:
             "Accept": "application/json",
             "User-Agent": _USER_AGENT,
         }
-        phases = timeout if isinstance(timeout, httpx.Timeout) else explicit_timeout(timeout)
-        self._timeout = phases.as_dict()
+        self._timeout_s = float(timeout)
 
     @classmethod
     def from_settings(
@@ -151,14 +145,14 @@ class KartaPayClient:
         201, or else from ``data.id``; with neither, ``InvalidResponseError``.
         """
         body = claim.to_json() if isinstance(claim, Claim) else dict(claim)
-        response = await self._request("POST", PAYMENTS_PATH, json_body=body)
-        envelope = self._decode(response, PaymentEnvelope)
-        payment_id = id_from_location(response.headers.get("Location"))
+        answer = await self._request("POST", PAYMENTS_PATH, json_body=body)
+        envelope = self._decode(answer, "POST", PAYMENTS_PATH, PaymentEnvelope)
+        payment_id = id_from_location(answer.headers.get("Location"))
         payment_id = payment_id or envelope.data.reported_id
         if payment_id is None:
             raise InvalidResponseError(
                 "created payment has no Location header and no data.id",
-                status_code=response.status_code,
+                status_code=answer.status,
                 method="POST",
                 path=PAYMENTS_PATH,
             )
@@ -185,8 +179,8 @@ class KartaPayClient:
             params["limit"] = str(limit)
         if offset is not None:
             params["offset"] = str(offset)
-        response = await self._request("GET", PAYMENTS_PATH, params=httpx.QueryParams(params))
-        return self._decode(response, Page)
+        answer = await self._request("GET", PAYMENTS_PATH, params=httpx.QueryParams(params))
+        return self._decode(answer, "GET", PAYMENTS_PATH, Page)
 
     async def iter_all(
         self,
@@ -213,20 +207,22 @@ class KartaPayClient:
 
     async def get(self, payment_id: str) -> PaymentRecord:
         """``GET /v1/payments/{id}``: the payment's current state, with the id asked for."""
-        response = await self._request("GET", payment_path(payment_id))
-        return PaymentRecord(id=payment_id, payment=self._decode(response, Payment))
+        path = payment_path(payment_id)
+        answer = await self._request("GET", path)
+        return PaymentRecord(id=payment_id, payment=self._decode(answer, "GET", path, Payment))
 
     async def cancel(self, payment_id: str) -> PaymentRecord:
         """``POST /v1/payments/{id}/cancel``: cancel a payment (400 once it is approved)."""
-        response = await self._request("POST", payment_path(payment_id, "cancel"))
-        envelope = self._decode(response, PaymentEnvelope)
+        path = payment_path(payment_id, "cancel")
+        answer = await self._request("POST", path)
+        envelope = self._decode(answer, "POST", path, PaymentEnvelope)
         return PaymentRecord(id=payment_id, payment=envelope.data, next=envelope.next)
 
     async def submit(self, payment_id: str, source: GatewayCode) -> PaymentRecord:
         """``POST /v1/payments/{id}/submit`` with the plan ``{"source": source}``."""
         path = payment_path(payment_id, "submit")
-        response = await self._request("POST", path, json_body={"source": source})
-        envelope = self._decode(response, PaymentEnvelope)
+        answer = await self._request("POST", path, json_body={"source": source})
+        envelope = self._decode(answer, "POST", path, PaymentEnvelope)
         return PaymentRecord(id=payment_id, payment=envelope.data, next=envelope.next)
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -238,24 +234,26 @@ class KartaPayClient:
         *,
         params: httpx.QueryParams | None = None,
         json_body: Mapping[str, Any] | None = None,
-    ) -> httpx.Response:
-        """Send one request; return a 2xx response or raise the matching ``KartaPayError``."""
+    ) -> Answer:
+        """Send one request; return a 2xx answer, read whole, or raise the matching
+        ``KartaPayError``."""
         content = None
         headers = self._headers
         if json_body is not None:
             content = orjson.dumps(json_body)
             headers = {**headers, "Content-Type": "application/json"}
         url = httpx.URL(self.base_url + path, params=params)
-        request = httpx.Request(
-            method, url, headers=headers, content=content, extensions={"timeout": self._timeout}
-        )
+        answer = Answer()
         try:
-            response = await self._transport.handle_async_request(request)
-            response.request = request
-            try:
-                await response.aread()
-            finally:
-                await response.aclose()
+            await exchange(
+                self._transport,
+                answer,
+                method,
+                url,
+                headers,
+                content,
+                phase_timeout_s=self._timeout_s,
+            )
         except httpx.TimeoutException as exc:
             raise RequestTimeoutError(
                 f"{method} {path}: timed out ({type(exc).__name__})", method=method, path=path
@@ -264,28 +262,24 @@ class KartaPayClient:
             raise TransportError(
                 f"{method} {path}: {type(exc).__name__}: {exc}", method=method, path=path
             ) from exc
-        if response.is_success:
-            return response
-        raise error_class_for(response.status_code)(
-            response.status_code,
+        if 200 <= answer.status < 300:
+            return answer
+        raise error_class_for(answer.status)(
+            answer.status,
             method=method,
             path=path,
-            detail=_error_detail(response),
-            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            detail=_error_detail(answer.body),
+            retry_after=parse_retry_after(answer.headers.get("Retry-After")),
         )
 
     @staticmethod
-    def _decode(response: httpx.Response, model: type[M]) -> M:
-        """The body of a 2xx response as ``model``, or ``InvalidResponseError``."""
-        request = response.request
+    def _decode(answer: Answer, method: str, path: str, model: type[M]) -> M:
+        """The body of a 2xx answer as ``model``, or ``InvalidResponseError``."""
         try:
-            data = orjson.loads(response.content)
+            data = orjson.loads(answer.body)
         except orjson.JSONDecodeError as exc:
             raise InvalidResponseError(
-                "body is not JSON",
-                status_code=response.status_code,
-                method=request.method,
-                path=request.url.path,
+                "body is not JSON", status_code=answer.status, method=method, path=path
             ) from exc
         try:
             return model.model_validate(data)
@@ -294,15 +288,15 @@ class KartaPayClient:
             where = ", ".join(".".join(map(str, err["loc"])) or "body" for err in exc.errors())
             raise InvalidResponseError(
                 f"body is not a {model.__name__} (bad: {short_detail(where)})",
-                status_code=response.status_code,
-                method=request.method,
-                path=request.url.path,
+                status_code=answer.status,
+                method=method,
+                path=path,
             ) from exc
 
 
-def _error_detail(response: httpx.Response) -> str | None:
+def _error_detail(body: bytes) -> str | None:
     """A short reason from an error body: its JSON ``message``/``error``/``detail``, or text."""
-    text = response.text
+    text = body.decode("utf-8", "replace")
     try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError:

@@ -19,6 +19,10 @@ Accepted URLs:
 A Sentinel client asks the Sentinels for the primary when it opens a connection, so after a
 failover the next connection goes to the new primary (redis-py's ``SentinelConnectionPool``).
 Sentinel gives one primary, so the Lua scripts and multi-key operations keep working.
+
+Every connection packs its commands with hiredis (:class:`HiredisPacking`): redis-py's asyncio
+connections pack them in Python, which cost the worker ~6 % of its CPU (docs/decisions/
+redis-command-packing.md).
 """
 
 from __future__ import annotations
@@ -28,12 +32,16 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import hiredis
 import redis.asyncio as aioredis
 from arq.connections import ArqRedis
 from arq.constants import default_queue_name
 from arq.constants import expires_extra_ms as default_expires_extra_ms
 from arq.jobs import Deserializer, Serializer
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.exceptions import DataError
+from redis.typing import EncodableT
 
 SENTINEL_SCHEME = "redis+sentinel://"
 PLAIN_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -174,6 +182,49 @@ class _OwnedSentinelPool(SentinelConnectionPool):
                 await sentinel.connection_pool.disconnect()
 
 
+class HiredisPacking(AbstractConnection):
+    """Packs commands with ``hiredis.pack_command`` (C) instead of redis-py's Python loop:
+    the same bytes for every argument redis-py accepts (str as UTF-8, bytes, memoryview, int,
+    float as ``repr``), about five times faster on a script call. Mixed into whichever
+    connection class redis-py chose for the URL (TCP, TLS, unix socket, Sentinel-managed)."""
+
+    def pack_command(self, *args: EncodableT) -> list[bytes]:
+        encoder = self.encoder
+        if encoder.encoding != "utf-8" or encoder.encoding_errors != "strict":
+            return super().pack_command(*args)
+        head = args[0]
+        if isinstance(head, str):
+            args = (*head.encode().split(), *args[1:])
+        elif isinstance(head, bytes) and b" " in head:
+            args = (*head.split(), *args[1:])
+        try:
+            # hiredis's stub types the tuple as of one item; it takes any number.
+            return [hiredis.pack_command(args)]  # type: ignore[arg-type]
+        except TypeError as exc:  # bool, None, or another type redis-py refuses too
+            raise DataError(f"Invalid input of type {_type_names(args)}: {exc}") from None
+
+
+def _type_names(args: tuple[Any, ...]) -> str:
+    refused = {type(a).__name__ for a in args if isinstance(a, bool) or a is None}
+    return ", ".join(sorted(refused)) or "unknown"
+
+
+_PACKING_CLASSES: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+
+
+def _with_hiredis_packing(client: ClientT) -> ClientT:
+    """``client`` with :class:`HiredisPacking` mixed into its pool's connection class."""
+    pool = client.connection_pool
+    base = pool.connection_class
+    if not issubclass(base, HiredisPacking):
+        packing = _PACKING_CLASSES.get(base)
+        if packing is None:
+            packing = type(f"Hiredis{base.__name__}", (HiredisPacking, base), {})
+            _PACKING_CLASSES[base] = packing
+        pool.connection_class = packing
+    return client
+
+
 def _build(url: str, redis_class: type[ClientT], options: dict[str, Any]) -> ClientT:
     check_url(url)
     if url.startswith(SENTINEL_SCHEME):
@@ -193,9 +244,9 @@ def _build(url: str, redis_class: type[ClientT], options: dict[str, Any]) -> Cli
             db=target.db,
             **options,
         )
-        return client
+        return _with_hiredis_packing(client)
     plain: ClientT = redis_class.from_url(url, **options)
-    return plain
+    return _with_hiredis_packing(plain)
 
 
 def redis_client(url: str, **options: Any) -> aioredis.Redis:

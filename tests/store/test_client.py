@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import pytest
 from arq.connections import ArqRedis
-from redis.asyncio.sentinel import MasterNotFoundError, SentinelConnectionPool
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.asyncio.sentinel import (
+    MasterNotFoundError,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+)
+from redis.exceptions import DataError
 
 from service.store.client import (
+    HiredisPacking,
     arq_redis,
     check_url,
     error_line,
@@ -168,3 +175,54 @@ def test_error_line_names_each_sentinel_by_address() -> None:
         "AuthenticationError('invalid username-password pair or user is disabled.'), "
         "::1:26380 - TimeoutError('Timeout')"
     )
+
+
+# Arguments of every type redis-py packs: a command name with a space, keys, bytes with every
+# byte value, large values (redis-py chunks them), numbers, UTF-8 text and a memoryview.
+PACKED_ARGS: list[tuple[object, ...]] = [
+    ("EVALSHA", "a" * 40, 2, "kh:x", b"kh:y", -1, 0, 12345678901234567890, 1.5, 0.1, 1e20),
+    ("CONFIG GET", "maxmemory"),
+    (b"CLIENT SETNAME", "kartahook"),
+    ("HSET", "kh:é", "champ", "déjà vu \u2603", bytes(range(256)) * 40, memoryview(b"xyz")),
+]
+
+
+@pytest.mark.parametrize("args", PACKED_ARGS)
+def test_hiredis_packing_sends_the_bytes_redis_py_sends(args: tuple[object, ...]) -> None:
+    """Commands packed by hiredis are byte for byte what redis-py's own packer writes."""
+    ours = type("Packed", (HiredisPacking, Connection), {})()
+    theirs = Connection()
+    assert b"".join(ours.pack_command(*args)) == b"".join(theirs.pack_command(*args))  # type: ignore[arg-type]
+    assert b"".join(ours.pack_commands([args, args])) == b"".join(  # type: ignore[list-item]
+        theirs.pack_commands([args, args])  # type: ignore[list-item]
+    )
+
+
+@pytest.mark.parametrize("value", [None, True, 1j, object()])
+def test_hiredis_packing_refuses_what_redis_py_refuses(value: object) -> None:
+    """A value redis-py cannot send (None, a bool, another type) raises DataError, not TypeError."""
+    ours = type("Packed", (HiredisPacking, Connection), {})()
+    with pytest.raises(DataError):
+        ours.pack_command("SET", "k", value)  # type: ignore[arg-type]
+    with pytest.raises(DataError):
+        Connection().pack_command("SET", "k", value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("url", "base"),
+    [
+        ("redis://h:1/0", Connection),
+        ("rediss://h:1/0", SSLConnection),
+        ("unix:///tmp/redis.sock", UnixDomainSocketConnection),
+        ("redis+sentinel://h:26379/m", SentinelManagedConnection),
+    ],
+)
+def test_every_client_packs_with_hiredis_over_the_connection_the_url_asks_for(
+    url: str, base: type
+) -> None:
+    """Plain, TLS, unix-socket and Sentinel clients (plain and arq) pack with hiredis, each on
+    the connection class redis-py picks for the URL (TLS stays TLS)."""
+    for client in (redis_client(url), arq_redis(url)):
+        connection_class = client.connection_pool.connection_class
+        assert issubclass(connection_class, HiredisPacking)
+        assert issubclass(connection_class, base)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from service.http_transport import AddressGuard, AiohttpTransport
+from service.http_transport import AddressGuard, AiohttpTransport, Answer, exchange
 from service.settings import Settings
 from service.targets import forbidden_cause
 
@@ -100,38 +100,32 @@ async def post_once(
     """POST ``body`` and read at most the first KiB of the answer. Never raises (but for
     cancellation): whatever fails, building the request included, is the result's ``error``."""
     started = time.perf_counter()
-    status: int | None = None
-    retry_after: str | None = None
-    head = bytearray()
+    answer = Answer()
     error: str | None = None
     forbidden: str | None = None
-    phases = {"connect": timeout_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}
     try:
-        request = httpx.Request(
-            "POST", url, headers=headers, content=body, extensions={"timeout": phases}
-        )
         async with asyncio.timeout(timeout_s):
-            response = await transport.handle_async_request(request)
-            try:
-                status = response.status_code
-                retry_after = response.headers.get("retry-after")
-                async for chunk in response.aiter_raw():
-                    head.extend(chunk)
-                    if len(head) >= BODY_HEAD_BYTES:
-                        break
-            finally:
-                await response.aclose()
+            await exchange(
+                transport,
+                answer,
+                "POST",
+                url,
+                headers,
+                body,
+                phase_timeout_s=timeout_s,
+                read_at_most=BODY_HEAD_BYTES,
+            )
     except Exception as exc:  # every failure is an attempt's error, never the job's exception
-        if status is None:
+        if not answer.status:
             error = describe_error(exc, headers)
             refused = forbidden_cause(exc)
             forbidden = None if refused is None else refused.reason
     latency_ms = (time.perf_counter() - started) * 1000
     return AttemptResult(
-        status=status,
+        status=answer.status or None,
         error=error,
         latency_ms=latency_ms,
-        body_head=bytes(head[:BODY_HEAD_BYTES]).decode("utf-8", "replace"),
-        retry_after=retry_after,
+        body_head=answer.body[:BODY_HEAD_BYTES].decode("utf-8", "replace"),
+        retry_after=answer.headers.get("retry-after"),
         forbidden=forbidden,
     )
