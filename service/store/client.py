@@ -22,7 +22,7 @@ Sentinel gives one primary, so the Lua scripts and multi-key operations keep wor
 
 Every connection packs its commands with hiredis (:class:`HiredisPacking`): redis-py's asyncio
 connections pack them in Python, which cost the worker ~6 % of its CPU (docs/decisions/
-redis-command-packing.md).
+http-exchange.md, "Also").
 """
 
 from __future__ import annotations
