@@ -180,10 +180,10 @@ def test_error_line_names_each_sentinel_by_address() -> None:
 # Arguments of every type redis-py packs: a command name with a space, keys, bytes with every
 # byte value, large values (redis-py chunks them), numbers, UTF-8 text and a memoryview.
 PACKED_ARGS: list[tuple[object, ...]] = [
-    ("EVALSHA", "a" * 40, 2, "kh:x", b"kh:y", -1, 0, 12345678901234567890, 1.5, 0.1, 1e20),
+    ("EVALSHA", "a" * 40, 2, "key:x", b"key:y", -1, 0, 12345678901234567890, 1.5, 0.1, 1e20),
     ("CONFIG GET", "maxmemory"),
     (b"CLIENT SETNAME", "kartahook"),
-    ("HSET", "kh:é", "champ", "déjà vu \u2603", bytes(range(256)) * 40, memoryview(b"xyz")),
+    ("HSET", "key:é", "champ", "déjà vu \u2603", bytes(range(256)) * 40, memoryview(b"xyz")),
 ]
 
 
