@@ -66,8 +66,9 @@ class WorkerContext:
     processor: EventProcessor | None = None
     history: HistoryStore | None = None
     """Where processing records each run for the admin API's history (``service.store.history``)."""
-    history_batcher: ScriptBatcher | None = None
-    """The pipelined connection history's records go through (closed at shutdown)."""
+    script_batcher: ScriptBatcher | None = None
+    """The worker's pipelined connection for the script calls of concurrent jobs: history's
+    records and deliveries' finishes (``workers.main.on_startup``; None: direct calls)."""
     converger: Converger | None = None
     """The convergence loop (``workers.processing.converge``), started with processing."""
     fanout: FanoutDeps | None = None

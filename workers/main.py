@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from service.clock import now_ms
 from service.settings import Settings
+from service.store.batcher import ScriptBatcher
 from service.store.client import arq_redis, check_url
 from service.store.jobs import deserialize, serialize
 from service.store.layout import ARQ_EXPIRES_EXTRA_MS
@@ -37,6 +38,10 @@ log = structlog.get_logger("kartahook.worker")
 CONNECT_TRIES = 6
 CONNECT_RETRY_DELAY_S = 1.0
 CONNECT_TIMEOUT_S = 1.0
+# Deadline of a script call sent through the worker's pipelined connection (history records,
+# delivery finishes): past it the call fails with RedisUnavailable, as a stalled Redis would
+# otherwise hold the job until TCP gives up.
+SCRIPT_BATCH_TIMEOUT_S = 5.0
 # At shutdown, how long each Redis step (health-check key, on_shutdown, closing the pool) may take.
 CLOSE_STEP_S = 3.0
 
@@ -184,13 +189,15 @@ class ResilientWorker(Worker):
 
 
 async def on_startup(ctx: dict[str, Any]) -> None:
-    """Build the resources of one worker process into its :class:`WorkerContext`: fan-out,
-    processing (which hands its deliveries to fan-out), and the probe server when a port is
-    set; and check Redis's memory setting once (a warning when it is low, never a failure)."""
+    """Build the resources of one worker process into its :class:`WorkerContext`: the pipelined
+    script connection, fan-out, processing (which hands its deliveries to fan-out), and the
+    probe server when a port is set; and check Redis's memory setting once (a warning when it
+    is low, never a failure)."""
     context = worker_context(ctx)
     settings = context.settings
     await check_memory_settings(context.arq_redis(), REDIS_SETTING_LOW)
     context.leases = Leases(context.arq_redis(), settings.queue_name, settings.lease_ms)
+    context.script_batcher = ScriptBatcher(context.arq_redis(), timeout_s=SCRIPT_BATCH_TIMEOUT_S)
     await fanout.delivery_startup(context)
     await processing_startup(context)
     if settings.worker_metrics_port is not None:
@@ -208,6 +215,9 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
         await probes.stop()
     await fanout.delivery_shutdown(context)
     await processing_shutdown(context)
+    batcher, context.script_batcher = context.script_batcher, None
+    if batcher is not None:
+        await batcher.close()
 
 
 def functions(settings: Settings) -> list[Function]:

@@ -40,6 +40,7 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import hiredis
 import redis.asyncio as aioredis
 from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
 from redis._parsers.hiredis import _AsyncHiredisParser
@@ -63,16 +64,11 @@ def bulk_string(data: bytes) -> bytes:
 
 
 def pack_command(*args: Arg) -> bytes:
-    """One command in the Redis protocol (RESP)."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, str):
-            parts.append(bulk_string(arg.encode()))
-        elif isinstance(arg, int):
-            parts.append(bulk_string(b"%d" % arg))
-        else:
-            parts.append(bulk_string(arg))
-    return b"".join(parts)
+    """One command in the Redis protocol (RESP), packed by hiredis (as every client's commands
+    are: ``service.store.client.HiredisPacking``)."""
+    # hiredis's stub types the tuple as of one item; it takes any number.
+    packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]
+    return packed
 
 
 def parsed_replies(conn: AbstractConnection) -> Any | None:

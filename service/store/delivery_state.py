@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from service.store.batcher import Arg, ScriptBatcher
 from service.store.compression import decompress
 from service.store.layout import DEAD_ALL as DEAD_ALL_KEY
 from service.store.layout import (
@@ -145,12 +146,20 @@ class FanoutStore:
     """Atomic delivery state changes for the workers."""
 
     def __init__(
-        self, redis: aioredis.Redis, queue_name: str, operator_ttl_s: int = OPERATOR_TTL_S
+        self,
+        redis: aioredis.Redis,
+        queue_name: str,
+        operator_ttl_s: int = OPERATOR_TTL_S,
+        batcher: ScriptBatcher | None = None,
     ) -> None:
-        """``operator_ttl_s``: how long a dead letter (its hash and snapshot) is kept."""
+        """``operator_ttl_s``: how long a dead letter (its hash and snapshot) is kept.
+        ``batcher``: the finishes of concurrent attempts go out through it, pipelined on one
+        connection (fewer writes and round trips, a deadline per call; docs/fanout.md), else
+        each is its own call on ``redis``."""
         self.redis = redis
         self.queue_name = queue_name
         self.operator_ttl_s = operator_ttl_s
+        self.batcher = batcher
 
     async def acquire(
         self,
@@ -225,46 +234,47 @@ class FanoutStore:
         the cool-down for the wake job of a breaker this failure opens; ``recheck_ms`` (0: none):
         when deliveries stay parked after the wake-ups, the subscriber's recheck is due then
         (unless one is pending)."""
-        reply = await FINISH(
-            self.redis,
-            [
-                self.queue_name,
-                SUBSCRIBERS_VERSION,
-                delivery_key(subscriber_id, transition_id),
-                inflight_key(subscriber_id),
-                breaker_key(subscriber_id),
-                attempt_log_key(subscriber_id),
-                waiting_key(subscriber_id),
-                DEAD_ALL_KEY,
-                dead_key(subscriber_id),
-                arq_job_key(job_id),
-            ],
-            [
-                now_ms,
-                subscriber_id,
-                transition_id,
-                gen,
-                job_id,
-                outcome,
-                "retry" if retry_at_ms is not None else "dead",
-                retry_at_ms or 0,
-                breaker_failures,
-                breaker_cooldown_ms,
-                cap,
-                "1" if enabled else "0",
-                done_ttl_s,
-                b"" if log_entry is None else orjson.dumps(log_entry),
-                log_cap,
-                status,
-                error,
-                hold_ms,
-                lease_ms,
-                subscribers_version,
-                open_jitter_ms,
-                recheck_ms,
-                self.operator_ttl_s,
-            ],
-        )
+        keys: list[Arg] = [
+            self.queue_name,
+            SUBSCRIBERS_VERSION,
+            delivery_key(subscriber_id, transition_id),
+            inflight_key(subscriber_id),
+            breaker_key(subscriber_id),
+            attempt_log_key(subscriber_id),
+            waiting_key(subscriber_id),
+            DEAD_ALL_KEY,
+            dead_key(subscriber_id),
+            arq_job_key(job_id),
+        ]
+        args: list[Arg] = [
+            now_ms,
+            subscriber_id,
+            transition_id,
+            gen,
+            job_id,
+            outcome,
+            "retry" if retry_at_ms is not None else "dead",
+            retry_at_ms or 0,
+            breaker_failures,
+            breaker_cooldown_ms,
+            cap,
+            "1" if enabled else "0",
+            done_ttl_s,
+            b"" if log_entry is None else orjson.dumps(log_entry),
+            log_cap,
+            status,
+            error,
+            hold_ms,
+            lease_ms,
+            subscribers_version,
+            open_jitter_ms,
+            recheck_ms,
+            self.operator_ttl_s,
+        ]
+        if self.batcher is not None:
+            reply = await self.batcher.call(FINISH, keys, args)
+        else:
+            reply = await FINISH(self.redis, keys, args)
         handed = _text(reply[3])
         return Finished(
             result=_text(reply[0]),

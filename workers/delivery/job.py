@@ -164,7 +164,9 @@ async def delivery_startup(context: WorkerContext) -> None:
         redis=redis,
         settings=settings,
         transport=build_transport(settings, context.delivery_transport, guard.address_refusal),
-        store=FanoutStore(redis, settings.queue_name, settings.operator_ttl_s),
+        store=FanoutStore(
+            redis, settings.queue_name, settings.operator_ttl_s, context.script_batcher
+        ),
         registry=SubscriberStore(redis),
         subscribers=subscribers,
         schedule=RetrySchedule.from_settings(settings),

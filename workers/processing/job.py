@@ -14,7 +14,7 @@ from service.clock import now_ms
 from service.domain.events import EventHint
 from service.kartapay.client import KartaPayClient
 from service.settings import Settings
-from service.store.batcher import RedisUnavailable, ScriptBatcher
+from service.store.batcher import RedisUnavailable
 from service.store.converge import ConvergePlan, ConvergeStore
 from service.store.dead_letters import EventDeadLetters
 from service.store.history import HistoryStore, Run
@@ -29,9 +29,6 @@ from workers.processing.processor import EventProcessor, InlineDelivery, Outcome
 from workers.processing.retry_policy import FetchRetryPolicy
 
 log = structlog.get_logger("kartahook.process")
-
-# Deadline of one history record sent through the batcher.
-HISTORY_TIMEOUT_S = 5.0
 
 # A run that raises something unexpected (Redis down, a bug) is retried by arq this many times.
 UNEXPECTED_ERROR_TRIES = 1000
@@ -180,10 +177,9 @@ async def processing_startup(context: WorkerContext) -> None:
     context.event_dead_letters = EventDeadLetters(
         redis, settings.queue_name, settings.operator_ttl_s
     )
-    # History's records of concurrent runs share one pipelined write (off the delivery path;
-    # a record that fails costs its history entry only: record_history).
-    context.history_batcher = ScriptBatcher(redis, timeout_s=HISTORY_TIMEOUT_S)
-    context.history = HistoryStore.from_settings(redis, settings, context.history_batcher)
+    # History's records of concurrent runs share the worker's pipelined writes (a record that
+    # fails costs its history entry only: record_history).
+    context.history = HistoryStore.from_settings(redis, settings, context.script_batcher)
     context.processor = EventProcessor(
         store,
         client,
@@ -206,9 +202,6 @@ async def processing_shutdown(context: WorkerContext) -> None:
     converger, context.converger = context.converger, None
     if converger is not None:
         await converger.stop()
-    batcher, context.history_batcher = context.history_batcher, None
-    if batcher is not None:
-        await batcher.close()
     if context.kartapay is not None:
         await context.kartapay.aclose()
         context.kartapay = None

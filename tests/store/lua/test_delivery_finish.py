@@ -4,11 +4,14 @@ outcome, and the line's next delivery or a parked one is activated, woken, or ha
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+import pytest
 import redis.asyncio as aioredis
 
+from service.store.batcher import ScriptBatcher
 from service.store.deliveries import (
     DEAD_ALL_KEY,
     attempt_log_key,
@@ -17,7 +20,7 @@ from service.store.deliveries import (
     delivery_key,
     waiting_key,
 )
-from service.store.delivery_state import Acquired, Finished
+from service.store.delivery_state import Acquired, FanoutStore, Finished
 from service.store.layout import (
     deliver_job_id,
     head_key,
@@ -30,6 +33,7 @@ from service.store.layout import (
 from service.store.payments import TRANSITIONS_LOG_KEY, Candidate, state_key
 from service.store.records import payment_deliveries
 from service.store.subscribers import SUBSCRIBERS_VERSION_KEY
+from tests.store.lua import staging
 from tests.store.lua.keyspace import (
     NO_TTL,
     Expected,
@@ -101,6 +105,25 @@ def woken_other() -> Expected:
     """The other payment's line after its parked head was woken (its job is at gen 3); nothing
     is parked any more, so the recheck its parking queued was cancelled."""
     return {**payment_keys(PID2), **line(SUB, [P2], PID2), **job_entry(SUB, P2, 1)}
+
+
+@pytest.fixture(autouse=True, params=["direct", "pipelined"])
+async def finish_path(
+    request: pytest.FixtureRequest, redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[None]:
+    """Each test runs twice: finishes as direct script calls, and through a ScriptBatcher (the
+    worker's pipelined connection), which must change nothing they assert."""
+    if request.param == "direct":
+        yield
+        return
+    batcher = ScriptBatcher(redis, timeout_s=5.0)
+    monkeypatch.setattr(
+        staging, "fanout", lambda r: FanoutStore(r, QUEUE, staging.OPERATOR_TTL_S, batcher)
+    )
+    try:
+        yield
+    finally:
+        await batcher.close()
 
 
 async def finish_ok(redis: aioredis.Redis, now: int, **kwargs: Any) -> Finished:
