@@ -205,7 +205,9 @@ class HiredisPacking(AbstractConnection):
 
 
 def _type_names(args: tuple[Any, ...]) -> str:
-    refused = {type(a).__name__ for a in args if isinstance(a, bool) or a is None}
+    """The names of the argument types redis-py would refuse too."""
+    packable = (str, bytes, memoryview, int, float)
+    refused = {type(a).__name__ for a in args if isinstance(a, bool) or not isinstance(a, packable)}
     return ", ".join(sorted(refused)) or "unknown"
 
 

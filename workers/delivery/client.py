@@ -1,9 +1,11 @@
 """The delivery transport and one attempt.
 
-A delivery is one ``httpx.Request`` handed straight to an httpx transport (the I/O seam; tests
-pass ``httpx.MockTransport``), without an ``httpx.AsyncClient`` on top: the client's request
-building, header merging and cookie handling cost more CPU than the transport itself (worker
-profile, docs/fanout.md), and delivery needs none of them. Transports never follow redirects.
+A delivery is one :func:`service.http_transport.exchange` on an httpx transport (the I/O seam;
+tests pass ``httpx.MockTransport``), without an ``httpx.AsyncClient`` on top: the client's
+request building, header merging and cookie handling cost more CPU than the transport itself
+(worker profile, docs/fanout.md), and delivery needs none of them; on the aiohttp transport
+httpx's request and response objects are skipped too (docs/decisions/http-exchange.md).
+Transports never follow redirects.
 Keep-alive for every pooled connection, and one overall deadline per attempt (httpx's own
 timeouts are per phase; a subscriber that trickles bytes must not hold a worker past 10 s).
 The bytes move on :class:`AiohttpTransport` by default (``KARTAHOOK_DELIVERY_HTTP_TRANSPORT=httpx``
