@@ -5,7 +5,7 @@ httpx's own pool (httpcore 1.0 on anyio) scans every pooled connection on each r
 measured it at 4-25 % of raw aiohttp (0.3-1.2k req/s against 3-9k on this machine), collapsing
 as concurrency grows; in the worker's profile the KartaPay fetch through it cost more than the
 four deliveries of the payment together. This transport keeps the httpx API (the ``transport=``
-seam, the request and response types, the connect and read timeouts) and moves the bytes with
+seam, the request and response types, per-phase timeouts) and moves the bytes with
 aiohttp, which keeps up. Delivery and the KartaPay client both use it.
 
 Both send through :func:`exchange`, which skips httpx's request and response objects on this
@@ -17,7 +17,7 @@ request (docs/decisions/http-exchange.md). On any other transport (httpx's own p
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -67,23 +67,6 @@ def _map_error(exc: BaseException, request: httpx.Request | None) -> httpx.Trans
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
         return httpx.RemoteProtocolError(message, request=request)
     return httpx.NetworkError(message, request=request)
-
-
-class _Body(httpx.AsyncByteStream):
-    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
-        self._response = response
-        self._request = request
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._response.content.iter_any():
-                yield chunk
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _map_error(exc, self._request) from exc
-
-    async def aclose(self) -> None:
-        # A fully read body returns the connection to the pool; a partly read one closes it.
-        self._response.release()
 
 
 @dataclass(slots=True)
@@ -137,7 +120,7 @@ async def exchange(
 
 
 @cache
-def _timeout(phase_s: float) -> aiohttp.ClientTimeout:
+def _timeout(phase_s: float | None) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=None, sock_connect=phase_s, sock_read=phase_s)
 
 
@@ -171,29 +154,24 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        session = self._session_now()
+        """httpx's transport API, for a caller that holds an ``httpx.Request``: one
+        :meth:`exchange` (repeated headers joined, as httpx's mapping gives them), the body read
+        whole, under the request's read timeout (kartahook's clients call :func:`exchange`)."""
         timeouts: dict[str, Any] = request.extensions.get("timeout", {})
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=timeouts.get("connect"),
-            sock_read=timeouts.get("read"),
+        answer = Answer()
+        await self.exchange(
+            answer,
+            request.method,
+            request.url,
+            request.headers,
+            await request.aread(),
+            timeouts.get("read"),
+            None,
         )
-        body = await request.aread()
-        try:
-            response = await session.request(
-                request.method,
-                str(request.url),
-                data=body,
-                headers=list(request.headers.multi_items()),
-                allow_redirects=False,
-                timeout=timeout,
-            )
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _map_error(exc, request) from exc
         return httpx.Response(
-            status_code=response.status,
-            headers=list(response.raw_headers),
-            stream=_Body(response, request),
+            status_code=answer.status,
+            headers=list(answer.headers.items()),
+            content=answer.body,
             request=request,
             extensions={"http_version": b"HTTP/1.1"},
         )
@@ -205,10 +183,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         url: httpx.URL,
         headers: Mapping[str, str],
         body: bytes | None,
-        phase_timeout_s: float,
+        phase_timeout_s: float | None,
         read_at_most: int | None,
     ) -> None:
-        """:func:`exchange` on aiohttp's objects alone."""
+        """:func:`exchange` on aiohttp's objects alone (``phase_timeout_s`` None: no timeout)."""
         for name, value in headers.items():
             if not value.isascii():  # aiohttp would send it as UTF-8; httpx refuses it
                 raise ValueError(f"header {name!r} has a character that is not ASCII")

@@ -363,3 +363,18 @@ class ScriptBatcher:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+async def run_script(
+    script: Script,
+    redis: aioredis.Redis,
+    batcher: ScriptBatcher | None,
+    keys: Sequence[Arg],
+    args: Sequence[Arg],
+) -> Any:
+    """``script``'s reply, through ``batcher`` when there is one (pipelined with the calls of
+    concurrent jobs; :class:`RedisUnavailable` when Redis fails or the deadline passes), else
+    as one call on ``redis`` (redis-py's errors)."""
+    if batcher is not None:
+        return await batcher.call(script, keys, args)
+    return await script(redis, keys, args)

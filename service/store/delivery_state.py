@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from service.store.batcher import Arg, ScriptBatcher
+from service.store.batcher import Arg, ScriptBatcher, run_script
 from service.store.compression import decompress
 from service.store.layout import DEAD_ALL as DEAD_ALL_KEY
 from service.store.layout import (
@@ -271,10 +271,7 @@ class FanoutStore:
             recheck_ms,
             self.operator_ttl_s,
         ]
-        if self.batcher is not None:
-            reply = await self.batcher.call(FINISH, keys, args)
-        else:
-            reply = await FINISH(self.redis, keys, args)
+        reply = await run_script(FINISH, self.redis, self.batcher, keys, args)
         handed = _text(reply[3])
         return Finished(
             result=_text(reply[0]),

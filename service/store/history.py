@@ -47,7 +47,7 @@ from service.domain.events import EventHint, transition_id
 from service.domain.lifecycle import FINAL, MAIN_LINE, TERMINAL
 from service.errors import KartahookError
 from service.store import records
-from service.store.batcher import ScriptBatcher
+from service.store.batcher import ScriptBatcher, run_script
 from service.store.events import read_raw_record
 from service.store.jobs import deserialize
 from service.store.layout import (
@@ -381,9 +381,7 @@ class HistoryStore:
             RATE_TTL_S,
             self.ttl_s,
         ]
-        if self.batcher is not None:
-            return bool(await self.batcher.call(RECORD, keys, args))
-        return bool(await RECORD(self.redis, keys, args))
+        return bool(await run_script(RECORD, self.redis, self.batcher, keys, args))
 
     async def rates(self, now_ms: int, minutes: int = 5) -> dict[str, int]:
         """Events processed in the last ``minutes`` whole minutes and this one, by source."""

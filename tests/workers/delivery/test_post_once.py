@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
+from service.http_transport import AiohttpTransport
 from service.settings import Settings
 from workers.delivery.client import BODY_HEAD_BYTES, build_transport, post_once
 
@@ -124,3 +125,29 @@ async def test_a_closed_port_is_a_connect_error(kind: str) -> None:
         result = await post_once(transport, url, {}, b"{}", 5.0)
     assert result.status is None and result.error is not None
     assert result.error.startswith("connect error"), result.error
+
+
+async def test_the_aiohttp_transport_still_serves_httpx_clients() -> None:
+    """Through httpx's own client, the aiohttp transport sends the request as given and gives
+    back the status, the headers (repeated ones kept) and the whole body."""
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await read_request(reader))
+        body = b"y" * 3000
+        writer.write(
+            b"HTTP/1.1 201 Created\r\nX-Tag: a\r\nX-Tag: b\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+
+    async with (
+        raw_server(handler) as url,
+        httpx.AsyncClient(transport=AiohttpTransport(4), timeout=5.0) as client,
+    ):
+        response = await client.put(url, content=b"payload", headers={"X-Me": "1"})
+    assert response.status_code == 201 and response.content == b"y" * 3000
+    assert response.headers.get_list("x-tag") == ["a", "b"]
+    request = seen[0].lower()
+    assert request.startswith(b"put /hook http/1.1\r\n") and b"\r\nx-me: 1\r\n" in request
+    assert request.endswith(b"\r\n\r\npayload")
