@@ -26,6 +26,7 @@ from arq.worker import Function, Retry, func
 from redis.exceptions import RedisError
 
 from service.clock import now_ms
+from service.errors import RedisUnavailable
 from service.settings import Settings
 from service.store.deliveries import DeliveryAdmin
 from service.store.delivery_state import FanoutStore
@@ -69,7 +70,7 @@ async def fanout_deliver(ctx: dict[str, Any], subscriber_id: str, webhook_id: st
             # Run again: if its worker died mid-chain, the attempt it was sending resumes now.
             await deps.store.resume([subscriber_id], now_ms())
         return await deliver(deps, subscriber_id, webhook_id, str(ctx["job_id"]), until)
-    except RedisError as exc:
+    except (RedisError, RedisUnavailable) as exc:  # an outage: retried, not a bug
         raise Retry(defer=_backoff(ctx, base=0.5, cap=30)) from exc
     except Exception as exc:
         # A bug: seen (logged with its traceback, counted) before retried, never dropped.
@@ -93,7 +94,7 @@ async def fanout_wake(ctx: dict[str, Any], subscriber_id: str) -> str:
             # Run again: if its worker died sending the probe, the probe's job resumes now.
             await deps.store.resume([subscriber_id], now_ms())
         return await wake(deps, subscriber_id, until)
-    except RedisError as exc:
+    except (RedisError, RedisUnavailable) as exc:  # an outage: retried, not a bug
         raise Retry(defer=_backoff(ctx, base=0.5, cap=30)) from exc
     except Exception as exc:
         worker_metrics.UNEXPECTED_ERRORS.labels(FANOUT_WAKE).inc()

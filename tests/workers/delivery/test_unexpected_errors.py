@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
+from service.errors import RedisUnavailable
 from service.store.layout import FANOUT_DELIVER
 from service.store.subscribers import SubscriberStore
 from tests.delivery_support import (
@@ -65,4 +66,39 @@ async def test_unexpected_delivery_error_is_logged_counted_and_retried(
     assert (line["subscriber_id"], line["error"]) == ("ledger", "RuntimeError")
     assert line["webhook_id"]
     assert transport.calls >= 1
+    assert await redis.zcard(settings.queue_name) >= 1  # retried, not dropped
+
+
+class StalledFinish:
+    """The delivery runner failing as the worker's pipelined connection does when Redis misses
+    the deadline of a finish."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> str:
+        self.calls += 1
+        raise RedisUnavailable("the finish missed its deadline")
+
+
+async def test_a_finish_past_its_redis_deadline_is_retried_as_an_outage_not_a_bug(
+    redis_url: str, redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fanout_deliver failing with RedisUnavailable is run again, with no error line and no
+    unexpected-error count: it is Redis, not a bug."""
+    settings = settings_for(redis_url)
+    stalled = StalledFinish()
+    monkeypatch.setattr(delivery_job, "deliver", stalled)
+    before = unexpected_count()
+    await SubscriberStore(redis).put(subscriber("ledger", "http://127.0.0.1:9"))
+    await emit(redis, settings, transition("pay_stall", "captured"))
+
+    async def tried_twice() -> bool:
+        return stalled.calls >= 2
+
+    with capture_logs() as entries:
+        await run_until(make_worker(settings, burst=False), tried_twice)
+    assert stalled.calls >= 2
+    assert not [e for e in entries if e["event"] == "fanout_deliver_error"]
+    assert unexpected_count() == before
     assert await redis.zcard(settings.queue_name) >= 1  # retried, not dropped
